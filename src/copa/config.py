@@ -1,0 +1,285 @@
+"""Typed experiment parameters, loaded once at the boundary from params/.
+
+Resolution order (later wins): ``params/base.yaml`` < ``params/profiles/<profile>.yaml`` <
+``--set key.path=value`` overrides. Every value is checked against the dataclasses below:
+an unknown key or a wrong type raises :class:`ParamsError` naming the file and the key, so a
+typo never silently falls back to a default. The dataclasses are the single definition of the
+parameters; ``workflow/schemas/`` only validates the Snakemake run-control config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+DEFAULT_PARAMS_DIR = Path("params")
+BASE_FILE = "base.yaml"
+PROFILES_DIR = "profiles"
+OVERRIDE_SOURCE = "--set"
+
+
+class ParamsError(ValueError):
+    """A parameter file or override is malformed; the message names the source and key."""
+
+
+# --------------------------------------------------------------------------- parameter tree
+@dataclass(frozen=True)
+class DataParams:
+    source: Literal["synthetic", "real"]
+    root: str  # data root holding the official dataset layouts (see docs in copa.data.layout)
+
+
+@dataclass(frozen=True)
+class SynthSplitSizes:
+    """Number of images written per split of the synthetic world."""
+
+    coco_train2014: int
+    coco_val2014: int
+    coco_test2015: int
+    vg: int
+    cc3m_train: int
+    cc3m_val: int
+    flickr30k: int
+
+
+@dataclass(frozen=True)
+class KarpathySizes:
+    """Images held out by the Karpathy split files (taken from COCO val2014 / Flickr30K)."""
+
+    coco_val: int
+    coco_test: int
+    flickr_val: int
+    flickr_test: int
+
+
+@dataclass(frozen=True)
+class DefectRates:
+    """Defective records injected into the object/region files, as a fraction of clean records."""
+
+    negative_coordinates: float
+    outside_image: float
+    too_small: float
+    near_duplicate_region: float
+
+
+@dataclass(frozen=True)
+class OracleBoxNoise:
+    """Detector-like noise on the synthetic world's oracle reference boxes (Figure 5 stand-in)."""
+
+    jitter: float  # box corners move by up to this fraction of the box side
+    miss_rate: float  # probability that a named object gets no box
+    false_rate: float  # expected spurious boxes per pair
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    seed: int
+    image_side: tuple[int, int]  # each image's width and height are drawn in [min, max]
+    objects_per_image: tuple[int, int]
+    captions_per_image: int
+    questions_per_image: int
+    answer_noise: float  # fraction of the 10 human answers that disagree with the truth
+    refs_per_image: int
+    oracle_pairs: int  # web pairs that get oracle reference boxes
+    oracle_noise: OracleBoxNoise
+    jpeg_quality: int
+    images: SynthSplitSizes
+    karpathy: KarpathySizes
+    defects: DefectRates
+
+
+@dataclass(frozen=True)
+class Params:
+    profile: str
+    seed: int
+    data: DataParams
+    synth: SynthParams
+    # Where each leaf value came from ("params/base.yaml", "--set", ...), for messages.
+    provenance: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of the parameter values (no provenance), e.g. to save in a checkpoint."""
+        out = dataclasses.asdict(self)
+        out.pop("provenance")
+        return out
+
+
+# --------------------------------------------------------------------------- loading
+def available_profiles(params_dir: Path = DEFAULT_PARAMS_DIR) -> list[str]:
+    return sorted(p.stem for p in (Path(params_dir) / PROFILES_DIR).glob("*.yaml"))
+
+
+def load_params(
+    profile: str | None = None,
+    overrides: Sequence[str] = (),
+    params_dir: str | Path = DEFAULT_PARAMS_DIR,
+) -> Params:
+    """Resolve base < profile < overrides into a validated :class:`Params`.
+
+    ``profile=None`` takes the ``profile`` named in base.yaml.
+    ``overrides`` are ``"dotted.key=value"`` strings; values are parsed as YAML.
+    """
+    params_dir = Path(params_dir)
+    merged: dict[str, Any] = {}
+    provenance: dict[str, str] = {}
+    base_path = params_dir / BASE_FILE
+    _merge(merged, _read_yaml(base_path), str(base_path), provenance)
+    profile = profile or merged.get("profile")
+    if not isinstance(profile, str) or not profile:
+        raise ParamsError(f"{base_path}: key 'profile' must name a profile in {params_dir / PROFILES_DIR}")
+    profile_path = params_dir / PROFILES_DIR / f"{profile}.yaml"
+    if not profile_path.is_file():
+        raise ParamsError(
+            f"unknown profile {profile!r}: no file {profile_path} "
+            f"(available: {', '.join(available_profiles(params_dir)) or 'none'})"
+        )
+    _merge(merged, _read_yaml(profile_path), str(profile_path), provenance)
+    merged["profile"] = profile
+    provenance["profile"] = str(profile_path)
+    for override in overrides:
+        _merge(merged, parse_override(override), OVERRIDE_SOURCE, provenance)
+    values = _build(Params, merged, "", provenance, exclude=("provenance",))
+    return Params(**values, provenance=provenance)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"synth.seed=3"`` -> ``{"synth": {"seed": 3}}`` (value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"{OVERRIDE_SOURCE} {text!r}: expected KEY=VALUE, e.g. synth.seed=3")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{OVERRIDE_SOURCE} {text!r}: value is not valid YAML ({exc})") from None
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: parameter file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(into: dict[str, Any], new: Mapping[str, Any], source: str, provenance: dict[str, str], prefix: str = "") -> None:
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value, source, provenance, dotted + ".")
+            continue
+        into[key] = dict(value) if isinstance(value, Mapping) else value
+        _record_sources(value, dotted, source, provenance)
+
+
+def _record_sources(value: Any, dotted: str, source: str, provenance: dict[str, str]) -> None:
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            _record_sources(sub, f"{dotted}.{key}", source, provenance)
+    else:
+        provenance[dotted] = source
+
+
+def _source_of(dotted: str, provenance: Mapping[str, str]) -> str:
+    """The file that set ``dotted`` or, for a missing key, the file of its nearest sibling."""
+    if dotted in provenance:
+        return provenance[dotted]
+    prefix = dotted.rsplit(".", 1)[0] + "." if "." in dotted else ""
+    sources = sorted({src for key, src in provenance.items() if key.startswith(prefix)})
+    return " / ".join(sources) or "params"
+
+
+def _build(cls: type, data: Any, prefix: str, provenance: Mapping[str, str], exclude: Sequence[str] = ()) -> dict[str, Any]:
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(data, Mapping):
+        raise ParamsError(f"{_source_of(where, provenance)}: key '{where}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
+    for key in data:
+        if key not in known:
+            dotted = f"{prefix}{key}"
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys here: {', '.join(known)}"
+            raise ParamsError(f"{_source_of(dotted, provenance)}: unknown key '{dotted}'{hint}")
+    values = {}
+    for name in known:
+        dotted = f"{prefix}{name}"
+        if name not in data:
+            raise ParamsError(f"{_source_of(dotted, provenance)}: missing key '{dotted}'")
+        values[name] = _coerce(hints[name], data[name], dotted, provenance)
+    return values
+
+
+def _coerce(hint: Any, value: Any, dotted: str, provenance: Mapping[str, str]) -> Any:
+    def fail(expected: str) -> ParamsError:
+        return ParamsError(
+            f"{_source_of(dotted, provenance)}: key '{dotted}' must be {expected}, got {value!r} ({type(value).__name__})"
+        )
+
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return hint(**_build(hint, value, dotted + ".", provenance))
+    if origin is Literal:
+        if value not in args:
+            raise fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, dotted, provenance)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise fail(f"a list of {len(args)} values" if Ellipsis not in args else "a list")
+        if Ellipsis in args:
+            return tuple(_coerce(args[0], v, f"{dotted}[{i}]", provenance) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise fail(f"a list of {len(args)} values")
+        return tuple(_coerce(a, v, f"{dotted}[{i}]", provenance) for i, (a, v) in enumerate(zip(args, value)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise fail("a list")
+        return [_coerce(args[0], v, f"{dotted}[{i}]", provenance) for i, v in enumerate(value)]
+    if origin is dict or origin is Mapping:
+        if not isinstance(value, Mapping):
+            raise fail("a mapping")
+        return {k: _coerce(args[1], v, f"{dotted}.{k}", provenance) for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    raise TypeError(f"config.py: unsupported parameter type {hint!r} for '{dotted}'")  # programming error

@@ -1,0 +1,1 @@
+"""Data layer: official dataset formats, the synthetic world, and (later) filtering and datasets."""

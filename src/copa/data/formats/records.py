@@ -1,0 +1,185 @@
+"""Records shared by all formats, and the validated access to JSON records they are read with.
+
+Box convention everywhere in the project: ``Box(x, y, w, h)`` in pixels of the original image,
+(x, y) the top-left corner, as COCO, Visual Genome and RefCOCO+ store it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+Number = (int, float)
+
+
+class FormatError(ValueError):
+    """A dataset file does not follow its format; names the file, the record and the field."""
+
+    def __init__(self, path: str | Path, problem: str, record: str | None = None, field: str | None = None):
+        where = str(path)
+        if record is not None:
+            where += f", record {record}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {problem}")
+        self.path, self.record, self.field, self.problem = str(path), record, field, problem
+
+
+@dataclass(frozen=True)
+class Box:
+    x: float
+    y: float
+    w: float
+    h: float
+
+    @property
+    def area(self) -> float:
+        return self.w * self.h
+
+    def as_list(self) -> list[float]:
+        return [self.x, self.y, self.w, self.h]
+
+
+@dataclass(frozen=True)
+class Image:
+    image_id: int
+    path: Path  # absolute, or relative to the working directory
+    width: int
+    height: int
+
+
+def load_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FormatError(path, "file not found") from None
+    except json.JSONDecodeError as exc:
+        raise FormatError(path, f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def dump_json(data: Any, path: Path) -> None:
+    """Minified, key order as given: the official files are written this way, and it is byte-stable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, separators=(",", ":"), ensure_ascii=False)
+
+
+class Record:
+    """Validated read access to one JSON object of a dataset file."""
+
+    def __init__(self, obj: Any, path: Path, label: str):
+        if not isinstance(obj, dict):
+            raise FormatError(path, f"expected a JSON object, got {type(obj).__name__}", label)
+        self.obj, self.path, self.label = obj, path, label
+
+    def error(self, field: str, problem: str) -> FormatError:
+        return FormatError(self.path, problem, self.label, field)
+
+    def _value(self, field: str, optional: bool) -> Any:
+        if field not in self.obj:
+            if optional:
+                return None
+            raise self.error(field, "missing")
+        return self.obj[field]
+
+    def integer(self, field: str, optional: bool = False) -> int | None:
+        value = self._value(field, optional)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(field, f"expected an integer, got {value!r}")
+        return value
+
+    def number(self, field: str, optional: bool = False) -> float | None:
+        value = self._value(field, optional)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, Number):
+            raise self.error(field, f"expected a number, got {value!r}")
+        return value
+
+    def string(self, field: str, optional: bool = False) -> str | None:
+        value = self._value(field, optional)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise self.error(field, f"expected a string, got {value!r}")
+        return value
+
+    def array(self, field: str, optional: bool = False) -> list | None:
+        value = self._value(field, optional)
+        if value is None and optional:
+            return None
+        if not isinstance(value, list):
+            raise self.error(field, f"expected a list, got {type(value).__name__}")
+        return value
+
+    def strings(self, field: str, optional: bool = False) -> list[str] | None:
+        values = self.array(field, optional)
+        if values is not None and not all(isinstance(v, str) for v in values):
+            raise self.error(field, f"expected a list of strings, got {values!r}")
+        return values
+
+    def xywh(self, field: str) -> Box:
+        """A ``[x, y, w, h]`` list of four numbers."""
+        value = self._value(field, False)
+        if not (isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)):
+            raise self.error(field, f"expected [x, y, width, height] (4 numbers), got {value!r}")
+        return Box(*value)
+
+    def box_fields(self, x: str = "x", y: str = "y", w: str = "w", h: str = "h") -> Box:
+        """A box stored as four separate number fields (Visual Genome)."""
+        return Box(self.number(x), self.number(y), self.number(w), self.number(h))
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, Number)
+
+
+def records(container: Any, key: str, path: Path, id_field: str | None = None) -> Iterator[Record]:
+    """Iterate the JSON objects of ``container[key]`` as :class:`Record`, labelled ``key[i] (id …)``."""
+    if not isinstance(container, dict):
+        raise FormatError(path, f"expected a JSON object at the top level, got {type(container).__name__}")
+    if key not in container:
+        raise FormatError(path, "missing", field=key)
+    items = container[key]
+    if not isinstance(items, list):
+        raise FormatError(path, f"expected a list, got {type(items).__name__}", field=key)
+    yield from list_records(items, path, key, id_field)
+
+
+def list_records(items: list, path: Path, name: str, id_field: str | None = None) -> Iterator[Record]:
+    for i, obj in enumerate(items):
+        label = f"{name}[{i}]"
+        if id_field is not None and isinstance(obj, dict) and id_field in obj:
+            label += f" ({id_field} {obj[id_field]!r})"
+        yield Record(obj, path, label)
+
+
+def top_level_list(data: Any, path: Path) -> list:
+    if not isinstance(data, list):
+        raise FormatError(path, f"expected a JSON list at the top level, got {type(data).__name__}")
+    return data
+
+
+def require_image_file(image_path: Path, source: Path, record: Record) -> None:
+    if not image_path.is_file():
+        raise FormatError(source, f"image file {image_path} does not exist", record.label)
+
+
+def require_known_image(image_id: int, images: dict[int, Image], record: Record, field: str = "image_id") -> None:
+    if image_id not in images:
+        raise record.error(field, f"image id {image_id} is not in the file's images")
+
+
+def unique_ids(ids: list[int], path: Path, what: str) -> None:
+    seen: set[int] = set()
+    for value in ids:
+        if value in seen:
+            raise FormatError(path, f"duplicate {what} {value!r}")
+        seen.add(value)

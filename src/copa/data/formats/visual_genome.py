@@ -1,0 +1,208 @@
+"""Visual Genome v1.2/1.4: ``image_data.json``, ``objects.json``, ``attributes.json``,
+``region_descriptions.json`` (https://homes.cs.washington.edu/~ranjay/visualgenome/api.html).
+
+Boxes are stored as separate ``x, y, w, h`` fields (``width``/``height`` for regions). Image files
+live under the folder named in each image's ``url`` (``VG_100K`` or ``VG_100K_2``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from copa.data.formats.records import (
+    Box,
+    Image,
+    dump_json,
+    list_records,
+    load_json,
+    require_image_file,
+    require_known_image,
+    top_level_list,
+    unique_ids,
+)
+
+URL_PREFIX = "https://cs.stanford.edu/people/rak248/"
+IMAGE_FOLDER = "VG_100K"
+
+
+@dataclass(frozen=True)
+class VGImage(Image):
+    coco_id: int | None = None
+    flickr_id: int | None = None
+
+
+@dataclass(frozen=True)
+class VGObject:
+    object_id: int
+    image_id: int
+    box: Box
+    names: tuple[str, ...]
+    synsets: tuple[str, ...]
+    attributes: tuple[str, ...] = ()  # only in attributes.json
+
+
+@dataclass(frozen=True)
+class VGRegion:
+    region_id: int
+    image_id: int
+    box: Box
+    phrase: str
+
+
+# --------------------------------------------------------------------------- reading
+def read_image_data(path: Path, vg_dir: Path, check_files: bool = True) -> dict[int, VGImage]:
+    images: dict[int, VGImage] = {}
+    for rec in list_records(top_level_list(load_json(path), path), path, "images", id_field="image_id"):
+        image_id = rec.integer("image_id")
+        if image_id in images:
+            raise rec.error("image_id", f"duplicate image id {image_id}")
+        url = rec.string("url", optional=True)
+        # The folder is the second-to-last URL component (VG_100K or VG_100K_2).
+        folder = url.rstrip("/").split("/")[-2] if url and url.count("/") >= 1 else IMAGE_FOLDER
+        width, height = rec.integer("width"), rec.integer("height")
+        if width <= 0 or height <= 0:
+            raise rec.error("width" if width <= 0 else "height", f"image size must be positive, got {width}x{height}")
+        image = VGImage(
+            image_id,
+            vg_dir / folder / f"{image_id}.jpg",
+            width,
+            height,
+            coco_id=rec.integer("coco_id", optional=True),
+            flickr_id=rec.integer("flickr_id", optional=True),
+        )
+        if check_files:
+            require_image_file(image.path, path, rec)
+        images[image_id] = image
+    return images
+
+
+def _read_objects(path: Path, images: dict[int, VGImage], list_field: str) -> list[VGObject]:
+    objects = []
+    for entry in list_records(top_level_list(load_json(path), path), path, "images", id_field="image_id"):
+        image_id = entry.integer("image_id")
+        require_known_image(image_id, images, entry)
+        for rec in list_records(entry.array(list_field), path, f"{entry.label}.{list_field}", id_field="object_id"):
+            objects.append(
+                VGObject(
+                    object_id=rec.integer("object_id"),
+                    image_id=image_id,
+                    box=rec.box_fields(),
+                    names=tuple(rec.strings("names")),
+                    synsets=tuple(rec.strings("synsets", optional=True) or ()),
+                    attributes=tuple(rec.strings("attributes", optional=True) or ()) if list_field == "attributes" else (),
+                )
+            )
+    unique_ids([o.object_id for o in objects], path, "object id")
+    return objects
+
+
+def read_objects(path: Path, images: dict[int, VGImage]) -> list[VGObject]:
+    return _read_objects(path, images, "objects")
+
+
+def read_attributes(path: Path, images: dict[int, VGImage]) -> list[VGObject]:
+    """``attributes.json``: the objects again, each with its ``attributes`` list."""
+    return _read_objects(path, images, "attributes")
+
+
+def read_regions(path: Path, images: dict[int, VGImage]) -> list[VGRegion]:
+    regions = []
+    for entry in list_records(top_level_list(load_json(path), path), path, "images", id_field="id"):
+        image_id = entry.integer("id")
+        require_known_image(image_id, images, entry, field="id")
+        for rec in list_records(entry.array("regions"), path, f"{entry.label}.regions", id_field="region_id"):
+            region_image = rec.integer("image_id")
+            if region_image != image_id:
+                raise rec.error("image_id", f"region belongs to image {region_image} but is listed under image {image_id}")
+            regions.append(VGRegion(rec.integer("region_id"), image_id, rec.box_fields(w="width", h="height"), rec.string("phrase")))
+    unique_ids([r.region_id for r in regions], path, "region id")
+    return regions
+
+
+# --------------------------------------------------------------------------- writing
+def write_image_data(path: Path, images: list[VGImage]) -> None:
+    dump_json(
+        [
+            {
+                "width": im.width,
+                "url": f"{URL_PREFIX}{im.path.parent.name}/{im.image_id}.jpg",
+                "height": im.height,
+                "image_id": im.image_id,
+                "coco_id": im.coco_id,
+                "flickr_id": im.flickr_id,
+            }
+            for im in images
+        ],
+        path,
+    )
+
+
+def _by_image(images: list[VGImage], items: list) -> dict[int, list]:
+    grouped: dict[int, list] = {im.image_id: [] for im in images}
+    for item in items:
+        grouped[item.image_id].append(item)
+    return grouped
+
+
+def _object_entry(obj: VGObject, with_attributes: bool) -> dict:
+    entry = {
+        "synsets": list(obj.synsets),
+        "h": obj.box.h,
+        "object_id": obj.object_id,
+        "names": list(obj.names),
+        "w": obj.box.w,
+        "y": obj.box.y,
+        "x": obj.box.x,
+    }
+    if with_attributes:
+        entry["attributes"] = list(obj.attributes)
+    return entry
+
+
+def write_objects(path: Path, images: list[VGImage], objects: list[VGObject]) -> None:
+    grouped = _by_image(images, objects)
+    dump_json(
+        [
+            {
+                "image_id": im.image_id,
+                "objects": [_object_entry(o, False) for o in grouped[im.image_id]],
+                "image_url": f"{URL_PREFIX}{im.path.parent.name}/{im.image_id}.jpg",
+            }
+            for im in images
+        ],
+        path,
+    )
+
+
+def write_attributes(path: Path, images: list[VGImage], objects: list[VGObject]) -> None:
+    grouped = _by_image(images, objects)
+    dump_json(
+        [{"image_id": im.image_id, "attributes": [_object_entry(o, True) for o in grouped[im.image_id]]} for im in images],
+        path,
+    )
+
+
+def write_regions(path: Path, images: list[VGImage], regions: list[VGRegion]) -> None:
+    grouped = _by_image(images, regions)
+    dump_json(
+        [
+            {
+                "regions": [
+                    {
+                        "region_id": r.region_id,
+                        "width": r.box.w,
+                        "height": r.box.h,
+                        "image_id": r.image_id,
+                        "phrase": r.phrase,
+                        "y": r.box.y,
+                        "x": r.box.x,
+                    }
+                    for r in grouped[im.image_id]
+                ],
+                "id": im.image_id,
+            }
+            for im in images
+        ],
+        path,
+    )

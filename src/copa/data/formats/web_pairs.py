@@ -1,0 +1,57 @@
+"""Web image-text pairs in the Conceptual Captions (CC3M) style: a headerless TSV,
+``caption<TAB>image`` per line, as ``Train_GCC-training.tsv``. The official file's second column
+is a URL; after download (e.g. with img2dataset) it must be the image path relative to the TSV's
+folder, which is what the harness reads and what the synthetic world writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from copa.data.formats.records import FormatError
+
+TRAIN_FILE = "Train_GCC-training.tsv"
+VAL_FILE = "Validation_GCC-1.1.0-Validation.tsv"
+
+
+@dataclass(frozen=True)
+class WebPair:
+    line: int  # 1-based line number in the TSV: the pair's id
+    caption: str
+    path: Path
+
+
+def read_web_pairs(path: Path, check_files: bool = True) -> list[WebPair]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FormatError(path, "file not found") from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        label = f"line {number}"
+        columns = line.split("\t")
+        if len(columns) != 2:
+            raise FormatError(path, f"expected 2 tab-separated columns (caption, image), got {len(columns)}", label)
+        caption, image = columns
+        if not caption.strip():
+            raise FormatError(path, "empty caption", label, "caption")
+        if "://" in image:
+            raise FormatError(path, f"{image!r} is a URL: download the images and write their local paths", label, "image")
+        pair = WebPair(number, caption, path.parent / image)
+        if check_files and not pair.path.is_file():
+            raise FormatError(path, f"image file {pair.path} does not exist", label, "image")
+        pairs.append(pair)
+    return pairs
+
+
+def write_web_pairs(path: Path, pairs: list[WebPair]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for pair in pairs:
+        if "\t" in pair.caption or "\n" in pair.caption:
+            raise ValueError(f"caption of pair {pair.line} contains a tab or newline: {pair.caption!r}")
+        lines.append(f"{pair.caption}\t{pair.path.relative_to(path.parent).as_posix()}\n")
+    path.write_text("".join(lines), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""The embedded synthetic world: seeded scenes written in the official dataset formats."""

@@ -1,0 +1,278 @@
+"""Text about a scene: COCO captions, VG region phrases, VQA questions with 10 human answers,
+RefCOCO+ referring expressions, and short noisy web captions. Everything is drawn from a
+seeded ``numpy.random.Generator`` and is true of the scene (apart from the injected answer
+noise, which imitates annotator disagreement).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from copa.data.annotation_checks import phrase_overlap
+from copa.data.synth.scene import COLOURS, RELATIONS, SHAPES, Scene, SceneObject, relation, union_box
+from copa.data.formats.records import Box
+
+NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+MAX_REGION_OVERLAP = 0.75  # clean phrases of one image stay at or under the filter's threshold
+ATTRIBUTE_ORDER = ("size", "texture", "colour")
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith(("s", "x")) else "s")
+
+
+def describe(obj: SceneObject, attributes: tuple[str, ...]) -> str:
+    """``("size", "colour")`` -> ``"small red circle"``; solid texture and medium size read as nothing."""
+    words = []
+    for attr in ATTRIBUTE_ORDER:
+        if attr not in attributes:
+            continue
+        value = getattr(obj, attr)
+        if (attr, value) not in (("texture", "solid"), ("size", "medium")):
+            words.append(value)
+    return " ".join(words + [obj.shape])
+
+
+def _matches(obj: SceneObject, target: SceneObject, attributes: tuple[str, ...]) -> bool:
+    return obj.shape == target.shape and all(getattr(obj, a) == getattr(target, a) for a in attributes)
+
+
+DISTINGUISHING = (("colour",), ("size",), ("texture",), ("size", "colour"), ("texture", "colour"), ("size", "texture"), ("size", "texture", "colour"))
+
+
+def distinguishing_attributes(target: SceneObject, scene: Scene, allowed: tuple[str, ...] = ATTRIBUTE_ORDER) -> list[tuple[str, ...]]:
+    """Attribute sets (using only ``allowed``) that single out ``target`` among the scene's objects
+    of the same shape; ``[()]`` when its shape alone is unique; ``[]`` when no set does."""
+    twins = [o for o in scene.objects if o is not target and o.shape == target.shape]
+    if not twins:
+        return [()]
+    found = []
+    for attrs in DISTINGUISHING:
+        if set(attrs) <= set(allowed) and not any(_matches(o, target, attrs) for o in twins):
+            # 'medium'/'solid' are not said aloud, so such a set must still differ in what is said.
+            if describe(target, attrs) not in {describe(o, attrs) for o in twins}:
+                found.append(attrs)
+    return found
+
+
+# --------------------------------------------------------------------------- COCO captions
+def _listing(objs: list[SceneObject], rng: np.random.Generator) -> str:
+    phrases = [f"{article(d)} {d}" for d in (describe(o, ("colour",) if rng.random() < 0.6 else ("size", "colour")) for o in objs)]
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _related_pairs(scene: Scene) -> list[tuple[SceneObject, str, SceneObject]]:
+    pairs = []
+    for a in scene.objects:
+        for b in scene.objects:
+            if a is not b and (rel := relation(a, b)) is not None:
+                pairs.append((a, rel, b))
+    return pairs
+
+
+def caption(scene: Scene, rng: np.random.Generator) -> str:
+    objs = list(scene.objects)
+    pairs = _related_pairs(scene)
+    kind = str(rng.choice(["relation", "listing", "count", "background", "largest"] if pairs else ["listing", "count", "background", "largest"]))
+    if kind == "relation":
+        a, rel, b = pairs[int(rng.integers(len(pairs)))]
+        da, db = describe(a, ("size", "colour")), describe(b, ("texture", "colour"))
+        return f"{article(da)} {da} {rel} {article(db)} {db}."
+    if kind == "listing":
+        chosen = [objs[i] for i in sorted(rng.choice(len(objs), size=min(3, len(objs)), replace=False))]
+        more = len(objs) - len(chosen)
+        tail = f" and {NUMBER_WORDS[min(more, 10)]} other shape{'s' if more > 1 else ''}" if more else ""
+        return f"an image with {_listing(chosen, rng)}{tail}."
+    if kind == "count":
+        shape = Counter(o.shape for o in objs).most_common(1)[0][0]
+        n = sum(o.shape == shape for o in objs)
+        colours = sorted({o.colour for o in objs if o.shape == shape})
+        what = plural(shape) if n > 1 else shape
+        return f"{NUMBER_WORDS[min(n, 10)]} {what} in {' and '.join(colours)} among {len(objs)} shapes."
+    if kind == "background":
+        chosen = objs[int(rng.integers(len(objs)))]
+        d = describe(chosen, ("size", "texture", "colour"))
+        return f"{article(d)} {d} on a {scene.background} background with {len(objs) - 1} other shapes."
+    largest = max(objs, key=lambda o: o.box.area)
+    d = describe(largest, ("texture", "colour"))
+    return f"the largest shape is {article(d)} {d}, next to {_listing([o for o in objs if o is not largest][:2], rng) if len(objs) > 1 else 'nothing else'}."
+
+
+def captions(scene: Scene, rng: np.random.Generator, count: int) -> list[str]:
+    """``count`` distinct captions (distinct as long as the scene allows; at most 50 draws)."""
+    out: list[str] = []
+    for _ in range(50):
+        text = caption(scene, rng)
+        if text not in out:
+            out.append(text)
+        if len(out) == count:
+            break
+    while len(out) < count:  # a tiny scene may not have `count` distinct sentences
+        out.append(out[len(out) % max(1, len(out))])
+    return out
+
+
+# --------------------------------------------------------------------------- VG regions
+@dataclass(frozen=True)
+class Phrase:
+    text: str
+    box: Box
+
+
+def region_phrases(scene: Scene, rng: np.random.Generator, max_relations: int = 3) -> list[Phrase]:
+    """One phrase per object plus a few relation phrases with the union box; no two phrases of
+    the image overlap more than :data:`MAX_REGION_OVERLAP` (token Jaccard)."""
+    candidates = [Phrase(f"the {describe(o, ('size', 'texture', 'colour'))}", o.box) for o in scene.objects]
+    pairs = _related_pairs(scene)
+    for i in rng.permutation(len(pairs))[:max_relations]:
+        a, rel, b = pairs[int(i)]
+        candidates.append(Phrase(f"{describe(a, ('colour',))} {rel} {describe(b, ('colour',))}", union_box(a.box, b.box)))
+    kept: list[Phrase] = []
+    for cand in candidates:
+        if all(phrase_overlap(cand.text, k.text) <= MAX_REGION_OVERLAP for k in kept):
+            kept.append(cand)
+    return kept
+
+
+# --------------------------------------------------------------------------- VQA
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+    answer_type: str  # yes/no | number | other
+    question_type: str
+
+
+def _colour_question(scene: Scene, rng: np.random.Generator) -> QA | None:
+    # Prefer small objects: their evidence is the easiest to lose by text-blind patch dropping.
+    order = sorted(scene.objects, key=lambda o: (o.box.area, rng.random()))
+    for target in order:
+        options = distinguishing_attributes(target, scene, allowed=("size", "texture"))
+        if options:
+            d = describe(target, options[0])
+            return QA(f"what color is the {d}?", target.colour, "other", "what color is the")
+    return None
+
+
+def _shape_question(scene: Scene, rng: np.random.Generator) -> QA | None:
+    for target in rng.permutation(len(scene.objects)):
+        obj = scene.objects[int(target)]
+        if sum(o.colour == obj.colour for o in scene.objects) == 1:
+            return QA(f"what shape is the {obj.colour} object?", obj.shape, "other", "what shape is the")
+    return None
+
+
+def _count_question(scene: Scene, rng: np.random.Generator) -> QA:
+    if rng.random() < 0.5:
+        shape = str(rng.choice(SHAPES))
+        n = sum(o.shape == shape for o in scene.objects)
+        return QA(f"how many {plural(shape)} are there?", str(n), "number", "how many")
+    colour = str(rng.choice(list(COLOURS)))
+    n = sum(o.colour == colour for o in scene.objects)
+    return QA(f"how many {colour} objects are there?", str(n), "number", "how many")
+
+
+def _exists_question(scene: Scene, rng: np.random.Generator) -> QA:
+    present = {(o.colour, o.shape) for o in scene.objects}
+    if rng.random() < 0.5:
+        colour, shape = sorted(present)[int(rng.integers(len(present)))]
+        answer = "yes"
+    else:
+        absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+        colour, shape = absent[int(rng.integers(len(absent)))]
+        answer = "no"
+    return QA(f"is there {article(colour)} {colour} {shape}?", answer, "yes/no", "is there a")
+
+
+def _relation_question(scene: Scene, rng: np.random.Generator) -> QA | None:
+    pairs = [(a, rel, b) for a, rel, b in _related_pairs(scene) if distinguishing_attributes(a, scene) and distinguishing_attributes(b, scene)]
+    if not pairs:
+        return None
+    a, rel, b = pairs[int(rng.integers(len(pairs)))]
+    da = describe(a, ("colour",) + distinguishing_attributes(a, scene)[0])
+    db = describe(b, ("colour",) + distinguishing_attributes(b, scene)[0])
+    if rng.random() < 0.5:
+        return QA(f"is the {da} {rel} the {db}?", "yes", "yes/no", "is the")
+    wrong = [r for r in RELATIONS if r != rel][int(rng.integers(len(RELATIONS) - 1))]
+    return QA(f"is the {da} {wrong} the {db}?", "no", "yes/no", "is the")
+
+
+QUESTION_KINDS = {
+    "colour": _colour_question,
+    "shape": _shape_question,
+    "count": _count_question,
+    "exists": _exists_question,
+    "relation": _relation_question,
+}
+
+
+def questions(scene: Scene, rng: np.random.Generator, count: int) -> list[QA]:
+    """Up to ``count`` distinct questions, each kind drawn in turn from a shuffled order."""
+    out: list[QA] = []
+    kinds = list(QUESTION_KINDS)
+    for attempt in range(count * 6):
+        if attempt % len(kinds) == 0:
+            rng.shuffle(kinds)
+        qa = QUESTION_KINDS[kinds[attempt % len(kinds)]](scene, rng)
+        if qa is not None and qa.question not in {q.question for q in out}:
+            out.append(qa)
+        if len(out) == count:
+            break
+    return out
+
+
+def wrong_answer(qa: QA, rng: np.random.Generator) -> str:
+    if qa.answer_type == "yes/no":
+        return "no" if qa.answer == "yes" else "yes"
+    if qa.answer_type == "number":
+        n = int(qa.answer)
+        return str(n + 1 if n == 0 or rng.random() < 0.5 else n - 1)
+    pool = list(COLOURS) if qa.answer in COLOURS else list(SHAPES)
+    others = [p for p in pool if p != qa.answer]
+    return others[int(rng.integers(len(others)))]
+
+
+def human_answers(qa: QA, rng: np.random.Generator, noise: float, count: int = 10) -> list[str]:
+    return [wrong_answer(qa, rng) if rng.random() < noise else qa.answer for _ in range(count)]
+
+
+# --------------------------------------------------------------------------- RefCOCO+
+def referring_expressions(target: SceneObject, scene: Scene) -> list[str]:
+    """Expressions that identify ``target`` among same-shape objects, without location words
+    (RefCOCO+'s rule); empty when the scene has no other object of its shape or none is unique."""
+    if sum(o.shape == target.shape for o in scene.objects) < 2:
+        return []
+    out = []
+    for attrs in distinguishing_attributes(target, scene)[:3]:
+        d = describe(target, attrs)
+        out.append(d if len(out) % 2 == 0 else f"the {d}")
+    return out
+
+
+# --------------------------------------------------------------------------- web captions
+FILLERS = ("stock photo", "nice pic", "random stuff", "found this", "wallpaper", "my collection", "photo 2019", "so cool")
+
+
+def web_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, list[tuple[str, SceneObject]]]:
+    """A short noisy caption naming one or two objects, and the (phrase, object) pairs it names."""
+    k = min(len(scene.objects), 1 if rng.random() < 0.6 else 2)
+    named = [scene.objects[int(i)] for i in rng.choice(len(scene.objects), size=k, replace=False)]
+    phrases = [describe(o, ("colour",)) for o in named]
+    filler = str(rng.choice(FILLERS))
+    style = int(rng.integers(4))
+    if style == 0:
+        text = f"{' and '.join(phrases)} on dark background"
+    elif style == 1:
+        text = f"check out this {' with '.join(phrases)}!!"
+    elif style == 2:
+        text = f"{filler}: {', '.join(phrases)}"
+    else:
+        text = f"{' + '.join(phrases)} #{filler.replace(' ', '')}"
+    return text, list(zip(phrases, named))
