@@ -7,6 +7,7 @@ is one stage of the pipeline and is what the Snakemake rules run.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     params = _params(args)
     root = Path(args.root or params.data.root)
-    manifest = generate_world(params.synth, root, progress=not args.quiet)
+    manifest = generate_world(params.synth, root, progress=not args.quiet, workers=args.workers)
     images = sum(manifest["images"].values())
     print(f"synthetic world ({params.profile}, seed {params.synth.seed}): {images} images written under {root}")
     return 0
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="generate the synthetic world in the official dataset formats")
     p.add_argument("--root", help="data root to write (default: the profile's data.root)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes drawing images; the output is the same for any number (default: %(default)s)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("validate-data", help="run every reader over a data root and print a summary")

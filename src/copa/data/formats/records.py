@@ -65,8 +65,8 @@ def load_json(path: Path) -> Any:
 def dump_json(data: Any, path: Path) -> None:
     """Minified, key order as given: the official files are written this way, and it is byte-stable."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"), ensure_ascii=False)
+    # json.dumps runs the C encoder; json.dump(f) streams through the pure-Python one (5x slower).
+    path.write_text(json.dumps(data, separators=(",", ":"), ensure_ascii=False), encoding="utf-8")
 
 
 class Record:

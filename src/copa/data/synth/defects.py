@@ -40,7 +40,7 @@ def corrupt_box(kind: str, box: Box, width: int, height: int, rng: np.random.Gen
 
 
 def near_duplicate(phrase: str, box: Box, width: int, height: int, rng: np.random.Generator) -> tuple[str, Box]:
-    """A re-worded phrase (one word appended: Jaccard n/(n+1) > 0.75 for n >= 4 words) with a box
+    """A re-worded phrase (one new word appended: Jaccard n/(n+1) > 0.75 for n >= 4 distinct words) with a box
     jittered by at most 3% of its side, kept inside the image."""
     text = f"{phrase} {DUPLICATE_SUFFIXES[int(rng.integers(len(DUPLICATE_SUFFIXES)))]}"
     dx, dy = (int(round(v)) for v in rng.uniform(-0.03, 0.03, size=2) * (box.w, box.h))

@@ -6,6 +6,7 @@ noise, which imitates annotator disagreement).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 
@@ -68,6 +69,7 @@ def _listing(objs: list[SceneObject], rng: np.random.Generator) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
+@functools.lru_cache(maxsize=16)  # every caption and question of a scene asks again
 def _related_pairs(scene: Scene) -> list[tuple[SceneObject, str, SceneObject]]:
     pairs = []
     for a in scene.objects:
@@ -192,12 +194,12 @@ def _exists_question(scene: Scene, rng: np.random.Generator) -> QA:
 
 
 def _relation_question(scene: Scene, rng: np.random.Generator) -> QA | None:
-    pairs = [(a, rel, b) for a, rel, b in _related_pairs(scene) if distinguishing_attributes(a, scene) and distinguishing_attributes(b, scene)]
+    unique = {id(o): attrs[0] for o in scene.objects if (attrs := distinguishing_attributes(o, scene))}
+    pairs = [(a, rel, b) for a, rel, b in _related_pairs(scene) if id(a) in unique and id(b) in unique]
     if not pairs:
         return None
     a, rel, b = pairs[int(rng.integers(len(pairs)))]
-    da = describe(a, ("colour",) + distinguishing_attributes(a, scene)[0])
-    db = describe(b, ("colour",) + distinguishing_attributes(b, scene)[0])
+    da, db = describe(a, ("colour",) + unique[id(a)]), describe(b, ("colour",) + unique[id(b)])
     if rng.random() < 0.5:
         return QA(f"is the {da} {rel} the {db}?", "yes", "yes/no", "is the")
     wrong = [r for r in RELATIONS if r != rel][int(rng.integers(len(RELATIONS) - 1))]

@@ -72,7 +72,7 @@ def _texture(obj: SceneObject, rng: np.random.Generator) -> np.ndarray:
     elif obj.texture == "dotted":
         dots = ((xx % period) - period / 2) ** 2 + ((yy % period) - period / 2) ** 2 <= (period / 4) ** 2
         pixels[dots] = pixels[dots] * 0.3 + 255 * 0.7
-    pixels += rng.normal(0, 6, size=pixels.shape)
+    pixels += 6 * rng.standard_normal(pixels.shape, dtype=np.float32)
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
@@ -86,12 +86,12 @@ def _background(scene: Scene, rng: np.random.Generator) -> np.ndarray:
         elif scene.background_texture == "checker":
             pixels[((xx // 10) + (yy // 10)) % 2 == 1] *= 0.92
         noise = 15 if scene.background_texture == "noise" else 4
-        pixels += rng.normal(0, noise, size=pixels.shape)
+        pixels += noise * rng.standard_normal(pixels.shape, dtype=np.float32)
     else:  # web: a gradient between two dark colours, heavy noise
         start = np.array(WEB_BACKGROUNDS[scene.background], np.float32)
         end = np.array(WEB_BACKGROUNDS[str(rng.choice(list(WEB_BACKGROUNDS)))], np.float32)
-        t = ((xx / max(1, w - 1) + yy / max(1, h - 1)) / 2)[..., None]
-        pixels = start * (1 - t) + end * t + rng.normal(0, 22, size=(h, w, 3))
+        t = ((xx / max(1, w - 1) + yy / max(1, h - 1)) / 2)[..., None].astype(np.float32)
+        pixels = start * (1 - t) + end * t + 22 * rng.standard_normal((h, w, 3), dtype=np.float32)
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 

@@ -11,12 +11,14 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from copa.config import SynthParams
+from copa.data.annotation_checks import words
 from copa.data.formats import coco, karpathy, refcoco, reference_boxes, visual_genome, vqa, web_pairs
 from copa.data.formats.records import Box, Image
 from copa.data.layout import DataLayout
@@ -51,43 +53,38 @@ class Pictured:
 
 
 class World:
-    def __init__(self, params: SynthParams, root: Path, progress: bool = True):
-        self.params, self.layout, self.progress = params, DataLayout(Path(root)), progress
+    def __init__(self, params: SynthParams, root: Path, progress: bool = True, workers: int = 1):
+        self.params, self.layout, self.progress, self.workers = params, DataLayout(Path(root)), progress, workers
         self.clean_objects: dict[str, list[coco.CocoObject]] = {}  # COCO split -> objects without defects
 
     def rng(self, pool: str, index: int, purpose: int) -> np.random.Generator:
-        return np.random.default_rng([self.params.seed, list(POOLS).index(pool), index, purpose])
+        return image_rng(self.params.seed, pool, index, purpose)
 
     # ------------------------------------------------------------------ images
-    def draw_pool(self, pool: str, path_of: Callable[[int, int], Path], bar: tqdm) -> list[Pictured]:
+    def draw_pool(self, pool: str, path_of: Callable[[int, int], Path], bar: tqdm, executor: Executor) -> list[Pictured]:
         first_id, domain = POOLS[pool]
-        count = getattr(self.params.images, pool)
+        jobs = [(self.params, pool, index, first_id + index, path_of(first_id + index, index), domain) for index in range(getattr(self.params.images, pool))]
         out = []
-        for index in range(count):
-            scene_rng = self.rng(pool, index, SCENE)
-            scene = sample_scene(scene_rng, self.params.image_side, self.params.objects_per_image, domain)
-            while not scene.objects:  # only in absurdly crowded settings
-                scene = sample_scene(scene_rng, self.params.image_side, self.params.objects_per_image, domain)
-            image_id = first_id + index
-            path = path_of(image_id, index)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            render(scene, self.rng(pool, index, PIXELS)).save(path, format="JPEG", quality=self.params.jpeg_quality)
-            out.append(Pictured(Image(image_id, path, scene.width, scene.height), scene, index))
+        for pictured in executor.map(_draw_one, jobs, chunksize=32):
+            out.append(pictured)
             bar.update(1)
         return out
 
     def generate(self) -> dict:
         p, lay = self.params, self.layout
         total = sum(dataclasses.astuple(p.images))
-        with tqdm(total=total, desc="synthetic world: images", unit="img", disable=not self.progress) as bar:
+        with (
+            tqdm(total=total, desc="synthetic world: images", unit="img", disable=not self.progress) as bar,
+            ProcessPoolExecutor(self.workers) if self.workers > 1 else _InProcess() as executor,
+        ):
             coco_pools = {
-                split: self.draw_pool(f"coco_{split}", lambda i, _, s=split: lay.coco_images(s) / coco.file_name(s, i), bar)
+                split: self.draw_pool(f"coco_{split}", lambda i, _, s=split: lay.coco_images(s) / coco.file_name(s, i), bar, executor)
                 for split in ("train2014", "val2014", "test2015")
             }
-            vg = self.draw_pool("vg", lambda i, _: lay.vg / visual_genome.IMAGE_FOLDER / f"{i}.jpg", bar)
-            flickr = self.draw_pool("flickr30k", lambda i, _: lay.flickr_images / f"{i}.jpg", bar)
+            vg = self.draw_pool("vg", lambda i, _: lay.vg / visual_genome.IMAGE_FOLDER / f"{i}.jpg", bar, executor)
+            flickr = self.draw_pool("flickr30k", lambda i, _: lay.flickr_images / f"{i}.jpg", bar, executor)
             web = {
-                split: self.draw_pool(f"cc3m_{split}", lambda _, k, s=split: lay.cc3m / "images" / s / f"{k:08d}.jpg", bar)
+                split: self.draw_pool(f"cc3m_{split}", lambda _, k, s=split: lay.cc3m / "images" / s / f"{k:08d}.jpg", bar, executor)
                 for split in ("train", "val")
             }
         manifest = {
@@ -158,9 +155,9 @@ class World:
         return report, added
 
     def inject_near_duplicates(self, clean: list[visual_genome.VGRegion], images: dict, next_id: int) -> tuple[dict, list]:
-        """Re-worded copies of clean regions of 4+ words (see defects.near_duplicate)."""
+        """Re-worded copies of clean regions of 4+ distinct words (see defects.near_duplicate)."""
         rng = self.defect_rng("vg_near_duplicates")
-        eligible = [r for r in clean if len(r.phrase.split()) >= 4]
+        eligible = [r for r in clean if len(words(r.phrase)) >= 4]
         n = min(defects.defect_count(self.params.defects.near_duplicate_region, len(clean)), len(eligible))
         added, sources = [], {}
         for i in sorted(rng.choice(len(eligible), size=n, replace=False)):
@@ -319,6 +316,35 @@ class World:
         return tuple(boxes)
 
 
+def image_rng(seed: int, pool: str, index: int, purpose: int) -> np.random.Generator:
+    return np.random.default_rng([seed, list(POOLS).index(pool), index, purpose])
+
+
+def _draw_one(job: tuple) -> Pictured:
+    """Sample, render and save one image (runs in a worker process: each image has its own streams)."""
+    params, pool, index, image_id, path, domain = job
+    scene_rng = image_rng(params.seed, pool, index, SCENE)
+    scene = sample_scene(scene_rng, params.image_side, params.objects_per_image, domain)
+    while not scene.objects:  # only in absurdly crowded settings
+        scene = sample_scene(scene_rng, params.image_side, params.objects_per_image, domain)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render(scene, image_rng(params.seed, pool, index, PIXELS)).save(path, format="JPEG", quality=params.jpeg_quality)
+    return Pictured(Image(image_id, path, scene.width, scene.height), scene, index)
+
+
+class _InProcess:
+    """The executor interface, serially in this process (workers=1: simplest to debug and profile)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def map(self, fn, items, chunksize: int = 1):
+        return map(fn, items)
+
+
 DEFECT_STREAMS = ("coco_objects", "vg_objects", "vg_regions", "vg_near_duplicates", "oracle_boxes")
 _ID_FIELD = {coco.CocoObject: "ann_id", visual_genome.VGObject: "object_id", visual_genome.VGRegion: "region_id"}
 
@@ -333,6 +359,7 @@ def _polygon_area(flat: list[float]) -> float:
     return round(float(abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))) / 2), 2)
 
 
-def generate_world(params: SynthParams, root: str | Path, progress: bool = True) -> dict:
-    """Write the synthetic world under ``root``; returns the manifest (also written there)."""
-    return World(params, Path(root), progress).generate()
+def generate_world(params: SynthParams, root: str | Path, progress: bool = True, workers: int = 1) -> dict:
+    """Write the synthetic world under ``root``; returns the manifest (also written there).
+    ``workers`` processes draw the images; the files are the same for any number of workers."""
+    return World(params, Path(root), progress, workers).generate()

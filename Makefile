@@ -1,0 +1,32 @@
+# The two entry points of the README: `make demo` (the main job on the embedded synthetic world)
+# and `make test` (the test suite, also what CI runs through .ci/run). Both create the pinned
+# virtual environment in .venv on first use; nothing else is needed but python3 (3.10+).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+# Rules call the `copa` command: the environment's bin must come first on PATH.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test lock clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores all
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Re-pin the transitive dependencies after changing a pin in pyproject.toml.
+lock:
+	rm -rf /tmp/copa-lock-venv && $(PYTHON) -m venv /tmp/copa-lock-venv
+	/tmp/copa-lock-venv/bin/pip install --quiet '.[test]'
+	{ echo "# Transitive pins (pip constraints) from a clean install of pyproject.toml's pinned set. Regenerate: make lock"; \
+	  /tmp/copa-lock-venv/bin/pip freeze --exclude copa-repro; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) .snakemake

@@ -1,0 +1,108 @@
+"""The typed parameter loader: profiles resolve, and every mistake names its file and key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from copa.config import ParamsError, available_profiles, load_params, parse_override
+
+PARAMS_DIR = Path(__file__).parents[1] / "params"
+
+
+def _flat_keys(data, prefix=""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flat_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+@pytest.mark.parametrize("profile", ["fixture", "demo", "paper"])
+def test_every_profile_resolves(profile):
+    params = load_params(profile, params_dir=PARAMS_DIR)
+    assert params.profile == profile
+    assert params.synth.images.coco_train2014 > 0
+    assert params.provenance["synth.images.vg"] == str(PARAMS_DIR / "profiles" / f"{profile}.yaml")
+    assert params.provenance["synth.jpeg_quality"] == str(PARAMS_DIR / "base.yaml")
+
+
+def test_profiles_define_the_same_keys():
+    """A key set in one profile only would leak its value into runs of the others."""
+    keysets = {p: set(_flat_keys(yaml.safe_load((PARAMS_DIR / "profiles" / f"{p}.yaml").read_text()))) for p in available_profiles(PARAMS_DIR)}
+    assert set(keysets) == {"fixture", "demo", "paper"}
+    first = next(iter(keysets.values()))
+    assert all(keys == first for keys in keysets.values()), keysets
+
+
+def test_default_profile_comes_from_base():
+    assert load_params(None, params_dir=PARAMS_DIR).profile == "demo"
+
+
+def test_overrides_win_and_are_typed():
+    params = load_params("fixture", ["synth.seed=7", "synth.image_side=[50, 60]"], PARAMS_DIR)
+    assert params.synth.seed == 7 and params.synth.image_side == (50, 60)
+    assert params.provenance["synth.seed"] == "--set"
+
+
+def _params_dir(tmp_path, base_extra="", profile_text=None):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "base.yaml").write_text((PARAMS_DIR / "base.yaml").read_text() + base_extra)
+    text = profile_text if profile_text is not None else (PARAMS_DIR / "profiles" / "fixture.yaml").read_text()
+    (tmp_path / "profiles" / "fixture.yaml").write_text(text)
+    return tmp_path
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    d = _params_dir(tmp_path, profile_text=(PARAMS_DIR / "profiles" / "fixture.yaml").read_text().replace("  seed: 0", "  sed: 0"))
+    with pytest.raises(ParamsError, match=r"profiles/fixture\.yaml: unknown key 'synth\.sed'; did you mean 'synth\.seed'"):
+        load_params("fixture", params_dir=d)
+
+
+def test_wrong_type_names_file_and_key(tmp_path):
+    d = _params_dir(tmp_path, profile_text=(PARAMS_DIR / "profiles" / "fixture.yaml").read_text().replace("coco_train2014: 60", "coco_train2014: many"))
+    with pytest.raises(ParamsError, match=r"fixture\.yaml: key 'synth\.images\.coco_train2014' must be an integer, got 'many'"):
+        load_params("fixture", params_dir=d)
+
+
+def test_missing_key_is_reported(tmp_path):
+    text = "\n".join(line for line in (PARAMS_DIR / "profiles" / "fixture.yaml").read_text().splitlines() if "flickr30k:" not in line)
+    with pytest.raises(ParamsError, match=r"missing key 'synth\.images\.flickr30k'"):
+        load_params("fixture", params_dir=_params_dir(tmp_path, profile_text=text))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("synth.seed=abc", r"--set: key 'synth\.seed' must be an integer"),
+        ("synth.bogus=1", r"--set: unknown key 'synth\.bogus'"),
+        ("data.source=imaginary", r"key 'data\.source' must be one of 'synthetic', 'real'"),
+        ("synth.answer_noise=true", r"key 'synth\.answer_noise' must be a number"),
+        ("synth.image_side=[1, 2, 3]", r"key 'synth\.image_side' must be a list of 2 values"),
+        ("noequals", r"expected KEY=VALUE"),
+    ],
+)
+def test_bad_overrides(override, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params("fixture", [override], PARAMS_DIR)
+
+
+def test_unknown_profile_lists_the_available_ones():
+    with pytest.raises(ParamsError, match=r"unknown profile 'tiny'.*available: demo, fixture, paper"):
+        load_params("tiny", params_dir=PARAMS_DIR)
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    d = _params_dir(tmp_path, profile_text="synth: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"fixture\.yaml: not valid YAML"):
+        load_params("fixture", params_dir=d)
+
+
+def test_parse_override_nests():
+    assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+
+
+def test_to_dict_round_trips_through_overrides(tmp_path):
+    params = load_params("fixture", params_dir=PARAMS_DIR)
+    as_dict = params.to_dict()
+    assert "provenance" not in as_dict and as_dict["synth"]["images"]["vg"] == params.synth.images.vg
