@@ -102,7 +102,7 @@ def test_parse_override_nests():
     assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
 
 
-def test_to_dict_round_trips_through_overrides(tmp_path):
+def test_to_dict_gives_values_without_provenance():
     params = load_params("fixture", params_dir=PARAMS_DIR)
     as_dict = params.to_dict()
     assert "provenance" not in as_dict and as_dict["synth"]["images"]["vg"] == params.synth.images.vg

@@ -9,6 +9,7 @@ parameters; ``workflow/schemas/`` only validates the Snakemake run-control confi
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import types
@@ -262,7 +263,7 @@ def _coerce(hint: Any, value: Any, dotted: str, provenance: Mapping[str, str]) -
         if not isinstance(value, (list, tuple)):
             raise fail("a list")
         return [_coerce(args[0], v, f"{dotted}[{i}]", provenance) for i, v in enumerate(value)]
-    if origin is dict or origin is Mapping:
+    if origin in (dict, collections.abc.Mapping):
         if not isinstance(value, Mapping):
             raise fail("a mapping")
         return {k: _coerce(args[1], v, f"{dotted}.{k}", provenance) for k, v in value.items()}

@@ -64,9 +64,16 @@ def distinguishing_attributes(target: SceneObject, scene: Scene, allowed: tuple[
 
 
 # --------------------------------------------------------------------------- COCO captions
-def _listing(objs: list[SceneObject], rng: np.random.Generator) -> str:
-    phrases = [f"{article(d)} {d}" for d in (describe(o, ("colour",) if rng.random() < 0.6 else ("size", "colour")) for o in objs)]
-    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+def _listing(objs: list[SceneObject], rng: np.random.Generator, tail: str = "") -> str:
+    """``"a red circle, a small blue star and <tail>"``; full descriptions where colour alone repeats."""
+    short = [describe(o, ("colour",)) for o in objs]
+    full = [describe(o, ("size", "texture", "colour")) for o in objs]
+    names = full if len(set(short)) < len(short) or rng.random() < 0.4 else short
+    return _and([f"{article(d)} {d}" for d in names] + ([tail] if tail else []))
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 @functools.lru_cache(maxsize=16)  # every caption and question of a scene asks again
@@ -90,18 +97,20 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     if kind == "listing":
         chosen = [objs[i] for i in sorted(rng.choice(len(objs), size=min(3, len(objs)), replace=False))]
         more = len(objs) - len(chosen)
-        tail = f" and {NUMBER_WORDS[min(more, 10)]} other shape{'s' if more > 1 else ''}" if more else ""
-        return f"an image with {_listing(chosen, rng)}{tail}."
+        tail = f"{NUMBER_WORDS[min(more, 10)]} other shape{'s' if more > 1 else ''}" if more else ""
+        return f"an image with {_listing(chosen, rng, tail)}."
     if kind == "count":
         shape = Counter(o.shape for o in objs).most_common(1)[0][0]
         n = sum(o.shape == shape for o in objs)
         colours = sorted({o.colour for o in objs if o.shape == shape})
         what = plural(shape) if n > 1 else shape
-        return f"{NUMBER_WORDS[min(n, 10)]} {what} in {' and '.join(colours)} among {len(objs)} shapes."
+        return f"{NUMBER_WORDS[min(n, 10)]} {what} in {_and(colours)} among {len(objs)} shapes."
     if kind == "background":
         chosen = objs[int(rng.integers(len(objs)))]
         d = describe(chosen, ("size", "texture", "colour"))
-        return f"{article(d)} {d} on a {scene.background} background with {len(objs) - 1} other shapes."
+        others = len(objs) - 1
+        company = f" with {NUMBER_WORDS[min(others, 10)]} other shape{'s' if others > 1 else ''}" if others else ""
+        return f"{article(d)} {d} on a {scene.background} background{company}."
     largest = max(objs, key=lambda o: o.box.area)
     d = describe(largest, ("texture", "colour"))
     return f"the largest shape is {article(d)} {d}, next to {_listing([o for o in objs if o is not largest][:2], rng) if len(objs) > 1 else 'nothing else'}."
