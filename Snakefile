@@ -1,0 +1,16 @@
+# Entry of the COPA reproduction DAG: include the rule files, name the final targets.
+#   snakemake --cores all                                  demo profile (params/base.yaml)
+#   snakemake --cores 2 --config profile=fixture           tiny CI run
+#   snakemake --cores 2 --config 'set=["synth.seed=3"]'    override parameters (see params/)
+# Profiles of Snakemake options: workflow/profiles/default (pass --workflow-profile
+# workflow/profiles/default) and workflow/profiles/slurm (--profile workflow/profiles/slurm).
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.validate_data.output,

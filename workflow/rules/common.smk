@@ -1,0 +1,56 @@
+# Run control, the resolved parameters and helpers shared by every rule file.
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from copa.config import ParamsError, load_params
+
+# `config` holds run control only (profile, overrides); experiment parameters live in params/.
+validate(config, "../schemas/config.schema.yaml")
+
+# Resolved once, at parse time: a bad params file or override stops the run before any job,
+# with copa.config's message naming the file and the key.
+try:
+    PARAMS = load_params(config.get("profile"), config["set"])
+except ParamsError as exc:
+    raise WorkflowError(f"bad parameters: {exc}") from None
+PROFILE = PARAMS.profile  # without --config profile=..., the one named in params/base.yaml
+SYNTHETIC = PARAMS.data.source == "synthetic"
+
+# Jobs run the `copa` installed beside the Python that runs Snakemake (and imported copa above),
+# whether or not its environment is activated.
+os.environ.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+def copa_cli(*sections):
+    """`copa --profile P` plus the run's `--set` overrides of `sections` only.
+
+    Rules get this as a param, and params are a rerun trigger: an override of another section
+    (say a training knob) must not rerun the rule.
+    """
+    args = ["copa", "--profile", PROFILE]
+    for override in config["set"]:
+        if override.split("=", 1)[0].split(".", 1)[0] in sections:
+            args += ["--set", override]
+    return shlex.join(args)
+
+
+def section_json(name):
+    """A params section as canonical JSON: a rule param, so editing the section reruns the rule."""
+    return json.dumps(PARAMS.to_dict()[name], sort_keys=True)
+
+
+def source_files(*patterns):
+    """Files of the copa package to list as inputs: Snakemake's code trigger does not see imports."""
+    files = []
+    for pattern in patterns:
+        matches = sorted(str(p) for p in Path("src/copa").glob(pattern))
+        if not matches:  # a moved module must not silently drop its rerun trigger
+            raise WorkflowError(f"no file matches src/copa/{pattern} (run from the repository root)")
+        files += matches
+    return files
