@@ -15,12 +15,12 @@ from copa.data.formats.records import (
     FormatError,
     Image,
     Record,
+    claim_id,
     dump_json,
     load_json,
     records,
     require_image_file,
     require_known_image,
-    unique_ids,
 )
 
 LICENSE = {"url": "https://creativecommons.org/licenses/by/4.0/", "id": 1, "name": "CC BY 4.0 (synthetic)"}
@@ -81,7 +81,7 @@ def read_images(data: dict, path: Path, image_dir: Path, check_files: bool = Tru
             raise rec.error("width" if width <= 0 else "height", f"image size must be positive, got {width}x{height}")
         image = Image(image_id, image_dir / rec.string("file_name"), width, height)
         if check_files:
-            require_image_file(image.path, path, rec)
+            require_image_file(image.path, rec, "file_name")
         images[image_id] = image
     return images
 
@@ -112,7 +112,7 @@ def read_instances(path: Path, image_dir: Path, check_files: bool = True) -> Coc
     data = load_json(path)
     images = read_images(data, path, image_dir, check_files)
     categories = read_categories(data, path)
-    objects = []
+    objects, seen = [], {}
     for rec in records(data, "annotations", path, id_field="id"):
         obj = CocoObject(
             ann_id=rec.integer("id"),
@@ -126,20 +126,20 @@ def read_instances(path: Path, image_dir: Path, check_files: bool = True) -> Coc
         require_known_image(obj.image_id, images, rec)
         if obj.category_id not in categories:
             raise rec.error("category_id", f"category id {obj.category_id} is not in the file's categories")
+        claim_id(seen, obj.ann_id, rec, "id", "annotation id")
         objects.append(obj)
-    unique_ids([o.ann_id for o in objects], path, "annotation id")
     return CocoInstances(images, categories, objects)
 
 
 def read_captions(path: Path, image_dir: Path, check_files: bool = True) -> CocoCaptions:
     data = load_json(path)
     images = read_images(data, path, image_dir, check_files)
-    captions = []
+    captions, seen = [], {}
     for rec in records(data, "annotations", path, id_field="id"):
         cap = Caption(rec.integer("id"), rec.integer("image_id"), rec.string("caption"))
         require_known_image(cap.image_id, images, rec)
+        claim_id(seen, cap.caption_id, rec, "id", "caption id")
         captions.append(cap)
-    unique_ids([c.caption_id for c in captions], path, "caption id")
     return CocoCaptions(images, captions)
 
 

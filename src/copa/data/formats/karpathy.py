@@ -48,7 +48,7 @@ def read_karpathy(path: Path, image_dir: Path, check_files: bool = True) -> tupl
             sentences.append(srec.string("raw"))
         image = KarpathyImage(rec.integer("imgid"), split, image_path, tuple(sentences), rec.integer("cocoid", optional=True))
         if check_files:
-            require_image_file(image.path, path, rec)
+            require_image_file(image.path, rec, "filename")
         images.append(image)
     return data["dataset"], images
 

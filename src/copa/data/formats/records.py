@@ -60,6 +60,8 @@ def load_json(path: Path) -> Any:
         raise FormatError(path, f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except UnicodeDecodeError as exc:
         raise FormatError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise FormatError(path, "not valid JSON: nested too deeply") from None
 
 
 def dump_json(data: Any, path: Path) -> None:
@@ -167,9 +169,10 @@ def top_level_list(data: Any, path: Path) -> list:
     return data
 
 
-def require_image_file(image_path: Path, source: Path, record: Record) -> None:
+def require_image_file(image_path: Path, record: Record, field: str) -> None:
+    """``field``: the record's field the image path comes from."""
     if not image_path.is_file():
-        raise FormatError(source, f"image file {image_path} does not exist", record.label)
+        raise record.error(field, f"image file {image_path} does not exist")
 
 
 def require_known_image(image_id: int, images: dict[int, Image], record: Record, field: str = "image_id") -> None:
@@ -177,9 +180,8 @@ def require_known_image(image_id: int, images: dict[int, Image], record: Record,
         raise record.error(field, f"image id {image_id} is not in the file's images")
 
 
-def unique_ids(ids: list[int], path: Path, what: str) -> None:
-    seen: set[int] = set()
-    for value in ids:
-        if value in seen:
-            raise FormatError(path, f"duplicate {what} {value!r}")
-        seen.add(value)
+def claim_id(seen: dict[int, str], value: int, record: Record, field: str, what: str) -> None:
+    """Record ``value`` as used by ``record``; ``seen`` maps each id to the label of its first record."""
+    if value in seen:
+        raise record.error(field, f"duplicate {what} {value!r} (first used by {seen[value]})")
+    seen[value] = record.label

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from copa.data.formats import coco
-from copa.data.formats.records import Box, FormatError, list_records, unique_ids
+from copa.data.formats.records import Box, FormatError, claim_id, list_records
 
 REFS_FILE = "refs(unc).p"
 INSTANCES_FILE = "instances.json"
@@ -52,8 +52,10 @@ def read_refs(path: Path) -> list:
             data = _PlainDataUnpickler(f, encoding="latin1").load()
     except FileNotFoundError:
         raise FormatError(path, "file not found") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise FormatError(path, f"not a readable refs pickle ({exc})") from None
+    except Exception as exc:
+        # No class can load, so whatever fails is the data's fault: a corrupted file can raise
+        # AttributeError, OverflowError, MemoryError, ... besides UnpicklingError and EOFError.
+        raise FormatError(path, f"not a readable refs pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, list):
         raise FormatError(path, f"expected a pickled list of refs, got {type(data).__name__}")
     return data
@@ -63,7 +65,7 @@ def read_refcoco(refcoco_dir: Path, image_dir: Path, check_files: bool = True) -
     instances = coco.read_instances(refcoco_dir / INSTANCES_FILE, image_dir, check_files)
     boxes = {obj.ann_id: obj for obj in instances.objects}
     path = refcoco_dir / REFS_FILE
-    refs = []
+    refs, seen = [], {}
     for rec in list_records(read_refs(path), path, "refs", id_field="ref_id"):
         split = rec.string("split")
         if split not in SPLITS:
@@ -76,8 +78,9 @@ def read_refcoco(refcoco_dir: Path, image_dir: Path, check_files: bool = True) -
         sentences = tuple(s.string("sent") for s in list_records(rec.array("sentences"), path, f"{rec.label}.sentences", "sent_id"))
         if not sentences:
             raise rec.error("sentences", "a ref needs at least one sentence")
-        refs.append(Ref(rec.integer("ref_id"), ann_id, image_id, rec.integer("category_id"), split, sentences, boxes[ann_id].box))
-    unique_ids([r.ref_id for r in refs], path, "ref id")
+        ref = Ref(rec.integer("ref_id"), ann_id, image_id, rec.integer("category_id"), split, sentences, boxes[ann_id].box)
+        claim_id(seen, ref.ref_id, rec, "ref_id", "ref id")
+        refs.append(ref)
     return RefCOCO(refs, instances)
 
 

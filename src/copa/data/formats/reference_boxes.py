@@ -40,9 +40,14 @@ class ReferencePair:
 def read_reference_boxes(path: Path, data_root: Path | None = None) -> list[ReferencePair]:
     """``data_root``, when given, is where every pair's image must exist."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # "\n" only: str.splitlines() would also split at \u2028 etc., which JSON strings may hold unescaped.
+        lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise FormatError(path, "file not found") from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if lines[-1] == "":
+        lines.pop()
     pairs = []
     for number, line in enumerate(lines, start=1):
         try:

@@ -13,13 +13,13 @@ from pathlib import Path
 from copa.data.formats.records import (
     Box,
     Image,
+    claim_id,
     dump_json,
     list_records,
     load_json,
     require_image_file,
     require_known_image,
     top_level_list,
-    unique_ids,
 )
 
 URL_PREFIX = "https://cs.stanford.edu/people/rak248/"
@@ -59,7 +59,8 @@ def read_image_data(path: Path, vg_dir: Path, check_files: bool = True) -> dict[
             raise rec.error("image_id", f"duplicate image id {image_id}")
         url = rec.string("url", optional=True)
         # The folder is the second-to-last URL component (VG_100K or VG_100K_2).
-        folder = url.rstrip("/").split("/")[-2] if url and url.count("/") >= 1 else IMAGE_FOLDER
+        parts = url.rstrip("/").split("/") if url else []
+        folder = parts[-2] if len(parts) >= 2 else IMAGE_FOLDER
         width, height = rec.integer("width"), rec.integer("height")
         if width <= 0 or height <= 0:
             raise rec.error("width" if width <= 0 else "height", f"image size must be positive, got {width}x{height}")
@@ -72,17 +73,18 @@ def read_image_data(path: Path, vg_dir: Path, check_files: bool = True) -> dict[
             flickr_id=rec.integer("flickr_id", optional=True),
         )
         if check_files:
-            require_image_file(image.path, path, rec)
+            require_image_file(image.path, rec, "url" if url else "image_id")
         images[image_id] = image
     return images
 
 
 def _read_objects(path: Path, images: dict[int, VGImage], list_field: str) -> list[VGObject]:
-    objects = []
+    objects, seen = [], {}
     for entry in list_records(top_level_list(load_json(path), path), path, "images", id_field="image_id"):
         image_id = entry.integer("image_id")
         require_known_image(image_id, images, entry)
         for rec in list_records(entry.array(list_field), path, f"{entry.label}.{list_field}", id_field="object_id"):
+            claim_id(seen, rec.integer("object_id"), rec, "object_id", "object id")
             objects.append(
                 VGObject(
                     object_id=rec.integer("object_id"),
@@ -93,7 +95,6 @@ def _read_objects(path: Path, images: dict[int, VGImage], list_field: str) -> li
                     attributes=tuple(rec.strings("attributes", optional=True) or ()) if list_field == "attributes" else (),
                 )
             )
-    unique_ids([o.object_id for o in objects], path, "object id")
     return objects
 
 
@@ -107,7 +108,7 @@ def read_attributes(path: Path, images: dict[int, VGImage]) -> list[VGObject]:
 
 
 def read_regions(path: Path, images: dict[int, VGImage]) -> list[VGRegion]:
-    regions = []
+    regions, seen = [], {}
     for entry in list_records(top_level_list(load_json(path), path), path, "images", id_field="id"):
         image_id = entry.integer("id")
         require_known_image(image_id, images, entry, field="id")
@@ -115,8 +116,9 @@ def read_regions(path: Path, images: dict[int, VGImage]) -> list[VGRegion]:
             region_image = rec.integer("image_id")
             if region_image != image_id:
                 raise rec.error("image_id", f"region belongs to image {region_image} but is listed under image {image_id}")
-            regions.append(VGRegion(rec.integer("region_id"), image_id, rec.box_fields(w="width", h="height"), rec.string("phrase")))
-    unique_ids([r.region_id for r in regions], path, "region id")
+            region = VGRegion(rec.integer("region_id"), image_id, rec.box_fields(w="width", h="height"), rec.string("phrase"))
+            claim_id(seen, region.region_id, rec, "region_id", "region id")
+            regions.append(region)
     return regions
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from copa.data.formats.records import FormatError, dump_json, list_records, load_json, records, unique_ids
+from copa.data.formats.records import FormatError, claim_id, dump_json, list_records, load_json, records
 
 ANSWER_TYPES = ("yes/no", "number", "other")
 ANSWERS_PER_QUESTION = 10
@@ -48,13 +48,13 @@ class VQASplit:
 
 def read_questions(path: Path, known_images: set[int] | None = None) -> list[Question]:
     data = load_json(path)
-    questions = []
+    questions, seen = [], {}
     for rec in records(data, "questions", path, id_field="question_id"):
         q = Question(rec.integer("question_id"), rec.integer("image_id"), rec.string("question"))
         if known_images is not None and q.image_id not in known_images:
             raise rec.error("image_id", f"image id {q.image_id} is not an image of this split")
+        claim_id(seen, q.question_id, rec, "question_id", "question id")
         questions.append(q)
-    unique_ids([q.question_id for q in questions], path, "question id")
     return questions
 
 
@@ -77,9 +77,15 @@ def read_annotations(path: Path, questions: list[Question]) -> dict[int, Answers
         if len(human) != ANSWERS_PER_QUESTION:
             raise rec.error("answers", f"expected {ANSWERS_PER_QUESTION} human answers, got {len(human)}")
         answers[qid] = Answers(qid, image_id, rec.string("question_type"), answer_type, rec.string("multiple_choice_answer"), tuple(human))
-    missing = set(by_id) - set(answers)
+    missing = [(i, q.question_id) for i, q in enumerate(questions) if q.question_id not in answers]
     if missing:
-        raise FormatError(path, f"{len(missing)} question(s) have no annotation, e.g. question id {min(missing)}")
+        i, qid = missing[0]
+        raise FormatError(
+            path,
+            f"question {qid} of the questions file has no annotation here ({len(missing)} question(s) have none)",
+            f"questions[{i}] (question_id {qid})",
+            "question_id",
+        )
     return answers
 
 

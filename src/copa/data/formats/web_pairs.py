@@ -30,7 +30,8 @@ def read_web_pairs(path: Path, check_files: bool = True) -> list[WebPair]:
     except UnicodeDecodeError as exc:
         raise FormatError(path, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     pairs = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() would also split captions at \x0c, \x85, \u2028, ...
+    for number, line in enumerate(_lines(text), start=1):
         label = f"line {number}"
         columns = line.split("\t")
         if len(columns) != 2:
@@ -47,11 +48,19 @@ def read_web_pairs(path: Path, check_files: bool = True) -> list[WebPair]:
     return pairs
 
 
+def _lines(text: str) -> list[str]:
+    """The lines of a "\n"-terminated text (read_text has already turned "\r\n" into "\n")."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def write_web_pairs(path: Path, pairs: list[WebPair]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
     for pair in pairs:
-        if "\t" in pair.caption or "\n" in pair.caption:
-            raise ValueError(f"caption of pair {pair.line} contains a tab or newline: {pair.caption!r}")
+        if any(c in pair.caption for c in "\t\n\r"):
+            raise ValueError(f"caption of pair {pair.line} contains a tab, newline or carriage return: {pair.caption!r}")
         lines.append(f"{pair.caption}\t{pair.path.relative_to(path.parent).as_posix()}\n")
     path.write_text("".join(lines), encoding="utf-8")

@@ -1,0 +1,25 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from copa.config import load_params
+from copa.data.synth.world import generate_world
+
+PARAMS_DIR = Path(__file__).parents[1] / "params"
+
+
+@pytest.fixture(scope="session")
+def fixture_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The root of one fixture-profile synthetic world, generated once per test session (~1 s).
+
+    Shared by every test: treat it as read-only, and copy it (``shutil.copytree``) before
+    corrupting anything.
+    """
+    root = tmp_path_factory.mktemp("fixture_world")
+    params = load_params("fixture", params_dir=PARAMS_DIR)
+    generate_world(params.synth, root, progress=False)
+    return root
