@@ -176,3 +176,20 @@ def test_captions_are_distinct_enough_for_retrieval(fixture_world):
     caps = coco.read_captions(lay.coco_captions("train2014"), lay.coco_images("train2014"))
     texts = Counter(c.text for c in caps.captions)
     assert len(texts) > 0.8 * len(caps.captions)  # few captions are shared between images
+
+
+def test_synth_cli_replaces_a_world_only_when_asked(tmp_path, capsys):
+    from copa.cli import main
+
+    root = tmp_path / "world"
+    base = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR), "synth", "--root", str(root), "--quiet", "--workers", "1"]
+    assert main(base) == 0
+    stale = root / "coco" / "train2014" / "stale.jpg"
+    stale.write_bytes(b"old")
+    assert main(base) == 2
+    assert "already holds a synthetic world: pass --overwrite" in capsys.readouterr().err
+    assert main([*base, "--overwrite"]) == 0
+    assert not stale.exists() and validate_data_root(root).ok
+    (root / "my_notes.txt").write_text("keep me")
+    assert main([*base, "--overwrite"]) == 2
+    assert "does not write (my_notes.txt)" in capsys.readouterr().err and (root / "my_notes.txt").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,10 +33,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     params = _params(args)
     root = Path(args.root or params.data.root)
+    clear_previous_world(root, args.overwrite)
     manifest = generate_world(params.synth, root, progress=not args.quiet, workers=args.workers)
     images = sum(manifest["images"].values())
     print(f"synthetic world ({params.profile}, seed {params.synth.seed}): {images} images written under {root}")
     return 0
+
+
+def clear_previous_world(root: Path, overwrite: bool) -> None:
+    """A non-empty root is an error, unless --overwrite and it holds only what `copa synth` writes
+    (a finished or interrupted world): stale files of another world must not linger."""
+    from copa.data.synth.world import WORLD_ENTRIES
+
+    if not root.exists() or not any(root.iterdir()):
+        return
+    foreign = sorted(p.name for p in root.iterdir() if p.name not in WORLD_ENTRIES)
+    if foreign:
+        raise FileExistsError(f"data root {root} holds files the synthetic world does not write ({', '.join(foreign[:5])}): choose another --root")
+    if not overwrite:
+        raise FileExistsError(f"data root {root} already holds a synthetic world: pass --overwrite to replace it")
+    shutil.rmtree(root)
 
 
 def cmd_validate_data(args: argparse.Namespace) -> int:
@@ -66,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="generate the synthetic world in the official dataset formats")
     p.add_argument("--root", help="data root to write (default: the profile's data.root)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace a synthetic world already in --root (nothing else is ever deleted)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes drawing images; the output is the same for any number (default: %(default)s)")
     p.set_defaults(func=cmd_synth)
 
@@ -82,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ParamsError, FormatError, FileNotFoundError) as exc:
+    except (ParamsError, FormatError, FileNotFoundError, FileExistsError) as exc:
         print(f"copa {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -27,7 +27,7 @@ from copa.data.synth.render import outline, render
 from copa.data.synth.scene import CURVED_SHAPES, SHAPES, Scene, sample_scene
 
 MANIFEST_VERSION = 1
-# Image pools: (name, first image id, domain). Ids are disjoint across pools, like COCO's.
+# Image pools: name -> (first image id, domain). COCO ids are disjoint across splits, as COCO's are.
 POOLS = {
     "coco_train2014": (1, "in_domain"),
     "coco_val2014": (500_001, "in_domain"),
@@ -38,7 +38,7 @@ POOLS = {
     "cc3m_val": (1, "web"),
 }
 # Purposes of the per-image random streams.
-SCENE, PIXELS, TEXT, QUESTIONS, NOISE = range(5)
+SCENE, PIXELS, TEXT, QUESTIONS, REF_SPLIT = range(5)
 CATEGORIES = [coco.Category(i + 1, shape, "curved" if shape in CURVED_SHAPES else "polygon") for i, shape in enumerate(SHAPES)]
 CATEGORY_ID = {c.name: c.category_id for c in CATEGORIES}
 
@@ -56,6 +56,7 @@ class World:
     def __init__(self, params: SynthParams, root: Path, progress: bool = True, workers: int = 1):
         self.params, self.layout, self.progress, self.workers = params, DataLayout(Path(root)), progress, workers
         self.clean_objects: dict[str, list[coco.CocoObject]] = {}  # COCO split -> objects without defects
+        self.captions: dict[tuple[str, int], list[str]] = {}  # (pool, index) -> captions, shared by COCO and Karpathy
 
     def rng(self, pool: str, index: int, purpose: int) -> np.random.Generator:
         return image_rng(self.params.seed, pool, index, purpose)
@@ -107,7 +108,10 @@ class World:
 
     # ------------------------------------------------------------------ COCO
     def captions_of(self, pool: str, pic: Pictured) -> list[str]:
-        return language.captions(pic.scene, self.rng(pool, pic.index, TEXT), self.params.captions_per_image)
+        key = (pool, pic.index)
+        if key not in self.captions:
+            self.captions[key] = language.captions(pic.scene, self.rng(pool, pic.index, TEXT), self.params.captions_per_image)
+        return self.captions[key]
 
     def write_coco(self, pools: dict[str, list[Pictured]]) -> dict:
         lay, report = self.layout, {}
@@ -227,11 +231,13 @@ class World:
         ann_of = {(o.image_id, o.box): o for o in self.clean_objects["train2014"]}
         refs, used_images, ref_id = [], [], 0
         for pic in pics:
-            rng = self.rng("coco_train2014", pic.index, NOISE)
+            rng = self.rng("coco_train2014", pic.index, REF_SPLIT)
             targets = [(o, language.referring_expressions(o, pic.scene)) for o in pic.scene.objects]
-            targets = [(o, exprs) for o, exprs in targets if exprs][: self.params.refs_per_image]
+            targets = [(o, exprs) for o, exprs in targets if exprs]
             if not targets:
                 continue
+            # One referred shape per image, so that testA / testB follow it exactly.
+            targets = [(o, exprs) for o, exprs in targets if o.shape == targets[0][0].shape][: self.params.refs_per_image]
             draw = rng.random()
             split = "train" if draw < 0.7 else "val" if draw < 0.8 else ("testA" if targets[0][0].shape in CURVED_SHAPES else "testB")
             for obj, exprs in targets:
@@ -345,6 +351,12 @@ class _InProcess:
         return map(fn, items)
 
 
+_LAYOUT = DataLayout(Path())
+# The top-level entries of a data root that `copa synth` writes (and may replace with --overwrite).
+WORLD_ENTRIES = frozenset(
+    p.parts[0]
+    for p in (_LAYOUT.coco, _LAYOUT.vg, _LAYOUT.cc3m, _LAYOUT.vqa, _LAYOUT.refcoco, _LAYOUT.karpathy, _LAYOUT.flickr_images, _LAYOUT.oracle_reference_boxes, _LAYOUT.manifest)
+)
 DEFECT_STREAMS = ("coco_objects", "vg_objects", "vg_regions", "vg_near_duplicates", "oracle_boxes")
 _ID_FIELD = {coco.CocoObject: "ann_id", visual_genome.VGObject: "object_id", visual_genome.VGRegion: "region_id"}
 
