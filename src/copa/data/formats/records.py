@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 Number = (int, float)
 
@@ -89,37 +89,27 @@ class Record:
             raise self.error(field, "missing")
         return self.obj[field]
 
-    def integer(self, field: str, optional: bool = False) -> int | None:
+    def _typed(self, field: str, optional: bool, ok: Callable[[Any], bool], expected: str) -> Any:
+        """The field's value if ``ok(value)``; None for an absent or null optional field."""
         value = self._value(field, optional)
         if value is None and optional:
             return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(field, f"expected an integer, got {value!r}")
+        if not ok(value):
+            shown = type(value).__name__ if isinstance(value, (list, dict)) else repr(value)
+            raise self.error(field, f"expected {expected}, got {shown}")
         return value
+
+    def integer(self, field: str, optional: bool = False) -> int | None:
+        return self._typed(field, optional, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
 
     def number(self, field: str, optional: bool = False) -> float | None:
-        value = self._value(field, optional)
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, Number):
-            raise self.error(field, f"expected a number, got {value!r}")
-        return value
+        return self._typed(field, optional, _is_number, "a number")
 
     def string(self, field: str, optional: bool = False) -> str | None:
-        value = self._value(field, optional)
-        if value is None and optional:
-            return None
-        if not isinstance(value, str):
-            raise self.error(field, f"expected a string, got {value!r}")
-        return value
+        return self._typed(field, optional, lambda v: isinstance(v, str), "a string")
 
     def array(self, field: str, optional: bool = False) -> list | None:
-        value = self._value(field, optional)
-        if value is None and optional:
-            return None
-        if not isinstance(value, list):
-            raise self.error(field, f"expected a list, got {type(value).__name__}")
-        return value
+        return self._typed(field, optional, lambda v: isinstance(v, list), "a list")
 
     def strings(self, field: str, optional: bool = False) -> list[str] | None:
         values = self.array(field, optional)
