@@ -97,11 +97,52 @@ class SynthParams:
 
 
 @dataclass(frozen=True)
+class XVLMSource:
+    """An extra annotation file in X-VLM's released JSON-lines layout, filtered like the others."""
+
+    name: str  # the source's name in the report and the output file name
+    path: str  # relative to the data root, or absolute
+    kind: Literal["object", "region"]  # objects get the text template; regions keep their phrase
+
+
+@dataclass(frozen=True)
+class NearDuplicateParams:
+    """COPA/X-VLM drop 'highly overlapped textual descriptions of regions (>75%)' without saying
+    how overlap is measured: here, over the lower-cased word sets of two phrases of one image."""
+
+    measure: Literal["jaccard", "containment"]  # |A∩B|/|A∪B|, or |A∩B|/min(|A|,|B|)
+    threshold: float  # a region overlapping an earlier kept region of its image by more is dropped
+
+
+@dataclass(frozen=True)
+class FilterParams:
+    sources: tuple[Literal["coco_objects", "vg_objects", "vg_regions"], ...]
+    coco_splits: tuple[str, ...]  # COCO instances files whose objects are used (paper: train)
+    xvlm_files: tuple[XVLMSource, ...]
+    object_text_template: str  # COPA §3.3: "This is a {label}."
+    prepend_attribute: bool  # X-VLM prepends an attribute to the class label; here the first one
+    box_tolerance: float  # px a box may stick out of the image and be clipped instead of dropped
+    min_area_fraction: float  # boxes under this fraction of the image area are dropped (paper: 1%)
+    near_duplicate: NearDuplicateParams
+    image_check: Literal["none", "exists", "header"]  # header: the file opens and has the annotated size
+
+
+@dataclass(frozen=True)
+class PatchLabelParams:
+    image_size: int  # pretraining resolution (square resize), px
+    patch_size: int  # ViT patch size, px
+    min_overlap: float  # fraction of a patch the box must cover; 0 = any overlap (COPA §3.3)
+    figure_examples: int  # images drawn in the patch-label figure
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str
     seed: int
     data: DataParams
     synth: SynthParams
+    filter: FilterParams
+    patch_labels: PatchLabelParams
     # Where each leaf value came from ("params/base.yaml", "--set", ...), for messages.
     provenance: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
