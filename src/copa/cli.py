@@ -7,6 +7,7 @@ is one stage of the pipeline and is what the Snakemake rules run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -55,6 +56,23 @@ def clear_previous_world(root: Path, overwrite: bool) -> None:
     shutil.rmtree(root)
 
 
+def cmd_filter(args: argparse.Namespace) -> int:
+    from copa.data.filtering import run_filter
+    from copa.report.filter_table import filter_table
+
+    params = _params(args)
+    root = Path(args.root or params.data.root)
+    out = Path(args.out or f"data/processed/{params.profile}/annotations")
+    report_path = Path(args.report or f"results/{params.profile}/filter_report.json")
+    report = run_filter(root, params.filter, out, progress=not args.quiet)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=1) + "\n")
+    table = filter_table(report, params.profile)
+    report_path.with_suffix(".md").write_text(table)
+    print(table, end="")
+    return 0
+
+
 def cmd_validate_data(args: argparse.Namespace) -> int:
     from copa.data.validate import format_summary, validate_data_root, write_json
 
@@ -86,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a synthetic world already in --root (nothing else is ever deleted)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes drawing images; the output is the same for any number (default: %(default)s)")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("filter", help="filter object/region annotations (COPA Appendix A) into X-VLM JSON lines")
+    p.add_argument("--root", help="data root to read (default: the profile's data.root)")
+    p.add_argument("--out", help="folder of the filtered files (default: data/processed/<profile>/annotations)")
+    p.add_argument("--report", help="report JSON; the table goes beside it as .md (default: results/<profile>/filter_report.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("validate-data", help="run every reader over a data root and print a summary")
     p.add_argument("root", nargs="?", help="data root (default: the profile's data.root)")

@@ -108,7 +108,9 @@ def _segmentation(rec: Record) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(poly) for poly in value)
 
 
-def read_instances(path: Path, image_dir: Path, check_files: bool = True) -> CocoInstances:
+def read_instances(path: Path, image_dir: Path, check_files: bool = True, check_references: bool = True) -> CocoInstances:
+    """``check_references=False`` keeps objects of unknown images or categories (the filter
+    stage counts them as drop reasons instead of failing the file)."""
     data = load_json(path)
     images = read_images(data, path, image_dir, check_files)
     categories = read_categories(data, path)
@@ -123,9 +125,10 @@ def read_instances(path: Path, image_dir: Path, check_files: bool = True) -> Coc
             iscrowd=rec.integer("iscrowd"),
             segmentation=_segmentation(rec),
         )
-        require_known_image(obj.image_id, images, rec)
-        if obj.category_id not in categories:
-            raise rec.error("category_id", f"category id {obj.category_id} is not in the file's categories")
+        if check_references:
+            require_known_image(obj.image_id, images, rec)
+            if obj.category_id not in categories:
+                raise rec.error("category_id", f"category id {obj.category_id} is not in the file's categories")
         claim_id(seen, obj.ann_id, rec, "id", "annotation id")
         objects.append(obj)
     return CocoInstances(images, categories, objects)

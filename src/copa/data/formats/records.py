@@ -72,12 +72,27 @@ def dump_json(data: Any, path: Path) -> None:
 
 
 class Record:
-    """Validated read access to one JSON object of a dataset file."""
+    """Validated read access to one JSON object of a dataset file.
 
-    def __init__(self, obj: Any, path: Path, label: str):
+    The label that names the record in errors ("annotations[3] (id 42)") is built only when an
+    error needs it: real files have millions of records.
+    """
+
+    __slots__ = ("obj", "path", "_name", "_index", "_id_field")
+
+    def __init__(self, obj: Any, path: Path, name: str, index: int | None = None, id_field: str | None = None):
+        self.obj, self.path, self._name, self._index, self._id_field = obj, path, name, index, id_field
         if not isinstance(obj, dict):
-            raise FormatError(path, f"expected a JSON object, got {type(obj).__name__}", label)
-        self.obj, self.path, self.label = obj, path, label
+            raise FormatError(path, f"expected a JSON object, got {type(obj).__name__}", self.label)
+
+    @property
+    def label(self) -> str:
+        if self._index is None:
+            return self._name
+        label = f"{self._name}[{self._index}]"
+        if self._id_field is not None and isinstance(self.obj, dict) and self._id_field in self.obj:
+            label += f" ({self._id_field} {self.obj[self._id_field]!r})"
+        return label
 
     def error(self, field: str, problem: str) -> FormatError:
         return FormatError(self.path, problem, self.label, field)
@@ -147,10 +162,7 @@ def records(container: Any, key: str, path: Path, id_field: str | None = None) -
 
 def list_records(items: list, path: Path, name: str, id_field: str | None = None) -> Iterator[Record]:
     for i, obj in enumerate(items):
-        label = f"{name}[{i}]"
-        if id_field is not None and isinstance(obj, dict) and id_field in obj:
-            label += f" ({id_field} {obj[id_field]!r})"
-        yield Record(obj, path, label)
+        yield Record(obj, path, name, i, id_field)
 
 
 def top_level_list(data: Any, path: Path) -> list:
@@ -170,8 +182,8 @@ def require_known_image(image_id: int, images: dict[int, Image], record: Record,
         raise record.error(field, f"image id {image_id} is not in the file's images")
 
 
-def claim_id(seen: dict[int, str], value: int, record: Record, field: str, what: str) -> None:
-    """Record ``value`` as used by ``record``; ``seen`` maps each id to the label of its first record."""
+def claim_id(seen: dict[int, Record], value: int, record: Record, field: str, what: str) -> None:
+    """Record ``value`` as used by ``record``; ``seen`` maps each id to its first record."""
     if value in seen:
-        raise record.error(field, f"duplicate {what} {value!r} (first used by {seen[value]})")
-    seen[value] = record.label
+        raise record.error(field, f"duplicate {what} {value!r} (first used by {seen[value].label})")
+    seen[value] = record

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from copa.data.formats.records import (
     Box,
@@ -78,11 +79,13 @@ def read_image_data(path: Path, vg_dir: Path, check_files: bool = True) -> dict[
     return images
 
 
-def _read_objects(path: Path, images: dict[int, VGImage], list_field: str) -> list[VGObject]:
-    objects, seen = [], {}
+def _iter_objects(path: Path, images: dict[int, VGImage], list_field: str, check_references: bool) -> Iterator[tuple[int, list[VGObject]]]:
+    seen: dict = {}
     for entry in list_records(top_level_list(load_json(path), path), path, "images", id_field="image_id"):
         image_id = entry.integer("image_id")
-        require_known_image(image_id, images, entry)
+        if check_references:
+            require_known_image(image_id, images, entry)
+        objects = []
         for rec in list_records(entry.array(list_field), path, f"{entry.label}.{list_field}", id_field="object_id"):
             claim_id(seen, rec.integer("object_id"), rec, "object_id", "object id")
             objects.append(
@@ -95,23 +98,32 @@ def _read_objects(path: Path, images: dict[int, VGImage], list_field: str) -> li
                     attributes=tuple(rec.strings("attributes", optional=True) or ()) if list_field == "attributes" else (),
                 )
             )
-    return objects
+        yield image_id, objects
+
+
+def iter_objects(path: Path, images: dict[int, VGImage], with_attributes: bool = False, check_references: bool = True) -> Iterator[tuple[int, list[VGObject]]]:
+    """(image id, its objects) per entry of ``objects.json``, or of ``attributes.json`` with
+    ``with_attributes``. ``check_references=False`` yields entries of unknown images too."""
+    return _iter_objects(path, images, "attributes" if with_attributes else "objects", check_references)
 
 
 def read_objects(path: Path, images: dict[int, VGImage]) -> list[VGObject]:
-    return _read_objects(path, images, "objects")
+    return [o for _, objects in iter_objects(path, images) for o in objects]
 
 
 def read_attributes(path: Path, images: dict[int, VGImage]) -> list[VGObject]:
     """``attributes.json``: the objects again, each with its ``attributes`` list."""
-    return _read_objects(path, images, "attributes")
+    return [o for _, objects in iter_objects(path, images, with_attributes=True) for o in objects]
 
 
-def read_regions(path: Path, images: dict[int, VGImage]) -> list[VGRegion]:
-    regions, seen = [], {}
+def iter_regions(path: Path, images: dict[int, VGImage], check_references: bool = True) -> Iterator[tuple[int, list[VGRegion]]]:
+    """(image id, its regions) per entry of ``region_descriptions.json``."""
+    seen: dict = {}
     for entry in list_records(top_level_list(load_json(path), path), path, "images", id_field="id"):
         image_id = entry.integer("id")
-        require_known_image(image_id, images, entry, field="id")
+        if check_references:
+            require_known_image(image_id, images, entry, field="id")
+        regions = []
         for rec in list_records(entry.array("regions"), path, f"{entry.label}.regions", id_field="region_id"):
             region_image = rec.integer("image_id")
             if region_image != image_id:
@@ -119,7 +131,11 @@ def read_regions(path: Path, images: dict[int, VGImage]) -> list[VGRegion]:
             region = VGRegion(rec.integer("region_id"), image_id, rec.box_fields(w="width", h="height"), rec.string("phrase"))
             claim_id(seen, region.region_id, rec, "region_id", "region id")
             regions.append(region)
-    return regions
+        yield image_id, regions
+
+
+def read_regions(path: Path, images: dict[int, VGImage]) -> list[VGRegion]:
+    return [r for _, regions in iter_regions(path, images) for r in regions]
 
 
 # --------------------------------------------------------------------------- writing
