@@ -7,46 +7,46 @@ defects that each check recognises exactly, so the expected counts are known.
 from __future__ import annotations
 
 import math
-import re
+import string
 from typing import Literal
-
-import numpy as np
 
 from copa.data.formats.records import Box
 
 # Checked in this order; a box gets the first that applies.
 BOX_DEFECTS = ("non_finite_box", "non_positive_size", "negative_coordinates", "outside_image", "too_small")
-_WORD = re.compile(r"[a-z0-9]+")
+# Punctuation separates words like spaces do ("circle." is "circle").
+_PUNCTUATION_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
+
+
+def check_box(box: Box, width: int, height: int, min_area_fraction: float = 0.01, tolerance: float = 1.0) -> tuple[str | None, Box]:
+    """(the first defect of :data:`BOX_DEFECTS` that ``box`` has in a ``width`` x ``height`` image,
+    or None; the box cut to the image).
+
+    ``tolerance``: pixels a box may stick out of the image (rounding in real annotations) before
+    it counts as ``negative_coordinates`` or ``outside_image``; within it, the box is usable once
+    cut to the image, and its area is judged after that cut.
+    """
+    x, y, w, h = box
+    if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(w) and math.isfinite(h)):
+        return "non_finite_box", box
+    if w <= 0 or h <= 0:
+        return "non_positive_size", box
+    if x < -tolerance or y < -tolerance:
+        return "negative_coordinates", box
+    x1, y1 = x + w, y + h
+    if x1 > width + tolerance or y1 > height + tolerance:
+        return "outside_image", box
+    if x < 0 or y < 0 or x1 > width or y1 > height:
+        x, y = max(x, 0), max(y, 0)
+        box = Box(x, y, min(x1, width) - x, min(y1, height) - y)
+    if box.w * box.h < min_area_fraction * width * height:
+        return "too_small", box
+    return None, box
 
 
 def box_defect(box: Box, width: int, height: int, min_area_fraction: float = 0.01, tolerance: float = 1.0) -> str | None:
-    """The first defect of :data:`BOX_DEFECTS` that ``box`` has in a ``width`` x ``height`` image, or None.
-
-    ``tolerance``: pixels a box may stick out of the image (rounding in real annotations) before
-    it counts as ``negative_coordinates`` or ``outside_image``; such a box is usable once
-    :func:`clip_box` has cut it to the image, and its area is judged after that cut.
-    """
-    if not all(math.isfinite(v) for v in (box.x, box.y, box.w, box.h)):
-        return "non_finite_box"
-    if box.w <= 0 or box.h <= 0:
-        return "non_positive_size"
-    if box.x < -tolerance or box.y < -tolerance:
-        return "negative_coordinates"
-    if box.x + box.w > width + tolerance or box.y + box.h > height + tolerance:
-        return "outside_image"
-    clipped = clip_box(box, width, height)
-    if clipped.w * clipped.h < min_area_fraction * width * height:
-        return "too_small"
-    return None
-
-
-def clip_box(box: Box, width: int, height: int) -> Box:
-    """``box`` cut to the image (a no-op for boxes inside it)."""
-    x0, y0 = max(box.x, 0), max(box.y, 0)
-    x1, y1 = min(box.x + box.w, width), min(box.y + box.h, height)
-    if (x0, y0, x1, y1) == (box.x, box.y, box.x + box.w, box.y + box.h):
-        return box
-    return Box(x0, y0, x1 - x0, y1 - y0)
+    """The defect part of :func:`check_box`."""
+    return check_box(box, width, height, min_area_fraction, tolerance)[0]
 
 
 def normalise_text(text: str) -> str:
@@ -55,8 +55,8 @@ def normalise_text(text: str) -> str:
 
 
 def words(text: str) -> set[str]:
-    """Lower-cased alphanumeric tokens of a phrase."""
-    return set(_WORD.findall(text.lower()))
+    """Lower-cased words of a phrase, punctuation removed."""
+    return set(text.lower().translate(_PUNCTUATION_TO_SPACE).split())
 
 
 def phrase_overlap(a: str, b: str) -> float:
@@ -73,35 +73,24 @@ def near_duplicates(texts: list[str], threshold: float = 0.75, measure: OverlapM
     overlaps by more than ``threshold`` (so it is a near-duplicate), or None (it is kept).
 
     Overlap is over word sets: ``jaccard`` |A∩B|/|A∪B|, ``containment`` |A∩B|/min(|A|,|B|). The
-    earlier phrase stays; a phrase is compared with kept phrases only, so a chain a~b~c where a
-    and c differ keeps a and c.
+    earlier phrase stays; a phrase is compared with kept phrases only (those sharing a word with
+    it, found through an inverted index), so a chain a~b~c where a and c differ keeps a and c.
     """
     token_sets = [words(t) for t in texts]
-    n = len(texts)
-    if n < 2:
-        return [None] * n
-    vocab = {w: j for j, w in enumerate(sorted(set().union(*token_sets)))}
-    incidence = np.zeros((n, max(1, len(vocab))), dtype=np.float32)
-    for i, tokens in enumerate(token_sets):
-        incidence[i, [vocab[w] for w in tokens]] = 1.0
-    inter = incidence @ incidence.T  # (n, n) shared words
-    sizes = incidence.sum(axis=1)
-    if measure == "jaccard":
-        denominator = sizes[:, None] + sizes[None, :] - inter
-    else:
-        denominator = np.minimum(sizes[:, None], sizes[None, :])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        score = np.where(denominator > 0, inter / np.maximum(denominator, 1e-9), 1.0)
-    exceeds = np.tril(score > threshold, k=-1)  # [i, j]: i overlaps the earlier j
-    result: list[int | None] = [None] * n
-    if not exceeds.any():
-        return result
-    kept = np.ones(n, dtype=bool)
-    for i in np.flatnonzero(exceeds.any(axis=1)):  # only rows that may be duplicates need the walk
-        earlier = np.flatnonzero(exceeds[i] & kept)
-        if earlier.size:
-            kept[i] = False
-            result[i] = int(earlier[0])
+    result: list[int | None] = [None] * len(texts)
+    postings: dict[str, list[int]] = {}  # word -> kept phrases that have it
+    for i, a in enumerate(token_sets):
+        candidates = {j for w in a for j in postings.get(w, ())}
+        for j in sorted(candidates):
+            b = token_sets[j]
+            shared = len(a & b)
+            score = shared / (len(a) + len(b) - shared) if measure == "jaccard" else shared / min(len(a), len(b))
+            if score > threshold:
+                result[i] = j
+                break
+        else:
+            for w in a:
+                postings.setdefault(w, []).append(i)
     return result
 
 

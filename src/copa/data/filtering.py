@@ -33,7 +33,7 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from copa.config import FilterParams, XVLMSource
-from copa.data.annotation_checks import box_defect, clip_box, near_duplicates, normalise_text
+from copa.data.annotation_checks import check_box, near_duplicates, normalise_text
 from copa.data.formats import coco, visual_genome, xvlm
 from copa.data.formats.records import Box
 from copa.data.layout import DataLayout
@@ -216,7 +216,7 @@ def filter_group(group: ImageGroup, kind: str, params: FilterParams, checker: Im
         if not c.known_category:
             dropped.append((c.record_id, "unknown_category"))
             continue
-        defect = box_defect(c.box, width, height, params.min_area_fraction, params.box_tolerance)
+        defect, box = check_box(c.box, width, height, params.min_area_fraction, params.box_tolerance)
         if defect is not None:
             dropped.append((c.record_id, defect))
             continue
@@ -224,7 +224,6 @@ def filter_group(group: ImageGroup, kind: str, params: FilterParams, checker: Im
         if not label:
             dropped.append((c.record_id, "empty_text"))
             continue
-        box = clip_box(c.box, width, height)
         key = (label.lower(), box.x, box.y, box.w, box.h)
         if key in seen:
             dropped.append((c.record_id, "exact_duplicate"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from copa.data.formats.records import (
     Box,
@@ -33,8 +34,7 @@ class Category:
     supercategory: str
 
 
-@dataclass(frozen=True)
-class CocoObject:
+class CocoObject(NamedTuple):  # a tuple: COCO has 860K objects
     ann_id: int
     image_id: int
     category_id: int
@@ -114,7 +114,7 @@ def read_instances(path: Path, image_dir: Path, check_files: bool = True, check_
     data = load_json(path)
     images = read_images(data, path, image_dir, check_files)
     categories = read_categories(data, path)
-    objects, seen = [], {}
+    objects, seen = [], set()
     for rec in records(data, "annotations", path, id_field="id"):
         obj = CocoObject(
             ann_id=rec.integer("id"),
@@ -137,7 +137,7 @@ def read_instances(path: Path, image_dir: Path, check_files: bool = True, check_
 def read_captions(path: Path, image_dir: Path, check_files: bool = True) -> CocoCaptions:
     data = load_json(path)
     images = read_images(data, path, image_dir, check_files)
-    captions, seen = [], {}
+    captions, seen = [], set()
     for rec in records(data, "annotations", path, id_field="id"):
         cap = Caption(rec.integer("id"), rec.integer("image_id"), rec.string("caption"))
         require_known_image(cap.image_id, images, rec)

@@ -65,7 +65,7 @@ def read_refcoco(refcoco_dir: Path, image_dir: Path, check_files: bool = True) -
     instances = coco.read_instances(refcoco_dir / INSTANCES_FILE, image_dir, check_files)
     boxes = {obj.ann_id: obj for obj in instances.objects}
     path = refcoco_dir / REFS_FILE
-    refs, seen = [], {}
+    refs, seen = [], set()
     for rec in list_records(read_refs(path), path, "refs", id_field="ref_id"):
         split = rec.string("split")
         if split not in SPLITS:

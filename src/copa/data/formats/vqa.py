@@ -48,7 +48,7 @@ class VQASplit:
 
 def read_questions(path: Path, known_images: set[int] | None = None) -> list[Question]:
     data = load_json(path)
-    questions, seen = [], {}
+    questions, seen = [], set()
     for rec in records(data, "questions", path, id_field="question_id"):
         q = Question(rec.integer("question_id"), rec.integer("image_id"), rec.string("question"))
         if known_images is not None and q.image_id not in known_images:

@@ -152,7 +152,7 @@ class World:
             for source_index in sorted(rng.choice(len(clean), size=n, replace=False)):
                 source = clean[int(source_index)]
                 image = images[source.image_id]
-                added.append(dataclasses.replace(source, **{_ID_FIELD[type(source)]: next_id}, box=defects.corrupt_box(kind, source.box, image.width, image.height, rng)))
+                added.append(source._replace(**{_ID_FIELD[type(source)]: next_id}, box=defects.corrupt_box(kind, source.box, image.width, image.height, rng)))
                 ids.append(next_id)
                 next_id += 1
             report[kind] = {"count": len(ids), "ids": ids}
