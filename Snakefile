@@ -14,3 +14,5 @@ rule all:
     default_target: True
     input:
         rules.validate_data.output,
+        rules.filter_annotations.output.report,
+        rules.patch_labels.output.summary,

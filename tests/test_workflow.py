@@ -5,6 +5,7 @@ Every run happens in a copy of the workflow under tmp_path, never in the reposit
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -87,15 +88,31 @@ def test_fixture_dag_end_to_end(workdir):
     assert validation["ok"] and validation["root"] == "data/synthetic-fixture"
     assert {s["status"] for s in validation["sources"]} == {"ok"}
     assert (workdir / "logs" / "fixture" / "synth.log").read_text().startswith("synthetic world (fixture, seed 0)")
+    report = json.loads((workdir / "results" / "fixture" / "filter_report.json").read_text())
+    assert report["sources"]["vg_regions"]["dropped"]["near_duplicate"] > 0
+    assert "VG regions" in (workdir / "results" / "fixture" / "filter_report.md").read_text()
+    assert json.loads((workdir / "results" / "fixture" / "patch_labels.json").read_text())["boxes"] == sum(s["kept"] for s in report["sources"].values())
+    assert (workdir / "data" / "processed" / "fixture" / "patch_labels.npz").is_file()
+    assert (workdir / "figures" / "fixture" / "patch_labels.png").is_file() and (workdir / "figures" / "fixture" / "patch_labels.pdf").is_file()
 
     again = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
 
-    # An override of another section (the training seed) leaves the data alone...
-    other = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["seed=5"]')
-    assert other.returncode == 0 and "Nothing to be done" in other.stdout, other.stdout
+    # A rule reruns for its own params sections only: the seed picks the figure's examples...
+    seeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["seed=5"]')
+    assert seeded.returncode == 0, seeded.stdout
+    assert _scheduled(seeded.stdout) == {"patch_labels", "all"}
+    # ...a filtering threshold reruns filtering and patch labels, not the world...
+    threshold = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["filter.near_duplicate.threshold=0.9"]')
+    assert threshold.returncode == 0, threshold.stdout
+    assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "all"}
     # ...a synth parameter regenerates the world and everything after it.
     reseeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["synth.seed=1"]')
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
-    assert "rule validate_data:" in reseeded.stdout
+    assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "all"}
+
+
+def _scheduled(dry_run_output: str) -> set[str]:
+    """The rules a dry run would execute."""
+    return set(re.findall(r"^(?:local)?rule (\w+):", dry_run_output, flags=re.MULTILINE))

@@ -64,12 +64,33 @@ def cmd_filter(args: argparse.Namespace) -> int:
     root = Path(args.root or params.data.root)
     out = Path(args.out or f"data/processed/{params.profile}/annotations")
     report_path = Path(args.report or f"results/{params.profile}/filter_report.json")
-    report = run_filter(root, params.filter, out, progress=not args.quiet)
+    report = run_filter(root, params.filter, out, progress=not args.quiet, workers=args.workers)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=1) + "\n")
     table = filter_table(report, params.profile)
     report_path.with_suffix(".md").write_text(table)
     print(table, end="")
+    return 0
+
+
+def cmd_patch_labels(args: argparse.Namespace) -> int:
+    from copa.data.patch_labels import run_patch_labels
+
+    params = _params(args)
+    annotations = Path(args.annotations or f"data/processed/{params.profile}/annotations")
+    out = Path(args.out or f"data/processed/{params.profile}/patch_labels.npz")
+    summary_path = Path(args.summary or f"results/{params.profile}/patch_labels.json")
+    figure = Path(args.figure or f"figures/{params.profile}/patch_labels")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    summary = run_patch_labels(annotations, out, params.patch_labels, Path(args.root or params.data.root), figure, params.seed)
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    grid = summary["grid"]
+    print(
+        f"patch labels: {summary['boxes']:,} boxes on a {grid}x{grid} grid ({params.patch_labels.image_size} px, patch {params.patch_labels.patch_size}), "
+        f"{100 * summary['mean_positive_fraction']:.1f}% of patches positive on average -> {out}; figure {figure}.png"
+    )
     return 0
 
 
@@ -110,7 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder of the filtered files (default: data/processed/<profile>/annotations)")
     p.add_argument("--report", help="report JSON; the table goes beside it as .md (default: results/<profile>/filter_report.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="sources filtered at once, each in its own process (default: %(default)s)")
     p.set_defaults(func=cmd_filter)
+
+    p = sub.add_parser("patch-labels", help="turn filtered boxes into bit-packed patch labels (COPA §3.3) and draw a check figure")
+    p.add_argument("--annotations", help="folder of filtered files (default: data/processed/<profile>/annotations)")
+    p.add_argument("--out", help="label store (default: data/processed/<profile>/patch_labels.npz)")
+    p.add_argument("--summary", help="summary JSON (default: results/<profile>/patch_labels.json)")
+    p.add_argument("--figure", help="figure stem, written as .png and .pdf (default: figures/<profile>/patch_labels)")
+    p.add_argument("--root", help="data root holding the images (default: the profile's data.root)")
+    p.set_defaults(func=cmd_patch_labels)
 
     p = sub.add_parser("validate-data", help="run every reader over a data root and print a summary")
     p.add_argument("root", nargs="?", help="data root (default: the profile's data.root)")

@@ -41,8 +41,11 @@ def copa_cli(*sections):
 
 
 def section_json(name):
-    """A params section as canonical JSON: a rule param, so editing the section reruns the rule."""
-    return json.dumps(PARAMS.to_dict()[name], sort_keys=True)
+    """A params section as canonical JSON: a rule param, so editing the section reruns the rule.
+    A function, not a string: Snakemake would read braces in values (the filter's text template,
+    "This is a {label}.") as wildcards."""
+    text = json.dumps(PARAMS.to_dict()[name], sort_keys=True)
+    return lambda wildcards: text
 
 
 def source_files(*patterns):

@@ -48,3 +48,57 @@ rule validate_data:
         "../envs/copa.yaml"
     shell:
         "{params.copa} validate-data {input.root} {params.require_all} --json {output} > {log} 2>&1"
+
+
+rule filter_annotations:
+    # COPA Appendix A / X-VLM A.1 filtering: kept annotations as X-VLM JSON lines (one file per
+    # source, plus dropped.tsv listing every dropped record and its reason) and the report.
+    input:
+        root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
+        code=source_files("data/filtering.py", "data/annotation_checks.py", "data/formats/*.py", "data/layout.py", "report/filter_table.py"),
+    output:
+        annotations=directory(f"data/processed/{PROFILE}/annotations"),
+        report=f"results/{PROFILE}/filter_report.json",
+        table=f"results/{PROFILE}/filter_report.md",  # written beside the report by the CLI
+    params:
+        filter=section_json("filter"),  # rerun trigger: a changed threshold reruns filtering (and what follows)
+        copa=copa_cli("filter"),
+    log:
+        f"logs/{PROFILE}/filter_annotations.log",
+    threads: 2  # sources filtered at once, each in its own process
+    resources:
+        mem_mb=2000 if SYNTHETIC else 12000,  # real VG: one region file in memory per process (~5 GB measured for both)
+        runtime=10 if SYNTHETIC else 60,
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.copa} filter --root {input.root} --out {output.annotations} --report {output.report} --workers {threads} --quiet > {log} 2>&1"
+
+
+rule patch_labels:
+    # Box -> patch labels at the pretraining resolution (COPA §3.3), bit-packed, with a figure of
+    # a few labelled images so a person can check them.
+    input:
+        annotations=rules.filter_annotations.output.annotations,
+        root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,  # images for the figure
+        code=source_files("data/patch_labels.py", "data/formats/xvlm.py", "report/figures.py"),
+    output:
+        labels=f"data/processed/{PROFILE}/patch_labels.npz",
+        summary=f"results/{PROFILE}/patch_labels.json",
+        figure=multiext(f"figures/{PROFILE}/patch_labels", ".png", ".pdf"),
+    params:
+        patch_labels=section_json("patch_labels"),
+        seed=PARAMS.seed,  # picks the figure's examples
+        copa=copa_cli("patch_labels", "seed"),
+        figure_stem=lambda w, output: os.path.splitext(output.figure[0])[0],
+    log:
+        f"logs/{PROFILE}/patch_labels.log",
+    threads: 1
+    resources:
+        mem_mb=2000 if SYNTHETIC else 8000,
+        runtime=10 if SYNTHETIC else 30,
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.copa} patch-labels --annotations {input.annotations} --out {output.labels} --summary {output.summary}"
+        " --figure {params.figure_stem} --root {input.root} > {log} 2>&1"

@@ -23,7 +23,9 @@ Output: one JSON-lines file per source in X-VLM's layout (:mod:`copa.data.format
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -155,22 +157,41 @@ def _resolve(root: Path, path: str) -> Path:
     return Path(path) if Path(path).is_absolute() else root / path
 
 
-def source_readers(layout: DataLayout, params: FilterParams) -> dict[str, tuple[str, str, Iterator[ImageGroup]]]:
-    """source name -> (file read, kind, its image groups), for every source the params name."""
-    readers = {}
+@dataclass(frozen=True)
+class SourceSpec:
+    """One source to filter: its name in the outputs, the file it reads, its kind and its reader."""
+
+    name: str
+    file: str
+    kind: str  # object | region
+    reader: str  # coco_objects | vg_objects | vg_regions | xvlm
+    argument: object = None  # the COCO split, or the XVLMSource
+
+    def groups(self, layout: DataLayout) -> Iterator[ImageGroup]:
+        if self.reader == "coco_objects":
+            return coco_groups(layout, self.argument)
+        if self.reader == "vg_objects":
+            return vg_object_groups(layout)
+        if self.reader == "vg_regions":
+            return vg_region_groups(layout)
+        return xvlm_groups(layout, self.argument)
+
+
+def source_specs(layout: DataLayout, params: FilterParams) -> list[SourceSpec]:
+    """Every source the params name, in the order of the report."""
+    specs = []
     for name in params.sources:
         if name == "coco_objects":
             for split in params.coco_splits:
                 key = name if len(params.coco_splits) == 1 else f"{name}_{split}"
-                readers[key] = (_relative(layout.coco_instances(split), layout.root), "object", coco_groups(layout, split))
+                specs.append(SourceSpec(key, _relative(layout.coco_instances(split), layout.root), "object", name, split))
         elif name == "vg_objects":
             path = layout.vg_attributes if layout.vg_attributes.exists() else layout.vg_objects
-            readers[name] = (_relative(path, layout.root), "object", vg_object_groups(layout))
+            specs.append(SourceSpec(name, _relative(path, layout.root), "object", name))
         else:
-            readers[name] = (_relative(layout.vg_regions, layout.root), "region", vg_region_groups(layout))
-    for source in params.xvlm_files:
-        readers[source.name] = (source.path, source.kind, xvlm_groups(layout, source))
-    return readers
+            specs.append(SourceSpec(name, _relative(layout.vg_regions, layout.root), "region", name))
+    specs += [SourceSpec(source.name, source.path, source.kind, "xvlm", source) for source in params.xvlm_files]
+    return specs
 
 
 # --------------------------------------------------------------------------- the rules
@@ -248,37 +269,62 @@ def _text(label: str, attributes: tuple[str, ...], kind: str, params: FilterPara
 
 
 # --------------------------------------------------------------------------- the stage
-def run_filter(root: Path, params: FilterParams, out_dir: Path, progress: bool = True) -> dict:
-    """Filter every source the params name; writes ``<out_dir>/<source>.jsonl`` and ``dropped.tsv``,
-    returns the report (per source: records, kept, clipped, dropped by reason)."""
+def filter_source(root: Path, params: FilterParams, out_dir: Path, spec: SourceSpec, position: int = 0, progress: bool = True) -> SourceStats:
+    """Filter one source: writes ``<out_dir>/<name>.jsonl`` and its dropped records to a part file."""
     layout = DataLayout(Path(root))
     checker = ImageChecker(layout.root, params.image_check)
+    st = SourceStats(spec.file, spec.kind)
+
+    def kept_images(dropped_file) -> Iterator[xvlm.ImageAnnotations]:
+        for group in tqdm(spec.groups(layout), desc=f"filter {spec.name}", unit="img", position=position, disable=not progress):
+            kept, dropped, clipped = filter_group(group, spec.kind, params, checker)
+            st.records += len(group.candidates)
+            st.clipped += clipped
+            for record_id, reason in dropped:
+                st.dropped[reason] += 1
+                dropped_file.write(f"{spec.name}\t{record_id}\t{group.image}\t{reason}\n")
+            if kept:
+                st.kept += len(kept)
+                st.images_kept += 1
+                width, height = checker(group)[1:] if group.width is None else (group.width, group.height)
+                yield xvlm.ImageAnnotations(group.image, tuple(kept), None, group.image_id, width, height, spec.name)
+
+    with open(_dropped_part(out_dir, spec), "w", encoding="utf-8") as dropped_file:
+        xvlm.write_xvlm(out_dir / f"{spec.name}.jsonl", kept_images(dropped_file))
+    assert st.records == st.kept + sum(st.dropped.values())  # every record is kept or has a reason
+    return st
+
+
+def _dropped_part(out_dir: Path, spec: SourceSpec) -> Path:
+    return out_dir / f".{DROPPED_FILE}.{spec.name}"
+
+
+def run_filter(root: Path, params: FilterParams, out_dir: Path, progress: bool = True, workers: int = 1) -> dict:
+    """Filter every source the params name, ``workers`` sources at a time (separate processes: the
+    files are the same for any number); writes ``<out_dir>/<source>.jsonl`` and ``dropped.tsv``,
+    returns the report (per source: records, kept, clipped, dropped by reason)."""
+    layout = DataLayout(Path(root))
+    specs = source_specs(layout, params)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats: dict[str, SourceStats] = {}
+    jobs = [(root, params, out_dir, spec, i, progress) for i, spec in enumerate(specs)]
+    if workers > 1 and len(specs) > 1:
+        with ProcessPoolExecutor(min(workers, len(specs))) as executor:
+            stats = list(executor.map(_filter_job, jobs))
+    else:
+        stats = [_filter_job(job) for job in jobs]
     with open(out_dir / DROPPED_FILE, "w", encoding="utf-8") as dropped_file:
         dropped_file.write("source\trecord_id\timage\treason\n")
-        for name, (file, kind, groups) in source_readers(layout, params).items():
-            st = stats[name] = SourceStats(file, kind)
-
-            def kept_images(groups=groups, st=st, name=name, kind=kind) -> Iterator[xvlm.ImageAnnotations]:
-                for group in tqdm(groups, desc=f"filter {name}", unit="img", disable=not progress):
-                    kept, dropped, clipped = filter_group(group, kind, params, checker)
-                    st.records += len(group.candidates)
-                    st.clipped += clipped
-                    for record_id, reason in dropped:
-                        st.dropped[reason] += 1
-                        dropped_file.write(f"{name}\t{record_id}\t{group.image}\t{reason}\n")
-                    if kept:
-                        st.kept += len(kept)
-                        st.images_kept += 1
-                        width, height = checker(group)[1:] if group.width is None else (group.width, group.height)
-                        yield xvlm.ImageAnnotations(group.image, tuple(kept), None, group.image_id, width, height, name)
-
-            xvlm.write_xvlm(out_dir / f"{name}.jsonl", kept_images())
-            assert st.records == st.kept + sum(st.dropped.values())  # every record is kept or has a reason
+        for spec in specs:
+            part = _dropped_part(out_dir, spec)
+            with open(part, encoding="utf-8") as f:
+                shutil.copyfileobj(f, dropped_file)
+            part.unlink()
     return {
         "root": str(root),
         "params": dataclasses.asdict(params),
-        "sources": {name: st.to_dict() for name, st in stats.items()},
+        "sources": {spec.name: st.to_dict() for spec, st in zip(specs, stats)},
     }
 
+
+def _filter_job(job: tuple) -> SourceStats:
+    return filter_source(*job)

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import orjson
 
-from copa.data.formats.records import Box, FormatError, Record, list_records
+from copa.data.formats.records import Box, FormatError, Record
 
 
-@dataclass(frozen=True, slots=True)
-class Elem:
+class Elem(NamedTuple):  # a tuple: millions per file
     caption: str  # the class label (objects) or the phrase (regions)
     box: Box
     attributes: tuple[str, ...] = ()
@@ -56,14 +55,29 @@ def iter_xvlm(path: Path) -> Iterator[ImageAnnotations]:
             except orjson.JSONDecodeError as exc:
                 raise FormatError(path, f"not valid JSON ({exc})", label) from None
             rec = Record(obj, path, label)
-            elems = []
-            for e in list_records(rec.array("elems"), path, f"{label}.elems"):
-                attributes = e.strings("attributes", optional=True) or ()
-                elems.append(Elem(e.string("caption"), e.xywh("bb"), tuple(attributes), e.integer("id", optional=True), e.string("text", optional=True)))
+            elems = [_elem(e, path, f"{label}.elems", i) for i, e in enumerate(rec.array("elems"))]
             yield ImageAnnotations(
                 rec.string("image"), tuple(elems), rec.string("caption", optional=True), rec.integer("image_id", optional=True),
                 rec.integer("width", optional=True), rec.integer("height", optional=True), rec.string("source", optional=True),
             )
+
+
+def _elem(obj, path: Path, name: str, index: int) -> Elem:
+    """Fast path for well-formed elems; anything unexpected goes through Record, which names it."""
+    if type(obj) is dict:
+        caption, bb = obj.get("caption"), obj.get("bb")
+        attributes, record_id, text = obj.get("attributes", ()), obj.get("id"), obj.get("text")
+        if (
+            type(caption) is str
+            and type(bb) is list and len(bb) == 4 and all(type(v) in (int, float) for v in bb)
+            and (attributes == () or (type(attributes) is list and all(type(a) is str for a in attributes)))
+            and (record_id is None or type(record_id) is int)
+            and (text is None or type(text) is str)
+        ):
+            return Elem(caption, Box(*bb), tuple(attributes), record_id, text)
+    e = Record(obj, path, name, index)
+    attributes = e.strings("attributes", optional=True) or ()
+    return Elem(e.string("caption"), e.xywh("bb"), tuple(attributes), e.integer("id", optional=True), e.string("text", optional=True))
 
 
 def read_xvlm(path: Path) -> list[ImageAnnotations]:
