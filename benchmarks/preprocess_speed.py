@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -77,22 +76,24 @@ def generate(root: Path, scale: float, seed: int = 0) -> None:
 
 
 class PeakMemory(threading.Thread):
-    """Samples the resident memory of this process and its children (the filter's workers), summed."""
+    """Samples the memory of this process and its children (the workers), summed: PSS (each shared
+    page counted once, split among its sharers) and RSS (shared pages counted in every process)."""
 
-    def __init__(self, interval: float = 0.2):
+    def __init__(self, interval: float = 0.25):
         super().__init__(daemon=True)
-        self.interval, self.peak, self.running = interval, 0, True
+        self.interval, self.peak_pss, self.peak_rss, self.running = interval, 0, 0, True
 
     def run(self) -> None:
         me = psutil.Process()
         while self.running:
-            total = 0
+            pss = rss = 0
             for proc in [me, *me.children(recursive=True)]:
                 try:
-                    total += proc.memory_info().rss
+                    info = proc.memory_full_info()
                 except psutil.NoSuchProcess:
-                    pass
-            self.peak = max(self.peak, total)
+                    continue
+                pss, rss = pss + info.pss, rss + info.rss
+            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
             time.sleep(self.interval)
 
 
@@ -107,7 +108,7 @@ def measure(root: Path, out: Path, workers: int) -> None:
     start = time.perf_counter()
     report = run_filter(root, params.filter, out / "annotations", progress=False, workers=workers)
     filtered = time.perf_counter()
-    labelled = _patch_labels(out, params)
+    labelled = _patch_labels(out, params, workers)
     end = time.perf_counter()
     memory.running = False
     records = sum(s["records"] for s in report["sources"].values())
@@ -117,16 +118,15 @@ def measure(root: Path, out: Path, workers: int) -> None:
         "filter_seconds": round(filtered - start, 1), "patch_label_seconds": round(end - filtered, 1),
         "annotations_per_second": round(records / (end - start)),
         "workers": workers,
-        "peak_memory_gb_all_processes": round(max(memory.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 2),
+        "peak_memory_gib_all_processes_pss": round(memory.peak_pss / 2**30, 2),
+        "peak_memory_gib_all_processes_rss": round(memory.peak_rss / 2**30, 2),
     }))
 
 
-def _patch_labels(out: Path, params) -> int | None:
-    try:
-        from copa.data.patch_labels import build_store
-    except ImportError:  # the patch-label stage is not there yet: filter only
-        return None
-    store = build_store(out / "annotations", params.patch_labels)
+def _patch_labels(out: Path, params, workers: int) -> int:
+    from copa.data.patch_labels import build_store
+
+    store = build_store(out / "annotations", params.patch_labels, workers)
     store.save(out / "patch_labels.npz")
     return len(store)
 

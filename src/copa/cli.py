@@ -83,7 +83,7 @@ def cmd_patch_labels(args: argparse.Namespace) -> int:
     figure = Path(args.figure or f"figures/{params.profile}/patch_labels")
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.parent.mkdir(parents=True, exist_ok=True)
-    summary = run_patch_labels(annotations, out, params.patch_labels, Path(args.root or params.data.root), figure, params.seed)
+    summary = run_patch_labels(annotations, out, params.patch_labels, Path(args.root or params.data.root), figure, params.seed, args.workers)
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=1) + "\n")
     grid = summary["grid"]
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", help="summary JSON (default: results/<profile>/patch_labels.json)")
     p.add_argument("--figure", help="figure stem, written as .png and .pdf (default: figures/<profile>/patch_labels)")
     p.add_argument("--root", help="data root holding the images (default: the profile's data.root)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="filtered files labelled at once, each in its own process (default: %(default)s)")
     p.set_defaults(func=cmd_patch_labels)
 
     p = sub.add_parser("validate-data", help="run every reader over a data root and print a summary")

@@ -93,7 +93,7 @@ rule patch_labels:
         figure_stem=lambda w, output: os.path.splitext(output.figure[0])[0],
     log:
         f"logs/{PROFILE}/patch_labels.log",
-    threads: 1
+    threads: 2  # filtered files labelled at once
     resources:
         mem_mb=2000 if SYNTHETIC else 8000,
         runtime=10 if SYNTHETIC else 30,
@@ -101,4 +101,4 @@ rule patch_labels:
         "../envs/copa.yaml"
     shell:
         "{params.copa} patch-labels --annotations {input.annotations} --out {output.labels} --summary {output.summary}"
-        " --figure {params.figure_stem} --root {input.root} > {log} 2>&1"
+        " --figure {params.figure_stem} --root {input.root} --workers {threads} > {log} 2>&1"

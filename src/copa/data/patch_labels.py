@@ -21,6 +21,7 @@ i.e. token ``i * G + j`` as in X-VLM.
 from __future__ import annotations
 
 import textwrap
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,20 +208,34 @@ def filtered_files(filtered_dir: Path) -> list[Path]:
 def iter_elems(filtered_dir: Path):
     """(file, image line, elem) in store row order; checks the fields the harness adds."""
     for path in filtered_files(filtered_dir):
-        for item in iter_xvlm(path):
-            record = f"image {item.image!r}"
-            for name in ("image_id", "width", "height", "source"):
-                if getattr(item, name) is None:
-                    raise FormatError(path, "missing (the filter stage writes it on every line)", record, name)
-            for elem in item.elems:
-                if elem.id is None:
-                    raise FormatError(path, "an elem has no record id", record, "elems.id")
-                yield path, item, elem
+        yield from _file_elems(path)
 
 
-def build_store(filtered_dir: Path, params: PatchLabelParams) -> PatchLabelStore:
-    """Rasterise every kept box of the filtered files (full image, no augmentation)."""
-    grid_size(params.image_size, params.patch_size)
+def _file_elems(path: Path):
+    for item in iter_xvlm(path):
+        record = f"image {item.image!r}"
+        for name in ("image_id", "width", "height", "source"):
+            if getattr(item, name) is None:
+                raise FormatError(path, "missing (the filter stage writes it on every line)", record, name)
+        for elem in item.elems:
+            if elem.id is None:
+                raise FormatError(path, "an elem has no record id", record, "elems.id")
+            yield path, item, elem
+
+
+@dataclass
+class _FileLabels:
+    """The rows of one filtered file: its sources (in order of appearance) and per-row arrays."""
+
+    sources: list[str]
+    codes: np.ndarray
+    record_ids: np.ndarray
+    image_ids: np.ndarray
+    bits: np.ndarray
+
+
+def _label_file(job: tuple[Path, PatchLabelParams]) -> _FileLabels:
+    path, params = job
     sources: list[str] = []
     packed, codes, record_ids, image_ids = [], [], [], []
     batch: list[tuple[float, float, float, float, int, int]] = []
@@ -231,10 +246,8 @@ def build_store(filtered_dir: Path, params: PatchLabelParams) -> PatchLabelStore
         packed.append(pack(rasterise(boxes, params.image_size, params.patch_size, params.min_overlap)))
         batch.clear()
 
-    for _, item, elem in iter_elems(filtered_dir):
+    for _, item, elem in _file_elems(path):
         if item.source not in sources:
-            if len(sources) == 256:
-                raise ValueError(f"{filtered_dir}: more than 256 sources do not fit the uint8 source codes")
             sources.append(item.source)
         codes.append(sources.index(item.source))
         record_ids.append(elem.id)
@@ -243,9 +256,28 @@ def build_store(filtered_dir: Path, params: PatchLabelParams) -> PatchLabelStore
         if len(batch) == BUILD_BATCH:
             flush()
     flush()
+    return _FileLabels(sources, np.array(codes, dtype=np.int64), np.array(record_ids, dtype=np.int64), np.array(image_ids, dtype=np.int64), np.concatenate(packed))
+
+
+def build_store(filtered_dir: Path, params: PatchLabelParams, workers: int = 1) -> PatchLabelStore:
+    """Rasterise every kept box of the filtered files (full image, no augmentation), ``workers``
+    files at a time (separate processes; rows stay in file order, so the store is the same)."""
+    grid_size(params.image_size, params.patch_size)
+    jobs = [(path, params) for path in filtered_files(filtered_dir)]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(workers, len(jobs))) as executor:
+            parts = list(executor.map(_label_file, jobs))
+    else:
+        parts = [_label_file(job) for job in jobs]
+    sources: list[str] = []
+    for part in parts:
+        sources += [name for name in part.sources if name not in sources]
+    if len(sources) > 256:
+        raise ValueError(f"{filtered_dir}: more than 256 sources do not fit the uint8 source codes")
+    codes = [np.array([sources.index(name) for name in part.sources], dtype=np.uint8)[part.codes] for part in parts]
     return PatchLabelStore(
-        np.concatenate(packed), np.array(codes, dtype=np.uint8), tuple(sources),
-        np.array(record_ids, dtype=np.int64), np.array(image_ids, dtype=np.int64),
+        np.concatenate([p.bits for p in parts]), np.concatenate(codes), tuple(sources),
+        np.concatenate([p.record_ids for p in parts]), np.concatenate([p.image_ids for p in parts]),
         params.image_size, params.patch_size, float(params.min_overlap),
     )
 
@@ -282,11 +314,11 @@ class LabelledImage:
 
 
 def run_patch_labels(
-    filtered_dir: Path, out_path: Path, params: PatchLabelParams, data_root: Path, figure_stem: Path | None, seed: int
+    filtered_dir: Path, out_path: Path, params: PatchLabelParams, data_root: Path, figure_stem: Path | None, seed: int, workers: int = 1
 ) -> dict:
     """Build and save the store, draw ``<figure_stem>.{png,pdf}``; returns :func:`summarise`'s dict
     (no paths in it, so the JSON the CLI writes is the same on every machine)."""
-    store = build_store(filtered_dir, params)
+    store = build_store(filtered_dir, params, workers)
     if not len(store):
         raise ValueError(f"{filtered_dir}: the filtered files hold no boxes")
     store.save(out_path)

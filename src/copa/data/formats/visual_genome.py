@@ -19,6 +19,7 @@ from copa.data.formats.records import (
     Box,
     FormatError,
     Record,
+    iter_json_list,
     record_values,
     Image,
     claim_id,
@@ -88,6 +89,12 @@ def read_image_data(path: Path, vg_dir: Path, check_files: bool = True) -> dict[
     return images
 
 
+def _entries(path: Path, id_field: str) -> Iterator[Record]:
+    """The per-image entries of a VG file as records, streamed (the files take GBs parsed whole)."""
+    for i, obj in enumerate(iter_json_list(path)):
+        yield Record(obj, path, "images", i, id_field)
+
+
 def _strings(obj: dict, field: str, path: Path, name: str, index: int, optional: bool = False) -> tuple[str, ...]:
     """A list-of-strings field of an object already checked to be a dict."""
     values = obj.get(field)
@@ -100,7 +107,7 @@ def _strings(obj: dict, field: str, path: Path, name: str, index: int, optional:
 
 def _iter_objects(path: Path, images: dict[int, VGImage], list_field: str, check_references: bool) -> Iterator[tuple[int, list[VGObject]]]:
     seen: set[int] = set()
-    for entry in list_records(top_level_list(load_json(path), path), path, "images", id_field="image_id"):
+    for entry in _entries(path, "image_id"):
         image_id = entry.integer("image_id")
         if check_references:
             require_known_image(image_id, images, entry)
@@ -134,7 +141,7 @@ def read_attributes(path: Path, images: dict[int, VGImage]) -> list[VGObject]:
 def iter_regions(path: Path, images: dict[int, VGImage], check_references: bool = True) -> Iterator[tuple[int, list[VGRegion]]]:
     """(image id, its regions) per entry of ``region_descriptions.json``."""
     seen: set[int] = set()
-    for entry in list_records(top_level_list(load_json(path), path), path, "images", id_field="id"):
+    for entry in _entries(path, "id"):
         image_id = entry.integer("id")
         if check_references:
             require_known_image(image_id, images, entry, field="id")
