@@ -1,0 +1,1 @@
+"""Training: optimiser parameter groups, learning-rate schedules, the pretraining step."""
