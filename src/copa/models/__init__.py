@@ -1,0 +1,1 @@
+"""Model components: visual encoder, text encoder, fusion, decoder, selectors."""
