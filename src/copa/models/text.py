@@ -1,0 +1,169 @@
+"""Text encoder (COPA section 3.1: BERT-base layers 1-6) and BERT checkpoint loading.
+
+Every transformer block here is a `transformers` ``BertLayer`` (or its submodules), so parameter
+names match a ``BertModel`` state dict and loading a BERT checkpoint is a thin key mapping
+(``load_bert_weights``). Masks are built here, once, as additive float masks, and passed to the
+layers explicitly: we never rely on ``BertModel``'s mask helpers or on the attention backends'
+implicit ``is_causal``, whose behaviour changed across transformers versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
+
+if TYPE_CHECKING:  # fusion.py imports this module; avoid the cycle at run time
+    from copa.models.fusion import SkipConnectedFusion
+
+
+def bert_config(
+    *,
+    vocab_size: int = 1,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int,
+    max_position_embeddings: int = 512,
+    dropout: float = 0.1,
+    pad_token_id: int = 0,
+    is_decoder: bool = False,
+    attn_implementation: str = "sdpa",
+) -> BertConfig:
+    """One place that turns our constructor args into a ``BertConfig`` for text, fusion and decoder.
+
+    ``vocab_size`` only sizes embeddings, so the fusion network (which has none) leaves it at 1.
+    BERT-base is ``hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072``.
+    ``attn_implementation`` must be set: a ``BertLayer`` built outside a ``PreTrainedModel``
+    otherwise has ``None`` and transformers falls back to eager with a warning.
+    ``is_decoder`` turns on the cross-attention block of ``BertLayer`` (transformers 5.23 only
+    builds it for decoders).
+    """
+    if hidden_size % num_heads != 0:
+        raise ValueError(f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}")
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        pad_token_id=pad_token_id,
+        is_decoder=is_decoder,
+        add_cross_attention=is_decoder,
+        attn_implementation=attn_implementation,
+    )
+
+
+def additive_mask(key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, K) 1 = attend / 0 = padding -> (B, 1, 1, K) additive mask (0 or dtype min)."""
+    return (1.0 - key_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+class TextEncoder(nn.Module):
+    """BERT embeddings + ``num_layers`` bidirectional ``BertLayer`` s (COPA: BERT-base layers 1-6).
+
+    ``forward(input_ids (B, L), attention_mask (B, L)) -> (B, L, H)``; the text [CLS] feature
+    t_cls that ITC and the TPD use is ``out[:, 0]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        hidden_size: int = 768,
+        num_layers: int = 6,
+        num_heads: int = 12,
+        intermediate_size: int = 3072,
+        max_position_embeddings: int = 512,
+        dropout: float = 0.1,
+        pad_token_id: int = 0,
+        attn_implementation: str = "sdpa",
+    ) -> None:
+        super().__init__()
+        self.config = bert_config(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+            dropout=dropout,
+            pad_token_id=pad_token_id,
+            attn_implementation=attn_implementation,
+        )
+        # Names mirror BertModel ("embeddings.*", "encoder.layer.{i}.*" -> "layer.{i}.*").
+        self.embeddings = BertEmbeddings(self.config)
+        self.layer = nn.ModuleList(BertLayer(self.config, layer_idx=i) for i in range(num_layers))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.embeddings(input_ids=input_ids)  # (B, L, H)
+        mask = additive_mask(attention_mask, hidden.dtype)  # (B, 1, 1, L)
+        for layer in self.layer:
+            hidden = layer(hidden, attention_mask=mask)
+        return hidden
+
+
+# Non-persistent buffers of BertEmbeddings that older BERT checkpoints still carry.
+_BUFFER_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
+
+
+def _strip_model_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept a bare ``BertModel`` state dict or one nested under ``bert.`` (BertForPreTraining,
+    BertForMaskedLM: the layout of the published bert-base checkpoints)."""
+    if any(key.startswith("bert.") for key in state_dict):
+        return {k.removeprefix("bert."): v for k, v in state_dict.items() if k.startswith("bert.")}
+    return dict(state_dict)
+
+
+def load_bert_weights(
+    text_encoder: TextEncoder,
+    fusion: SkipConnectedFusion,
+    state_dict: Mapping[str, torch.Tensor],
+) -> list[str]:
+    """Initialise the text encoder and the fusion text branch from a BERT checkpoint.
+
+    COPA section 4.1: "The text encoder is initialized using the first 6 layers of the BERT_base
+    model and the skip-connected network is initialized using the last 6 layers". With
+    ``T = len(text_encoder.layer)`` and ``F = len(fusion.layers)``, BERT layers ``0..T-1`` go to the
+    text encoder (with the embeddings) and layers ``T..T+F-1`` to the fusion layers' self-attention
+    and FFN; the checkpoint must have exactly ``T + F`` layers. The pooler is dropped.
+
+    Returns the fusion parameter names that BERT has no weights for (the text-to-image
+    cross-attention and the image projection), which keep their fresh initialisation.
+    """
+    source = _strip_model_prefix(state_dict)
+    layer_ids = {int(k.split(".")[2]) for k in source if k.startswith("encoder.layer.")}
+    n_text, n_fusion = len(text_encoder.layer), len(fusion.layers)
+    if layer_ids != set(range(n_text + n_fusion)):
+        raise ValueError(
+            f"BERT checkpoint has encoder layers {sorted(layer_ids)}; text encoder ({n_text}) + "
+            f"fusion ({n_fusion}) need exactly layers 0..{n_text + n_fusion - 1}"
+        )
+
+    text_sd: dict[str, torch.Tensor] = {}
+    fusion_sd: dict[str, torch.Tensor] = {}
+    for key, value in source.items():
+        if key in _BUFFER_KEYS:
+            continue
+        if key.startswith("embeddings."):
+            text_sd[key] = value
+        elif key.startswith("encoder.layer."):
+            _, _, idx, rest = key.split(".", 3)
+            i = int(idx)
+            if i < n_text:
+                text_sd[f"layer.{i}.{rest}"] = value
+            else:
+                fusion_sd[f"layers.{i - n_text}.{rest}"] = value
+    # strict: every text-encoder parameter must come from the checkpoint, and nothing may be left.
+    text_encoder.load_state_dict(text_sd, strict=True)
+    result = fusion.load_state_dict(fusion_sd, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"BERT keys with no place in the fusion network: {result.unexpected_keys}")
+    return list(result.missing_keys)
