@@ -1,0 +1,133 @@
+"""COPA's visual encoder (ViT-TPD, COPA §3.1-3.2): a timm ViT with a pluggable token selector.
+
+Built from timm's public parts with timm ``VisionTransformer``'s parameter names
+(``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.{i}``, ``norm``), so a timm ViT
+state dict loads directly (``load_timm_state_dict``). With the ``none`` selector the output is
+``VisionTransformer.forward_features`` of the same weights. Layers are numbered from 1 as in
+the papers: location k means "between layer k and k+1" for the TPD (``blocks[k-1]``'s output)
+and "inside layer j" for TRIPS. Patch token i is grid cell (i // W, i % W), row-major, as in
+``copa.data.patch_labels``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from timm.layers import LayerNorm, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.models.vision_transformer import Block, init_weights_vit_timm
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+class VisionEncoder(nn.Module):
+    """ViT with a token selector at ``location`` (COPA default: TPD at 6, keep ratio 50%).
+
+    Args:
+        img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio: the ViT (timm defaults:
+            qkv bias, LayerNorm eps 1e-6, class token, position embedding over [CLS] + patches).
+        selector: a module from ``copa.models.selectors`` (``build_selector``).
+        location: selection layer(s): 1 <= k < depth for selectors acting after layer k,
+            1 <= j <= depth for those acting inside layer j; an int, or several where the
+            selector allows it (TRIPS [5, 10]).
+    """
+
+    def __init__(self, selector: nn.Module, location: int | Sequence[int] = 6,
+                 img_size: int = 224, patch_size: int = 16, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0):
+        super().__init__()
+        locations = (location,) if isinstance(location, int) else tuple(location)
+        limit = selector.max_locations
+        if not locations or (limit is not None and len(locations) > limit):
+            raise ValueError(f"{type(selector).__name__} takes 1..{limit or 'any'} locations, "
+                             f"got {location!r}")
+        last = depth if selector.inside_block else depth - 1  # after-layer: 1 <= k < depth
+        for k in locations:
+            if not 1 <= k <= last:
+                raise ValueError(f"location {k} outside 1..{last} for {type(selector).__name__} "
+                                 f"with depth {depth}")
+        self.locations = frozenset(locations)
+        self.selector = selector
+        self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim,
+                                      output_fmt="NHWC", strict_img_size=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, embed_dim))
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
+            for _ in range(depth)])
+        self.norm = LayerNorm(embed_dim)
+        # timm's init (VisionTransformer.init_weights, mode ''), selector included
+        trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        self.apply(init_weights_vit_timm)
+
+    def forward(self, images: Tensor, text_cls: Tensor | None = None,
+                use_detector: bool = True) -> dict[str, Tensor | None]:
+        """Encode images (B, 3, H, W), guided by text_cls (B, D_text) where the selector uses it.
+
+        Returns ``tokens`` (B, 1+K+1, D) after the final norm ((B, 1+n, D) without selection),
+        ``scores`` (B, n) TPD alignment scores of all n patches (None for other selectors),
+        ``kept`` (B, K) original patch indices of the kept patch tokens (-1: a token fused at
+        an earlier selection layer; all n without selection). ``use_detector=False``: text-guided
+        selectors select by image-[CLS] attention at the same place (COPA warm-up, captioning,
+        coarse retrieval).
+        """
+        x = self.patch_embed(images)  # (B, h, w, D)
+        b, h, w, d = x.shape
+        # other resolutions (COPA Table 5): bicubic resample of the patch position embeddings
+        pos = resample_abs_pos_embed(self.pos_embed, [h, w], list(self.patch_embed.grid_size),
+                                     num_prefix_tokens=1)
+        x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, d)], dim=1) + pos
+        ids = torch.arange(h * w, device=x.device).expand(b, -1)  # original index of each token
+        kept, scores = ids, None
+        for layer, block in enumerate(self.blocks, start=1):
+            if layer not in self.locations:
+                x = block(x)
+                continue
+            out = self.selector(block, x, text_cls, use_detector)
+            x = out.tokens
+            scores = out.scores if out.scores is not None else scores
+            if out.kept is not None:
+                kept = ids.gather(1, out.kept)
+                fused = x.shape[1] - 1 - kept.shape[1]  # 1 with a fused token, 0 without
+                ids = torch.cat([kept, kept.new_full((b, fused), -1)], dim=1)
+        return {"tokens": self.norm(x), "scores": scores, "kept": kept}
+
+
+def convert_timm_state_dict(state_dict: Mapping[str, Tensor], model: VisionEncoder
+                            ) -> dict[str, Tensor]:
+    """A timm ``VisionTransformer`` state dict -> this encoder's (pure function).
+
+    Drops the classifier (``head.*``, ``fc_norm.*``) and resamples ``pos_embed`` when the
+    checkpoint's grid differs from the model's. Selector parameters are not in timm checkpoints;
+    the caller loads with ``strict=False`` for them (``load_timm_state_dict``).
+    """
+    out = {k: v for k, v in state_dict.items() if not k.startswith(("head.", "fc_norm."))}
+    pos = out.get("pos_embed")
+    if pos is not None and pos.shape != model.pos_embed.shape:
+        out["pos_embed"] = resample_abs_pos_embed(pos, list(model.patch_embed.grid_size),
+                                                  num_prefix_tokens=1)
+    return out
+
+
+def load_timm_state_dict(model: VisionEncoder, state_dict: Mapping[str, Tensor]) -> None:
+    """Load timm ViT weights into ``model``; every ViT parameter must be present, none extra."""
+    missing, unexpected = model.load_state_dict(convert_timm_state_dict(state_dict, model),
+                                                strict=False)
+    missing = [k for k in missing if not k.startswith("selector.")]
+    if missing or unexpected:
+        raise KeyError(f"timm state dict does not fit the encoder: missing {missing}, "
+                       f"unexpected {unexpected}")
+
+
+def load_timm_checkpoint(model: VisionEncoder, path: str | Path) -> None:
+    """Load a local timm ViT checkpoint file (.safetensors, or a torch.save'd state dict)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state_dict = load_file(path)
+    else:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    load_timm_state_dict(model, state_dict)
