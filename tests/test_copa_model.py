@@ -1,0 +1,71 @@
+"""The composed COPA model at a tiny size: every part wired, shapes right, and the objectives'
+gradients reaching the Text-aware Patch Detector (PTA through its scores, ITM through fusion)."""
+
+import pytest
+import torch
+
+from copa.models.copa import CopaModel, CopaSpec
+from copa.models.objectives import itm_loss, lm_loss, pta_loss
+
+TINY = dict(
+    vocab_size=50, image_size=64, patch_size=16, vision_dim=32, vision_depth=4, vision_heads=2,
+    text_dim=48, text_heads=2, text_intermediate=64, text_layers=2, fusion_layers=3, decoder_layers=2,
+    max_text_length=32, embed_dim=16,
+)
+
+
+def _batch(b=3, length=7):
+    torch.manual_seed(0)
+    images = torch.randn(b, 3, 64, 64)
+    ids = torch.randint(5, 50, (b, length))
+    ids[:, 0] = 2
+    mask = torch.ones(b, length, dtype=torch.long)
+    mask[0, -2:] = 0
+    return images, ids, mask
+
+
+@pytest.mark.parametrize(
+    "selection, location, tokens",
+    [("none", 2, 1 + 16), ("tpd", 2, 1 + 8 + 1), ("cls_attention", 2, 1 + 8 + 1), ("text_attention", (1, 3), None)],
+)
+def test_every_part_is_wired(selection, location, tokens):
+    model = CopaModel(CopaSpec(**TINY, selection=selection, location=location))
+    images, ids, mask = _batch()
+    text = model.encode_text(ids, mask)  # (B, L, H)
+    image = model.encode_image(images, text[:, 0])
+    if tokens is not None:
+        assert image["tokens"].shape == (3, tokens, 32)
+    assert (image["scores"] is not None) == (selection == "tpd")
+    fused_image, fused_text = model.fuse(image["tokens"], text, mask)
+    assert fused_image.shape[:2] == image["tokens"].shape[:2] and fused_text.shape == (3, 7, 48)
+    assert model.image_feature(image["tokens"]).norm(dim=-1).allclose(torch.ones(3))
+    assert model.text_feature(text).shape == (3, 16)
+    assert model.itm_logits(fused_text).shape == (3, 2) and model.mlm_logits(fused_text).shape == (3, 7, 50)
+    assert model.decode(ids, mask, fused_image, fused_text, mask).shape == (3, 7, 50)
+
+
+def test_gradients_reach_the_detector_from_pta_and_from_the_fusion():
+    model = CopaModel(CopaSpec(**TINY, selection="tpd", location=2))
+    images, ids, mask = _batch()
+    text = model.encode_text(ids, mask)
+    image = model.encode_image(images, text[:, 0])
+    detector = list(model.vision.selector.parameters())  # the TPD's three-layer MLP
+    assert len(detector) == 6
+    labels = (torch.rand(3, 16) > 0.5).float()
+    pta_loss(image["scores"], labels).backward(retain_graph=True)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in detector)
+    model.zero_grad()
+    _, fused_text = model.fuse(image["tokens"], text, mask)
+    (itm_loss(model.itm_logits(fused_text), torch.tensor([1, 0, 1])) + lm_loss(model.decode(ids, mask, *model.fuse(image["tokens"], text, mask), mask), ids, mask)).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in detector)  # through the fused token's weights
+    assert model.text.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_warm_up_selects_without_the_detector():
+    model = CopaModel(CopaSpec(**TINY, selection="tpd", location=2)).eval()
+    images, ids, mask = _batch()
+    text = model.encode_text(ids, mask)
+    warm = model.encode_image(images, text[:, 0], use_detector=False)
+    other = model.encode_image(images, torch.randn_like(text[:, 0]), use_detector=False)
+    assert torch.equal(warm["kept"], other["kept"])  # [CLS] attention ignores the text...
+    assert warm["scores"] is not None  # ...while the detector still scores, for PTA
