@@ -1,0 +1,171 @@
+"""COPA's pretraining step (Algorithm 1, eq. 4): PTA on an object mini-batch plus ITC, ITM, MLM
+and PrefixLM on an image-text mini-batch, summed, for one backward and one update.
+
+``CopaPretraining.forward(batch) -> dict`` with the total ``loss`` and every term and metric,
+so a generic training loop (and DDP) can drive it. The choices the papers leave open are
+constructor options (params/ names them):
+- ``itc_image``: the image features ITC contrasts. ``paired_text``: the image encoded once,
+  its selection guided by its own caption (Algorithm 1 runs the model once on the pairs);
+  ``text_free``: a second pass selecting by image-[CLS] attention, the features COPA's
+  retrieval ranks with (Appendix E).
+- ``itm_guidance``: the text that guides the selection for an ITM pair. ``pair_text``: every
+  (image, text) pair is encoded with that text, as COPA's ITM re-ranking re-extracts image
+  features per candidate text (Appendix E); ``own_caption``: negatives reuse the image
+  tokens selected by the image's own caption (one pass, but the selection then carries a trace
+  of the positive caption).
+- the warm-up (§3.3): images are selected by image-[CLS] attention until the detector takes
+  over, after ``switch_steps`` steps or once the running PTA loss is under ``switch_pta_loss``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from copa.models.copa import CopaModel
+from copa.models.objectives import (
+    FeatureQueue,
+    copy_to_momentum,
+    gather_features,
+    itc_loss,
+    itm_loss,
+    itm_pairs,
+    lm_loss,
+    mask_tokens,
+    mlm_loss,
+    momentum_update,
+    patch_precision_recall,
+    prefix_lm_split,
+    pretrain_loss,
+    pta_loss,
+    sample_hard_negatives,
+)
+
+MOMENTUM_PARTS = ("vision", "text", "vision_proj", "text_proj")  # ALBEF: the unimodal encoders + projections
+
+
+class CopaPretraining(nn.Module):
+    def __init__(
+        self,
+        model: CopaModel,
+        *,
+        vocab_size: int,
+        mask_id: int,
+        special_ids: Sequence[int],
+        pad_id: int = 0,
+        queue_size: int = 65_536,
+        momentum: float = 0.995,
+        distill_alpha: float = 0.4,
+        mlm_probability: float = 0.15,
+        loss_weights: Mapping[str, float] | None = None,
+        itc_image: Literal["paired_text", "text_free"] = "paired_text",
+        itm_guidance: Literal["pair_text", "own_caption"] = "pair_text",
+        switch_rule: Literal["steps", "pta_loss"] = "steps",
+        switch_steps: int = 1000,
+        switch_pta_loss: float = 0.3,
+    ):
+        super().__init__()
+        self.model = model
+        # The momentum copy of the unimodal parts (ALBEF); frozen, moved by momentum_update.
+        self.model_m = nn.ModuleDict({name: copy.deepcopy(getattr(model, name)) for name in MOMENTUM_PARTS})
+        copy_to_momentum(self._online_parts(), self.model_m)
+        self.queue = FeatureQueue(model.spec.embed_dim, queue_size)
+        self.vocab_size, self.mask_id, self.special_ids, self.pad_id = vocab_size, mask_id, tuple(special_ids), pad_id
+        self.momentum, self.distill_alpha, self.mlm_probability = momentum, distill_alpha, mlm_probability
+        self.loss_weights = dict(loss_weights or {})
+        self.itc_image, self.itm_guidance = itc_image, itm_guidance
+        self.switch_rule, self.switch_steps, self.switch_pta_loss = switch_rule, switch_steps, switch_pta_loss
+        # In buffers, so a checkpoint carries them and a resumed run keeps its warm-up state.
+        self.register_buffer("detector_on", torch.tensor(False))
+        self.register_buffer("pta_running", torch.tensor(float("nan")))
+
+    def _online_parts(self) -> nn.ModuleDict:
+        return nn.ModuleDict({name: getattr(self.model, name) for name in MOMENTUM_PARTS})
+
+    # ------------------------------------------------------------------ the step
+    def forward(self, batch: Mapping[str, Mapping[str, Tensor] | int]) -> dict[str, Tensor]:
+        """``batch``: ``pairs`` (images, input_ids, attention_mask), ``objects`` (the same plus
+        patch_labels (B_O, n)) and ``seed`` (an int: the step's draws of masks, prefixes and
+        negatives, so a step is reproducible)."""
+        generator = torch.Generator(device="cpu").manual_seed(int(batch["seed"]))
+        use_detector = bool(self.detector_on)
+        terms, metrics = self._pair_terms(batch["pairs"], use_detector, generator)
+        pta, pta_metrics = self._pta(batch["objects"], use_detector)
+        if pta is not None:
+            terms["pta"] = pta
+        total = pretrain_loss(terms, self.loss_weights)
+        return {"loss": total, **{k: v.detach() for k, v in terms.items()}, **metrics, **pta_metrics}
+
+    def _pair_terms(self, pairs: Mapping[str, Tensor], use_detector: bool, generator: torch.Generator) -> tuple[dict, dict]:
+        m = self.model
+        images, ids, mask = pairs["images"], pairs["input_ids"], pairs["attention_mask"]
+        text = m.encode_text(ids, mask)  # (B, L, H)
+        image = m.encode_image(images, text[:, 0], use_detector)["tokens"]  # (B, Li, D)
+        itc_tokens = image if self.itc_image == "paired_text" else m.encode_image(images, None, use_detector=False)["tokens"]
+        image_feat, text_feat = m.image_feature(itc_tokens), m.text_feature(text)  # (B, E)
+        with torch.no_grad():  # momentum features (ALBEF)
+            mm = self.model_m
+            text_m = mm["text"](ids, mask)
+            guide = text_m[:, 0] if self.itc_image == "paired_text" and m.text_guided else None
+            image_m = mm["vision"](images, guide, use_detector if guide is not None else False)["tokens"]
+            image_feat_m = nn.functional.normalize(mm["vision_proj"](image_m[:, 0]), dim=-1)
+            text_feat_m = nn.functional.normalize(mm["text_proj"](text_m[:, 0]), dim=-1)
+        temperature = m.temperature()  # clamps in place: once per step, before the graph uses it
+        itc = itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, self.queue, temperature, self.distill_alpha)
+        with torch.no_grad():
+            self.queue.enqueue(gather_features(image_feat_m), gather_features(text_feat_m))
+
+        # ITM: positives and one hard negative per image and per text (ALBEF)
+        neg_text, neg_image = sample_hard_negatives(itc.sim_i2t, itc.sim_t2i, generator)
+        image_idx, text_idx, labels = itm_pairs(neg_text, neg_image)
+        if self.itm_guidance == "pair_text" and m.text_guided:
+            itm_image = m.encode_image(images[image_idx], text[text_idx, 0], use_detector)["tokens"]
+        else:
+            itm_image = image[image_idx]
+        _, itm_text = m.fuse(itm_image, text[text_idx], mask[text_idx])
+        itm = itm_loss(m.itm_logits(itm_text), labels)
+
+        # MLM on the fused text of the masked caption, with the paired image tokens
+        masked, mlm_labels = mask_tokens(ids, mask, self.vocab_size, self.mask_id, self.special_ids, self.mlm_probability, generator)
+        _, fused_masked = m.fuse(image, m.encode_text(masked, mask), mask)
+        mlm = mlm_loss(m.mlm_logits(fused_masked), mlm_labels)
+
+        # PrefixLM: the decoder continues the caption from a random prefix (mPLUG)
+        split = prefix_lm_split(ids, mask, generator, pad_id=self.pad_id)
+        prefix_text = m.encode_text(split.prefix_ids, split.prefix_mask)
+        fused_image, fused_prefix = m.fuse(image, prefix_text, split.prefix_mask)
+        logits = m.decode(split.target_ids, split.target_mask, fused_image, fused_prefix, split.prefix_mask)
+        prefix = lm_loss(logits, split.target_ids, split.target_mask)
+
+        metrics = {"itm_examples": torch.tensor(float(len(labels))), "temperature": temperature.detach()}
+        return {"itc": itc.loss, "itm": itm, "mlm": mlm, "prefix": prefix}, metrics
+
+    def _pta(self, objects: Mapping[str, Tensor], use_detector: bool) -> tuple[Tensor | None, dict]:
+        """COPA eq. 3 on the object mini-batch: the detector's scores of all patches vs the labels.
+        The scores exist in warm-up too (selection then follows [CLS] attention)."""
+        m = self.model
+        text = m.encode_text(objects["input_ids"], objects["attention_mask"])
+        scores = m.encode_image(objects["images"], text[:, 0], use_detector)["scores"]
+        if scores is None:  # no detector (w/o PTA, the baselines): the term is left out
+            return None, {}
+        labels = objects["patch_labels"]
+        quality = patch_precision_recall(scores.detach(), labels)
+        metrics = {f"pta_{name}": torch.as_tensor(float(value)) for name, value in quality._asdict().items()}
+        return pta_loss(scores, labels), metrics
+
+    # ------------------------------------------------------------------ after each optimiser step
+    @torch.no_grad()
+    def after_step(self, step: int, pta: float | None = None) -> None:
+        """Momentum update (ALBEF) and the warm-up switch (COPA §3.3)."""
+        momentum_update(self._online_parts(), self.model_m, self.momentum)
+        if pta is not None:
+            previous = self.pta_running
+            self.pta_running.fill_(pta if torch.isnan(previous) else 0.98 * float(previous) + 0.02 * pta)
+        if not self.detector_on:
+            done = step + 1 >= self.switch_steps if self.switch_rule == "steps" else bool(self.pta_running < self.switch_pta_loss)
+            self.detector_on.fill_(done)
+

@@ -1,0 +1,99 @@
+"""Algorithm 1 at a tiny size: every loss term finite and trained, gradients where they belong,
+tiny batches safe, the warm-up switch and the momentum update behave."""
+
+import pytest
+import torch
+
+from copa.models.copa import CopaModel, CopaSpec
+from copa.models.pretraining import CopaPretraining
+
+TINY = dict(
+    vocab_size=40, image_size=64, patch_size=16, vision_dim=32, vision_depth=4, vision_heads=2,
+    text_dim=32, text_heads=2, text_intermediate=64, text_layers=2, fusion_layers=3, decoder_layers=2,
+    max_text_length=32, embed_dim=16,
+)
+SPECIAL = (0, 1, 2, 3, 4)  # [PAD] [UNK] [CLS] [SEP] [MASK]
+
+
+def _texts(b, length=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 40, (b, length), generator=g)
+    ids[:, 0], ids[:, -1] = 2, 3
+    mask = torch.ones(b, length, dtype=torch.long)
+    if b > 1:  # a padded caption: [CLS] w w w [SEP] [PAD] ...
+        ids[1, 5:], mask[1, 5:] = 0, 0
+        ids[1, 4] = 3
+    return ids, mask
+
+
+def _batch(b=4, b_objects=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids, mask = _texts(b, seed=seed)
+    obj_ids, obj_mask = _texts(b_objects, seed=seed + 1)
+    return {
+        "pairs": {"images": torch.randn(b, 3, 64, 64, generator=g), "input_ids": ids, "attention_mask": mask},
+        "objects": {"images": torch.randn(b_objects, 3, 64, 64, generator=g), "input_ids": obj_ids, "attention_mask": obj_mask,
+                    "patch_labels": (torch.rand(b_objects, 16, generator=g) > 0.6).float()},
+        "seed": seed,
+    }
+
+
+def _pretraining(selection="tpd", **options):
+    model = CopaModel(CopaSpec(**TINY, selection=selection, location=2))
+    return CopaPretraining(model, vocab_size=40, mask_id=4, special_ids=SPECIAL, queue_size=10, **options)
+
+
+@pytest.mark.parametrize("options", [{}, {"itc_image": "text_free", "itm_guidance": "own_caption"}])
+def test_all_terms_finite_and_every_trained_part_gets_gradients(options):
+    task = _pretraining(**options)
+    task.detector_on.fill_(True)
+    out = task(_batch())
+    assert {"loss", "itc", "itm", "mlm", "prefix", "pta", "pta_precision", "pta_recall"} <= set(out)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    out["loss"].backward()
+    m = task.model
+    for part in (m.vision.selector, m.text, m.fusion, m.decoder, m.itm_head, m.mlm_head, m.vision_proj, m.text_proj):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), type(part).__name__
+    assert all(p.grad is None for p in task.model_m.parameters())  # the momentum copy is frozen
+    assert int(task.queue.count) == 4
+
+
+def test_batch_of_one_and_the_baselines_run():
+    out = _pretraining()(_batch(b=1, b_objects=1))
+    assert torch.isfinite(out["loss"]) and out["itm_examples"] == 1  # no negative exists: positives only
+    for selection in ("none", "cls_attention"):  # no detector: no PTA term (mPLUG baseline, w/o PTA)
+        out = _pretraining(selection)(_batch())
+        assert "pta" not in out and torch.isfinite(out["loss"])
+
+
+def test_the_batch_seed_fixes_the_step_draws():
+    """Masks, prefixes and negatives come from the batch's seed (dropout, from the global RNG, is
+    the training loop's to seed: eval mode here)."""
+    task = _pretraining().eval()
+    first, again, other = (task(_batch(seed=s)) for s in (3, 3, 4))
+    assert torch.equal(first["mlm"], again["mlm"]) and torch.equal(first["prefix"], again["prefix"])
+    assert not torch.equal(first["mlm"], other["mlm"])
+
+
+def test_warm_up_switch_rules():
+    by_steps = _pretraining(switch_rule="steps", switch_steps=3)
+    for step in range(3):
+        assert not by_steps.detector_on
+        by_steps.after_step(step)
+    assert by_steps.detector_on
+    by_loss = _pretraining(switch_rule="pta_loss", switch_pta_loss=0.5)
+    by_loss.after_step(0, pta=0.9)
+    assert not by_loss.detector_on
+    for step in range(1, 200):
+        by_loss.after_step(step, pta=0.1)
+    assert by_loss.detector_on and float(by_loss.pta_running) < 0.5
+
+
+def test_momentum_copy_follows_the_model():
+    task = _pretraining()
+    online, momentum = task.model.text_proj.weight, task.model_m["text_proj"].weight
+    assert torch.equal(online, momentum)
+    with torch.no_grad():
+        online.add_(1.0)
+    task.after_step(0)
+    assert torch.allclose(momentum, online - 1.0 + 0.005, atol=1e-6)  # m = 0.995
