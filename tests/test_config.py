@@ -80,6 +80,7 @@ def test_missing_key_is_reported(tmp_path):
         ("synth.answer_noise=true", r"key 'synth\.answer_noise' must be a number"),
         ("synth.image_side=[1, 2, 3]", r"key 'synth\.image_side' must be a list of 2 values"),
         ("noequals", r"expected KEY=VALUE"),
+        ("pretrain.min_lr=1e-5", r"must be a number \(YAML needs a dot: write 1.0e-05\), got '1e-5'"),
     ],
 )
 def test_bad_overrides(override, message):

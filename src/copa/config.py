@@ -136,6 +136,75 @@ class PatchLabelParams:
 
 
 @dataclass(frozen=True)
+class SelectionParams:
+    method: Literal["none", "tpd", "cls_attention", "text_attention"]  # COPA: tpd; mPLUG: none; TRIPS: text_attention
+    location: tuple[int, ...]  # after layer k (tpd, cls_attention: one k); inside layers (text_attention)
+    keep_ratio: float
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Sizes of the COPA model; the pretraining resolution and patch size are ``patch_labels``'s
+    (the labels must be on the model's patch grid)."""
+
+    vision_dim: int
+    vision_depth: int
+    vision_heads: int
+    text_dim: int
+    text_heads: int
+    text_intermediate: int
+    text_layers: int  # BERT-base layers 1-6 in the paper
+    fusion_layers: int  # BERT-base layers 7-12
+    fusion_stride: int  # mPLUG: a connected-attention layer every 3 (6: co-attention only)
+    decoder_layers: int
+    embed_dim: int  # ITC projection width
+    max_text_length: int
+    vocab_size: int  # WordPiece vocabulary trained on the captions (bert-base-uncased: 30522)
+    selection: SelectionParams
+
+
+@dataclass(frozen=True)
+class WarmUpParams:
+    """COPA §3.3: [CLS]-attention selection until 'the PTA loss converges'; the rule is not given."""
+
+    rule: Literal["steps", "pta_loss"]
+    steps: int
+    pta_loss: float  # the running PTA loss under which the detector takes over
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    itc: float
+    itm: float
+    mlm: float
+    prefix: float
+    pta: float
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    epochs: int
+    batch_size: int  # image-text pairs per step (all processes)
+    object_batch_size: int  # object/region samples per step, for PTA
+    object_share: float  # images with boxes as a share of the pretraining images (COPA: ~5%)
+    pair_sources: tuple[Literal["coco", "vg", "cc3m"], ...]
+    lr_vision: float  # COPA: 1e-5 (ViT)
+    lr_text: float  # COPA: 1e-4 (BERT-initialised parts)
+    min_lr: float
+    warmup_steps: int
+    weight_decay: float
+    queue_size: int
+    momentum: float
+    distill_alpha: float
+    mlm_probability: float
+    loss_weights: LossWeights  # COPA eq. 4: equal weights
+    itc_image: Literal["paired_text", "text_free"]
+    itm_guidance: Literal["pair_text", "own_caption"]
+    warm_up: WarmUpParams
+    checkpoint_every: int  # steps
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str
     seed: int
@@ -143,6 +212,8 @@ class Params:
     synth: SynthParams
     filter: FilterParams
     patch_labels: PatchLabelParams
+    model: ModelParams
+    pretrain: PretrainParams
     # Where each leaf value came from ("params/base.yaml", "--set", ...), for messages.
     provenance: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -273,6 +344,14 @@ def _build(cls: type, data: Any, prefix: str, provenance: Mapping[str, str], exc
     return values
 
 
+def _parses_as_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _coerce(hint: Any, value: Any, dotted: str, provenance: Mapping[str, str]) -> Any:
     def fail(expected: str) -> ParamsError:
         return ParamsError(
@@ -318,6 +397,8 @@ def _coerce(hint: Any, value: Any, dotted: str, provenance: Mapping[str, str]) -
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str) and _parses_as_float(value):  # YAML 1.1 reads 1e-5 as a string
+                raise fail(f"a number (YAML needs a dot: write {float(value):.1e})")
             raise fail("a number")
         return float(value)
     if hint is str:

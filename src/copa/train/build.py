@@ -1,0 +1,48 @@
+"""Parameters -> the COPA model and its pretraining step (the one place that reads params for them)."""
+
+from __future__ import annotations
+
+from copa.config import Params
+from copa.models.copa import CopaModel, CopaSpec
+from copa.models.pretraining import CopaPretraining
+
+
+def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
+    """The model of a profile, at the pretraining resolution and patch size of its patch labels."""
+    m, selection = params.model, params.model.selection
+    return CopaSpec(
+        vocab_size=vocab_size,
+        image_size=params.patch_labels.image_size,
+        patch_size=params.patch_labels.patch_size,
+        vision_dim=m.vision_dim, vision_depth=m.vision_depth, vision_heads=m.vision_heads,
+        text_dim=m.text_dim, text_heads=m.text_heads, text_intermediate=m.text_intermediate,
+        text_layers=m.text_layers, fusion_layers=m.fusion_layers, fusion_stride=m.fusion_stride,
+        decoder_layers=m.decoder_layers, max_text_length=m.max_text_length, embed_dim=m.embed_dim,
+        selection=selection.method,
+        location=selection.location[0] if len(selection.location) == 1 else selection.location,
+        keep_ratio=selection.keep_ratio,
+    )
+
+
+def build_pretraining(params: Params, tokenizer) -> CopaPretraining:
+    """Algorithm 1 for a profile; ``tokenizer`` gives the vocabulary and the special ids."""
+    p = params.pretrain
+    special = [tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens]
+    model = CopaModel(copa_spec(params, len(tokenizer)))
+    return CopaPretraining(
+        model,
+        vocab_size=len(tokenizer),
+        mask_id=tokenizer.mask_token_id,
+        special_ids=special,
+        pad_id=tokenizer.pad_token_id,
+        queue_size=p.queue_size,
+        momentum=p.momentum,
+        distill_alpha=p.distill_alpha,
+        mlm_probability=p.mlm_probability,
+        loss_weights=vars(p.loss_weights),
+        itc_image=p.itc_image,
+        itm_guidance=p.itm_guidance,
+        switch_rule=p.warm_up.rule,
+        switch_steps=p.warm_up.steps,
+        switch_pta_loss=p.warm_up.pta_loss,
+    )

@@ -1,0 +1,49 @@
+"""Datasets, tokenizer, model and Algorithm 1 together: one pretraining step on batches of the
+fixture world, as the engine will run it."""
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from copa.config import load_params
+from copa.data.filtering import run_filter
+from copa.data.layout import DataLayout
+from copa.data.pretrain_data import ObjectDataset, PairDataset, image_text_pairs, object_samples
+from copa.data.tokenizer import load_tokenizer, train_wordpiece
+from copa.train.build import build_pretraining, copa_spec
+
+PARAMS_DIR = Path(__file__).parents[1] / "params"
+
+
+def test_one_step_on_the_fixture_world(fixture_world, tmp_path):
+    params = load_params("fixture", params_dir=PARAMS_DIR)
+    pairs = image_text_pairs(DataLayout(fixture_world), params.pretrain.pair_sources)
+    tokenizer = load_tokenizer(train_wordpiece([p.text for p in pairs], params.model.vocab_size, tmp_path / "vocab"))
+    run_filter(fixture_world, params.filter, tmp_path / "annotations", progress=False)
+    objects = object_samples(tmp_path / "annotations", fixture_world, params.pretrain.object_share, len(pairs), params.seed)
+    size, patch, length = params.patch_labels.image_size, params.patch_labels.patch_size, params.model.max_text_length
+    pair_data = PairDataset(pairs, tokenizer, size, length, params.seed)
+    object_data = ObjectDataset(objects, tokenizer, size, patch, length, params.seed)
+    pair_batch = next(iter(DataLoader(pair_data, batch_size=params.pretrain.batch_size, collate_fn=pair_data.collate_fn)))
+    object_batch = next(iter(DataLoader(object_data, batch_size=params.pretrain.object_batch_size, collate_fn=object_data.collate_fn)))
+
+    task = build_pretraining(params, tokenizer)
+    assert copa_spec(params, len(tokenizer)).image_size == size  # the model's grid is the labels' grid
+    task.detector_on.fill_(True)
+    batch = {
+        "pairs": {k: pair_batch[k] for k in ("input_ids", "attention_mask")} | {"images": pair_batch["image"]},
+        "objects": {k: object_batch[k] for k in ("input_ids", "attention_mask", "patch_labels")} | {"images": object_batch["image"]},
+        "seed": 0,
+    }
+    optimizer = torch.optim.AdamW(task.model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(3):  # the same batch three times: the loss goes down
+        out = task(batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        task.after_step(0, float(out["pta"]))
+        losses.append(float(out["loss"].detach()))
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    assert object_batch["patch_labels"].shape == (params.pretrain.object_batch_size, (size // patch) ** 2)
