@@ -1,0 +1,136 @@
+"""The generic training engine on a toy task: determinism, kill + resume, DDP, atomic saves."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from copa.train.engine import EngineConfig, atomic_torch_save, train
+from engine_toy import ToyTask, engine_config
+
+TOY = Path(__file__).with_name("engine_toy.py")
+PARAMS = {"toy": {"dropout": 0.1, "n": 40}}  # what engine_toy.main passes with its defaults
+
+
+def final_state(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def assert_states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def logged(out: Path, name: str = "train/loss") -> list[tuple[int, str]]:
+    with open(out / "dvclive" / "plots" / "metrics" / f"{name}.tsv", newline="") as f:
+        return [(int(r["step"]), r[name.split("/")[-1]]) for r in csv.DictReader(f, delimiter="\t")]
+
+
+def run_script(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted in-process run: 2 epochs x 5 steps, checkpoint every 3 steps."""
+    out = tmp_path_factory.mktemp("reference")
+    train(ToyTask(), engine_config(), out, PARAMS)
+    return out
+
+
+def test_outputs_of_a_run(reference: Path) -> None:
+    ckpt_dir = reference / "checkpoints"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["epoch_000.pt", "epoch_001.pt", "last.pt"]
+    epoch0 = torch.load(ckpt_dir / "epoch_000.pt", weights_only=True)
+    assert (epoch0["step"], epoch0["epoch"], epoch0["batch"]) == (5, 1, 0)
+    assert epoch0["resolved_params"] == PARAMS and epoch0["engine_config"]["checkpoint_every"] == 3
+    assert [s for s, _ in logged(reference)] == list(range(1, 11))
+    assert {s for s, _ in logged(reference, "lr/no_decay")} == set(range(1, 11))
+    assert (reference / "metrics.json").is_file()
+    assert not (reference / "dvclive" / "dvc.yaml").exists()
+
+
+def test_cpu_runs_are_bit_for_bit_repeatable(reference: Path, tmp_path: Path) -> None:
+    train(ToyTask(), engine_config(), tmp_path, PARAMS)
+    assert logged(tmp_path) == logged(reference)
+    assert_states_equal(final_state(tmp_path), final_state(reference))
+
+
+def test_killed_run_resumes_to_the_same_parameters(reference: Path, tmp_path: Path) -> None:
+    # step 8 is no checkpoint boundary (checkpoints at 3, 5 = epoch end, 6, 9, 10): resume from
+    # step 6, i.e. epoch 1, batch 1, after an epoch boundary; dropout makes the RNG state matter
+    killed = run_script([str(TOY), str(tmp_path)], COPA_KILL_AT_STEP="8")
+    assert killed.returncode == -9, killed.stderr
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["batch"]) == (6, 1, 1)
+    assert [s for s, _ in logged(tmp_path)] == list(range(1, 9))  # steps 7, 8 get redone
+
+    resumed = run_script([str(TOY), str(tmp_path)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_states_equal(final_state(tmp_path), final_state(reference))
+    assert logged(tmp_path) == logged(reference)  # one row per step, same values
+
+
+def test_ddp_step_equals_single_process_step(tmp_path: Path) -> None:
+    # one step on a global batch of 8: 2 ranks x 4 samples (gloo) vs 1 process x 8 samples
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(TOY), str(tmp_path / "ddp"), "--epochs", "1", "--samples", "8", "--dropout", "0"],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-4000:]
+    train(ToyTask(n=8, dropout=0.0), engine_config(epochs=1), tmp_path / "single", {"toy": {"dropout": 0.0, "n": 8}})
+    assert len(torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)["rng"]) == 2  # 2 ranks
+    a, b = final_state(tmp_path / "ddp"), final_state(tmp_path / "single")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+    assert not torch.equal(a["net.0.weight"], ToyTask(n=8, dropout=0.0).model.net[0].weight)  # it trained
+
+
+def test_failed_save_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    atomic_torch_save({"step": 1, "w": torch.ones(3)}, path)
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_torch_save({"step": 2, "w": torch.zeros(3)}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # temp file removed
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_refuses_to_start_over_existing_checkpoints(reference: Path) -> None:
+    with pytest.raises(FileExistsError, match="resume=False"):
+        train(ToyTask(), engine_config(), reference, PARAMS, resume=False)
+
+
+def test_refuses_to_resume_under_other_params(reference: Path) -> None:
+    with pytest.raises(ValueError, match=r"other parameters.*\['toy'\]"):
+        train(ToyTask(), engine_config(), reference, {"toy": {"dropout": 0.2, "n": 40}})
+
+
+def test_amp_on_cpu_falls_back_with_a_warning(tmp_path: Path) -> None:
+    config = EngineConfig(epochs=1, amp="bf16", device="cpu", log_every=1)
+    with pytest.warns(UserWarning, match="amp='bf16' needs CUDA"):
+        metrics = train(ToyTask(n=8), config, tmp_path, {})
+    assert metrics["step"] == 1 and "train/loss" in metrics
+
+
+@pytest.mark.parametrize("kw", [{"epochs": -1}, {"checkpoint_every": 0}, {"amp": "fp8"}, {"device": "tpu"},
+                                {"grad_clip": 0.0}])
+def test_config_errors_name_the_field(kw: dict) -> None:
+    field = next(iter(kw))
+    with pytest.raises(ValueError, match=f"EngineConfig.{field}"):
+        EngineConfig(**{"epochs": 1, **kw})
