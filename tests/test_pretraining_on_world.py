@@ -47,3 +47,23 @@ def test_one_step_on_the_fixture_world(fixture_world, tmp_path):
         losses.append(float(out["loss"].detach()))
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     assert object_batch["patch_labels"].shape == (params.pretrain.object_batch_size, (size // patch) ** 2)
+
+
+def test_copa_pretrain_runs_an_epoch_and_resumes(fixture_world, tmp_path, capsys):
+    import json
+
+    from copa.cli import main
+
+    params = load_params("fixture", params_dir=PARAMS_DIR)
+    run_filter(fixture_world, params.filter, tmp_path / "annotations", progress=False)
+    args = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR), "--set", "pretrain.epochs=1", "pretrain",
+            "--root", str(fixture_world), "--annotations", str(tmp_path / "annotations"), "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["step"] > 0 and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert (tmp_path / "run" / "checkpoints" / "epoch_000.pt").is_file() and (tmp_path / "run" / "vocab" / "vocab.txt").is_file()
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["resolved_params"]["pretrain"]["epochs"] == 1
+    # a second call finds the finished run and resumes it: nothing left to do
+    assert main(args) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == metrics["step"]

@@ -94,6 +94,16 @@ def cmd_patch_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from copa.train.pretrain import run_pretraining
+
+    params = _params(args)
+    annotations = Path(args.annotations or f"data/processed/{params.profile}/annotations")
+    metrics = run_pretraining(params, Path(args.root or params.data.root), annotations, Path(args.out), resume=not args.restart)
+    print("pretraining done: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+    return 0
+
+
 def cmd_validate_data(args: argparse.Namespace) -> int:
     from copa.data.validate import format_summary, validate_data_root, write_json
 
@@ -142,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="data root holding the images (default: the profile's data.root)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="filtered files labelled at once, each in its own process (default: %(default)s)")
     p.set_defaults(func=cmd_patch_labels)
+
+    p = sub.add_parser("pretrain", help="pretrain COPA (Algorithm 1); resumes from the run's last checkpoint; torchrun for several processes")
+    p.add_argument("--out", required=True, help="run folder: checkpoints/, dvclive/, metrics.json, vocab/")
+    p.add_argument("--annotations", help="filtered annotations (default: data/processed/<profile>/annotations)")
+    p.add_argument("--root", help="data root (default: the profile's data.root)")
+    p.add_argument("--restart", action="store_true", help="refuse to resume (fails if the run folder has checkpoints)")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("validate-data", help="run every reader over a data root and print a summary")
     p.add_argument("root", nargs="?", help="data root (default: the profile's data.root)")

@@ -82,6 +82,7 @@ class CopaPretraining(nn.Module):
         # In buffers, so a checkpoint carries them and a resumed run keeps its warm-up state.
         self.register_buffer("detector_on", torch.tensor(False))
         self.register_buffer("pta_running", torch.tensor(float("nan")))
+        self.last_pta: float | None = None
 
     def _online_parts(self) -> nn.ModuleDict:
         return nn.ModuleDict({name: getattr(self.model, name) for name in MOMENTUM_PARTS})
@@ -97,6 +98,7 @@ class CopaPretraining(nn.Module):
         pta, pta_metrics = self._pta(batch["objects"], use_detector)
         if pta is not None:
             terms["pta"] = pta
+            self.last_pta = float(pta.detach())  # for the warm-up rule, read by after_step
         total = pretrain_loss(terms, self.loss_weights)
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}, **metrics, **pta_metrics}
 
@@ -160,8 +162,10 @@ class CopaPretraining(nn.Module):
     # ------------------------------------------------------------------ after each optimiser step
     @torch.no_grad()
     def after_step(self, step: int, pta: float | None = None) -> None:
-        """Momentum update (ALBEF) and the warm-up switch (COPA §3.3)."""
+        """Momentum update (ALBEF) and the warm-up switch (COPA §3.3); ``pta``: the step's PTA loss
+        (default: the one the last forward computed)."""
         momentum_update(self._online_parts(), self.model_m, self.momentum)
+        pta = self.last_pta if pta is None else pta
         if pta is not None:
             previous = self.pta_running
             self.pta_running.fill_(pta if torch.isnan(previous) else 0.98 * float(previous) + 0.02 * pta)

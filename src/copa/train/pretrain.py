@@ -1,0 +1,92 @@
+"""``copa pretrain``: Algorithm 1 of COPA driven by the training engine.
+
+:class:`PretrainTask` is the engine's :class:`~copa.train.engine.Task`: each step takes a
+global batch of image-text pairs and one of object samples (COPA: boxes from ~5% of the
+images), both drawn by index from permutations seeded by (seed, epoch), so any number of
+processes sees the same global batches and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from copa.config import Params
+from copa.data.layout import DataLayout
+from copa.data.pretrain_data import ObjectDataset, PairDataset, image_text_pairs, object_samples
+from copa.data.tokenizer import load_tokenizer, train_wordpiece
+from copa.train.build import build_pretraining
+from copa.train.engine import EngineConfig, seed_everything, train
+from copa.train.schedule import param_groups, warmup_cosine_lambda
+
+VOCAB_DIR = "vocab"
+
+
+class PretrainTask:
+    def __init__(self, params: Params, data_root: Path, annotations: Path, out_dir: Path):
+        self.params = params
+        p = params.pretrain
+        self.pairs = image_text_pairs(DataLayout(Path(data_root)), p.pair_sources)
+        if not self.pairs:
+            raise ValueError(f"{data_root}: no image-text pairs for the sources {', '.join(p.pair_sources)}")
+        vocab = Path(out_dir) / VOCAB_DIR / "vocab.txt"
+        if not vocab.exists():  # a vocabulary of the run's own captions (deterministic; kept with the run)
+            train_wordpiece([pair.text for pair in self.pairs], params.model.vocab_size, vocab.parent)
+        self.tokenizer = load_tokenizer(vocab)
+        objects = object_samples(annotations, data_root, p.object_share, len(self.pairs), params.seed)
+        size, patch, length = params.patch_labels.image_size, params.patch_labels.patch_size, params.model.max_text_length
+        self.pair_data = PairDataset(self.pairs, self.tokenizer, size, length, params.seed)
+        self.object_data = ObjectDataset(objects, self.tokenizer, size, patch, length, params.seed, params.patch_labels.min_overlap)
+        seed_everything(params.seed)  # the model's initial weights
+        self.model = build_pretraining(params, self.tokenizer)
+
+    def param_groups(self) -> list[dict]:
+        p = self.params.pretrain
+        return param_groups(self.model.named_parameters(), ("model.vision.",), p.lr_vision, p.lr_text, p.weight_decay)
+
+    def steps_per_epoch(self, world_size: int) -> int:
+        return len(self.pairs) // self.params.pretrain.batch_size
+
+    def batches(self, epoch: int, rank: int, world_size: int, start: int) -> Iterator[dict]:
+        p = self.params.pretrain
+        if p.batch_size % world_size or p.object_batch_size % world_size:
+            raise ValueError(f"batch sizes {p.batch_size} / {p.object_batch_size} do not split over {world_size} processes")
+        pair_b, object_b = p.batch_size // world_size, p.object_batch_size // world_size
+        rng = np.random.default_rng([self.params.seed, epoch])
+        pair_order, object_order = rng.permutation(len(self.pair_data)), rng.permutation(len(self.object_data))
+        self.pair_data.set_epoch(epoch)
+        self.object_data.set_epoch(epoch)
+        for step in range(start, self.steps_per_epoch(world_size)):
+            pair_idx = pair_order[step * p.batch_size + rank * pair_b:][:pair_b]
+            # the object images are few (~5%): their order cycles within the epoch
+            first = (step * p.object_batch_size + rank * object_b) % len(object_order)
+            object_idx = np.take(object_order, range(first, first + object_b), mode="wrap")
+            yield {
+                "pairs": _model_inputs(self.pair_data.collate_fn([self.pair_data[int(i)] for i in pair_idx])),
+                "objects": _model_inputs(self.object_data.collate_fn([self.object_data[int(i)] for i in object_idx])),
+                "seed": int(np.random.default_rng([self.params.seed, epoch, step, rank]).integers(2**31)),
+            }
+
+    def after_step(self, model, step: int) -> None:
+        model.after_step(step)
+
+
+def _model_inputs(batch: dict) -> dict:
+    """A collated batch as CopaPretraining reads it."""
+    out = {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "patch_labels" in batch:
+        out["patch_labels"] = batch["patch_labels"]
+    return out
+
+
+def run_pretraining(params: Params, data_root: Path, annotations: Path, out_dir: Path, resume: bool = True) -> dict:
+    task = PretrainTask(params, data_root, annotations, out_dir)
+    world_size = int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets it
+    p = params.pretrain
+    total = p.epochs * task.steps_per_epoch(world_size)
+    lambdas = [warmup_cosine_lambda(g["lr"], p.warmup_steps, total, p.min_lr) for g in task.param_groups()]
+    config = EngineConfig(epochs=p.epochs, lr_lambda=lambdas, checkpoint_every=p.checkpoint_every, seed=params.seed)
+    return train(task, config, out_dir, params.to_dict(), resume=resume)
