@@ -291,3 +291,21 @@ def test_tokenizer_round_trip_and_special_ids(tmp_path: Path) -> None:
 def test_vocab_too_small_for_the_alphabet(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="vocab_size=8"):
         train_wordpiece(captions(), 8, tmp_path)
+
+
+def test_from_scratch_parts_start_with_berts_initialisation():
+    """BERT's N(0, 0.02) (not PyTorch's N(0, 1) embeddings): a fresh decoder's logits are small,
+    so its first loss is near ln(V), not several times it."""
+    import math
+
+    from copa.models.decoder import Decoder
+    from copa.models.objectives import lm_loss
+
+    torch.manual_seed(0)
+    decoder = Decoder(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
+    assert abs(float(decoder.embeddings.word_embeddings.weight.std()) - 0.02) < 0.002
+    ids = torch.randint(5, 1000, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    logits = decoder(ids, mask, torch.randn(2, 5, 64), torch.ones(2, 5, dtype=torch.long))
+    assert float(logits.std()) < 1.0
+    assert abs(float(lm_loss(logits, ids, mask)) - math.log(1000)) < 0.5

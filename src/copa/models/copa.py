@@ -18,7 +18,7 @@ from copa.models.decoder import Decoder, LMHead
 from copa.models.fusion import SkipConnectedFusion
 from copa.models.objectives import Temperature
 from copa.models.selectors import build_selector
-from copa.models.text import TextEncoder, bert_config
+from copa.models.text import TextEncoder, bert_config, init_bert_weights
 from copa.models.vit import VisionEncoder
 
 TEXT_GUIDED = ("tpd", "text_attention")  # selectors that read the text [CLS]
@@ -69,6 +69,7 @@ class CopaModel(nn.Module):
         self.text_proj = nn.Linear(spec.text_dim, spec.embed_dim)
         self.itm_head = nn.Linear(spec.text_dim, 2)
         self.mlm_head = LMHead(bert_config(vocab_size=spec.vocab_size, num_layers=1, **text_sizes))
+        self.mlm_head.apply(init_bert_weights)
         self.temperature = Temperature()
 
     @property

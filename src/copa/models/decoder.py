@@ -19,7 +19,7 @@ from transformers.models.bert.modeling_bert import (
     BertPredictionHeadTransform,
 )
 
-from copa.models.text import additive_mask, bert_config
+from copa.models.text import additive_mask, bert_config, init_bert_weights
 
 
 class LMHead(nn.Module):
@@ -92,6 +92,7 @@ class Decoder(nn.Module):
         self.head = LMHead(self.config)
         if tie_word_embeddings:
             self.head.decoder.weight = self.embeddings.word_embeddings.weight
+        self.apply(init_bert_weights)
 
     def forward(
         self,

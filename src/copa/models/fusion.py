@@ -24,7 +24,7 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertAttention, BertIntermediate, BertOutput
 
-from copa.models.text import additive_mask, bert_config
+from copa.models.text import additive_mask, bert_config, init_bert_weights
 
 
 def is_connected_layer(n: int, stride: int) -> bool:
@@ -136,6 +136,7 @@ class SkipConnectedFusion(nn.Module):
             else CoAttentionLayer(config)
             for n in range(num_layers)
         )
+        self.apply(init_bert_weights)
 
     def forward(
         self,

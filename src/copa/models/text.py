@@ -101,6 +101,7 @@ class TextEncoder(nn.Module):
         # Names mirror BertModel ("embeddings.*", "encoder.layer.{i}.*" -> "layer.{i}.*").
         self.embeddings = BertEmbeddings(self.config)
         self.layer = nn.ModuleList(BertLayer(self.config, layer_idx=i) for i in range(num_layers))
+        self.apply(init_bert_weights)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.embeddings(input_ids=input_ids)  # (B, L, H)
@@ -120,6 +121,22 @@ def _strip_model_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
     if any(key.startswith("bert.") for key in state_dict):
         return {k.removeprefix("bert."): v for k, v in state_dict.items() if k.startswith("bert.")}
     return dict(state_dict)
+
+
+def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT's initialisation (``BertPreTrainedModel._init_weights``, initializer_range 0.02), for
+    modules built from BERT's parts without BertModel, which is what applies it: PyTorch's defaults
+    (embeddings ~ N(0, 1)) give a from-scratch decoder logits of std ~14. Use with ``Module.apply``."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        with torch.no_grad():
+            module.weight[module.padding_idx].zero_()
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def load_bert_weights(
