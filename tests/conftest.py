@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (CI reproducible), with no per-example time
+# limit (a loaded 2-core CI machine must not fail a correct test).
+settings.register_profile("copa", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("copa")
 
 from copa.config import load_params
 from copa.data.synth.world import generate_world
