@@ -116,3 +116,22 @@ def test_fixture_dag_end_to_end(workdir):
 def _scheduled(dry_run_output: str) -> set[str]:
     """The rules a dry run would execute."""
     return set(re.findall(r"^(?:local)?rule (\w+):", dry_run_output, flags=re.MULTILINE))
+
+
+def test_pretrain_rule_is_parameterised_by_run(workdir):
+    target = "runs/fixture/pretrain/text_attention-loc1-3-keep0.7-seed2/metrics.json"
+    dry = snakemake(workdir, target, "-n", "-p", "--cores", "2", "--config", "profile=fixture")
+    assert dry.returncode == 0, dry.stdout
+    assert "--set model.selection.method=text_attention --set 'model.selection.location=[1, 3]'" in dry.stdout
+    assert "--set model.selection.keep_ratio=0.7 --set seed=2" in dry.stdout
+    bad = snakemake(workdir, "runs/fixture/pretrain/magic-loc2-keep0.5-seed0/metrics.json", "-n", "--cores", "1", "--config", "profile=fixture")
+    assert bad.returncode != 0 and "MissingRuleException" in bad.stdout
+
+
+def test_fixture_pretraining_run_end_to_end(workdir):
+    target = "runs/fixture/pretrain/tpd-loc2-keep0.5-seed0/metrics.json"
+    run = snakemake(workdir, target, "--cores", "2", "--config", "profile=fixture", 'set=["pretrain.epochs=1"]')
+    assert run.returncode == 0, run.stdout
+    metrics = json.loads((workdir / target).read_text())
+    assert metrics["step"] > 0 and metrics["train/loss"] > 0
+    assert (workdir / "runs/fixture/pretrain/tpd-loc2-keep0.5-seed0/checkpoints/epoch_000.pt").is_file()

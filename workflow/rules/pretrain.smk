@@ -1,0 +1,41 @@
+# COPA pretraining (Algorithm 1), one run per (selector, location, keeping ratio, seed). Later
+# rules (the ablation grids) ask for the runs they need by path, e.g.
+#   runs/demo/pretrain/tpd-loc3-keep0.5-seed0/metrics.json
+# `location` is one layer or several joined by '-' (TRIPS: 5-10). Only metrics.json is declared:
+# the checkpoints beside it are not outputs, so Snakemake does not delete them and an
+# interrupted run resumes from its last checkpoint when the rule runs again.
+
+
+wildcard_constraints:
+    method="none|tpd|cls_attention|text_attention",
+    location=r"\d+(-\d+)*",
+    keep=r"[01](\.\d+)?",
+    seed=r"\d+",
+
+
+rule pretrain:
+    input:
+        root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
+        annotations=rules.filter_annotations.output.annotations,
+        code=source_files("models/*.py", "train/*.py", "data/pretrain_data.py", "data/tokenizer.py", "data/transforms.py", "data/patch_labels.py"),
+    output:
+        f"runs/{PROFILE}/pretrain/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}/metrics.json",
+    params:
+        model=section_json("model"),  # rerun triggers: the model and its training
+        pretrain=section_json("pretrain"),
+        patch_labels=section_json("patch_labels"),  # the pretraining resolution and patch size
+        copa=copa_cli("model", "pretrain", "patch_labels"),
+        location=lambda w: ", ".join(w.location.split("-")),
+        run_dir=lambda w, output: os.path.dirname(output[0]),
+    log:
+        f"logs/{PROFILE}/pretrain/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.log",
+    threads: 2
+    resources:
+        mem_mb=4000 if PROFILE != "paper" else 64000,
+        runtime=60 if PROFILE != "paper" else 72 * 60,
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.copa} --set model.selection.method={wildcards.method} --set 'model.selection.location=[{params.location}]'"
+        " --set model.selection.keep_ratio={wildcards.keep} --set seed={wildcards.seed}"
+        " pretrain --root {input.root} --annotations {input.annotations} --out {params.run_dir} > {log} 2>&1"
