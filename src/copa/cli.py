@@ -23,6 +23,11 @@ def _params(args: argparse.Namespace) -> Params:
     return load_params(args.profile, args.set, args.params_dir)
 
 
+def _filtered_annotations(params: Params) -> Path:
+    """Where `copa filter` writes by default, and `patch-labels` / `pretrain` read by default."""
+    return Path(f"data/processed/{params.profile}/annotations")
+
+
 def cmd_params(args: argparse.Namespace) -> int:
     """Print the resolved parameters."""
     print(yaml.safe_dump(_params(args).to_dict(), sort_keys=False), end="")
@@ -62,7 +67,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
     params = _params(args)
     root = Path(args.root or params.data.root)
-    out = Path(args.out or f"data/processed/{params.profile}/annotations")
+    out = Path(args.out) if args.out else _filtered_annotations(params)
     report_path = Path(args.report or f"results/{params.profile}/filter_report.json")
     report = run_filter(root, params.filter, out, progress=not args.quiet, workers=args.workers)
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +82,7 @@ def cmd_patch_labels(args: argparse.Namespace) -> int:
     from copa.data.patch_labels import run_patch_labels
 
     params = _params(args)
-    annotations = Path(args.annotations or f"data/processed/{params.profile}/annotations")
+    annotations = Path(args.annotations) if args.annotations else _filtered_annotations(params)
     out = Path(args.out or f"data/processed/{params.profile}/patch_labels.npz")
     summary_path = Path(args.summary or f"results/{params.profile}/patch_labels.json")
     figure = Path(args.figure or f"figures/{params.profile}/patch_labels")
@@ -98,7 +103,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from copa.train.pretrain import run_pretraining
 
     params = _params(args)
-    annotations = Path(args.annotations or f"data/processed/{params.profile}/annotations")
+    annotations = Path(args.annotations) if args.annotations else _filtered_annotations(params)
     metrics = run_pretraining(params, Path(args.root or params.data.root), annotations, Path(args.out), resume=not args.restart)
     print("pretraining done: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
     return 0

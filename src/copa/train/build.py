@@ -19,7 +19,7 @@ def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
         text_layers=m.text_layers, fusion_layers=m.fusion_layers, fusion_stride=m.fusion_stride,
         decoder_layers=m.decoder_layers, max_text_length=m.max_text_length, embed_dim=m.embed_dim,
         selection=selection.method,
-        location=selection.location[0] if len(selection.location) == 1 else selection.location,
+        location=selection.location,
         keep_ratio=selection.keep_ratio,
     )
 
