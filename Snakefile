@@ -17,3 +17,4 @@ rule all:
         rules.validate_data.output,
         rules.filter_annotations.output.report,
         rules.patch_labels.output.summary,
+        f"results/{PROFILE}/pretrain/{DEFAULT_RUN}.json",

@@ -67,8 +67,8 @@ def analytic_macs(name: str, location, options: dict) -> tuple[float, float]:
     """(encoder MACs, mean tokens per layer) from the token schedule."""
     schedule = token_schedule(name, location, options)
     macs = N * 3 * PATCH * PATCH * D + sum(block_macs(a, m) for a, m in schedule)
-    if name == "tpd":  # the detector MLP on the n patches: (2D -> D -> D -> 1)
-        macs += N * (2 * D * D + D * D + D)
+    if name == "tpd":  # the detector MLP (2D -> D -> D -> 1), its text half once per image
+        macs += N * (D * D + D * D + D) + D * D
     return macs, sum(m for _, m in schedule) / DEPTH
 
 
@@ -152,8 +152,8 @@ def main() -> None:
         with torch.no_grad():
             sel_macs = count_macs(lambda: model.selector.select_text(x_k[:1], text_cls[:1]))
         print(f"  {label:14s} {t_sel * 1e3:6.1f} ms of {t_enc * 1e3:7.1f} ms "
-              f"({100 * t_sel / t_enc:4.1f}%), {sel_macs / 1e9:.3f} of {macs[label] / 1e9:.2f} "
-              "GMACs")
+              f"({100 * t_sel / t_enc:4.1f}% of this encoder, {100 * t_sel / best['none']:4.1f}% of `none`), "
+              f"{sel_macs / 1e9:.3f} of {macs[label] / 1e9:.2f} GMACs")
     print("\nReference (labelled, not comparable: whole model incl. text encoder and fusion, "
           "V100): COPA Table 9 none 36.63 GFLOPs, loc 6 / 50% 19.84 GFLOPs (x0.54), "
           "throughput x1.88 (349.71 vs 186.42 pairs/s); TRIPS [5,10]/70% 20.89 GFLOPs.")

@@ -368,8 +368,17 @@ def test_patch_precision_recall_hand_cases() -> None:
     assert (top.precision.item(), top.recall.item(), top.accuracy.item()) == (1.0, 0.5, 0.75)
     top_all = obj.patch_precision_recall(scores, labels, keep_ratio=1.0)
     assert top_all.recall.item() == 1.0 and top_all.precision.item() == 0.5
+    assert top.f1.item() == pytest.approx(2 / 3) and none.f1.item() == 0.0 and part.f1.item() == 0.5
     counts = obj.patch_confusion(torch.cat([scores, scores]), torch.cat([labels, labels]))
     assert [int(c) for c in counts] == [2, 2, 2, 2]
+
+
+def test_kept_mask_marks_kept_patches_and_ignores_fused_slots() -> None:
+    kept = torch.tensor([[3, 0, -1], [-1, -1, 2]])  # -1: a token fused at an earlier layer
+    mask = obj.kept_mask(kept, 4)
+    assert mask.tolist() == [[True, False, False, True], [False, False, True, False]]
+    counts = obj.mask_confusion(mask, torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]]))
+    assert [int(c) for c in counts] == [2, 1, 2, 3]  # tp (0, 2), fp (3), fn (1, 3), tn
 
 
 # ----------------------------------------------------------------------------------- eq. 4
@@ -440,3 +449,15 @@ def test_scheduler_per_group_base_lr() -> None:
     assert seen[0][0] == pytest.approx(1e-5 / 3) and seen[0][2] == pytest.approx(1e-4 / 3)
     assert seen[2][0] == pytest.approx(1e-5) and seen[2][2] == pytest.approx(1e-4)
     assert seen[10][0] == pytest.approx(1e-6) and seen[10][2] == pytest.approx(1e-6)
+
+
+def test_contrastive_loss_is_symmetric_infonce() -> None:
+    same = torch.ones(4, 8)
+    assert obj.contrastive_loss(same, same).item() == pytest.approx(math.log(4), abs=1e-5)  # nothing to tell apart
+    feats = torch.eye(4, 8)
+    assert obj.contrastive_loss(feats, feats, 0.05).item() < 1e-3  # each row matches only its pair
+    image, text = torch.randn(5, 8, requires_grad=True), torch.randn(5, 8, requires_grad=True)
+    obj.contrastive_loss(image, text).backward()
+    assert image.grad.abs().sum() > 0 and text.grad.abs().sum() > 0  # both sides learn (CLIP)
+    swapped = obj.contrastive_loss(text.detach(), image.detach())
+    assert swapped.item() == pytest.approx(obj.contrastive_loss(image.detach(), text.detach()).item())

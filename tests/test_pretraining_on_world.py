@@ -1,6 +1,7 @@
 """Datasets, tokenizer, model and Algorithm 1 together: one pretraining step on batches of the
 fixture world, as the engine will run it."""
 
+import math
 from pathlib import Path
 
 import torch
@@ -67,6 +68,26 @@ def test_copa_pretrain_runs_an_epoch_and_resumes(fixture_world, tmp_path, capsys
     assert (tmp_path / "run" / "checkpoints" / "epoch_000.pt").is_file() and (tmp_path / "run" / "vocab" / "vocab.txt").is_file()
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert checkpoint["resolved_params"]["pretrain"]["epochs"] == 1
+    init = json.loads((tmp_path / "run" / "encoder_init" / "metrics.json").read_text())  # the fixture's encoder_init stage
+    assert init["step"] == params.pretrain.encoder_init.steps and math.isfinite(init["train/contrastive"])
+    resolved = json.loads((tmp_path / "run" / "resolved_params.json").read_text())
+    assert resolved["params"] == checkpoint["resolved_params"] and resolved["world_size"] == 1
     # a second call finds the finished run and resumes it: nothing left to do
     assert main(args) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == metrics["step"]
+
+    # the held-out probes of every epoch's checkpoint, and the figure
+    probe_args = ["pretrain-eval", "--run", str(tmp_path / "run"), "--root", str(fixture_world), "--json", str(tmp_path / "probe.json"),
+                  "--figure", str(tmp_path / "figure"), "--quiet"]
+    assert main(probe_args) == 0
+    assert "ITC R@1" in capsys.readouterr().out
+    probes = json.loads((tmp_path / "probe.json").read_text())
+    assert probes["run"] == "run" and [c["checkpoint"] for c in probes["checkpoints"]] == ["epoch_000.pt"]
+    (probe,) = probes["checkpoints"]
+    assert probe["step"] == metrics["step"] and probe["epoch"] == 1
+    assert 0 <= probe["retrieval"]["tr_r1"] <= 100 and probe["retrieval"]["chance"]["ir_r1"] == 100 / probe["retrieval"]["images"]
+    assert probe["patch_detection"]["keep_fraction"] == 0.5 and probe["patch_detection"]["samples"] > 0
+    assert (tmp_path / "figure.png").is_file() and (tmp_path / "figure.pdf").is_file()
+    # probing again gives the same bytes (CPU inference is deterministic)
+    first = (tmp_path / "probe.json").read_bytes()
+    assert main(probe_args) == 0 and (tmp_path / "probe.json").read_bytes() == first

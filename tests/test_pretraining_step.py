@@ -38,9 +38,9 @@ def _batch(b=4, b_objects=3, seed=0):
     }
 
 
-def _pretraining(selection="tpd", **options):
+def _pretraining(selection="tpd", queue_size=10, **options):
     model = CopaModel(CopaSpec(**TINY, selection=selection, location=2))
-    return CopaPretraining(model, vocab_size=40, mask_id=4, special_ids=SPECIAL, queue_size=10, **options)
+    return CopaPretraining(model, vocab_size=40, mask_id=4, special_ids=SPECIAL, queue_size=queue_size, **options)
 
 
 @pytest.mark.parametrize("options", [{}, {"itc_image": "text_free", "itm_guidance": "own_caption"}])
@@ -56,6 +56,16 @@ def test_all_terms_finite_and_every_trained_part_gets_gradients(options):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), type(part).__name__
     assert all(p.grad is None for p in task.model_m.parameters())  # the momentum copy is frozen
     assert int(task.queue.count) == 4
+
+
+def test_without_a_queue_itc_uses_in_batch_negatives_only():
+    task = _pretraining(queue_size=0).eval()
+    assert task.queue is None
+    out = task(_batch())
+    assert torch.isfinite(out["loss"]) and torch.isfinite(out["itc"])
+    with_queue = _pretraining().eval()
+    with_queue.load_state_dict(task.state_dict(), strict=False)  # same weights, empty queue
+    assert torch.equal(with_queue(_batch())["itc"], out["itc"])  # an empty queue adds nothing
 
 
 def test_batch_of_one_and_the_baselines_run():

@@ -170,6 +170,15 @@ def test_tpd_keeps_top_k_scores_in_spatial_order():
     assert bool((out["kept"].diff(dim=1) > 0).all())
 
 
+@torch.no_grad()
+def test_tpd_score_is_the_mlp_on_the_concatenation():
+    tpd = TextAwarePatchDetector(D, text_dim=24, hidden_dim=20)
+    patches, text_cls = torch.randn(3, 16, D), torch.randn(3, 24)
+    v_dot = torch.cat([patches, text_cls[:, None].expand(-1, 16, -1)], dim=-1)  # COPA: concat(v_i, t_cls)
+    expected = torch.sigmoid(tpd.mlp(v_dot)).squeeze(-1)
+    torch.testing.assert_close(tpd.score(patches, text_cls), expected, rtol=1e-5, atol=1e-6)
+
+
 # --- gradients ---------------------------------------------------------------------------------
 
 def mlp_grads(tpd: TextAwarePatchDetector) -> list[torch.Tensor | None]:

@@ -94,23 +94,37 @@ def test_fixture_dag_end_to_end(workdir):
     assert json.loads((workdir / "results" / "fixture" / "patch_labels.json").read_text())["boxes"] == sum(s["kept"] for s in report["sources"].values())
     assert (workdir / "data" / "processed" / "fixture" / "patch_labels.npz").is_file()
     assert (workdir / "figures" / "fixture" / "patch_labels.png").is_file() and (workdir / "figures" / "fixture" / "patch_labels.pdf").is_file()
+    # the profile's default pretraining run, with its held-out probes and figure
+    run = "tpd-loc2-keep0.5-seed0"
+    metrics = json.loads((workdir / "runs" / "fixture" / "pretrain" / run / "metrics.json").read_text())
+    assert metrics["step"] > 0 and metrics["train/loss"] > 0
+    assert (workdir / "runs" / "fixture" / "pretrain" / run / "checkpoints" / "epoch_000.pt").is_file()
+    probes = json.loads((workdir / "results" / "fixture" / "pretrain" / f"{run}.json").read_text())
+    assert probes["run"] == run and probes["checkpoints"][-1]["step"] == metrics["step"]
+    assert (workdir / "figures" / "fixture" / "pretrain" / f"{run}.png").is_file()
 
     again = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
 
-    # A rule reruns for its own params sections only: the seed picks the figure's examples...
+    # A rule reruns for its own params sections only: the seed picks the figure's examples and
+    # names another pretraining run...
     seeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["seed=5"]')
     assert seeded.returncode == 0, seeded.stdout
-    assert _scheduled(seeded.stdout) == {"patch_labels", "all"}
-    # ...a filtering threshold reruns filtering and patch labels, not the world...
+    assert _scheduled(seeded.stdout) == {"patch_labels", "pretrain", "pretrain_eval", "all"}
+    assert "runs/fixture/pretrain/tpd-loc2-keep0.5-seed5/metrics.json" in seeded.stdout
+    # ...a training knob reruns the run and its probes only...
+    lr = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["pretrain.lr_text=2.0e-4"]')
+    assert lr.returncode == 0, lr.stdout
+    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "all"}
+    # ...a filtering threshold reruns filtering and what reads its output, not the world...
     threshold = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["filter.near_duplicate.threshold=0.9"]')
     assert threshold.returncode == 0, threshold.stdout
-    assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "all"}
+    assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "all"}
     # ...a synth parameter regenerates the world and everything after it.
     reseeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["synth.seed=1"]')
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
-    assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "all"}
+    assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "all"}
 
 
 def _scheduled(dry_run_output: str) -> set[str]:
@@ -126,12 +140,3 @@ def test_pretrain_rule_is_parameterised_by_run(workdir):
     assert "--set model.selection.keep_ratio=0.7 --set seed=2" in dry.stdout
     bad = snakemake(workdir, "runs/fixture/pretrain/magic-loc2-keep0.5-seed0/metrics.json", "-n", "--cores", "1", "--config", "profile=fixture")
     assert bad.returncode != 0 and "MissingRuleException" in bad.stdout
-
-
-def test_fixture_pretraining_run_end_to_end(workdir):
-    target = "runs/fixture/pretrain/tpd-loc2-keep0.5-seed0/metrics.json"
-    run = snakemake(workdir, target, "--cores", "2", "--config", "profile=fixture", 'set=["pretrain.epochs=1"]')
-    assert run.returncode == 0, run.stdout
-    metrics = json.loads((workdir / target).read_text())
-    assert metrics["step"] > 0 and metrics["train/loss"] > 0
-    assert (workdir / "runs/fixture/pretrain/tpd-loc2-keep0.5-seed0/checkpoints/epoch_000.pt").is_file()

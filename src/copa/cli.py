@@ -109,6 +109,39 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from copa.data.heldout import heldout_object_samples, karpathy_retrieval_set
+    from copa.data.layout import DataLayout
+    from copa.eval.pretraining import evaluate_checkpoints
+    from copa.report.pretrain_figure import pretraining_figure
+    from copa.train.pretrain import run_checkpoints, run_params
+
+    run = Path(args.run)
+    params = run_params(run)  # the run's own data root and filter rules, whatever --profile says
+    layout = DataLayout(Path(args.root or params.data.root))
+    pairs = karpathy_retrieval_set(layout, "coco", args.split)
+    objects = heldout_object_samples(layout, params.filter, args.split)
+    probes = evaluate_checkpoints(run_checkpoints(run, args.checkpoints), pairs, objects, args.batch_size, progress=not args.quiet)
+    out = Path(args.json or f"results/{params.profile}/pretrain/{run.name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"run": run.name, "profile": params.profile, "heldout": f"COCO Karpathy {args.split} split", "checkpoints": probes}
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    warm_up = params.pretrain.warm_up
+    switch = warm_up.steps if warm_up.rule == "steps" and params.model.selection.method != "none" else None
+    figure = Path(args.figure or f"figures/{params.profile}/pretrain/{run.name}")
+    pretraining_figure(run / "dvclive", probes, switch, f"Pretraining {run.name} ({params.profile} profile)", figure)
+    last = probes[-1]
+    detection = last["patch_detection"].get("kept")
+    summary = f"epoch {last['epoch']}: ITC R@1 image->text {last['retrieval']['tr_r1']:.1f}%, text->image {last['retrieval']['ir_r1']:.1f}%"
+    if detection:
+        summary += (f"; kept patches precision {detection['precision']:.3f} (base rate {last['patch_detection']['base_rate']:.3f}), "
+                    f"recall {detection['recall']:.3f} (kept fraction {last['patch_detection']['keep_fraction']:.3f})")
+    print(f"{summary} -> {out}; figure {figure}.png")
+    return 0
+
+
 def cmd_validate_data(args: argparse.Namespace) -> int:
     from copa.data.validate import format_summary, validate_data_root, write_json
 
@@ -164,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="data root (default: the profile's data.root)")
     p.add_argument("--restart", action="store_true", help="refuse to resume (fails if the run folder has checkpoints)")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("pretrain-eval", help="held-out probes of a pretraining run (ITC retrieval, patch detection) per checkpoint, and its figure")
+    p.add_argument("--run", required=True, help="the run folder (copa pretrain --out)")
+    p.add_argument("--root", help="data root (default: the one the run was trained on)")
+    p.add_argument("--checkpoints", choices=("epochs", "last"), default="epochs", help="every per-epoch checkpoint, or the last one (default: %(default)s)")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="Karpathy split of held-out COCO images (default: %(default)s)")
+    p.add_argument("--json", help="result JSON (default: results/<profile>/pretrain/<run>.json)")
+    p.add_argument("--figure", help="figure stem, written as .png and .pdf (default: figures/<profile>/pretrain/<run>)")
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pretrain_eval)
 
     p = sub.add_parser("validate-data", help="run every reader over a data root and print a summary")
     p.add_argument("root", nargs="?", help="data root (default: the profile's data.root)")

@@ -164,6 +164,21 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
+class EncoderInitParams:
+    """Where the vision and text encoders start (COPA §4.1: CLIP ViT-B/16 and BERT-base).
+
+    ``none``: from the model's random initialisation (or weights loaded by the caller);
+    ``contrastive``: ``steps`` steps of in-batch image-text contrastive learning first (the
+    stand-in for the CLIP / BERT initialisation when no checkpoint exists: from random weights
+    every image gets nearly the same feature and Algorithm 1's ITC does not take off).
+    """
+
+    method: Literal["none", "contrastive"]
+    steps: int
+    lr: float
+
+
+@dataclass(frozen=True)
 class WarmUpParams:
     """COPA §3.3: [CLS]-attention selection until 'the PTA loss converges'; the rule is not given."""
 
@@ -184,6 +199,7 @@ class LossWeights:
 @dataclass(frozen=True)
 class PretrainParams:
     epochs: int
+    steps_per_epoch: int | None  # None: one pass over the pairs; N: N steps on a fresh seeded draw each epoch
     batch_size: int  # image-text pairs per step (all processes)
     object_batch_size: int  # object/region samples per step, for PTA
     object_share: float  # images with boxes as a share of the pretraining images (COPA: ~5%)
@@ -193,7 +209,7 @@ class PretrainParams:
     min_lr: float
     warmup_steps: int
     weight_decay: float
-    queue_size: int
+    queue_size: int  # ITC feature queue (ALBEF); 0: in-batch negatives only
     momentum: float
     distill_alpha: float
     mlm_probability: float
@@ -201,6 +217,7 @@ class PretrainParams:
     itc_image: Literal["paired_text", "text_free"]
     itm_guidance: Literal["pair_text", "own_caption"]
     warm_up: WarmUpParams
+    encoder_init: EncoderInitParams
     checkpoint_every: int  # steps
 
 
@@ -260,6 +277,15 @@ def load_params(
         _merge(merged, parse_override(override), OVERRIDE_SOURCE, provenance)
     values = _build(Params, merged, "", provenance, exclude=("provenance",))
     return Params(**values, provenance=provenance)
+
+
+def params_from_dict(data: Mapping[str, Any], source: str) -> Params:
+    """Validated :class:`Params` from a plain dict such as :meth:`Params.to_dict` wrote (the copy in
+    a checkpoint); errors name ``source``."""
+    merged: dict[str, Any] = {}
+    provenance: dict[str, str] = {}
+    _merge(merged, data, source, provenance)
+    return Params(**_build(Params, merged, "", provenance, exclude=("provenance",)), provenance=provenance)
 
 
 def parse_override(text: str) -> dict[str, Any]:

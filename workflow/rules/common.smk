@@ -57,3 +57,12 @@ def source_files(*patterns):
             raise WorkflowError(f"no file matches src/copa/{pattern} (run from the repository root)")
         files += matches
     return files
+
+
+def run_name(method, location, keep, seed):
+    """The folder name of a pretraining run, as the rules' wildcards spell it."""
+    return f"{method}-loc{'-'.join(str(k) for k in location)}-keep{keep}-seed{seed}"
+
+
+# the run of the profile's own parameters (COPA's default: TPD after the middle layer keeping 50%)
+DEFAULT_RUN = run_name(PARAMS.model.selection.method, PARAMS.model.selection.location, PARAMS.model.selection.keep_ratio, PARAMS.seed)

@@ -4,6 +4,7 @@
 # `location` is one layer or several joined by '-' (TRIPS: 5-10). Only metrics.json is declared:
 # the checkpoints beside it are not outputs, so Snakemake does not delete them and an
 # interrupted run resumes from its last checkpoint when the rule runs again.
+# pretrain_eval probes every epoch's checkpoint on held-out images (results/, figures/).
 
 
 wildcard_constraints:
@@ -11,6 +12,7 @@ wildcard_constraints:
     location=r"\d+(-\d+)*",
     keep=r"[01](\.\d+)?",
     seed=r"\d+",
+    run=r"(none|tpd|cls_attention|text_attention)-loc\d+(-\d+)*-keep[01](\.\d+)?-seed\d+",
 
 
 rule pretrain:
@@ -39,3 +41,30 @@ rule pretrain:
         "{params.copa} --set model.selection.method={wildcards.method} --set 'model.selection.location=[{params.location}]'"
         " --set model.selection.keep_ratio={wildcards.keep} --set seed={wildcards.seed}"
         " pretrain --root {input.root} --annotations {input.annotations} --out {params.run_dir} > {log} 2>&1"
+
+
+rule pretrain_eval:
+    # Held-out probes of every per-epoch checkpoint (ITC retrieval R@K, patch precision / recall
+    # of the selection on held-out boxes, with chance levels) and the run's figure.
+    input:
+        metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
+        root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
+        code=source_files("eval/*.py", "data/heldout.py", "report/pretrain_figure.py"),
+    output:
+        json=f"results/{PROFILE}/pretrain/{{run}}.json",
+        figure=multiext(f"figures/{PROFILE}/pretrain/{{run}}", ".png", ".pdf"),
+    params:
+        copa=copa_cli(),
+        run_dir=lambda w, input: os.path.dirname(input.metrics),
+        figure_stem=lambda w, output: os.path.splitext(output.figure[0])[0],
+    log:
+        f"logs/{PROFILE}/pretrain_eval/{{run}}.log",
+    threads: 2
+    resources:
+        mem_mb=4000 if PROFILE != "paper" else 32000,
+        runtime=30 if PROFILE != "paper" else 6 * 60,
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.copa} pretrain-eval --run {params.run_dir} --root {input.root} --json {output.json}"
+        " --figure {params.figure_stem} --quiet > {log} 2>&1"

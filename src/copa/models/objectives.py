@@ -249,6 +249,16 @@ def itc_loss(
     return ItcOutput((loss_i2t + loss_t2i) / 2, sim_i2t, sim_t2i)
 
 
+def contrastive_loss(image_feat: Tensor, text_feat: Tensor, temperature: float | Tensor = 0.07) -> Tensor:
+    """Symmetric in-batch InfoNCE (CLIP): row i of ``image_feat`` and ``text_feat`` (B, D) is a
+    pair, every other row a negative; gradients reach both sides. L2-normalised here, float32."""
+    image_feat = F.normalize(image_feat.float(), dim=-1)
+    text_feat = F.normalize(text_feat.float(), dim=-1)
+    logits = image_feat @ text_feat.T / temperature  # (B, B)
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
 # --------------------------------------------------------------------------------------------
 # ITM with hard negatives (ALBEF §3.2, COPA Appendix B)
 # --------------------------------------------------------------------------------------------
@@ -531,24 +541,40 @@ def patch_confusion(
     scores: Tensor, labels: Tensor, keep_ratio: float | None = None, threshold: float = 0.5
 ) -> PatchCounts:
     """Patch-level confusion counts summed over the batch, to accumulate over a dataset."""
-    det, pos = detected_patches(scores, keep_ratio, threshold), labels.bool()
+    return mask_confusion(detected_patches(scores, keep_ratio, threshold), labels)
+
+
+@torch.no_grad()
+def mask_confusion(detected: Tensor, labels: Tensor) -> PatchCounts:
+    """Confusion counts of a (B, N) bool detection against (B, N) 0/1 labels."""
+    det, pos = detected.bool(), labels.bool()
     return PatchCounts((det & pos).sum(), (det & ~pos).sum(), (~det & pos).sum(), (~det & ~pos).sum())
+
+
+@torch.no_grad()
+def kept_mask(kept: Tensor, n: int) -> Tensor:
+    """(B, N) bool of the patches a selector kept, from its (B, K) indices (-1: none, e.g. a token
+    fused at an earlier selection layer)."""
+    hits = torch.zeros(kept.shape[0], n + 1, dtype=torch.long, device=kept.device)
+    hits.scatter_add_(1, kept.long() + 1, torch.ones_like(kept, dtype=torch.long))  # -1 lands in column 0
+    return hits[:, 1:] > 0
 
 
 class PatchMetrics(NamedTuple):
     precision: Tensor  # () tp / (tp + fp), 0 when nothing is detected
     recall: Tensor  # () tp / (tp + fn), 0 when no patch is labelled 1
     accuracy: Tensor  # () (tp + tn) / all patches
+    f1: Tensor  # () 2 tp / (2 tp + fp + fn), the harmonic mean of precision and recall
 
 
 def metrics_from_counts(c: PatchCounts) -> PatchMetrics:
-    """Micro-averaged precision, recall, accuracy; 0/0 is 0 (sklearn's zero_division=0)."""
+    """Micro-averaged precision, recall, accuracy, F1; 0/0 is 0 (sklearn's zero_division=0)."""
     tp, fp, fn, tn = (x.double() for x in c)
 
     def ratio(num: Tensor, den: Tensor) -> Tensor:
         return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
 
-    return PatchMetrics(ratio(tp, tp + fp), ratio(tp, tp + fn), ratio(tp + tn, tp + fp + fn + tn))
+    return PatchMetrics(ratio(tp, tp + fp), ratio(tp, tp + fn), ratio(tp + tn, tp + fp + fn + tn), ratio(2 * tp, 2 * tp + fp + fn))
 
 
 @torch.no_grad()

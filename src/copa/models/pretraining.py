@@ -73,7 +73,9 @@ class CopaPretraining(nn.Module):
         # The momentum copy of the unimodal parts (ALBEF); frozen, moved by momentum_update.
         self.model_m = nn.ModuleDict({name: copy.deepcopy(getattr(model, name)) for name in MOMENTUM_PARTS})
         copy_to_momentum(self._online_parts(), self.model_m)
-        self.queue = FeatureQueue(model.spec.embed_dim, queue_size)
+        # queue_size 0: in-batch negatives only (the demo: from scratch, a queue of a fast-moving
+        # momentum encoder holds stale features that ITC tells apart by age rather than content)
+        self.queue = FeatureQueue(model.spec.embed_dim, queue_size) if queue_size > 0 else None
         self.vocab_size, self.mask_id, self.special_ids, self.pad_id = vocab_size, mask_id, tuple(special_ids), pad_id
         self.momentum, self.distill_alpha, self.mlm_probability = momentum, distill_alpha, mlm_probability
         self.loss_weights = dict(loss_weights or {})
@@ -86,6 +88,11 @@ class CopaPretraining(nn.Module):
 
     def _online_parts(self) -> nn.ModuleDict:
         return nn.ModuleDict({name: getattr(self.model, name) for name in MOMENTUM_PARTS})
+
+    @torch.no_grad()
+    def sync_momentum(self) -> None:
+        """Copy the online encoders into the momentum ones (after loading initial weights)."""
+        copy_to_momentum(self._online_parts(), self.model_m)
 
     # ------------------------------------------------------------------ the step
     def forward(self, batch: Mapping[str, Mapping[str, Tensor] | int]) -> dict[str, Tensor]:
@@ -118,8 +125,9 @@ class CopaPretraining(nn.Module):
             text_feat_m = nn.functional.normalize(mm["text_proj"](text_m[:, 0]), dim=-1)
         temperature = m.temperature()  # clamps in place: once per step, before the graph uses it
         itc = itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, self.queue, temperature, self.distill_alpha)
-        with torch.no_grad():
-            self.queue.enqueue(gather_features(image_feat_m), gather_features(text_feat_m))
+        if self.queue is not None:
+            with torch.no_grad():
+                self.queue.enqueue(gather_features(image_feat_m), gather_features(text_feat_m))
 
         # ITM: positives and one hard negative per image and per text (ALBEF)
         neg_text, neg_image = sample_hard_negatives(itc.sim_i2t, itc.sim_t2i, generator)

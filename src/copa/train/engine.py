@@ -8,6 +8,7 @@ What lands in ``out_dir``::
 
     checkpoints/last.pt           every ``checkpoint_every`` steps and at each epoch end
     checkpoints/epoch_{e:03d}.pt  after epoch e (kept, for per-epoch evaluation: Figure 5)
+    resolved_params.json          the resolved params and engine settings, readable
     dvclive/                      per-step metrics (DVCLive, for ``dvc plots``)
     metrics.json                  the last logged values
 
@@ -34,6 +35,7 @@ import json
 import os
 import random
 import signal
+import sys
 import tempfile
 import time
 import warnings
@@ -55,6 +57,8 @@ from copa.train import distributed
 from copa.train.distributed import DistContext
 
 KILL_ENV = "COPA_KILL_AT_STEP"
+RESOLVED_FILE = "resolved_params.json"
+STATUS_EVERY_S = 30.0  # without a terminal (logs, batch jobs) a status line this often replaces the bar
 AMP_MODES = ("none", "bf16", "fp16")
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -227,6 +231,11 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
         # ranks draw different dropout masks etc.; the model itself is synced by DDP below
         seed_everything(config.seed + ctx.rank)
 
+    if ctx.is_main:  # the run's settings in readable form (the checkpoints hold the same)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"params": params, "engine": config.as_dict(), "world_size": ctx.world_size, "device": str(ctx.device)}
+        _atomic_write_text(out_dir / RESOLVED_FILE, json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+
     net: nn.Module = model
     if ctx.world_size > 1:
         # DDP broadcasts rank 0's parameters and buffers once here, then averages gradients
@@ -243,6 +252,8 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
                disable=None if ctx.is_main else True)  # None: off when stderr is not a TTY
     kill_at = int(os.environ.get(KILL_ENV, "0"))
     clock, clock_step, samples = time.perf_counter(), step, 0
+    status_lines = ctx.is_main and bar.disable
+    last_status = time.perf_counter()
 
     def checkpoint(epoch: int, batch: int, epoch_done: bool) -> None:
         rng = distributed.gather_objects(_rng_state(ctx.device), ctx)  # collective: all ranks
@@ -300,6 +311,10 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
                         live.log_metric(k, v)
                     live.next_step()
                 bar.set_postfix(loss=f"{metrics['train/loss']:.4g}", refresh=False)
+                if status_lines and (time.perf_counter() - last_status >= STATUS_EVERY_S or step == total):
+                    last_status = time.perf_counter()
+                    print(f"train: step {step}/{total}, epoch {epoch + 1}/{config.epochs}, loss {metrics['train/loss']:.4g}, "
+                          f"{metrics['perf/steps_per_s']:.2f} steps/s", file=sys.stderr, flush=True)
             bar.update()
 
             epoch_done = done == steps_per_epoch

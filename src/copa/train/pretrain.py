@@ -8,18 +8,22 @@ processes sees the same global batches and a resumed run continues exactly.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 
-from copa.config import Params
+from copa.config import Params, params_from_dict
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import ObjectDataset, PairDataset, image_text_pairs, object_samples
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
+from copa.models.pretraining import CopaPretraining
 from copa.train.build import build_pretraining
-from copa.train.engine import EngineConfig, seed_everything, train
+from copa.train.encoder_init import initialise_encoders
+from copa.train.engine import RESOLVED_FILE, EngineConfig, seed_everything, train
 from copa.train.schedule import param_groups, warmup_cosine_lambda
 
 VOCAB_DIR = "vocab"
@@ -36,7 +40,11 @@ class PretrainTask:
         if not vocab.exists():  # a vocabulary of the run's own captions (deterministic; kept with the run)
             train_wordpiece([pair.text for pair in self.pairs], params.model.vocab_size, vocab.parent)
         self.tokenizer = load_tokenizer(vocab)
-        objects = object_samples(annotations, data_root, p.object_share, len(self.pairs), params.seed)
+        images = len({pair.image for pair in self.pairs})  # the share counts images, not captions
+        objects = object_samples(annotations, data_root, p.object_share, images, params.seed)
+        if not objects:
+            raise ValueError(f"{annotations}: no object images for PTA (pretrain.object_share {p.object_share} of "
+                             f"{images} pretraining images, among the filtered files' images)")
         size, patch, length = params.patch_labels.image_size, params.patch_labels.patch_size, params.model.max_text_length
         self.pair_data = PairDataset(self.pairs, self.tokenizer, size, length, params.seed)
         self.object_data = ObjectDataset(objects, self.tokenizer, size, patch, length, params.seed, params.patch_labels.min_overlap)
@@ -48,7 +56,14 @@ class PretrainTask:
         return param_groups(self.model.named_parameters(), ("model.vision.",), p.lr_vision, p.lr_text, p.weight_decay)
 
     def steps_per_epoch(self, world_size: int) -> int:
-        return len(self.pairs) // self.params.pretrain.batch_size
+        p = self.params.pretrain
+        full = len(self.pairs) // p.batch_size  # one pass; each epoch draws a fresh permutation
+        if p.steps_per_epoch is None:
+            return full
+        if not 1 <= p.steps_per_epoch <= full:
+            raise ValueError(f"pretrain.steps_per_epoch = {p.steps_per_epoch}: must be in [1, {full}] "
+                             f"({len(self.pairs)} pairs // batch_size {p.batch_size}), or null for one pass")
+        return p.steps_per_epoch
 
     def batches(self, epoch: int, rank: int, world_size: int, start: int) -> Iterator[dict]:
         p = self.params.pretrain
@@ -84,9 +99,48 @@ def _model_inputs(batch: dict) -> dict:
 
 def run_pretraining(params: Params, data_root: Path, annotations: Path, out_dir: Path, resume: bool = True) -> dict:
     task = PretrainTask(params, data_root, annotations, out_dir)
+    if initialise_encoders(task.model.model, task.pair_data, params, out_dir) is not None:
+        task.model.sync_momentum()  # the momentum encoders start as copies of the initialised ones
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets it
     p = params.pretrain
     total = p.epochs * task.steps_per_epoch(world_size)
     lambdas = [warmup_cosine_lambda(g["lr"], p.warmup_steps, total, p.min_lr) for g in task.param_groups()]
     config = EngineConfig(epochs=p.epochs, lr_lambda=lambdas, checkpoint_every=p.checkpoint_every, seed=params.seed)
     return train(task, config, out_dir, params.to_dict(), resume=resume)
+
+
+def load_pretraining_checkpoint(path: Path) -> tuple[CopaPretraining, Params, object, dict]:
+    """A checkpoint of a run (``<run>/checkpoints/*.pt``): the model in eval mode, the params it
+    was trained with, the run's tokenizer, and where it stands (``step``, ``epoch`` done)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    params = params_from_dict(ckpt["resolved_params"], f"{path} (resolved_params)")
+    vocab = path.parent.parent / VOCAB_DIR / "vocab.txt"
+    if not vocab.is_file():
+        raise FileNotFoundError(f"{vocab}: the run's vocabulary is missing (expected beside {path.parent})")
+    tokenizer = load_tokenizer(vocab)
+    model = build_pretraining(params, tokenizer)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), params, tokenizer, {"step": ckpt["step"], "epoch": ckpt["epoch"]}
+
+
+def run_params(run_dir: Path) -> Params:
+    """The params a run was trained with (its ``resolved_params.json``)."""
+    path = Path(run_dir) / RESOLVED_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {run_dir} a pretraining run folder (copa pretrain --out)?")
+    return params_from_dict(json.loads(path.read_text(encoding="utf-8"))["params"], str(path))
+
+
+def run_checkpoints(run_dir: Path, which: str = "epochs") -> list[Path]:
+    """``epochs``: every per-epoch checkpoint in epoch order; ``last``: the latest one."""
+    folder = Path(run_dir) / "checkpoints"
+    found = sorted(folder.glob("epoch_*.pt")) if which == "epochs" else [folder / "last.pt"] if which == "last" else None
+    if found is None:
+        raise ValueError(f"which must be 'epochs' or 'last', got {which!r}")
+    found = [p for p in found if p.is_file()]
+    if not found:
+        raise FileNotFoundError(f"{folder}: no {'epoch_*.pt' if which == 'epochs' else 'last.pt'} checkpoint")
+    return found

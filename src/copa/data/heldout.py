@@ -1,0 +1,85 @@
+"""Held-out evaluation sets: the Karpathy test (or val) images, which pretraining never sees.
+
+:func:`image_text_pairs` leaves every Karpathy val/test image out of pretraining (ALBEF, X-VLM
+do the same), so these images can measure what a pretrained checkpoint learnt:
+- :func:`karpathy_retrieval_set`: the images of a split and their captions, for ITC retrieval
+  (COCO or Flickr30K, the downstream retrieval sets);
+- :func:`heldout_object_samples`: the COCO boxes of the same images, passed through the filter
+  stage's rules (COPA Appendix A) and worded with its template, one sample per box, for the
+  detector's patch precision / recall against patch labels (PTA's targets).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from copa.config import FilterParams
+from copa.data.filtering import ImageChecker, coco_groups, filter_group
+from copa.data.formats import karpathy
+from copa.data.layout import COCO_ANNOTATED_SPLITS, DataLayout
+from copa.data.pretrain_data import ObjectElem, ObjectImage
+
+HELDOUT_SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class RetrievalSet:
+    images: tuple[Path, ...]
+    texts: tuple[str, ...]
+    text_image: tuple[int, ...]  # index in ``images`` of the image each text describes
+
+
+def _karpathy_images(layout: DataLayout, dataset: str, split: str) -> list[karpathy.KarpathyImage]:
+    if split not in HELDOUT_SPLITS:
+        raise ValueError(f"held-out split must be one of {', '.join(HELDOUT_SPLITS)}, got {split!r}")
+    if dataset == "coco":
+        path, image_dir = layout.karpathy_coco, layout.coco
+    elif dataset == "flickr30k":
+        path, image_dir = layout.karpathy_flickr, layout.flickr_images
+    else:
+        raise ValueError(f"unknown Karpathy dataset {dataset!r}: coco or flickr30k")
+    _, images = karpathy.read_karpathy(path, image_dir, check_files=False)
+    chosen = [im for im in images if im.split == split]
+    if not chosen:
+        raise ValueError(f"{path}: no image in the Karpathy {split!r} split")
+    return chosen
+
+
+def karpathy_retrieval_set(layout: DataLayout, dataset: str = "coco", split: str = "test") -> RetrievalSet:
+    images = _karpathy_images(layout, dataset, split)
+    texts, text_image = [], []
+    for index, image in enumerate(images):
+        texts += image.sentences
+        text_image += [index] * len(image.sentences)
+    return RetrievalSet(tuple(im.path for im in images), tuple(texts), tuple(text_image))
+
+
+@dataclass(frozen=True)
+class HeldoutObjects:
+    samples: list[ObjectImage]  # one per kept box (a single elem each)
+    records: int  # boxes of the split's images in the instance files
+    dropped: dict[str, int]  # reason -> count (the filter stage's reasons)
+
+
+def heldout_object_samples(layout: DataLayout, params: FilterParams, split: str = "test") -> HeldoutObjects:
+    """Every COCO box of the Karpathy ``split`` images that the filter rules keep, as one sample
+    each, text from the filter's template ("This is a {label}.")."""
+    wanted = {im.path for im in _karpathy_images(layout, "coco", split)}
+    checker = ImageChecker(layout.root, params.image_check)
+    samples, records, dropped = [], 0, Counter()
+    for coco_split in COCO_ANNOTATED_SPLITS:
+        if not layout.coco_instances(coco_split).exists():
+            continue
+        for group in coco_groups(layout, coco_split):
+            path = layout.root / group.image
+            if path not in wanted:
+                continue
+            kept, rejected, _ = filter_group(group, "object", params, checker)
+            records += len(group.candidates)
+            dropped.update(reason for _, reason in rejected)
+            samples += [ObjectImage(path, group.width, group.height, (ObjectElem("coco_objects", e.id, e.text, e.box),)) for e in kept]
+    if not samples:
+        raise ValueError(f"{layout.root}: no COCO box on the Karpathy {split!r} images (instances_*.json)")
+    return HeldoutObjects(samples, records, dict(sorted(dropped.items())))

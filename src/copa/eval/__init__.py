@@ -1,0 +1,1 @@
+"""Evaluation: metrics with their official definitions, and the probes that compute them on a checkpoint."""

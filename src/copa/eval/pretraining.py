@@ -1,0 +1,112 @@
+"""Held-out probes of pretraining checkpoints: what Algorithm 1 should teach, measured on the
+Karpathy test images that pretraining never sees (copa.data.heldout).
+
+- **ITC retrieval**: R@1/5/10 both ways between the split's images and captions. The image
+  features are text-free (selection by image-[CLS] attention), as in the coarse stage of COPA's
+  retrieval (Appendix E): text-guided features would need one image pass per (image, text).
+- **Patch detection**: for each held-out box, the patches the run's selection keeps when the
+  box's text ("This is a {label}.") guides it, against the box's patch labels (PTA's targets):
+  precision, recall, accuracy, F1, next to what a random choice of as many patches scores
+  (precision = the base rate of labelled patches, recall = the kept fraction). Also the TPD's
+  ``score > 0.5`` reading and, for text-guided selectors, the image-[CLS]-attention selection
+  of the same model at the same place (COPA "w/o PTA"'s detector).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from copa.data.heldout import HeldoutObjects, RetrievalSet
+from copa.data.pretrain_data import ObjectDataset, Pair, PairDataset
+from copa.eval.retrieval import RECALL_KS, chance_recall, retrieval_recall
+from copa.models.copa import CopaModel
+from copa.models.objectives import PatchCounts, detected_patches, kept_mask, mask_confusion, metrics_from_counts
+from copa.train.pretrain import load_pretraining_checkpoint
+
+
+def _batches(dataset, batch_size: int) -> Iterable[dict]:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn)
+
+
+@torch.no_grad()
+def itc_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, image_size: int, max_length: int, batch_size: int = 64,
+                  progress: bool = True) -> dict:
+    """R@K (percent) of text-free image features against text features, with chance levels."""
+    images_only = [Pair(path, "", "karpathy") for path in data.images]  # text-free: no text needed
+    one_per_image = PairDataset(images_only, tokenizer, image_size, max_length, seed=0, train=False)
+    image_feats = [
+        model.image_feature(model.encode_image(batch["image"], None, use_detector=False)["tokens"])
+        for batch in tqdm(_batches(one_per_image, batch_size), desc="images", disable=not progress)
+    ]
+    text_feats = []
+    for start in range(0, len(data.texts), batch_size):
+        enc = tokenizer(list(data.texts[start:start + batch_size]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        text_feats.append(model.text_feature(model.encode_text(enc["input_ids"], enc["attention_mask"])))
+    sim = torch.cat(image_feats) @ torch.cat(text_feats).t()  # (n_images, n_texts)
+    per_image = len(data.texts) / len(data.images)
+    chance = {key: value for k in RECALL_KS for key, value in chance_recall(len(data.images), per_image, k).items()}
+    return {"images": len(data.images), "texts": len(data.texts), "image_features": "text_free",
+            **retrieval_recall(sim, data.text_image), "chance": chance}
+
+
+def _metrics(counts: PatchCounts) -> dict[str, float]:
+    return {name: float(value) for name, value in metrics_from_counts(counts)._asdict().items()}
+
+
+@torch.no_grad()
+def patch_detection(model: CopaModel, tokenizer, objects: HeldoutObjects, image_size: int, patch_size: int, max_length: int,
+                    min_overlap: float, batch_size: int = 64, progress: bool = True) -> dict:
+    """Selection quality on the held-out boxes (see the module docstring); a note without selection."""
+    if model.spec.selection == "none":
+        return {"samples": len(objects.samples), "note": "no selection: every patch is kept"}
+    dataset = ObjectDataset(objects.samples, tokenizer, image_size, patch_size, max_length, seed=0, min_overlap=min_overlap, train=False)
+    zero = PatchCounts(*(torch.zeros((), dtype=torch.long) for _ in range(4)))
+    totals: dict[str, PatchCounts] = {}
+    positives = patches = kept_patches = 0
+
+    def add(name: str, counts: PatchCounts) -> None:
+        totals[name] = PatchCounts(*(a + b for a, b in zip(totals.get(name, zero), counts)))
+
+    for batch in tqdm(_batches(dataset, batch_size), desc="objects", disable=not progress):
+        labels = batch["patch_labels"]  # (B, n)
+        n = labels.shape[1]
+        text_cls = model.encode_text(batch["input_ids"], batch["attention_mask"])[:, 0]
+        out = model.encode_image(batch["image"], text_cls, use_detector=True)
+        kept = kept_mask(out["kept"], n)
+        add("kept", mask_confusion(kept, labels))
+        if out["scores"] is not None:
+            add("score_above_0.5", mask_confusion(detected_patches(out["scores"]), labels))
+        if model.text_guided:
+            cls_kept = model.encode_image(batch["image"], None, use_detector=False)["kept"]
+            add("cls_attention_kept", mask_confusion(kept_mask(cls_kept, n), labels))
+        positives += int(labels.sum())
+        patches += labels.numel()
+        kept_patches += int(kept.sum())
+    base_rate, keep_fraction = positives / patches, kept_patches / patches
+    return {
+        "samples": len(objects.samples), "records": objects.records, "dropped": objects.dropped,
+        "selection": model.spec.selection, "base_rate": base_rate, "keep_fraction": keep_fraction,
+        **{name: _metrics(counts) for name, counts in totals.items()},
+        "chance_kept": {"precision": base_rate, "recall": keep_fraction},
+    }
+
+
+def evaluate_checkpoints(checkpoints: list[Path], pairs: RetrievalSet, objects: HeldoutObjects, batch_size: int = 64,
+                         progress: bool = True) -> list[dict]:
+    """Both probes on every checkpoint, in the order given."""
+    results = []
+    for path in checkpoints:
+        model, params, tokenizer, state = load_pretraining_checkpoint(path)
+        m, size, length = model.model, params.patch_labels.image_size, params.model.max_text_length
+        results.append({
+            "checkpoint": path.name, **state,
+            "retrieval": itc_retrieval(m, tokenizer, pairs, size, length, batch_size, progress),
+            "patch_detection": patch_detection(m, tokenizer, objects, size, params.patch_labels.patch_size, length,
+                                               params.patch_labels.min_overlap, batch_size, progress),
+        })
+    return results

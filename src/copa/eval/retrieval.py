@@ -1,0 +1,48 @@
+"""Image-text retrieval recall (the COCO / Flickr30K protocol of ALBEF, X-VLM, mPLUG, COPA).
+
+TR@K (image -> text): an image is a hit when any of its ground-truth captions is among its K
+most similar texts. IR@K (text -> image): a text is a hit when its image is among its K most
+similar images. Tied similarities are ranked in ``torch.topk``'s order.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+RECALL_KS = (1, 5, 10)
+
+
+@torch.no_grad()
+def retrieval_recall(sim: Tensor, text_image: Sequence[int] | Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """``sim`` (n_images, n_texts), ``text_image[j]``: the image of text j. Returns percentages
+    ``tr_r{k}``, ``ir_r{k}`` and ``r_mean`` (their mean, the papers' "RSUM / 6" column)."""
+    n_images, n_texts = sim.shape
+    gt = torch.as_tensor(text_image, dtype=torch.long, device=sim.device)
+    if gt.shape != (n_texts,):
+        raise ValueError(f"text_image has {gt.numel()} entries for {n_texts} texts")
+    if n_texts and (gt.min() < 0 or gt.max() >= n_images):
+        raise ValueError(f"text_image must index the {n_images} images, got values in [{int(gt.min())}, {int(gt.max())}]")
+    out: dict[str, float] = {}
+    for k in ks:
+        top_texts = sim.topk(min(k, n_texts), dim=1).indices  # (n_images, k)
+        tr_hits = (gt[top_texts] == torch.arange(n_images, device=sim.device)[:, None]).any(dim=1)
+        top_images = sim.t().topk(min(k, n_images), dim=1).indices  # (n_texts, k)
+        ir_hits = (top_images == gt[:, None]).any(dim=1)
+        out[f"tr_r{k}"] = 100.0 * tr_hits.float().mean().item()
+        out[f"ir_r{k}"] = 100.0 * ir_hits.float().mean().item()
+    out["r_mean"] = sum(out.values()) / len(out)
+    return out
+
+
+def chance_recall(n_images: int, texts_per_image: float, k: int) -> dict[str, float]:
+    """Expected R@K of random rankings (percent): IR K / n_images; TR 1 - C(n-c, K) / C(n, K)
+    with c captions per image among n texts (approximated for fractional c by rounding)."""
+    n_texts = round(n_images * texts_per_image)
+    c = round(texts_per_image)
+    miss = 1.0
+    for i in range(min(k, n_texts)):
+        miss *= max(n_texts - c - i, 0) / (n_texts - i)
+    return {f"tr_r{k}": 100.0 * (1.0 - miss), f"ir_r{k}": 100.0 * min(k, n_images) / n_images}

@@ -1,0 +1,75 @@
+"""The pretraining figure of a run: training losses per step (DVCLive's series) and the held-out
+probes per epoch (copa.eval.pretraining), each next to its chance level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from copa.report.figures import new_figure, save_figure
+
+LOSS_TERMS = ("itc", "itm", "mlm", "prefix", "pta")
+
+
+def read_live_series(live_dir: Path, names: Sequence[str], section: str = "train") -> dict[str, pd.DataFrame]:
+    """DVCLive's ``plots/metrics/<section>/<name>.tsv`` series that exist, as (step, value) frames."""
+    out = {}
+    for name in names:
+        path = Path(live_dir) / "plots" / "metrics" / section / f"{name}.tsv"
+        if path.is_file():
+            frame = pd.read_csv(path, sep="\t")
+            out[name] = frame.rename(columns={name: "value"})[["step", "value"]]
+    if not out:
+        raise FileNotFoundError(f"{live_dir}: no DVCLive series among {', '.join(names)} (is it a run's dvclive folder?)")
+    return out
+
+
+def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int | None, title: str, stem: Path) -> list[Path]:
+    """Three panels: (a) losses, (b) held-out patch detection, (c) held-out ITC retrieval R@1."""
+    losses = read_live_series(live_dir, LOSS_TERMS)
+    fig = new_figure(15, 4.2)
+    ax_loss, ax_patch, ax_ret = fig.subplots(1, 3)
+
+    for name, series in losses.items():
+        ax_loss.plot(series["step"], series["value"], label=name, linewidth=1.2)
+    if switch_step is not None:
+        ax_loss.axvline(switch_step, color="grey", linestyle=":", linewidth=1)
+        ax_loss.text(switch_step, 0.98, " detector on", transform=ax_loss.get_xaxis_transform(), va="top", fontsize=8, color="grey")
+    ax_loss.set_yscale("log")
+    ax_loss.set(xlabel="optimizer step", ylabel="training loss (log scale)", title="(a) losses per step")
+    ax_loss.legend(fontsize=8)
+
+    epochs = [p["epoch"] for p in probes]
+    detection = [p["patch_detection"] for p in probes]
+    if detection and "kept" in detection[0]:
+        selection = detection[0]["selection"]
+        for key, label, style in (("kept", selection, "-"), ("cls_attention_kept", "[CLS] attention", "--")):
+            if key in detection[0]:
+                ax_patch.plot(epochs, [d[key]["precision"] for d in detection], style, marker="o", color="C0", label=f"precision, {label}")
+                ax_patch.plot(epochs, [d[key]["recall"] for d in detection], style, marker="s", color="C1", label=f"recall, {label}")
+        ax_patch.axhline(detection[-1]["chance_kept"]["precision"], color="C0", linestyle=":", label="precision by chance (base rate)")
+        ax_patch.axhline(detection[-1]["chance_kept"]["recall"], color="C1", linestyle=":", label="recall by chance (kept fraction)")
+        ax_patch.set_ylim(0, 1)
+        ax_patch.legend(fontsize=7)
+    else:
+        ax_patch.text(0.5, 0.5, "no selection: every patch kept", ha="center", va="center", transform=ax_patch.transAxes)
+    n = detection[0]["samples"] if detection else 0
+    ax_patch.set(xlabel="epoch", ylabel="patch precision / recall", title=f"(b) held-out boxes ({n:,}): kept patches vs labels")
+
+    retrieval = [p["retrieval"] for p in probes]
+    for key, label, color in (("tr_r1", "image -> text R@1", "C2"), ("ir_r1", "text -> image R@1", "C3")):
+        ax_ret.plot(epochs, [r[key] for r in retrieval], marker="o", color=color, label=label)
+        if retrieval:
+            ax_ret.axhline(retrieval[-1]["chance"][key], color=color, linestyle=":", label=f"{label} by chance")
+    shape = f"{retrieval[0]['images']} images, {retrieval[0]['texts']} texts" if retrieval else ""
+    ax_ret.set(xlabel="epoch", ylabel="recall (%)", title=f"(c) held-out ITC retrieval ({shape})")
+    ax_ret.set_ylim(bottom=0)
+    ax_ret.legend(fontsize=8)
+    for ax in (ax_patch, ax_ret):
+        ax.set_xticks(epochs)
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, stem)

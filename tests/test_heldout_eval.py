@@ -1,0 +1,112 @@
+"""Held-out probes of pretraining: recall@K definitions, the held-out sets (never pretrained on),
+and patch-detection bookkeeping on a real (tiny, untrained) model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from copa.config import load_params
+from copa.data.formats import coco, karpathy
+from copa.data.heldout import heldout_object_samples, karpathy_retrieval_set
+from copa.data.layout import DataLayout
+from copa.data.pretrain_data import image_text_pairs
+from copa.data.tokenizer import train_wordpiece, load_tokenizer
+from copa.eval.pretraining import patch_detection
+from copa.eval.retrieval import chance_recall, retrieval_recall
+from copa.models.copa import CopaModel
+from copa.train.build import copa_spec
+
+from conftest import PARAMS_DIR
+
+
+# ------------------------------------------------------------------------------------- R@K
+def test_recall_hand_case() -> None:
+    # 2 images, 4 texts: texts 0, 1 describe image 0; texts 2, 3 image 1
+    text_image = [0, 0, 1, 1]
+    sim = torch.tensor([[0.1, 0.9, 0.8, 0.0],   # image 0: best text 1 (its own) -> TR@1 hit
+                        [0.7, 0.0, 0.2, 0.6]])  # image 1: best text 0 (image 0's) -> miss; top-2 has text 3 -> hit
+    r = retrieval_recall(sim, text_image, ks=(1, 2))
+    assert r["tr_r1"] == 50.0 and r["tr_r2"] == 100.0
+    # texts: 0 -> image 1 (miss), 1 -> image 0 (hit), 2 -> image 0 (miss), 3 -> image 1 (hit)
+    assert r["ir_r1"] == 50.0 and r["ir_r2"] == 100.0
+    assert r["r_mean"] == pytest.approx(75.0)
+
+
+def test_recall_perfect_and_reversed() -> None:
+    text_image = [i // 2 for i in range(10)]
+    sim = torch.zeros(5, 10)
+    sim[torch.tensor(text_image), torch.arange(10)] = 1.0
+    perfect = retrieval_recall(sim, text_image)
+    assert all(v == 100.0 for v in perfect.values())
+    assert retrieval_recall(-sim, text_image)["ir_r1"] == 0.0  # the true image ranked last
+
+
+def test_recall_rejects_mismatched_ground_truth() -> None:
+    with pytest.raises(ValueError, match="3 entries for 4 texts"):
+        retrieval_recall(torch.zeros(2, 4), [0, 1, 1])
+    with pytest.raises(ValueError, match="must index the 2 images"):
+        retrieval_recall(torch.zeros(2, 2), [0, 2])
+
+
+def test_chance_recall() -> None:
+    assert chance_recall(100, 1, 1) == pytest.approx({"tr_r1": 1.0, "ir_r1": 1.0})
+    # 5 captions per image among 1,000 texts: P(one of 5 in the top 1) = 5 / 1000
+    assert chance_recall(200, 5, 1)["tr_r1"] == pytest.approx(0.5)
+    assert chance_recall(200, 5, 10)["tr_r10"] == pytest.approx(100 * (1 - math.comb(995, 10) / math.comb(1000, 10)))
+
+
+# ------------------------------------------------------------------------------------- held-out sets
+def test_heldout_sets_are_the_karpathy_test_images_and_never_pretrained_on(fixture_world) -> None:
+    layout = DataLayout(fixture_world)
+    params = load_params("fixture", params_dir=PARAMS_DIR)
+    _, images = karpathy.read_karpathy(layout.karpathy_coco, layout.coco, check_files=False)
+    test_images = [im for im in images if im.split == "test"]
+    data = karpathy_retrieval_set(layout, "coco", "test")
+    assert list(data.images) == [im.path for im in test_images]
+    assert len(data.texts) == sum(len(im.sentences) for im in test_images) == len(data.text_image)
+    assert data.texts[data.text_image.index(1)] == test_images[1].sentences[0]
+
+    held = heldout_object_samples(layout, params.filter, "test")
+    test_paths = set(data.images)
+    assert held.samples and all(s.image in test_paths and len(s.elems) == 1 for s in held.samples)
+    assert all(s.elems[0].text.startswith("This is a") for s in held.samples)
+    # every box of those images is a sample or a counted drop
+    boxes = 0
+    for split in ("train2014", "val2014"):
+        data_split = coco.read_instances(layout.coco_instances(split), layout.coco_images(split), check_files=False)
+        boxes += sum(data_split.images[o.image_id].path in test_paths for o in data_split.objects)
+    assert held.records == boxes == len(held.samples) + sum(held.dropped.values())
+    pretrain_images = {p.image for p in image_text_pairs(layout, params.pretrain.pair_sources)}
+    assert not pretrain_images & test_paths
+
+
+def test_heldout_split_is_checked(fixture_world) -> None:
+    with pytest.raises(ValueError, match="must be one of val, test"):
+        karpathy_retrieval_set(DataLayout(fixture_world), "coco", "train")
+
+
+# ------------------------------------------------------------------------------------- patch detection
+@pytest.mark.parametrize("keep_ratio", [0.5, 1.0])
+def test_patch_detection_bookkeeping_on_a_tiny_model(fixture_world, tmp_path, keep_ratio) -> None:
+    layout = DataLayout(fixture_world)
+    params = load_params("fixture", [f"model.selection.keep_ratio={keep_ratio}"], params_dir=PARAMS_DIR)
+    texts = [p.text for p in image_text_pairs(layout, params.pretrain.pair_sources)]
+    train_wordpiece(texts + ["This is a ring."], params.model.vocab_size, tmp_path)
+    tokenizer = load_tokenizer(tmp_path / "vocab.txt")
+    torch.manual_seed(0)
+    model = CopaModel(copa_spec(params, len(tokenizer))).eval()
+    held = heldout_object_samples(layout, params.filter, "test")
+    size, patch = params.patch_labels.image_size, params.patch_labels.patch_size
+    result = patch_detection(model, tokenizer, held, size, patch, params.model.max_text_length, 0.0, batch_size=7, progress=False)
+    n = (size // patch) ** 2
+    assert result["samples"] == len(held.samples)
+    assert result["keep_fraction"] == round(n * keep_ratio) / n
+    assert 0 < result["base_rate"] < 1
+    for key in ("kept", "score_above_0.5", "cls_attention_kept"):
+        assert set(result[key]) == {"precision", "recall", "accuracy", "f1"}
+    if keep_ratio == 1.0:  # everything kept: recall 1, precision = the base rate
+        assert result["kept"]["recall"] == 1.0 and result["cls_attention_kept"]["recall"] == 1.0
+        assert result["kept"]["precision"] == pytest.approx(result["base_rate"])
