@@ -9,7 +9,9 @@ Karpathy test images that pretraining never sees (copa.data.heldout).
   precision, recall, accuracy, F1, next to what a random choice of as many patches scores
   (precision = the base rate of labelled patches, recall = the kept fraction). Also the TPD's
   ``score > 0.5`` reading and, for text-guided selectors, the image-[CLS]-attention selection
-  of the same model at the same place (COPA "w/o PTA"'s detector).
+  of the same model at the same place (COPA "w/o PTA"'s detector) and a control: the selection
+  guided by another sample's text, which is as good as with the right text when the selection
+  ignores the text.
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ def patch_detection(model: CopaModel, tokenizer, objects: HeldoutObjects, image_
         if model.text_guided:
             cls_kept = model.encode_image(batch["image"], None, use_detector=False)["kept"]
             add("cls_attention_kept", mask_confusion(kept_mask(cls_kept, n), labels))
+            # control: each image guided by the next sample's text (another box; the same class
+            # now and then). Equal to "kept" = the selection does not read the text.
+            other_kept = model.encode_image(batch["image"], text_cls.roll(1, dims=0), use_detector=True)["kept"]
+            add("kept_other_text", mask_confusion(kept_mask(other_kept, n), labels))
         positives += int(labels.sum())
         patches += labels.numel()
         kept_patches += int(kept.sum())

@@ -29,7 +29,7 @@ def read_live_series(live_dir: Path, names: Sequence[str], section: str = "train
 def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int | None, title: str, stem: Path) -> list[Path]:
     """Three panels: (a) losses, (b) held-out patch detection, (c) held-out ITC retrieval R@1."""
     losses = read_live_series(live_dir, LOSS_TERMS)
-    fig = new_figure(15, 4.2)
+    fig = new_figure(15, 5.6)
     ax_loss, ax_patch, ax_ret = fig.subplots(1, 3)
 
     for name, series in losses.items():
@@ -45,14 +45,15 @@ def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int 
     detection = [p["patch_detection"] for p in probes]
     if detection and "kept" in detection[0]:
         selection = detection[0]["selection"]
-        for key, label, style in (("kept", selection, "-"), ("cls_attention_kept", "[CLS] attention", "--")):
+        for key, label, style in (("kept", selection, "-"), ("kept_other_text", f"{selection}, another box's text", "-."),
+                                  ("cls_attention_kept", "[CLS] attention", "--")):
             if key in detection[0]:
                 ax_patch.plot(epochs, [d[key]["precision"] for d in detection], style, marker="o", color="C0", label=f"precision, {label}")
                 ax_patch.plot(epochs, [d[key]["recall"] for d in detection], style, marker="s", color="C1", label=f"recall, {label}")
         ax_patch.axhline(detection[-1]["chance_kept"]["precision"], color="C0", linestyle=":", label="precision by chance (base rate)")
         ax_patch.axhline(detection[-1]["chance_kept"]["recall"], color="C1", linestyle=":", label="recall by chance (kept fraction)")
         ax_patch.set_ylim(0, 1)
-        ax_patch.legend(fontsize=7)
+        ax_patch.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: the curves overlap
     else:
         ax_patch.text(0.5, 0.5, "no selection: every patch kept", ha="center", va="center", transform=ax_patch.transAxes)
     n = detection[0]["samples"] if detection else 0
@@ -66,7 +67,7 @@ def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int 
     shape = f"{retrieval[0]['images']} images, {retrieval[0]['texts']} texts" if retrieval else ""
     ax_ret.set(xlabel="epoch", ylabel="recall (%)", title=f"(c) held-out ITC retrieval ({shape})")
     ax_ret.set_ylim(bottom=0)
-    ax_ret.legend(fontsize=8)
+    ax_ret.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     for ax in (ax_patch, ax_ret):
         ax.set_xticks(epochs)
 
