@@ -275,8 +275,11 @@ def load_params(
     provenance["profile"] = str(profile_path)
     for override in overrides:
         _merge(merged, parse_override(override), OVERRIDE_SOURCE, provenance)
-    values = _build(Params, merged, "", provenance, exclude=("provenance",))
-    return Params(**values, provenance=provenance)
+    return _validated(merged, provenance)
+
+
+def _validated(merged: dict[str, Any], provenance: dict[str, str]) -> Params:
+    return Params(**_build(Params, merged, "", provenance, exclude=("provenance",)), provenance=provenance)
 
 
 def params_from_dict(data: Mapping[str, Any], source: str) -> Params:
@@ -285,7 +288,7 @@ def params_from_dict(data: Mapping[str, Any], source: str) -> Params:
     merged: dict[str, Any] = {}
     provenance: dict[str, str] = {}
     _merge(merged, data, source, provenance)
-    return Params(**_build(Params, merged, "", provenance, exclude=("provenance",)), provenance=provenance)
+    return _validated(merged, provenance)
 
 
 def parse_override(text: str) -> dict[str, Any]:

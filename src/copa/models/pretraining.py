@@ -73,8 +73,8 @@ class CopaPretraining(nn.Module):
         # The momentum copy of the unimodal parts (ALBEF); frozen, moved by momentum_update.
         self.model_m = nn.ModuleDict({name: copy.deepcopy(getattr(model, name)) for name in MOMENTUM_PARTS})
         copy_to_momentum(self._online_parts(), self.model_m)
-        # queue_size 0: in-batch negatives only (the demo: from scratch, a queue of a fast-moving
-        # momentum encoder holds stale features that ITC tells apart by age rather than content)
+        # queue_size 0: in-batch negatives only (the demo: from scratch, with a queue, held-out
+        # retrieval stayed at chance; params/profiles/demo.yaml has the measurement)
         self.queue = FeatureQueue(model.spec.embed_dim, queue_size) if queue_size > 0 else None
         self.vocab_size, self.mask_id, self.special_ids, self.pad_id = vocab_size, mask_id, tuple(special_ids), pad_id
         self.momentum, self.distill_alpha, self.mlm_probability = momentum, distill_alpha, mlm_probability
