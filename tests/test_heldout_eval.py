@@ -107,6 +107,10 @@ def test_patch_detection_bookkeeping_on_a_tiny_model(fixture_world, tmp_path, ke
     assert 0 < result["base_rate"] < 1
     for key in ("kept", "score_above_0.5", "cls_attention_kept", "kept_other_text"):
         assert set(result[key]) == {"precision", "recall", "accuracy", "f1"}
+    refs = result["ap_references"]
+    assert 0 < refs["chance"] < refs["all_boxes"] <= refs["same_text_boxes"] <= 1.0
+    assert set(result["score_ap"]) == {"text", "other_text"}
+    assert all(refs["chance"] / 3 < ap <= 1.0 for ap in result["score_ap"].values())
     if keep_ratio == 1.0:  # everything kept: recall 1, precision = the base rate
         assert result["kept"]["recall"] == 1.0 and result["cls_attention_kept"]["recall"] == result["kept_other_text"]["recall"] == 1.0
         assert result["kept"]["precision"] == pytest.approx(result["base_rate"])

@@ -12,6 +12,10 @@ Karpathy test images that pretraining never sees (copa.data.heldout).
   of the same model at the same place (COPA "w/o PTA"'s detector) and a control: the selection
   guided by another sample's text, which is as good as with the right text when the selection
   ignores the text.
+- **Score ranking**: the average precision of the TPD's scores for each box, with its text and
+  with another box's text, next to chance and to what the annotations allow a text-free and a
+  text-aware detector (copa.eval.patch_ranking): the kept-patch precision is capped by the
+  keeping ratio, AP is not.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from tqdm import tqdm
 
 from copa.data.heldout import HeldoutObjects, RetrievalSet
 from copa.data.pretrain_data import ObjectDataset, Pair, PairDataset
+from copa.eval.patch_ranking import annotation_references, average_precision
 from copa.eval.retrieval import RECALL_KS, chance_recall, retrieval_recall
 from copa.models.copa import CopaModel
 from copa.models.objectives import PatchCounts, detected_patches, kept_mask, mask_confusion, metrics_from_counts
@@ -70,6 +75,7 @@ def patch_detection(model: CopaModel, tokenizer, objects: HeldoutObjects, image_
     zero = PatchCounts(*(torch.zeros((), dtype=torch.long) for _ in range(4)))
     totals: dict[str, PatchCounts] = {}
     positives = patches = kept_patches = 0
+    all_labels, score_ap = [], {"text": [], "other_text": []}
 
     def add(name: str, counts: PatchCounts) -> None:
         totals[name] = PatchCounts(*(a + b for a, b in zip(totals.get(name, zero), counts)))
@@ -81,24 +87,35 @@ def patch_detection(model: CopaModel, tokenizer, objects: HeldoutObjects, image_
         out = model.encode_image(batch["image"], text_cls, use_detector=True)
         kept = kept_mask(out["kept"], n)
         add("kept", mask_confusion(kept, labels))
-        if out["scores"] is not None:
-            add("score_above_0.5", mask_confusion(detected_patches(out["scores"]), labels))
         if model.text_guided:
             cls_kept = model.encode_image(batch["image"], None, use_detector=False)["kept"]
             add("cls_attention_kept", mask_confusion(kept_mask(cls_kept, n), labels))
             # control: each image guided by the next sample's text (another box; the same class
             # now and then). Equal to "kept" = the selection does not read the text.
-            other_kept = model.encode_image(batch["image"], text_cls.roll(1, dims=0), use_detector=True)["kept"]
-            add("kept_other_text", mask_confusion(kept_mask(other_kept, n), labels))
+            other = model.encode_image(batch["image"], text_cls.roll(1, dims=0), use_detector=True)
+            add("kept_other_text", mask_confusion(kept_mask(other["kept"], n), labels))
+        if out["scores"] is not None:  # the TPD's
+            add("score_above_0.5", mask_confusion(detected_patches(out["scores"]), labels))
+            score_ap["text"].append(average_precision(out["scores"], labels))
+            score_ap["other_text"].append(average_precision(other["scores"], labels))
+        all_labels.append(labels)
         positives += int(labels.sum())
         patches += labels.numel()
         kept_patches += int(kept.sum())
     base_rate, keep_fraction = positives / patches, kept_patches / patches
+    ranking = {}
+    if score_ap["text"]:
+        labels = torch.cat(all_labels)
+        references = annotation_references(labels, [str(s.image) for s in objects.samples], [s.elems[0].text for s in objects.samples])
+        has_positive = labels.sum(1) > 0
+        ranking = {"score_ap": {name: float(torch.cat(v)[has_positive].mean()) for name, v in score_ap.items()},
+                   "ap_references": references}
     return {
         "samples": len(objects.samples), "records": objects.records, "dropped": objects.dropped,
         "selection": model.spec.selection, "base_rate": base_rate, "keep_fraction": keep_fraction,
         **{name: _metrics(counts) for name, counts in totals.items()},
         "chance_kept": {"precision": base_rate, "recall": keep_fraction},
+        **ranking,
     }
 
 

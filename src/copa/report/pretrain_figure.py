@@ -27,10 +27,11 @@ def read_live_series(live_dir: Path, names: Sequence[str], section: str = "train
 
 
 def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int | None, title: str, stem: Path) -> list[Path]:
-    """Three panels: (a) losses, (b) held-out patch detection, (c) held-out ITC retrieval R@1."""
+    """Four panels: (a) losses, (b) held-out patch selection, (c) held-out TPD score ranking (AP),
+    (d) held-out ITC retrieval R@1."""
     losses = read_live_series(live_dir, LOSS_TERMS)
-    fig = new_figure(15, 5.6)
-    ax_loss, ax_patch, ax_ret = fig.subplots(1, 3)
+    fig = new_figure(20, 5.6)
+    ax_loss, ax_patch, ax_ap, ax_ret = fig.subplots(1, 4)
 
     for name, series in losses.items():
         ax_loss.plot(series["step"], series["value"], label=name, linewidth=1.2)
@@ -59,16 +60,29 @@ def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int 
     n = detection[0]["samples"] if detection else 0
     ax_patch.set(xlabel="epoch", ylabel="patch precision / recall", title=f"(b) held-out boxes ({n:,}): kept patches vs labels")
 
+    if detection and "score_ap" in detection[0]:
+        ax_ap.plot(epochs, [d["score_ap"]["text"] for d in detection], marker="o", color="C0", label="TPD scores, the box's text")
+        ax_ap.plot(epochs, [d["score_ap"]["other_text"] for d in detection], "-.", marker="o", color="C1", label="TPD scores, another box's text")
+        refs = detection[-1]["ap_references"]
+        for key, label, color in (("same_text_boxes", "boxes of the same text first (text-aware best)", "C2"),
+                                  ("all_boxes", "every box first (text-free best)", "C4"), ("chance", "random ranking", "grey")):
+            ax_ap.axhline(refs[key], color=color, linestyle=":", label=label)
+        ax_ap.set_ylim(0, 1)
+        ax_ap.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
+    else:
+        ax_ap.text(0.5, 0.5, "no detector scores", ha="center", va="center", transform=ax_ap.transAxes)
+    ax_ap.set(xlabel="epoch", ylabel="average precision", title="(c) held-out boxes: patches ranked by score")
+
     retrieval = [p["retrieval"] for p in probes]
     for key, label, color in (("tr_r1", "image -> text R@1", "C2"), ("ir_r1", "text -> image R@1", "C3")):
         ax_ret.plot(epochs, [r[key] for r in retrieval], marker="o", color=color, label=label)
         if retrieval:
             ax_ret.axhline(retrieval[-1]["chance"][key], color=color, linestyle=":", label=f"{label} by chance")
     shape = f"{retrieval[0]['images']} images, {retrieval[0]['texts']} texts" if retrieval else ""
-    ax_ret.set(xlabel="epoch", ylabel="recall (%)", title=f"(c) held-out ITC retrieval ({shape})")
+    ax_ret.set(xlabel="epoch", ylabel="recall (%)", title=f"(d) held-out ITC retrieval ({shape})")
     ax_ret.set_ylim(bottom=0)
     ax_ret.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
-    for ax in (ax_patch, ax_ret):
+    for ax in (ax_patch, ax_ap, ax_ret):
         ax.set_xticks(epochs)
 
     fig.suptitle(title)
