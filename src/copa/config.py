@@ -150,6 +150,8 @@ class ModelParams:
     vision_dim: int
     vision_depth: int
     vision_heads: int
+    vision_pre_norm: bool  # a LayerNorm before the first block (CLIP's ViTs)
+    vision_activation: Literal["gelu", "quick_gelu"]  # OpenAI CLIP's ViTs: quick_gelu
     text_dim: int
     text_heads: int
     text_intermediate: int
@@ -159,7 +161,8 @@ class ModelParams:
     decoder_layers: int
     embed_dim: int  # ITC projection width
     max_text_length: int
-    vocab_size: int  # WordPiece vocabulary trained on the captions (bert-base-uncased: 30522)
+    vocab_size: int  # of the WordPiece vocabulary trained on the captions (unused with vocab_file)
+    vocab_file: str | None  # a vocab.txt to use instead (bert-base-uncased's with BERT weights)
     selection: SelectionParams
 
 
@@ -170,12 +173,16 @@ class EncoderInitParams:
     ``none``: from the model's random initialisation (or weights loaded by the caller);
     ``contrastive``: ``steps`` steps of in-batch image-text contrastive learning first (the
     stand-in for the CLIP / BERT initialisation when no checkpoint exists: from random weights
-    every image gets nearly the same feature and Algorithm 1's ITC does not take off).
+    every image gets nearly the same feature and Algorithm 1's ITC does not take off);
+    ``checkpoints``: the ViT from ``vision_checkpoint`` (a timm state dict) and the text encoder
+    + fusion from ``text_checkpoint`` (a BERT state dict: layers 1-6 -> text, 7-12 -> fusion).
     """
 
-    method: Literal["none", "contrastive"]
+    method: Literal["none", "contrastive", "checkpoints"]
     steps: int
     lr: float
+    vision_checkpoint: str | None  # .safetensors or torch file; relative paths from the working directory
+    text_checkpoint: str | None
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,16 @@ def source_files(*patterns):
     return files
 
 
+def pretrained_files():
+    """The weights and vocabulary files the params name (paper: CLIP ViT, BERT, its vocab.txt): inputs
+    of pretraining, so that a missing one stops the DAG before it starts, naming the file."""
+    init = PARAMS.pretrain.encoder_init
+    named = [PARAMS.model.vocab_file]
+    if init.method == "checkpoints":
+        named += [init.vision_checkpoint, init.text_checkpoint]
+    return [path for path in named if path]
+
+
 def run_name(method, location, keep, seed):
     """The folder name of a pretraining run, as the rules' wildcards spell it."""
     return f"{method}-loc{'-'.join(str(k) for k in location)}-keep{keep}-seed{seed}"

@@ -20,6 +20,7 @@ rule pretrain:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         annotations=rules.filter_annotations.output.annotations,
         code=source_files("models/*.py", "train/*.py", "data/pretrain_data.py", "data/tokenizer.py", "data/transforms.py", "data/patch_labels.py"),
+        pretrained=pretrained_files(),
     output:
         f"runs/{PROFILE}/pretrain/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}/metrics.json",
     params:

@@ -15,11 +15,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from timm.layers import LayerNorm, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import LayerNorm, PatchEmbed, QuickGELU, resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 
+from copa.models.weights import read_state_dict
+
 Tensor = torch.Tensor
+
+# the MLP activation: timm's ViTs use GELU, OpenAI's CLIP ViTs (COPA's initialisation) QuickGELU
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 
 
 class VisionEncoder(nn.Module):
@@ -32,11 +37,15 @@ class VisionEncoder(nn.Module):
         location: selection layer(s): 1 <= k < depth for selectors acting after layer k,
             1 <= j <= depth for those acting inside layer j; an int, or several where the
             selector allows it (TRIPS [5, 10]).
+        pre_norm: a LayerNorm on the embedded tokens before the first block (timm's ``norm_pre``)
+            and a patch embedding without bias, as in CLIP's ViTs and timm's ``pre_norm=True``;
+            activation: a key of ``ACTIVATIONS``.
     """
 
     def __init__(self, selector: nn.Module, location: int | Sequence[int] = 6,
                  img_size: int = 224, patch_size: int = 16, embed_dim: int = 768,
-                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0):
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 pre_norm: bool = False, activation: str = "gelu"):
         super().__init__()
         locations = (location,) if isinstance(location, int) else tuple(location)
         limit = selector.max_locations
@@ -50,12 +59,15 @@ class VisionEncoder(nn.Module):
                                  f"with depth {depth}")
         self.locations = frozenset(locations)
         self.selector = selector
-        self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim,
+        self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim, bias=not pre_norm,  # CLIP: no bias
                                       output_fmt="NHWC", strict_img_size=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, embed_dim))
+        self.norm_pre = LayerNorm(embed_dim) if pre_norm else nn.Identity()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r}: expected one of {', '.join(ACTIVATIONS)}")
         self.blocks = nn.Sequential(*[
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm, act_layer=ACTIVATIONS[activation])
             for _ in range(depth)])
         self.norm = LayerNorm(embed_dim)
         # timm's init (VisionTransformer.init_weights, mode ''), selector included
@@ -79,7 +91,7 @@ class VisionEncoder(nn.Module):
         # other resolutions (COPA Table 5): bicubic resample of the patch position embeddings
         pos = resample_abs_pos_embed(self.pos_embed, [h, w], list(self.patch_embed.grid_size),
                                      num_prefix_tokens=1)
-        x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, d)], dim=1) + pos
+        x = self.norm_pre(torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, d)], dim=1) + pos)
         ids = torch.arange(h * w, device=x.device).expand(b, -1)  # original index of each token
         kept, scores = ids, None
         for layer, block in enumerate(self.blocks, start=1):
@@ -124,10 +136,4 @@ def load_timm_state_dict(model: VisionEncoder, state_dict: Mapping[str, Tensor])
 
 def load_timm_checkpoint(model: VisionEncoder, path: str | Path) -> None:
     """Load a local timm ViT checkpoint file (.safetensors, or a torch.save'd state dict)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state_dict = load_file(path)
-    else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    load_timm_state_dict(model, state_dict)
+    load_timm_state_dict(model, read_state_dict(path))

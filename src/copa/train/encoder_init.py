@@ -9,6 +9,8 @@ short stage of in-batch image-text contrastive learning (CLIP's symmetric InfoNC
 features text-free) on the same pairs trains the encoders, their projections and the
 temperature; pretraining then starts from them. It runs through the training engine into
 ``<run>/encoder_init/`` (checkpoints, DVCLive, resume), with a constant learning rate.
+``checkpoints`` loads the real weights: a timm ViT state dict into the vision encoder, a BERT
+state dict into the text encoder and the fusion layers (COPA §4.1).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from torch import nn
 from copa.config import Params
 from copa.models.copa import CopaModel
 from copa.models.objectives import contrastive_loss
+from copa.models.text import load_bert_weights
+from copa.models.vit import load_timm_checkpoint
+from copa.models.weights import read_state_dict
 from copa.train.engine import EngineConfig, train
 
 INIT_DIR = "encoder_init"
@@ -81,9 +86,30 @@ def initialise_encoders(model: CopaModel, pair_data, params: Params, out_dir: Pa
     """Run ``pretrain.encoder_init`` on ``model`` in place; returns the stage's last metrics
     (None for ``none``). A finished stage is not redone: the engine resumes it at its end."""
     init = params.pretrain.encoder_init
+    given = {name: getattr(init, name) for name in ("vision_checkpoint", "text_checkpoint") if getattr(init, name)}
+    if init.method != "checkpoints" and given:
+        raise ValueError(f"pretrain.encoder_init.{next(iter(given))} is set but method is {init.method!r}: "
+                         "set method=checkpoints to load it, or the path to null")
     if init.method == "none":
         return None
+    if init.method == "checkpoints":
+        return load_encoder_checkpoints(model, init.vision_checkpoint, init.text_checkpoint)
     task = ContrastiveInitTask(model, pair_data, params)
     # the TPD's MLP gets no gradient here (text-free): DDP must not wait for it
     config = EngineConfig(epochs=1, checkpoint_every=max(init.steps, 1), seed=params.seed, find_unused_parameters=True)
     return train(task, config, Path(out_dir) / INIT_DIR, params.to_dict())
+
+
+def load_encoder_checkpoints(model: CopaModel, vision: str | None, text: str | None) -> dict:
+    """The ViT from a timm state dict, the text encoder and fusion from a BERT one (either may be
+    None, not both); returns what was loaded, with the fusion parameters BERT has no weights for."""
+    if not vision and not text:
+        raise ValueError("pretrain.encoder_init.method is 'checkpoints' but neither vision_checkpoint nor text_checkpoint is set")
+    loaded: dict = {}
+    if vision:
+        load_timm_checkpoint(model.vision, vision)
+        loaded["vision_checkpoint"] = str(vision)
+    if text:
+        fresh = load_bert_weights(model.text, model.fusion, read_state_dict(text))
+        loaded.update(text_checkpoint=str(text), fusion_parameters_not_in_bert=len(fresh))
+    return loaded

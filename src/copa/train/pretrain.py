@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -37,7 +38,10 @@ class PretrainTask:
         if not self.pairs:
             raise ValueError(f"{data_root}: no image-text pairs for the sources {', '.join(p.pair_sources)}")
         vocab = Path(out_dir) / VOCAB_DIR / "vocab.txt"
-        if not vocab.exists():  # a vocabulary of the run's own captions (deterministic; kept with the run)
+        if params.model.vocab_file:  # a given vocabulary (bert-base-uncased's with BERT weights), kept with the run
+            vocab.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(_existing(params.model.vocab_file, "model.vocab_file"), vocab)
+        elif not vocab.exists():  # a vocabulary of the run's own captions (deterministic; kept with the run)
             train_wordpiece([pair.text for pair in self.pairs], params.model.vocab_size, vocab.parent)
         self.tokenizer = load_tokenizer(vocab)
         images = len({pair.image for pair in self.pairs})  # the share counts images, not captions
@@ -87,6 +91,12 @@ class PretrainTask:
 
     def after_step(self, model, step: int) -> None:
         model.after_step(step)
+
+
+def _existing(path: str, key: str) -> Path:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file (params {key})")
+    return Path(path)
 
 
 def _model_inputs(batch: dict) -> dict:
