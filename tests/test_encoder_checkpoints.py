@@ -14,6 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 from transformers import BertConfig, BertModel
 
 from copa.config import load_params
+from copa.data.filtering import run_filter
 from copa.data.tokenizer import SPECIAL_TOKENS, load_tokenizer
 from copa.models.copa import CopaModel
 from copa.models.selectors import build_selector
@@ -39,10 +40,8 @@ def test_clip_layout_matches_timm() -> None:
         VisionEncoder(build_selector("none", 32), 1, img_size=32, embed_dim=32, depth=2, num_heads=2, activation="relu")
 
 
-def _fixture_params(tmp_path: Path, vocab: Path | None = None, **init: str):
+def _fixture_params(**init: str):
     sets = ["pretrain.encoder_init.method=checkpoints"] + [f"pretrain.encoder_init.{k}={v}" for k, v in init.items()]
-    if vocab is not None:
-        sets.append(f"model.vocab_file={vocab}")
     return load_params("fixture", sets, params_dir=PARAMS_DIR)
 
 
@@ -60,9 +59,9 @@ def _weights(tmp_path: Path, params, vocab_size: int) -> tuple[Path, Path, Visio
 
 
 def test_encoder_init_loads_vit_and_bert_checkpoints(tmp_path) -> None:
-    probe = _fixture_params(tmp_path)
+    probe = _fixture_params()
     vision, text, vit, bert = _weights(tmp_path, probe, vocab_size=50)
-    params = _fixture_params(tmp_path, vision_checkpoint=str(vision), text_checkpoint=str(text))
+    params = _fixture_params(vision_checkpoint=str(vision), text_checkpoint=str(text))
     torch.manual_seed(0)
     model = CopaModel(copa_spec(params, 50))
     loaded = initialise_encoders(model, pair_data=None, params=params, out_dir=tmp_path / "run")
@@ -77,10 +76,10 @@ def test_encoder_init_loads_vit_and_bert_checkpoints(tmp_path) -> None:
 
 def test_encoder_init_errors_name_the_setting(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.safetensors: no such weights file"):
-        params = _fixture_params(tmp_path, vision_checkpoint=str(tmp_path / "missing.safetensors"))
+        params = _fixture_params(vision_checkpoint=str(tmp_path / "missing.safetensors"))
         initialise_encoders(CopaModel(copa_spec(params, 50)), None, params, tmp_path / "run")
     with pytest.raises(ValueError, match="neither vision_checkpoint nor text_checkpoint"):
-        params = _fixture_params(tmp_path)
+        params = _fixture_params()
         initialise_encoders(CopaModel(copa_spec(params, 50)), None, params, tmp_path / "run")
     with pytest.raises(ValueError, match="vision_checkpoint is set but method is 'contrastive'"):
         params = load_params("fixture", ["pretrain.encoder_init.vision_checkpoint=x.safetensors"], params_dir=PARAMS_DIR)
@@ -91,7 +90,6 @@ def test_pretraining_uses_a_given_vocabulary(fixture_world, tmp_path) -> None:
     vocab = tmp_path / "bert-vocab.txt"
     vocab.write_text("\n".join([*SPECIAL_TOKENS, "this", "is", "a", "circle", ".", "##s"]) + "\n", encoding="utf-8")
     params = load_params("fixture", [f"model.vocab_file={vocab}"], params_dir=PARAMS_DIR)
-    from copa.data.filtering import run_filter
     run_filter(fixture_world, params.filter, tmp_path / "annotations", progress=False)
     task = PretrainTask(params, fixture_world, tmp_path / "annotations", tmp_path / "run")
     assert (tmp_path / "run" / "vocab" / "vocab.txt").read_bytes() == vocab.read_bytes()  # kept with the run

@@ -83,8 +83,9 @@ class ContrastiveInitTask:
 
 
 def initialise_encoders(model: CopaModel, pair_data, params: Params, out_dir: Path) -> dict | None:
-    """Run ``pretrain.encoder_init`` on ``model`` in place; returns the stage's last metrics
-    (None for ``none``). A finished stage is not redone: the engine resumes it at its end."""
+    """Run ``pretrain.encoder_init`` on ``model`` in place; returns the contrastive stage's last
+    metrics, or what ``checkpoints`` loaded (None for ``none``). A finished contrastive stage is
+    not redone: the engine resumes it at its end."""
     init = params.pretrain.encoder_init
     given = {name: getattr(init, name) for name in ("vision_checkpoint", "text_checkpoint") if getattr(init, name)}
     if init.method != "checkpoints" and given:
