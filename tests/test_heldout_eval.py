@@ -15,7 +15,7 @@ from copa.data.layout import DataLayout
 from copa.data.pretrain_data import image_text_pairs
 from copa.data.tokenizer import train_wordpiece, load_tokenizer
 from copa.eval.pretraining import patch_detection
-from copa.eval.retrieval import chance_recall, retrieval_recall
+from copa.eval.retrieval import RECALL_KS, chance_recall, retrieval_recall, two_stage_scores
 from copa.models.copa import CopaModel
 from copa.train.build import copa_spec
 
@@ -114,3 +114,33 @@ def test_patch_detection_bookkeeping_on_a_tiny_model(fixture_world, tmp_path, ke
     if keep_ratio == 1.0:  # everything kept: recall 1, precision = the base rate
         assert result["kept"]["recall"] == 1.0 and result["cls_attention_kept"]["recall"] == result["kept_other_text"]["recall"] == 1.0
         assert result["kept"]["precision"] == pytest.approx(result["base_rate"])
+
+
+# ------------------------------------------------------------------------------------- two-stage ranking
+def test_retrieval_recall_matches_brute_force() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        n_images, per = 7, 3
+        sim = torch.rand(n_images, n_images * per, generator=generator)
+        text_image = torch.arange(n_images).repeat_interleave(per)[torch.randperm(n_images * per, generator=generator)]
+        result = retrieval_recall(sim, text_image)
+        for k in RECALL_KS:
+            tr = sum(any(text_image[j] == i for j in sorted(range(sim.shape[1]), key=lambda j: -sim[i, j])[:k]) for i in range(n_images))
+            ir = sum(text_image[j] in sorted(range(n_images), key=lambda i: -sim[i, j])[:k] for j in range(sim.shape[1]))
+            assert result[f"tr_r{k}"] == pytest.approx(100 * tr / n_images)
+            assert result[f"ir_r{k}"] == pytest.approx(100 * ir / sim.shape[1])
+
+
+def test_two_stage_with_all_candidates_equals_full_reranking() -> None:
+    generator = torch.Generator().manual_seed(1)
+    coarse = torch.rand(6, 12, generator=generator)
+    itm = torch.rand(6, 12, generator=generator)  # the re-ranker's score of every pair
+    text_image = torch.arange(6).repeat_interleave(2)
+    i2t, t2i = two_stage_scores(coarse, k=12, rerank=lambda i, t: itm[i, t])
+    assert torch.equal(i2t, itm) and torch.equal(t2i, itm)
+    assert retrieval_recall(i2t, text_image, sim_t2i=t2i) == retrieval_recall(itm, text_image)
+    # k = 2: only each query's two coarse candidates are re-scored, the rest drop out
+    i2t, t2i = two_stage_scores(coarse, k=2, rerank=lambda i, t: itm[i, t])
+    assert (i2t.isfinite().sum(dim=1) == 2).all() and (t2i.isfinite().sum(dim=0) == 2).all()
+    kept = coarse.topk(2, dim=1).indices
+    assert torch.equal(i2t.gather(1, kept), itm.gather(1, kept))

@@ -7,7 +7,7 @@ similar images. Tied similarities are ranked in ``torch.topk``'s order.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -16,9 +16,15 @@ RECALL_KS = (1, 5, 10)
 
 
 @torch.no_grad()
-def retrieval_recall(sim: Tensor, text_image: Sequence[int] | Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
-    """``sim`` (n_images, n_texts), ``text_image[j]``: the image of text j. Returns percentages
-    ``tr_r{k}``, ``ir_r{k}`` and ``r_mean`` (their mean, the papers' "RSUM / 6" column)."""
+def retrieval_recall(sim: Tensor, text_image: Sequence[int] | Tensor, ks: Sequence[int] = RECALL_KS,
+                     sim_t2i: Tensor | None = None) -> dict[str, float]:
+    """``sim`` (n_images, n_texts), ``text_image[j]``: the image of text j; ``sim_t2i``: other
+    scores of the same shape for the text -> image direction (two-stage ranking re-scores each
+    side's candidates). Returns percentages ``tr_r{k}``, ``ir_r{k}`` and ``r_mean`` (their mean,
+    the papers' "RSUM / 6" column)."""
+    sim_t2i = sim if sim_t2i is None else sim_t2i
+    if sim_t2i.shape != sim.shape:
+        raise ValueError(f"sim_t2i has shape {tuple(sim_t2i.shape)}, sim {tuple(sim.shape)}")
     n_images, n_texts = sim.shape
     gt = torch.as_tensor(text_image, dtype=torch.long, device=sim.device)
     if gt.shape != (n_texts,):
@@ -29,7 +35,7 @@ def retrieval_recall(sim: Tensor, text_image: Sequence[int] | Tensor, ks: Sequen
     for k in ks:
         top_texts = sim.topk(min(k, n_texts), dim=1).indices  # (n_images, k)
         tr_hits = (gt[top_texts] == torch.arange(n_images, device=sim.device)[:, None]).any(dim=1)
-        top_images = sim.t().topk(min(k, n_images), dim=1).indices  # (n_texts, k)
+        top_images = sim_t2i.t().topk(min(k, n_images), dim=1).indices  # (n_texts, k)
         ir_hits = (top_images == gt[:, None]).any(dim=1)
         out[f"tr_r{k}"] = 100.0 * tr_hits.float().mean().item()
         out[f"ir_r{k}"] = 100.0 * ir_hits.float().mean().item()
@@ -46,3 +52,27 @@ def chance_recall(n_images: int, texts_per_image: float, k: int) -> dict[str, fl
     for i in range(min(k, n_texts)):
         miss *= max(n_texts - c - i, 0) / (n_texts - i)
     return {f"tr_r{k}": 100.0 * (1.0 - miss), f"ir_r{k}": 100.0 * min(k, n_images) / n_images}
+
+
+@torch.no_grad()
+def two_stage_scores(coarse: Tensor, k: int, rerank: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """COPA Appendix E's inference: rank by ``coarse`` similarities (n_images, n_texts), then
+    re-score each query's top-k candidates with ``rerank(image_idx, text_idx) -> (P,)`` (ITM on
+    text-guided image features) and rank those first, by the new score.
+
+    Returns the (image -> text, text -> image) score matrices, each query's top-k holding its
+    re-ranked scores and everything else -inf (so R@K with K <= k reads the re-ranked order).
+    With k >= the candidate count this is the full re-ranking.
+    """
+    n_images, n_texts = coarse.shape
+
+    def one_side(sim: Tensor, as_pairs: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> Tensor:
+        top = sim.topk(min(k, sim.shape[1]), dim=1).indices  # (queries, k)
+        queries = torch.arange(sim.shape[0], device=sim.device)[:, None].expand_as(top)
+        scores = rerank(*as_pairs(queries.reshape(-1), top.reshape(-1))).to(sim.dtype)
+        out = torch.full_like(sim, float("-inf"))
+        return out.scatter_(1, top, scores.view_as(top))
+
+    i2t = one_side(coarse, lambda q, c: (q, c))
+    t2i = one_side(coarse.t(), lambda q, c: (c, q))  # text queries: candidates are images
+    return i2t, t2i.t().contiguous()

@@ -1,0 +1,28 @@
+"""Visual grounding accuracy (RefCOCO+ protocol of X-VLM, mPLUG, COPA): a prediction is correct
+when its IoU with the ground-truth box is at least 0.5. Boxes are xywh in pixels."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def box_iou(pred: Tensor, target: Tensor) -> Tensor:
+    """Element-wise IoU (N,) of xywh boxes (N, 4). Negative widths or heights count as empty; two
+    empty boxes have IoU 0 (there is no area to agree on), never NaN."""
+    pred, target = pred.double(), target.double()
+    p_wh, t_wh = pred[:, 2:].clamp(min=0), target[:, 2:].clamp(min=0)
+    top_left = torch.maximum(pred[:, :2], target[:, :2])
+    bottom_right = torch.minimum(pred[:, :2] + p_wh, target[:, :2] + t_wh)
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=1)
+    union = p_wh.prod(dim=1) + t_wh.prod(dim=1) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
+
+
+def grounding_accuracy(pred: Tensor, target: Tensor, threshold: float = 0.5) -> float:
+    """Percent of predictions with IoU >= ``threshold``."""
+    if pred.shape != target.shape or pred.ndim != 2 or pred.shape[1] != 4:
+        raise ValueError(f"boxes must both be (N, 4) xywh, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    if len(pred) == 0:
+        raise ValueError("no boxes to score")
+    return 100.0 * (box_iou(pred, target) >= threshold).double().mean().item()
