@@ -9,6 +9,7 @@
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/finetune.smk"
 
 
 rule all:
@@ -18,3 +19,4 @@ rule all:
         rules.filter_annotations.output.report,
         rules.patch_labels.output.summary,
         f"results/{PROFILE}/pretrain/{DEFAULT_RUN}.json",
+        f"results/{PROFILE}/finetune/{DEFAULT_RUN}/retrieval.json",

@@ -29,3 +29,19 @@ def fixture_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = load_params("fixture", params_dir=PARAMS_DIR)
     generate_world(params.synth, root, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def fixture_pretraining_run(fixture_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short fixture-profile pretraining run (3 steps after the encoder init) to fine-tune from.
+    Read-only for the tests."""
+    from copa.cli import main
+    from copa.data.filtering import run_filter
+
+    folder = tmp_path_factory.mktemp("pretraining")
+    params = load_params("fixture", params_dir=PARAMS_DIR)
+    run_filter(fixture_world, params.filter, folder / "annotations", progress=False)
+    args = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR), "--set", "pretrain.steps_per_epoch=3", "pretrain",
+            "--root", str(fixture_world), "--annotations", str(folder / "annotations"), "--out", str(folder / "run")]
+    assert main(args) == 0
+    return folder / "run"

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from copa.config import ParamsError, available_profiles, load_params, parse_override
+from copa.config import ParamsError, available_profiles, load_params, params_from_dict, parse_override
 
 PARAMS_DIR = Path(__file__).parents[1] / "params"
 
@@ -107,3 +107,17 @@ def test_to_dict_gives_values_without_provenance():
     params = load_params("fixture", params_dir=PARAMS_DIR)
     as_dict = params.to_dict()
     assert "provenance" not in as_dict and as_dict["synth"]["images"]["vg"] == params.synth.images.vg
+
+
+def test_params_of_an_older_checkpoint_get_new_keys_from_the_profile():
+    current = load_params("fixture", ["seed=5"], PARAMS_DIR)
+    written = current.to_dict()
+    del written["finetune"]  # a section added after the checkpoint was written
+    del written["model"]["vocab_file"]  # ... and an option
+    restored = params_from_dict(written, "run/checkpoints/last.pt", PARAMS_DIR)
+    assert restored == current  # the checkpoint's own values (seed 5) kept, the rest from the files
+    assert restored.provenance["seed"] == "run/checkpoints/last.pt"
+    assert restored.provenance["finetune.retrieval.epochs"] == str(PARAMS_DIR / "profiles" / "fixture.yaml")
+    written["model"]["retired_option"] = 1
+    with pytest.raises(ParamsError, match="retired_option"):
+        params_from_dict(written, "run/checkpoints/last.pt", PARAMS_DIR)

@@ -461,3 +461,13 @@ def test_contrastive_loss_is_symmetric_infonce() -> None:
     assert image.grad.abs().sum() > 0 and text.grad.abs().sum() > 0  # both sides learn (CLIP)
     swapped = obj.contrastive_loss(text.detach(), image.detach())
     assert swapped.item() == pytest.approx(obj.contrastive_loss(image.detach(), text.detach()).item())
+
+
+def test_contrastive_loss_leaves_same_image_captions_out_of_the_negatives() -> None:
+    same = torch.ones(4, 8)
+    ids = torch.tensor([0, 0, 1, 2])  # two captions of image 0
+    # rows 0 and 1 each lose one negative: their terms are ln 3, the others ln 4
+    expected = (2 * math.log(3) + 2 * math.log(4)) / 4
+    assert obj.contrastive_loss(same, same, 1.0, ids=ids).item() == pytest.approx(expected, abs=1e-5)
+    image, text = torch.randn(4, 8), torch.randn(4, 8)
+    assert obj.contrastive_loss(image, text, ids=torch.arange(4)).item() == pytest.approx(obj.contrastive_loss(image, text).item())

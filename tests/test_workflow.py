@@ -102,6 +102,9 @@ def test_fixture_dag_end_to_end(workdir):
     probes = json.loads((workdir / "results" / "fixture" / "pretrain" / f"{run}.json").read_text())
     assert probes["run"] == run and probes["checkpoints"][-1]["step"] == metrics["step"]
     assert (workdir / "figures" / "fixture" / "pretrain" / f"{run}.png").is_file()
+    # ...fine-tuned for retrieval and evaluated
+    retrieval = json.loads((workdir / "results" / "fixture" / "finetune" / run / "retrieval.json").read_text())
+    assert retrieval["task"] == "retrieval" and 0 <= retrieval["tr_r1"] <= 100
 
     again = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
@@ -110,21 +113,26 @@ def test_fixture_dag_end_to_end(workdir):
     # names another pretraining run...
     seeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["seed=5"]')
     assert seeded.returncode == 0, seeded.stdout
-    assert _scheduled(seeded.stdout) == {"patch_labels", "pretrain", "pretrain_eval", "all"}
+    assert _scheduled(seeded.stdout) == {"patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate", "all"}
     assert "runs/fixture/pretrain/tpd-loc2-keep0.5-seed5/metrics.json" in seeded.stdout
     # ...a training knob reruns the run and its probes only...
     lr = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["pretrain.lr_text=2.0e-4"]')
     assert lr.returncode == 0, lr.stdout
-    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "all"}
+    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", "all"}
+    # ...a fine-tuning knob, the fine-tune and its evaluation only...
+    ft = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["finetune.retrieval.k_test=2"]')
+    assert ft.returncode == 0, ft.stdout
+    assert _scheduled(ft.stdout) == {"finetune", "evaluate", "all"}
     # ...a filtering threshold reruns filtering and what reads its output, not the world...
     threshold = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["filter.near_duplicate.threshold=0.9"]')
     assert threshold.returncode == 0, threshold.stdout
-    assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "all"}
+    assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate", "all"}
     # ...a synth parameter regenerates the world and everything after it.
     reseeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["synth.seed=1"]')
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
-    assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "all"}
+    assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "pretrain", "pretrain_eval",
+                                           "finetune", "evaluate", "all"}
 
 
 def _scheduled(dry_run_output: str) -> set[str]:

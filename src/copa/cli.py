@@ -109,6 +109,40 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+FINETUNE_TASKS = ("retrieval",)  # VQA, captioning and grounding follow (issue 5)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from copa.tasks.retrieval import run_retrieval_finetuning
+
+    params = _params(args)
+    metrics = run_retrieval_finetuning(params, Path(args.pretrained), Path(args.root or params.data.root), Path(args.out), resume=not args.restart)
+    print(f"{args.task} fine-tuning done: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from copa.tasks.retrieval import evaluate_retrieval, evaluation_set
+    from copa.train.finetune import load_finetuned
+
+    run = Path(args.run)
+    model, params, tokenizer, state = load_finetuned(run)
+    data = evaluation_set(Path(args.root or params.data.root), params, args.split)
+    settings = params.finetune.retrieval
+    result = evaluate_retrieval(model, tokenizer, data, settings.k_test, params.patch_labels.image_size, params.model.max_text_length,
+                                args.batch_size, progress=not args.quiet)
+    out = Path(args.json or f"results/{params.profile}/finetune/{run.parent.name}/{args.task}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"task": args.task, "run": str(run), "profile": params.profile, **state,
+              "split": f"{settings.dataset} Karpathy {args.split}", **result}
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"{args.task} ({settings.dataset} {args.split}): TR@1 {result['tr_r1']:.1f} IR@1 {result['ir_r1']:.1f} "
+          f"mean R {result['r_mean']:.1f} (coarse stage alone: mean R {result['coarse']['r_mean']:.1f}) -> {out}")
+    return 0
+
+
 def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -208,6 +242,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pretrain_eval)
+
+    p = sub.add_parser("finetune", help="fine-tune a pretraining run on a downstream task; resumes from the run's last checkpoint")
+    p.add_argument("--task", required=True, choices=FINETUNE_TASKS)
+    p.add_argument("--pretrained", required=True, help="the pretraining run folder (copa pretrain --out); its last checkpoint is the start")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, DVCLive, the copied vocabulary, pretrained.json")
+    p.add_argument("--root", help="data root (default: the profile's data.root)")
+    p.add_argument("--restart", action="store_true", help="refuse to resume (fails if the run folder has checkpoints)")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="evaluate a fine-tuned run on its task's test split")
+    p.add_argument("--task", required=True, choices=FINETUNE_TASKS)
+    p.add_argument("--run", required=True, help="the fine-tuning run folder (copa finetune --out)")
+    p.add_argument("--root", help="data root (default: the one the run was trained on)")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="(default: %(default)s)")
+    p.add_argument("--json", help="result JSON (default: results/<profile>/finetune/<pretraining run>/<task>.json)")
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("validate-data", help="run every reader over a data root and print a summary")
     p.add_argument("root", nargs="?", help="data root (default: the profile's data.root)")

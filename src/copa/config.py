@@ -229,6 +229,29 @@ class PretrainParams:
 
 
 @dataclass(frozen=True)
+class RetrievalFinetuneParams:
+    """Image-text retrieval fine-tuning (COPA Table 11: lr 1e-5 ViT / 2e-6 BERT, batch 256, 5
+    epochs, AdamW wd 0.05, cosine) and its two-stage inference (Appendix E)."""
+
+    dataset: Literal["coco", "flickr30k"]
+    epochs: int
+    steps_per_epoch: int | None  # None: one pass over the Karpathy train images' captions
+    batch_size: int
+    lr_vision: float
+    lr_text: float
+    min_lr: float
+    warmup_steps: int
+    weight_decay: float
+    checkpoint_every: int
+    k_test: int  # candidates re-ranked by ITM per query (COPA: 256 COCO, 128 Flickr30K)
+
+
+@dataclass(frozen=True)
+class FinetuneParams:
+    retrieval: RetrievalFinetuneParams
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str
     seed: int
@@ -238,6 +261,7 @@ class Params:
     patch_labels: PatchLabelParams
     model: ModelParams
     pretrain: PretrainParams
+    finetune: FinetuneParams
     # Where each leaf value came from ("params/base.yaml", "--set", ...), for messages.
     provenance: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -263,7 +287,14 @@ def load_params(
     ``profile=None`` takes the ``profile`` named in base.yaml.
     ``overrides`` are ``"dotted.key=value"`` strings; values are parsed as YAML.
     """
-    params_dir = Path(params_dir)
+    merged, provenance = _profile_values(profile, Path(params_dir))
+    for override in overrides:
+        _merge(merged, parse_override(override), OVERRIDE_SOURCE, provenance)
+    return _validated(merged, provenance)
+
+
+def _profile_values(profile: str | None, params_dir: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """base.yaml merged with the profile's file, and where each leaf came from."""
     merged: dict[str, Any] = {}
     provenance: dict[str, str] = {}
     base_path = params_dir / BASE_FILE
@@ -280,20 +311,22 @@ def load_params(
     _merge(merged, _read_yaml(profile_path), str(profile_path), provenance)
     merged["profile"] = profile
     provenance["profile"] = str(profile_path)
-    for override in overrides:
-        _merge(merged, parse_override(override), OVERRIDE_SOURCE, provenance)
-    return _validated(merged, provenance)
+    return merged, provenance
 
 
 def _validated(merged: dict[str, Any], provenance: dict[str, str]) -> Params:
     return Params(**_build(Params, merged, "", provenance, exclude=("provenance",)), provenance=provenance)
 
 
-def params_from_dict(data: Mapping[str, Any], source: str) -> Params:
+def params_from_dict(data: Mapping[str, Any], source: str, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> Params:
     """Validated :class:`Params` from a plain dict such as :meth:`Params.to_dict` wrote (the copy in
-    a checkpoint); errors name ``source``."""
-    merged: dict[str, Any] = {}
-    provenance: dict[str, str] = {}
+    a checkpoint); errors name ``source``. Keys the dict lacks, options added to params/ after it was
+    written, come from its profile's current files (their provenance says so); a key params/ no
+    longer has is an error."""
+    profile = data.get("profile")
+    if not isinstance(profile, str):
+        raise ParamsError(f"{source}: no 'profile' key naming the parameters' profile")
+    merged, provenance = _profile_values(profile, Path(params_dir))
     _merge(merged, data, source, provenance)
     return _validated(merged, provenance)
 

@@ -19,7 +19,8 @@ rule pretrain:
     input:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         annotations=rules.filter_annotations.output.annotations,
-        code=source_files("models/*.py", "train/*.py", "data/pretrain_data.py", "data/tokenizer.py", "data/transforms.py", "data/patch_labels.py"),
+        code=source_files("models/*.py", *(f"train/{name}.py" for name in ("build", "distributed", "encoder_init", "engine", "pretrain", "schedule")),
+                          "data/pretrain_data.py", "data/tokenizer.py", "data/transforms.py", "data/patch_labels.py"),
         pretrained=pretrained_files(),
     output:
         f"runs/{PROFILE}/pretrain/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}/metrics.json",
@@ -50,7 +51,7 @@ rule pretrain_eval:
     input:
         metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("eval/*.py", "data/heldout.py", "report/pretrain_figure.py"),
+        code=source_files("eval/pretraining.py", "eval/patch_ranking.py", "eval/retrieval.py", "data/heldout.py", "report/pretrain_figure.py"),
     output:
         json=f"results/{PROFILE}/pretrain/{{run}}.json",
         figure=multiext(f"figures/{PROFILE}/pretrain/{{run}}", ".png", ".pdf"),

@@ -22,6 +22,7 @@ from copa.data.layout import COCO_ANNOTATED_SPLITS, DataLayout
 from copa.data.pretrain_data import ObjectElem, ObjectImage
 
 HELDOUT_SPLITS = ("val", "test")
+TRAIN_SPLITS = ("train", "restval")  # Karpathy's training images (restval: COCO val2014 images beyond val/test)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class RetrievalSet:
 def _karpathy_images(layout: DataLayout, dataset: str, split: str) -> list[karpathy.KarpathyImage]:
     if split not in HELDOUT_SPLITS:
         raise ValueError(f"held-out split must be one of {', '.join(HELDOUT_SPLITS)}, got {split!r}")
+    return karpathy_images(layout, dataset, (split,))
+
+
+def karpathy_images(layout: DataLayout, dataset: str, splits: tuple[str, ...]) -> list[karpathy.KarpathyImage]:
+    """The images of the Karpathy ``splits`` of COCO or Flickr30K, in file order."""
     if dataset == "coco":
         path, image_dir = layout.karpathy_coco, layout.coco
     elif dataset == "flickr30k":
@@ -41,9 +47,9 @@ def _karpathy_images(layout: DataLayout, dataset: str, split: str) -> list[karpa
     else:
         raise ValueError(f"unknown Karpathy dataset {dataset!r}: coco or flickr30k")
     _, images = karpathy.read_karpathy(path, image_dir, check_files=False)
-    chosen = [im for im in images if im.split == split]
+    chosen = [im for im in images if im.split in splits]
     if not chosen:
-        raise ValueError(f"{path}: no image in the Karpathy {split!r} split")
+        raise ValueError(f"{path}: no image in the Karpathy {' / '.join(splits)} split")
     return chosen
 
 

@@ -249,12 +249,17 @@ def itc_loss(
     return ItcOutput((loss_i2t + loss_t2i) / 2, sim_i2t, sim_t2i)
 
 
-def contrastive_loss(image_feat: Tensor, text_feat: Tensor, temperature: float | Tensor = 0.07) -> Tensor:
+def contrastive_loss(image_feat: Tensor, text_feat: Tensor, temperature: float | Tensor = 0.07, ids: Tensor | None = None) -> Tensor:
     """Symmetric in-batch InfoNCE (CLIP): row i of ``image_feat`` and ``text_feat`` (B, D) is a
-    pair, every other row a negative; gradients reach both sides. L2-normalised here, float32."""
+    pair, every other row a negative; gradients reach both sides. L2-normalised here, float32.
+    ``ids`` (B,): rows sharing an id (captions of one image) are left out of each other's
+    negatives rather than pushed apart."""
     image_feat = F.normalize(image_feat.float(), dim=-1)
     text_feat = F.normalize(text_feat.float(), dim=-1)
     logits = image_feat @ text_feat.T / temperature  # (B, B)
+    if ids is not None:
+        same = (ids[:, None] == ids[None, :]) & ~torch.eye(len(ids), dtype=torch.bool, device=ids.device)
+        logits = logits.masked_fill(same, float("-inf"))
     target = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 

@@ -1,0 +1,1 @@
+"""Downstream tasks: fine-tuning modules, their engine tasks and their evaluation."""
