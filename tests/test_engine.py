@@ -134,3 +134,12 @@ def test_config_errors_name_the_field(kw: dict) -> None:
     field = next(iter(kw))
     with pytest.raises(ValueError, match=f"EngineConfig.{field}"):
         EngineConfig(**{"epochs": 1, **kw})
+
+
+def test_epoch_length() -> None:
+    from copa.train.engine import epoch_length
+
+    assert epoch_length(None, 100, 32, "x.steps_per_epoch") == 3  # one pass, the last partial batch dropped
+    assert epoch_length(2, 100, 32, "x.steps_per_epoch") == 2
+    with pytest.raises(ValueError, match=r"x.steps_per_epoch = 4: must be in \[1, 3\] \(100 examples // batch_size 32\)"):
+        epoch_length(4, 100, 32, "x.steps_per_epoch")

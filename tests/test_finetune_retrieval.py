@@ -39,7 +39,7 @@ def test_finetune_then_evaluate_from_the_cli(fixture_world, fixture_pretraining_
     out = tmp_path / "retrieval.json"
     assert main(base + ["evaluate", "--task", "retrieval", "--run", str(run), "--root", str(fixture_world), "--json", str(out), "--quiet"]) == 0
     result = json.loads(out.read_text())
-    assert result["k_test"] == params.finetune.retrieval.k_test
+    assert result["k_test"] == params.evaluate.retrieval.k_test
     for key in ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10"):
         assert 0.0 <= result[key] <= 100.0 and 0.0 <= result["coarse"][key] <= 100.0 and 0.0 < result["chance"][key] <= 100.0
     assert "TR@1" in capsys.readouterr().out
@@ -69,5 +69,7 @@ def test_same_image_captions_are_not_itm_negatives(fixture_pretraining_run, tmp_
     size = params.patch_labels.image_size
     batch = {"images": torch.randn(3, 3, size, size), "input_ids": torch.tensor([[2, 10, 3]] * 3), "attention_mask": torch.ones(3, 3, dtype=torch.long),
              "image_ids": torch.tensor([7, 7, 7]), "seed": 0}
-    out = module(batch)  # every sample shares one image: no negative exists, ITM sees positives only
-    assert torch.isfinite(out["loss"])
+    out = module(batch)  # every sample shares one image: no negative exists, ITM sees the 3 positives only
+    assert torch.isfinite(out["loss"]) and out["itm_examples"].item() == 3
+    batch["image_ids"] = torch.tensor([7, 8, 9])
+    assert module(batch)["itm_examples"].item() == 9  # 3 positives + a negative per image and per text

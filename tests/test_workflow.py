@@ -119,10 +119,13 @@ def test_fixture_dag_end_to_end(workdir):
     lr = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["pretrain.lr_text=2.0e-4"]')
     assert lr.returncode == 0, lr.stdout
     assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", "all"}
-    # ...a fine-tuning knob, the fine-tune and its evaluation only...
-    ft = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["finetune.retrieval.k_test=2"]')
+    # ...a fine-tuning knob, the fine-tune and its evaluation only; an inference setting, the evaluation only...
+    ft = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["finetune.retrieval.lr_text=2.0e-4"]')
     assert ft.returncode == 0, ft.stdout
     assert _scheduled(ft.stdout) == {"finetune", "evaluate", "all"}
+    k = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["evaluate.retrieval.k_test=2"]')
+    assert k.returncode == 0, k.stdout
+    assert _scheduled(k.stdout) == {"evaluate", "all"}
     # ...a filtering threshold reruns filtering and what reads its output, not the world...
     threshold = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["filter.near_duplicate.threshold=0.9"]')
     assert threshold.returncode == 0, threshold.stdout

@@ -128,10 +128,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from copa.train.finetune import load_finetuned
 
     run = Path(args.run)
-    model, params, tokenizer, state = load_finetuned(run)
+    model, params, tokenizer, state = load_finetuned(run)  # the run's model, data and fine-tuning settings
+    # inference settings: the current params of the run's profile (or of --profile)
+    k_test = load_params(args.profile or params.profile, args.set, args.params_dir).evaluate.retrieval.k_test
     data = evaluation_set(Path(args.root or params.data.root), params, args.split)
     settings = params.finetune.retrieval
-    result = evaluate_retrieval(model, tokenizer, data, settings.k_test, params.patch_labels.image_size, params.model.max_text_length,
+    result = evaluate_retrieval(model, tokenizer, data, k_test, params.patch_labels.image_size, params.model.max_text_length,
                                 args.batch_size, progress=not args.quiet)
     out = Path(args.json or f"results/{params.profile}/finetune/{run.parent.name}/{args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -243,12 +243,24 @@ class RetrievalFinetuneParams:
     warmup_steps: int
     weight_decay: float
     checkpoint_every: int
-    k_test: int  # candidates re-ranked by ITM per query (COPA: 256 COCO, 128 Flickr30K)
 
 
 @dataclass(frozen=True)
 class FinetuneParams:
     retrieval: RetrievalFinetuneParams
+
+
+@dataclass(frozen=True)
+class RetrievalEvalParams:
+    k_test: int  # candidates re-ranked by ITM per query (COPA Appendix E: 256 COCO, 128 Flickr30K)
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Inference settings, apart from fine-tuning's so that changing them re-evaluates a run
+    without fine-tuning it again."""
+
+    retrieval: RetrievalEvalParams
 
 
 @dataclass(frozen=True)
@@ -262,6 +274,7 @@ class Params:
     model: ModelParams
     pretrain: PretrainParams
     finetune: FinetuneParams
+    evaluate: EvaluateParams
     # Where each leaf value came from ("params/base.yaml", "--set", ...), for messages.
     provenance: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

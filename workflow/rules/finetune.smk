@@ -41,7 +41,8 @@ rule evaluate:
     output:
         f"results/{PROFILE}/finetune/{{run}}/{{task}}.json",
     params:
-        copa=copa_cli(),
+        evaluate=section_json("evaluate"),  # rerun trigger: the inference settings
+        copa=copa_cli("evaluate"),
         run_dir=lambda w, input: os.path.dirname(input.metrics),
     log:
         f"logs/{PROFILE}/evaluate/{{run}}/{{task}}.log",

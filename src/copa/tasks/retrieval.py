@@ -28,7 +28,7 @@ from copa.data.pretrain_data import Pair, PairDataset
 from copa.eval.retrieval import RECALL_KS, chance_recall, retrieval_recall, two_stage_scores
 from copa.models.copa import CopaModel
 from copa.models.objectives import contrastive_loss, itm_loss, itm_pairs, sample_hard_negatives
-from copa.train.engine import EngineConfig, train
+from copa.train.engine import EngineConfig, epoch_length, train
 from copa.train.finetune import start_from_pretraining
 from copa.train.schedule import param_groups, warmup_cosine_lambda
 
@@ -55,7 +55,8 @@ class RetrievalFinetuning(nn.Module):
         itm_image = m.encode_image(images[image_idx], text[text_idx, 0], use_detector=True)["tokens"]
         _, fused = m.fuse(itm_image, text[text_idx], mask[text_idx])
         itm = itm_loss(m.itm_logits(fused), labels)
-        return {"loss": itc + itm, "itc": itc.detach(), "itm": itm.detach(), "temperature": temperature.detach()}
+        return {"loss": itc + itm, "itc": itc.detach(), "itm": itm.detach(), "temperature": temperature.detach(),
+                "itm_examples": torch.tensor(float(len(labels)))}
 
 
 def training_pairs(layout: DataLayout, dataset: str) -> tuple[list[Pair], list[int]]:
@@ -85,13 +86,7 @@ class RetrievalTask:
 
     def steps_per_epoch(self, world_size: int) -> int:
         s = self.settings
-        full = len(self.pairs) // s.batch_size
-        if s.steps_per_epoch is None:
-            return full
-        if not 1 <= s.steps_per_epoch <= full:
-            raise ValueError(f"finetune.retrieval.steps_per_epoch = {s.steps_per_epoch}: must be in [1, {full}] "
-                             f"({len(self.pairs)} captions // batch_size {s.batch_size}), or null for one pass")
-        return s.steps_per_epoch
+        return epoch_length(s.steps_per_epoch, len(self.pairs), s.batch_size, "finetune.retrieval.steps_per_epoch")
 
     def batches(self, epoch: int, rank: int, world_size: int, start: int) -> Iterator[dict]:
         s = self.settings
@@ -143,7 +138,8 @@ def evaluate_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, k: int, 
     trivial baseline)."""
     images, image_feats, states, masks, text_feats = encode_retrieval_set(model, tokenizer, data, image_size, max_length, batch_size, progress)
     coarse = image_feats @ text_feats.t()
-    bar = tqdm(desc="ITM re-ranking", total=k * (len(images) + len(states)), disable=not progress)
+    pairs = min(k, len(states)) * len(images) + min(k, len(images)) * len(states)
+    bar = tqdm(desc="ITM re-ranking", total=pairs, disable=not progress)
 
     def itm_scores(image_idx: Tensor, text_idx: Tensor) -> Tensor:
         out = []

@@ -92,6 +92,18 @@ class Task(Protocol):
         ...
 
 
+def epoch_length(requested: int | None, examples: int, batch_size: int, key: str) -> int:
+    """Steps per epoch: ``requested`` (a params value named ``key``; each epoch then draws a fresh
+    seeded sample), or one pass over ``examples`` in batches when it is None."""
+    full = examples // batch_size
+    if requested is None:
+        return full
+    if not 1 <= requested <= full:
+        raise ValueError(f"{key} = {requested}: must be in [1, {full}] ({examples} examples // batch_size {batch_size}), "
+                         "or null for one pass")
+    return requested
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How to train. ``lr_lambda`` is LambdaLR's factor of each group's base lr at a step

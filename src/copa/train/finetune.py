@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from copa.config import Params, params_from_dict
+from copa.data.tokenizer import load_tokenizer
 from copa.models.copa import CopaModel
 from copa.train.build import copa_spec
 from copa.train.pretrain import VOCAB_DIR, load_pretraining_checkpoint, run_checkpoints
-from copa.data.tokenizer import load_tokenizer
 
 PRETRAINED_FILE = "pretrained.json"
 

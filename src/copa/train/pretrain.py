@@ -24,7 +24,7 @@ from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.models.pretraining import CopaPretraining
 from copa.train.build import build_pretraining
 from copa.train.encoder_init import initialise_encoders
-from copa.train.engine import RESOLVED_FILE, EngineConfig, seed_everything, train
+from copa.train.engine import RESOLVED_FILE, EngineConfig, epoch_length, seed_everything, train
 from copa.train.schedule import param_groups, warmup_cosine_lambda
 
 VOCAB_DIR = "vocab"
@@ -61,13 +61,7 @@ class PretrainTask:
 
     def steps_per_epoch(self, world_size: int) -> int:
         p = self.params.pretrain
-        full = len(self.pairs) // p.batch_size  # one pass; each epoch draws a fresh permutation
-        if p.steps_per_epoch is None:
-            return full
-        if not 1 <= p.steps_per_epoch <= full:
-            raise ValueError(f"pretrain.steps_per_epoch = {p.steps_per_epoch}: must be in [1, {full}] "
-                             f"({len(self.pairs)} pairs // batch_size {p.batch_size}), or null for one pass")
-        return p.steps_per_epoch
+        return epoch_length(p.steps_per_epoch, len(self.pairs), p.batch_size, "pretrain.steps_per_epoch")
 
     def batches(self, epoch: int, rank: int, world_size: int, start: int) -> Iterator[dict]:
         p = self.params.pretrain
