@@ -51,7 +51,8 @@ rule pretrain_eval:
     input:
         metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("eval/pretraining.py", "eval/patch_ranking.py", "eval/retrieval.py", "data/heldout.py", "report/pretrain_figure.py"),
+        code=source_files("eval/pretraining.py", "eval/patch_ranking.py", "eval/retrieval.py", "tasks/retrieval.py", "data/heldout.py",
+                          "report/pretrain_figure.py"),
     output:
         json=f"results/{PROFILE}/pretrain/{{run}}.json",
         figure=multiext(f"figures/{PROFILE}/pretrain/{{run}}", ".png", ".pdf"),

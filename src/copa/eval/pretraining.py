@@ -28,11 +28,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from copa.data.heldout import HeldoutObjects, RetrievalSet
-from copa.data.pretrain_data import ObjectDataset, Pair, PairDataset
+from copa.data.pretrain_data import ObjectDataset
 from copa.eval.patch_ranking import annotation_references, average_precision
-from copa.eval.retrieval import RECALL_KS, chance_recall, retrieval_recall
+from copa.eval.retrieval import chance_recalls, retrieval_recall
 from copa.models.copa import CopaModel
 from copa.models.objectives import PatchCounts, detected_patches, kept_mask, mask_confusion, metrics_from_counts
+from copa.tasks.retrieval import encode_retrieval_set
 from copa.train.pretrain import load_pretraining_checkpoint
 
 
@@ -43,22 +44,11 @@ def _batches(dataset, batch_size: int) -> Iterable[dict]:
 @torch.no_grad()
 def itc_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, image_size: int, max_length: int, batch_size: int = 64,
                   progress: bool = True) -> dict:
-    """R@K (percent) of text-free image features against text features, with chance levels."""
-    images_only = [Pair(path, "", "karpathy") for path in data.images]  # text-free: no text needed
-    one_per_image = PairDataset(images_only, tokenizer, image_size, max_length, seed=0, train=False)
-    image_feats = [
-        model.image_feature(model.encode_image(batch["image"], None, use_detector=False)["tokens"])
-        for batch in tqdm(_batches(one_per_image, batch_size), desc="images", disable=not progress)
-    ]
-    text_feats = []
-    for start in range(0, len(data.texts), batch_size):
-        enc = tokenizer(list(data.texts[start:start + batch_size]), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        text_feats.append(model.text_feature(model.encode_text(enc["input_ids"], enc["attention_mask"])))
-    sim = torch.cat(image_feats) @ torch.cat(text_feats).t()  # (n_images, n_texts)
-    per_image = len(data.texts) / len(data.images)
-    chance = {key: value for k in RECALL_KS for key, value in chance_recall(len(data.images), per_image, k).items()}
+    """R@K (percent) of text-free image features against text features, with chance levels
+    (the coarse stage of the retrieval task's evaluation, without its ITM re-ranking)."""
+    _, image_feats, _, _, text_feats = encode_retrieval_set(model, tokenizer, data, image_size, max_length, batch_size, progress)
     return {"images": len(data.images), "texts": len(data.texts), "image_features": "text_free",
-            **retrieval_recall(sim, data.text_image), "chance": chance}
+            **retrieval_recall(image_feats @ text_feats.t(), data.text_image), "chance": chance_recalls(len(data.images), len(data.texts))}
 
 
 def _metrics(counts: PatchCounts) -> dict[str, float]:

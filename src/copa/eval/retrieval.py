@@ -54,6 +54,11 @@ def chance_recall(n_images: int, texts_per_image: float, k: int) -> dict[str, fl
     return {f"tr_r{k}": 100.0 * (1.0 - miss), f"ir_r{k}": 100.0 * min(k, n_images) / n_images}
 
 
+def chance_recalls(n_images: int, n_texts: int, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """:func:`chance_recall` for every K of ``ks``, as one dict (the trivial baseline of a result)."""
+    return {key: value for k in ks for key, value in chance_recall(n_images, n_texts / n_images, k).items()}
+
+
 @torch.no_grad()
 def two_stage_scores(coarse: Tensor, k: int, rerank: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
     """COPA Appendix E's inference: rank by ``coarse`` similarities (n_images, n_texts), then

@@ -25,7 +25,7 @@ from copa.config import Params
 from copa.data.heldout import TRAIN_SPLITS, RetrievalSet, karpathy_images, karpathy_retrieval_set
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import Pair, PairDataset
-from copa.eval.retrieval import RECALL_KS, chance_recall, retrieval_recall, two_stage_scores
+from copa.eval.retrieval import chance_recalls, retrieval_recall, two_stage_scores
 from copa.models.copa import CopaModel
 from copa.models.objectives import contrastive_loss, itm_loss, itm_pairs, sample_hard_negatives
 from copa.train.engine import EngineConfig, epoch_length, train
@@ -156,7 +156,7 @@ def evaluate_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, k: int, 
     return {"images": len(images), "texts": len(states), "k_test": k,
             **retrieval_recall(i2t, data.text_image, sim_t2i=t2i),
             "coarse": retrieval_recall(coarse, data.text_image),
-            "chance": {key: value for k_ in RECALL_KS for key, value in chance_recall(len(images), len(states) / len(images), k_).items()}}
+            "chance": chance_recalls(len(images), len(states))}
 
 
 def evaluation_set(data_root: Path, params: Params, split: str = "test") -> RetrievalSet:
