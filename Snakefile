@@ -10,6 +10,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/efficiency.smk"
 
 
 rule all:
@@ -19,4 +20,5 @@ rule all:
         rules.filter_annotations.output.report,
         rules.patch_labels.output.summary,
         f"results/{PROFILE}/pretrain/{DEFAULT_RUN}.json",
-        f"results/{PROFILE}/finetune/{DEFAULT_RUN}/retrieval.json",
+        expand(f"results/{PROFILE}/finetune/{DEFAULT_RUN}/{{task}}.json", task=TASKS),
+        f"results/{PROFILE}/efficiency/{DEFAULT_RUN}.json",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,34 @@ from copa.config import load_params
 from copa.data.synth.world import generate_world
 
 PARAMS_DIR = Path(__file__).parents[1] / "params"
+
+
+# ------------------------------------------------- helpers for engine runs (kill + resume tests)
+def run_script(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """``python *args`` in a subprocess with extra environment variables (e.g. COPA_KILL_AT_STEP)."""
+    return subprocess.run([sys.executable, *args], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=120)
+
+
+def final_state(out: Path) -> dict[str, torch.Tensor]:
+    """The model state of an engine run's last checkpoint."""
+    import torch
+
+    return torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def assert_states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def logged(out: Path, name: str = "train/loss") -> list[tuple[int, str]]:
+    """(step, value as written) rows of one DVCLive metric of an engine run."""
+    with open(out / "dvclive" / "plots" / "metrics" / f"{name}.tsv", newline="") as f:
+        return [(int(r["step"]), r[name.split("/")[-1]]) for r in csv.DictReader(f, delimiter="\t")]
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,30 +10,11 @@ import pytest
 import torch
 
 from copa.train.engine import EngineConfig, atomic_torch_save, train
+from conftest import assert_states_equal, final_state, logged, run_script
 from engine_toy import ToyTask, engine_config
 
 TOY = Path(__file__).with_name("engine_toy.py")
 PARAMS = {"toy": {"dropout": 0.1, "n": 40}}  # what engine_toy.main passes with its defaults
-
-
-def final_state(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
-
-
-def assert_states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-
-def logged(out: Path, name: str = "train/loss") -> list[tuple[int, str]]:
-    with open(out / "dvclive" / "plots" / "metrics" / f"{name}.tsv", newline="") as f:
-        return [(int(r["step"]), r[name.split("/")[-1]]) for r in csv.DictReader(f, delimiter="\t")]
-
-
-def run_script(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=120)
 
 
 @pytest.fixture(scope="module")

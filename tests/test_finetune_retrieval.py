@@ -10,18 +10,18 @@ import torch
 
 from copa.cli import main
 from copa.config import load_params
-from copa.data.heldout import karpathy_retrieval_set
+from copa.data.heldout import karpathy_retrieval_set, karpathy_training_pairs
 from copa.data.layout import DataLayout
 from copa.eval.retrieval import retrieval_recall
-from copa.tasks.retrieval import RetrievalFinetuning, encode_retrieval_set, evaluate_retrieval, training_pairs
-from copa.train.finetune import start_from_pretraining
+from copa.tasks.retrieval import RetrievalFinetuning, encode_retrieval_set, evaluate_retrieval
+from copa.train.finetune import start_from
 
 PARAMS_DIR = Path(__file__).parents[1] / "params"
 
 
 def test_training_pairs_are_the_karpathy_training_images(fixture_world) -> None:
     layout = DataLayout(fixture_world)
-    pairs, image_ids = training_pairs(layout, "coco")
+    pairs, image_ids = karpathy_training_pairs(layout, "coco")
     test_images = set(karpathy_retrieval_set(layout, "coco", "test").images) | set(karpathy_retrieval_set(layout, "coco", "val").images)
     assert pairs and not {p.image for p in pairs} & test_images
     assert len(image_ids) == len(pairs) and len(set(image_ids)) == len({p.image for p in pairs})
@@ -46,12 +46,12 @@ def test_finetune_then_evaluate_from_the_cli(fixture_world, fixture_pretraining_
 
 
 def test_two_stage_with_every_candidate_equals_full_itm_ranking(fixture_world, fixture_pretraining_run, tmp_path) -> None:
-    model, params, tokenizer = start_from_pretraining(fixture_pretraining_run, load_params("fixture", params_dir=PARAMS_DIR), tmp_path)
+    model, params, tokenizer = start_from(fixture_pretraining_run, load_params("fixture", params_dir=PARAMS_DIR), tmp_path, "retrieval")
     model.eval()
     data = karpathy_retrieval_set(DataLayout(fixture_world), "coco", "test")
     size, length = params.patch_labels.image_size, params.model.max_text_length
     everything = max(len(data.images), len(data.texts))
-    result = evaluate_retrieval(model, tokenizer, data, everything, size, length, progress=False)
+    result, _ = evaluate_retrieval(model, tokenizer, data, everything, size, length, progress=False)
     # brute force: ITM of every (image, text) pair, guided by that text
     images, _, states, masks, _ = encode_retrieval_set(model, tokenizer, data, size, length, progress=False)
     with torch.no_grad():
@@ -64,7 +64,7 @@ def test_two_stage_with_every_candidate_equals_full_itm_ranking(fixture_world, f
 
 
 def test_same_image_captions_are_not_itm_negatives(fixture_pretraining_run, tmp_path) -> None:
-    model, params, _ = start_from_pretraining(fixture_pretraining_run, load_params("fixture", params_dir=PARAMS_DIR), tmp_path)
+    model, params, _ = start_from(fixture_pretraining_run, load_params("fixture", params_dir=PARAMS_DIR), tmp_path, "retrieval")
     module = RetrievalFinetuning(model)
     size = params.patch_labels.image_size
     batch = {"images": torch.randn(3, 3, size, size), "input_ids": torch.tensor([[2, 10, 3]] * 3), "attention_mask": torch.ones(3, 3, dtype=torch.long),

@@ -48,6 +48,7 @@ def test_dry_run_schedules_the_data_rules(workdir, options):
     run = snakemake(workdir, *options, "-n")
     assert run.returncode == 0, run.stdout
     assert "rule synth:" in run.stdout and "rule validate_data:" in run.stdout
+    assert "rule efficiency:" in run.stdout  # the default run's cost is a target of rule all
     assert "output: results/demo/data_validation.json" in run.stdout  # demo: the profile params/base.yaml names
     assert not (workdir / "data").exists()
 
@@ -105,6 +106,12 @@ def test_fixture_dag_end_to_end(workdir):
     # ...fine-tuned for retrieval and evaluated
     retrieval = json.loads((workdir / "results" / "fixture" / "finetune" / run / "retrieval.json").read_text())
     assert retrieval["task"] == "retrieval" and 0 <= retrieval["tr_r1"] <= 100
+    for task in ("vqa", "captioning", "captioning_cider", "grounding"):  # every task, with its predictions
+        assert json.loads((workdir / "results" / "fixture" / "finetune" / run / f"{task}.json").read_text())["task"] == task
+        assert json.loads((workdir / "results" / "fixture" / "finetune" / run / f"{task}_predictions.json").read_text())
+    # ...and the cost of its model (FLOPs, throughput, latency, training memory)
+    cost = json.loads((workdir / "results" / "fixture" / "efficiency" / f"{run}.json").read_text())
+    assert cost["name"] == run and cost["flops"]["gmacs"]["total"] > 0 and cost["training_memory"]["saved_bytes"] > 0
 
     again = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
@@ -113,29 +120,37 @@ def test_fixture_dag_end_to_end(workdir):
     # names another pretraining run...
     seeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["seed=5"]')
     assert seeded.returncode == 0, seeded.stdout
-    assert _scheduled(seeded.stdout) == {"patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate", "all"}
+    assert _scheduled(seeded.stdout) == {"patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency", "all"}
     assert "runs/fixture/pretrain/tpd-loc2-keep0.5-seed5/metrics.json" in seeded.stdout
     # ...a training knob reruns the run and its probes only...
     lr = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["pretrain.lr_text=2.0e-4"]')
     assert lr.returncode == 0, lr.stdout
-    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", "all"}
+    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency", "all"}
     # ...a fine-tuning knob, the fine-tune and its evaluation only; an inference setting, the evaluation only...
     ft = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["finetune.retrieval.lr_text=2.0e-4"]')
     assert ft.returncode == 0, ft.stdout
     assert _scheduled(ft.stdout) == {"finetune", "evaluate", "all"}
+    assert re.findall(r"^    output: runs/fixture/finetune/\S+/(\w+)/metrics.json", ft.stdout, flags=re.MULTILINE) == ["retrieval"], ft.stdout
+    cider = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["finetune.captioning.lr_text=2.0e-4"]')
+    assert sorted(re.findall(r"^    output: runs/fixture/finetune/\S+/(\w+)/metrics.json", cider.stdout, flags=re.MULTILINE)) == \
+        ["captioning", "captioning_cider"], cider.stdout  # the CIDEr stage continues the captioning run
     k = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["evaluate.retrieval.k_test=2"]')
     assert k.returncode == 0, k.stdout
     assert _scheduled(k.stdout) == {"evaluate", "all"}
+    eff = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["efficiency.latency.iterations=5"]')
+    assert eff.returncode == 0, eff.stdout
+    assert _scheduled(eff.stdout) == {"efficiency", "all"}  # the measurement protocol: the measurement only
     # ...a filtering threshold reruns filtering and what reads its output, not the world...
     threshold = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["filter.near_duplicate.threshold=0.9"]')
     assert threshold.returncode == 0, threshold.stdout
-    assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate", "all"}
+    assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate",
+                                            "efficiency", "all"}
     # ...a synth parameter regenerates the world and everything after it.
     reseeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["synth.seed=1"]')
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
     assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "pretrain", "pretrain_eval",
-                                           "finetune", "evaluate", "all"}
+                                           "finetune", "evaluate", "efficiency", "all"}
 
 
 def _scheduled(dry_run_output: str) -> set[str]:

@@ -17,6 +17,7 @@ import yaml
 
 from copa.config import DEFAULT_PARAMS_DIR, Params, ParamsError, load_params
 from copa.data.formats.records import FormatError
+from copa.tasks.registry import TASKS
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -109,39 +110,36 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-FINETUNE_TASKS = ("retrieval",)  # VQA, captioning and grounding follow (issue 5)
-
-
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from copa.tasks.retrieval import run_retrieval_finetuning
+    from copa.tasks.registry import resolve
 
     params = _params(args)
-    metrics = run_retrieval_finetuning(params, Path(args.pretrained), Path(args.root or params.data.root), Path(args.out), resume=not args.restart)
+    run = resolve(TASKS[args.task].finetune)
+    metrics = run(params, Path(args.start), Path(args.root or params.data.root), Path(args.out), resume=not args.restart)
     print(f"{args.task} fine-tuning done: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from copa.tasks.retrieval import evaluate_retrieval, evaluation_set
+    from copa.tasks.registry import resolve
     from copa.train.finetune import load_finetuned
 
+    spec = TASKS[args.task]
     run = Path(args.run)
     model, params, tokenizer, state = load_finetuned(run)  # the run's model, data and fine-tuning settings
     # inference settings: the current params of the run's profile (or of --profile)
-    k_test = load_params(args.profile or params.profile, args.set, args.params_dir).evaluate.retrieval.k_test
-    data = evaluation_set(Path(args.root or params.data.root), params, args.split)
-    settings = params.finetune.retrieval
-    result = evaluate_retrieval(model, tokenizer, data, k_test, params.patch_labels.image_size, params.model.max_text_length,
-                                args.batch_size, progress=not args.quiet)
+    settings = getattr(load_params(args.profile or params.profile, args.set, args.params_dir).evaluate, spec.settings)
+    split = args.split or spec.default_split or getattr(settings, "split", None)
+    evaluate = resolve(spec.evaluate)
+    record, predictions, summary = evaluate(model, tokenizer, params, settings, Path(args.root or params.data.root), split,
+                                            args.batch_size, progress=not args.quiet)
     out = Path(args.json or f"results/{params.profile}/finetune/{run.parent.name}/{args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"task": args.task, "run": str(run), "profile": params.profile, **state,
-              "split": f"{settings.dataset} Karpathy {args.split}", **result}
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"{args.task} ({settings.dataset} {args.split}): TR@1 {result['tr_r1']:.1f} IR@1 {result['ir_r1']:.1f} "
-          f"mean R {result['r_mean']:.1f} (coarse stage alone: mean R {result['coarse']['r_mean']:.1f}) -> {out}")
+    out.write_text(json.dumps({"task": args.task, "run": str(run), "profile": params.profile, **state, **record}, indent=2) + "\n",
+                   encoding="utf-8")
+    answers = Path(args.predictions) if args.predictions else out.with_name(f"{out.stem}_predictions.json")
+    answers.write_text(json.dumps(predictions, indent=1) + "\n", encoding="utf-8")
+    print(f"{summary} -> {out}; predictions {answers}")
     return 0
 
 
@@ -175,6 +173,48 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
         summary += (f"; kept patches precision {detection['precision']:.3f} (base rate {last['patch_detection']['base_rate']:.3f}), "
                     f"recall {detection['recall']:.3f} (kept fraction {last['patch_detection']['keep_fraction']:.3f})")
     print(f"{summary} -> {out}; figure {figure}.png")
+    return 0
+
+
+def cmd_efficiency(args: argparse.Namespace) -> int:
+    import time
+
+    from copa.data.tokenizer import load_tokenizer
+    from copa.eval.efficiency import measure_efficiency, summary_line
+    from copa.train.distributed import resolve_device
+    from copa.train.pretrain import VOCAB_DIR, run_params
+
+    if args.run:  # the run's model and vocabulary size; the protocol from the current params of its profile
+        run = Path(args.run)
+        params = run_params(run)
+        vocab = run / VOCAB_DIR / "vocab.txt"
+        if not vocab.is_file():
+            raise FileNotFoundError(f"{vocab}: the run's vocabulary is missing")
+        vocab_size = len(load_tokenizer(vocab))
+        settings = load_params(args.profile or params.profile, args.set, args.params_dir).efficiency
+        metrics = run / "metrics.json"
+        step = json.loads(metrics.read_text(encoding="utf-8")).get("step") if metrics.is_file() else None
+        name, source = run.name, {"run": str(run), "trained_steps": step}
+        default = Path(f"results/{params.profile}/efficiency/{name}.json")
+    else:  # --from-params: the model of the current profile and overrides (e.g. selection none: the mPLUG baseline)
+        params = _params(args)
+        vocab_size, settings = params.model.vocab_size, params.efficiency
+        s = params.model.selection
+        name = f"{s.method}-loc{'-'.join(str(k) for k in s.location)}-keep{s.keep_ratio}-seed{params.seed}"
+        source = {"params": params.profile, "overrides": list(args.set)}
+        default = Path(f"results/{params.profile}/efficiency/from-params/{name}.json")
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        print(f"copa efficiency: error: {exc}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    record = measure_efficiency(params, vocab_size, settings, device)
+    record = {"name": name, "profile": params.profile, **source, **record, "wall_s": time.perf_counter() - start}
+    out = Path(args.json) if args.json else default
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"efficiency {name} ({device}): {summary_line(record)} -> {out}")
     return 0
 
 
@@ -246,22 +286,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain_eval)
 
     p = sub.add_parser("finetune", help="fine-tune a pretraining run on a downstream task; resumes from the run's last checkpoint")
-    p.add_argument("--task", required=True, choices=FINETUNE_TASKS)
-    p.add_argument("--pretrained", required=True, help="the pretraining run folder (copa pretrain --out); its last checkpoint is the start")
+    p.add_argument("--task", required=True, choices=sorted(TASKS))
+    p.add_argument("--pretrained", dest="start", required=True, metavar="RUN",
+                   help="the run to start from, its last checkpoint: a pretraining run (copa pretrain --out), or for "
+                        "captioning_cider the captioning run (copa finetune --out)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, DVCLive, the copied vocabulary, pretrained.json")
     p.add_argument("--root", help="data root (default: the profile's data.root)")
     p.add_argument("--restart", action="store_true", help="refuse to resume (fails if the run folder has checkpoints)")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate", help="evaluate a fine-tuned run on its task's test split")
-    p.add_argument("--task", required=True, choices=FINETUNE_TASKS)
+    p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--run", required=True, help="the fine-tuning run folder (copa finetune --out)")
     p.add_argument("--root", help="data root (default: the one the run was trained on)")
-    p.add_argument("--split", choices=("test", "val"), default="test", help="(default: %(default)s)")
+    p.add_argument("--split", help="retrieval, captioning: a Karpathy split (test); vqa: a VQA v2 split (val2014); grounding: "
+                                   "a RefCOCO+ split (default: evaluate.<task> of the params, grounding every split named there)")
     p.add_argument("--json", help="result JSON (default: results/<profile>/finetune/<pretraining run>/<task>.json)")
+    p.add_argument("--predictions", help="the answers / captions / boxes / rankings (default: beside --json as <name>_predictions.json; "
+                                         "VQA in the official result format, captions in COCO's)")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("efficiency", help="FLOPs, throughput, latency (COPA Table 4: 224 px, 40 tokens) and pretraining-step memory (Figure 3) of a run's model")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="a pretraining run folder (copa pretrain --out): its model and vocabulary size")
+    which.add_argument("--from-params", action="store_true", help="the model of --profile / --set instead (vocabulary: model.vocab_size)")
+    p.add_argument("--json", help="result JSON (default: results/<profile>/efficiency/<run>.json; from-params/<name>.json with --from-params)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s: CUDA when available)")
+    p.set_defaults(func=cmd_efficiency)
 
     p = sub.add_parser("validate-data", help="run every reader over a data root and print a summary")
     p.add_argument("root", nargs="?", help="data root (default: the profile's data.root)")

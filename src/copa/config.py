@@ -229,16 +229,14 @@ class PretrainParams:
 
 
 @dataclass(frozen=True)
-class RetrievalFinetuneParams:
-    """Image-text retrieval fine-tuning (COPA Table 11: lr 1e-5 ViT / 2e-6 BERT, batch 256, 5
-    epochs, AdamW wd 0.05, cosine) and its two-stage inference (Appendix E)."""
+class FinetuneSchedule:
+    """What every fine-tuning sets (COPA Table 11: AdamW, weight decay 0.05, warm-up + cosine)."""
 
-    dataset: Literal["coco", "flickr30k"]
     epochs: int
-    steps_per_epoch: int | None  # None: one pass over the Karpathy train images' captions
+    steps_per_epoch: int | None  # None: one pass over the task's training examples
     batch_size: int
-    lr_vision: float
-    lr_text: float
+    lr_vision: float  # the ViT and its patch selector
+    lr_text: float  # everything else (text encoder, fusion, decoder, heads)
     min_lr: float
     warmup_steps: int
     weight_decay: float
@@ -246,8 +244,53 @@ class RetrievalFinetuneParams:
 
 
 @dataclass(frozen=True)
+class RetrievalFinetuneParams(FinetuneSchedule):
+    """Image-text retrieval (Table 11: lr 1e-5 ViT / 2e-6 BERT, batch 256, 5 epochs); inference
+    settings in :class:`RetrievalEvalParams`."""
+
+    dataset: Literal["coco", "flickr30k"]  # Karpathy train + restval
+
+
+@dataclass(frozen=True)
+class VQAFinetuneParams(FinetuneSchedule):
+    """VQA answer generation (Table 11: lr 2e-5 / 5e-6, batch 1024, 8 epochs)."""
+
+    train_splits: tuple[Literal["train2014", "val2014"], ...]  # COPA: train2014 + val2014 (+ VG QA, not here)
+
+
+@dataclass(frozen=True)
+class CaptioningFinetuneParams(FinetuneSchedule):
+    """Captioning, first stage: cross-entropy (Table 11: lr 1e-5, batch 256, 5 epochs)."""
+
+    dataset: Literal["coco", "flickr30k"]  # Karpathy train + restval
+    label_smoothing: float
+
+
+@dataclass(frozen=True)
+class CiderFinetuneParams(FinetuneSchedule):
+    """Captioning, second stage: CIDEr-D optimisation by self-critical sequence training
+    (Rennie et al. 2017), from the cross-entropy run (Table 11: lr 8e-7, 5 more epochs)."""
+
+    samples: int  # captions sampled per image
+    baseline: Literal["greedy", "mean"]  # SCST's greedy caption, or the mean reward of the other samples
+    max_length: int  # tokens per sampled caption
+
+
+@dataclass(frozen=True)
+class GroundingFinetuneParams(FinetuneSchedule):
+    """RefCOCO+ grounding, the box as coordinate tokens of the decoder (Table 11: lr 2e-5 / 2e-6,
+    batch 512, 120 epochs)."""
+
+    coordinate_bins: int  # each of x1 y1 x2 y2 (relative to the image side) is one of this many tokens
+
+
+@dataclass(frozen=True)
 class FinetuneParams:
     retrieval: RetrievalFinetuneParams
+    vqa: VQAFinetuneParams
+    captioning: CaptioningFinetuneParams
+    captioning_cider: CiderFinetuneParams
+    grounding: GroundingFinetuneParams
 
 
 @dataclass(frozen=True)
@@ -256,11 +299,78 @@ class RetrievalEvalParams:
 
 
 @dataclass(frozen=True)
+class DecodingParams:
+    beam_size: int
+    max_length: int  # generated tokens, end token included
+    min_length: int
+    length_penalty: float  # beam scores: sum of log-probabilities / length ** length_penalty
+
+
+@dataclass(frozen=True)
+class VQAEvalParams(DecodingParams):
+    split: Literal["train2014", "val2014", "test2015"]  # needs annotations: val2014 on real data (test-dev is scored by a server)
+    inference: Literal["generate", "rank"]  # beam search, or ranking a candidate answer list (ALBEF)
+    answer_list_size: int  # rank: the most frequent training answers
+    rank_k: int  # rank: candidates kept by first-token probability, then scored whole (ALBEF: 128)
+
+
+@dataclass(frozen=True)
+class CaptioningEvalParams(DecodingParams):
+    split: Literal["val", "test"]  # Karpathy split
+    spice: bool  # run SPICE when its CoreNLP jars are present
+
+
+@dataclass(frozen=True)
+class GroundingEvalParams:
+    splits: tuple[Literal["train", "val", "testA", "testB"], ...]  # RefCOCO+ (UNC) splits
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     """Inference settings, apart from fine-tuning's so that changing them re-evaluates a run
     without fine-tuning it again."""
 
     retrieval: RetrievalEvalParams
+    vqa: VQAEvalParams
+    captioning: CaptioningEvalParams  # also the CIDEr-optimised run's
+    grounding: GroundingEvalParams
+
+
+@dataclass(frozen=True)
+class ThroughputParams:
+    max_batch: int  # the batch doubles from 1 up to this cap, or to the last one that fits on a GPU
+    warmup: int  # untimed forwards first
+    iterations: int  # timed forwards
+
+
+@dataclass(frozen=True)
+class LatencyParams:
+    warmup: int
+    iterations: int  # timed batch-1 forwards; the median is reported
+
+
+@dataclass(frozen=True)
+class TrainingMemoryParams:
+    """One pretraining step (forward + backward) on a synthetic batch (COPA Figure 3: batch 512,
+    256 px, 25 text tokens)."""
+
+    batch_size: int  # image-text pairs
+    object_batch_size: int  # object samples (PTA); the paper does not give Figure 3's
+    image_size: int
+    text_length: int
+
+
+@dataclass(frozen=True)
+class EfficiencyParams:
+    """Cost of a model in the paper's protocols: FLOPs, throughput and latency of one image-text
+    pair's VQA-style forward (COPA Table 4: 224 px, 40 text tokens) and the memory of a
+    pretraining step (Figure 3). Conventions in ``copa.eval.efficiency``."""
+
+    image_size: int
+    text_length: int
+    throughput: ThroughputParams
+    latency: LatencyParams
+    memory: TrainingMemoryParams
 
 
 @dataclass(frozen=True)
@@ -275,6 +385,7 @@ class Params:
     pretrain: PretrainParams
     finetune: FinetuneParams
     evaluate: EvaluateParams
+    efficiency: EfficiencyParams
     # Where each leaf value came from ("params/base.yaml", "--set", ...), for messages.
     provenance: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from copa.config import ParamsError, load_params
+from copa.tasks.registry import TASKS
 
 # `config` holds run control only (profile, overrides); experiment parameters live in params/.
 validate(config, "../schemas/config.schema.yaml")
@@ -28,14 +29,16 @@ os.environ.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.ge
 
 
 def copa_cli(*sections):
-    """`copa --profile P` plus the run's `--set` overrides of `sections` only.
+    """`copa --profile P` plus the run's `--set` overrides of `sections` only (top-level or dotted,
+    e.g. "finetune.vqa").
 
     Rules get this as a param, and params are a rerun trigger: an override of another section
     (say a training knob) must not rerun the rule.
     """
     args = ["copa", "--profile", PROFILE]
     for override in config["set"]:
-        if override.split("=", 1)[0].split(".", 1)[0] in sections:
+        key = override.split("=", 1)[0]
+        if any(key == s or key.startswith(f"{s}.") for s in sections):
             args += ["--set", override]
     return shlex.join(args)
 
@@ -76,3 +79,17 @@ def run_name(method, location, keep, seed):
 
 # the run of the profile's own parameters (COPA's default: TPD after the middle layer keeping 50%)
 DEFAULT_RUN = run_name(PARAMS.model.selection.method, PARAMS.model.selection.location, PARAMS.model.selection.keep_ratio, PARAMS.seed)
+
+
+def finetune_start(wildcards):
+    """The metrics.json of the run a fine-tune starts from: the pretraining run, or the task it continues."""
+    earlier = TASKS[wildcards.task].starts_from
+    if earlier:
+        return f"runs/{PROFILE}/finetune/{wildcards.run}/{earlier}/metrics.json"
+    return f"runs/{PROFILE}/pretrain/{wildcards.run}/metrics.json"
+
+
+def task_section_json(section, key=lambda task: task):
+    """params.<section>.<task's key> as canonical JSON: a rerun trigger of that task's jobs only."""
+    values = PARAMS.to_dict()[section]
+    return lambda wildcards: json.dumps(values[key(wildcards.task)], sort_keys=True)

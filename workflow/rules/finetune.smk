@@ -1,23 +1,26 @@
 # Downstream fine-tuning of a pretraining run, one run per (pretraining run, task), and its
-# evaluation on the task's test split. Later rules (the tables) ask for results by path, e.g.
-#   results/demo/finetune/tpd-loc3-keep0.5-seed0/retrieval.json
-# As for pretraining, only metrics.json is declared, so an interrupted fine-tune resumes.
+# evaluation on the task's test split(s). Later rules (the tables) ask for results by path, e.g.
+#   results/demo/finetune/tpd-loc3-keep0.5-seed0/vqa.json
+# Tasks: copa.tasks.registry (captioning_cider continues the captioning run of the same
+# pretraining run). As for pretraining, only metrics.json is declared, so an interrupted
+# fine-tune resumes.
 
 
 wildcard_constraints:
-    task="retrieval",
+    task="|".join(TASKS),
 
 
 rule finetune:
     input:
-        pretrained=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
+        pretrained=finetune_start,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("tasks/*.py", "train/*.py", "models/*.py", "data/pretrain_data.py", "data/heldout.py", "data/tokenizer.py"),
+        code=source_files("tasks/*.py", "train/*.py", "models/*.py", "eval/cider.py", "data/pretrain_data.py", "data/heldout.py",
+                          "data/downstream.py", "data/tokenizer.py"),
     output:
         f"runs/{PROFILE}/finetune/{{run}}/{{task}}/metrics.json",
     params:
-        finetune=section_json("finetune"),  # rerun trigger: the fine-tuning settings
-        copa=copa_cli("finetune"),
+        finetune=task_section_json("finetune"),  # rerun trigger: the task's fine-tuning settings
+        copa=lambda w: copa_cli(f"finetune.{w.task}", "seed"),  # that task's overrides only
         pretrained=lambda w, input: os.path.dirname(input.pretrained),
         run_dir=lambda w, output: os.path.dirname(output[0]),
     log:
@@ -37,12 +40,13 @@ rule evaluate:
     input:
         metrics=f"runs/{PROFILE}/finetune/{{run}}/{{task}}/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("tasks/*.py", "eval/retrieval.py", "data/heldout.py"),
+        code=source_files("tasks/*.py", "eval/*.py", "data/heldout.py", "data/downstream.py"),
     output:
-        f"results/{PROFILE}/finetune/{{run}}/{{task}}.json",
+        metrics=f"results/{PROFILE}/finetune/{{run}}/{{task}}.json",
+        predictions=f"results/{PROFILE}/finetune/{{run}}/{{task}}_predictions.json",
     params:
-        evaluate=section_json("evaluate"),  # rerun trigger: the inference settings
-        copa=copa_cli("evaluate"),
+        evaluate=task_section_json("evaluate", lambda task: TASKS[task].settings),  # rerun trigger: the inference settings
+        copa=lambda w: copa_cli(f"evaluate.{TASKS[w.task].settings}"),
         run_dir=lambda w, input: os.path.dirname(input.metrics),
     log:
         f"logs/{PROFILE}/evaluate/{{run}}/{{task}}.log",
@@ -53,4 +57,5 @@ rule evaluate:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} evaluate --task {wildcards.task} --run {params.run_dir} --root {input.root} --json {output} --quiet > {log} 2>&1"
+        "{params.copa} evaluate --task {wildcards.task} --run {params.run_dir} --root {input.root} --json {output.metrics}"
+        " --predictions {output.predictions} --quiet > {log} 2>&1"

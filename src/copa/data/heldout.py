@@ -18,8 +18,9 @@ from pathlib import Path
 from copa.config import FilterParams
 from copa.data.filtering import ImageChecker, coco_groups, filter_group
 from copa.data.formats import karpathy
+from copa.data.formats.records import FormatError
 from copa.data.layout import COCO_ANNOTATED_SPLITS, DataLayout
-from copa.data.pretrain_data import ObjectElem, ObjectImage
+from copa.data.pretrain_data import ObjectElem, ObjectImage, Pair
 
 HELDOUT_SPLITS = ("val", "test")
 TRAIN_SPLITS = ("train", "restval")  # Karpathy's training images (restval: COCO val2014 images beyond val/test)
@@ -49,7 +50,7 @@ def karpathy_images(layout: DataLayout, dataset: str, splits: tuple[str, ...]) -
     _, images = karpathy.read_karpathy(path, image_dir, check_files=False)
     chosen = [im for im in images if im.split in splits]
     if not chosen:
-        raise ValueError(f"{path}: no image in the Karpathy {' / '.join(splits)} split")
+        raise FormatError(path, f"no image in the Karpathy {' / '.join(splits)} split")
     return chosen
 
 
@@ -60,6 +61,15 @@ def karpathy_retrieval_set(layout: DataLayout, dataset: str = "coco", split: str
         texts += image.sentences
         text_image += [index] * len(image.sentences)
     return RetrievalSet(tuple(im.path for im in images), tuple(texts), tuple(text_image))
+
+
+def karpathy_training_pairs(layout: DataLayout, dataset: str) -> tuple[list[Pair], list[int]]:
+    """Every caption of the Karpathy train (+ restval) images, with its image's index."""
+    pairs, image_ids = [], []
+    for index, image in enumerate(karpathy_images(layout, dataset, TRAIN_SPLITS)):
+        pairs += [Pair(image.path, text, dataset) for text in image.sentences]
+        image_ids += [index] * len(image.sentences)
+    return pairs, image_ids
 
 
 @dataclass(frozen=True)

@@ -148,3 +148,18 @@ def load_tokenizer(vocab_path: Path) -> BertTokenizer:
     if missing:
         raise ValueError(f"{vocab_path}: special tokens {missing} are missing")
     return BertTokenizer(vocab=vocab, do_lower_case=True)
+
+
+def missing_pieces(tokenizer: BertTokenizer, texts: Iterable[str]) -> list[str]:
+    """The character pieces (``c`` to start a word, ``##c`` to continue one) that ``texts`` need and
+    the vocabulary lacks: the words that would become [UNK]. A vocabulary trained on captions
+    can lack, say, "0", which VQA answers use; adding these pieces makes every text encodable."""
+    vocab, backend = tokenizer.get_vocab(), tokenizer.backend_tokenizer
+    needed: dict[str, None] = {}
+    for text in texts:
+        words = backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))  # lower-cased, split
+        for word, _ in words:
+            pieces = [word[0]] + [f"##{c}" for c in word[1:]]
+            needed.update((p, None) for p in pieces if p not in vocab)
+    return list(needed)
+

@@ -12,25 +12,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from copa.config import Params
-from copa.data.heldout import TRAIN_SPLITS, RetrievalSet, karpathy_images, karpathy_retrieval_set
+from copa.config import Params, RetrievalEvalParams
+from copa.data.heldout import RetrievalSet, karpathy_retrieval_set, karpathy_training_pairs
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import Pair, PairDataset
 from copa.eval.retrieval import chance_recalls, retrieval_recall, two_stage_scores
 from copa.models.copa import CopaModel
 from copa.models.objectives import contrastive_loss, itm_loss, itm_pairs, sample_hard_negatives
-from copa.train.engine import EngineConfig, epoch_length, train
-from copa.train.finetune import start_from_pretraining
-from copa.train.schedule import param_groups, warmup_cosine_lambda
+from copa.tasks.base import FinetuneTask, run_finetuning
+from copa.train.finetune import start_from
 
 
 class RetrievalFinetuning(nn.Module):
@@ -59,60 +55,29 @@ class RetrievalFinetuning(nn.Module):
                 "itm_examples": torch.tensor(float(len(labels)))}
 
 
-def training_pairs(layout: DataLayout, dataset: str) -> tuple[list[Pair], list[int]]:
-    """Every caption of the Karpathy train (+ restval) images, with its image's index."""
-    pairs, image_ids = [], []
-    for index, image in enumerate(karpathy_images(layout, dataset, TRAIN_SPLITS)):
-        pairs += [Pair(image.path, text, dataset) for text in image.sentences]
-        image_ids += [index] * len(image.sentences)
-    return pairs, image_ids
-
-
-class RetrievalTask:
-    """The engine's Task: batches of (image, caption) pairs drawn from a permutation seeded by
-    (seed, epoch), so any number of processes sees the same global batches and resume is exact."""
+class RetrievalTask(FinetuneTask):
+    name = "retrieval"
 
     def __init__(self, params: Params, pretrain_run: Path, data_root: Path, out_dir: Path):
-        model, self.params, self.tokenizer = start_from_pretraining(pretrain_run, params, out_dir)
-        self.settings = self.params.finetune.retrieval
-        self.pairs, self.image_ids = training_pairs(DataLayout(Path(data_root)), self.settings.dataset)
+        model, self.params, self.tokenizer = start_from(pretrain_run, params, out_dir, self.name)
+        self.pairs, self.image_ids = karpathy_training_pairs(DataLayout(Path(data_root)), self.settings.dataset)
         size, length = self.params.patch_labels.image_size, self.params.model.max_text_length
         self.data = PairDataset(self.pairs, self.tokenizer, size, length, self.params.seed)
         self.model = RetrievalFinetuning(model)
 
-    def param_groups(self) -> list[dict]:
-        s = self.settings
-        return param_groups(self.model.named_parameters(), ("model.vision.",), s.lr_vision, s.lr_text, s.weight_decay)
+    @property
+    def n_examples(self) -> int:
+        return len(self.pairs)
 
-    def steps_per_epoch(self, world_size: int) -> int:
-        s = self.settings
-        return epoch_length(s.steps_per_epoch, len(self.pairs), s.batch_size, "finetune.retrieval.steps_per_epoch")
-
-    def batches(self, epoch: int, rank: int, world_size: int, start: int) -> Iterator[dict]:
-        s = self.settings
-        if s.batch_size % world_size:
-            raise ValueError(f"finetune.retrieval.batch_size {s.batch_size} does not split over {world_size} processes")
-        per_rank = s.batch_size // world_size
-        order = np.random.default_rng([self.params.seed, epoch]).permutation(len(self.data))
+    def collate(self, indices, epoch: int) -> dict:
         self.data.set_epoch(epoch)
-        for step in range(start, self.steps_per_epoch(world_size)):
-            idx = order[step * s.batch_size + rank * per_rank:][:per_rank]
-            batch = self.data.collate_fn([self.data[int(i)] for i in idx])
-            yield {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                   "image_ids": torch.tensor([self.image_ids[int(i)] for i in idx]),
-                   "seed": int(np.random.default_rng([self.params.seed, epoch, step, rank]).integers(2**31))}
-
-    def after_step(self, model, step: int) -> None:
-        pass
+        batch = self.data.collate_fn([self.data[i] for i in indices])
+        return {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                "image_ids": torch.tensor([self.image_ids[i] for i in indices])}
 
 
 def run_retrieval_finetuning(params: Params, pretrain_run: Path, data_root: Path, out_dir: Path, resume: bool = True) -> dict:
-    task = RetrievalTask(params, pretrain_run, data_root, out_dir)
-    s = task.settings
-    total = s.epochs * task.steps_per_epoch(int(os.environ.get("WORLD_SIZE", 1)))
-    lambdas = [warmup_cosine_lambda(g["lr"], s.warmup_steps, total, s.min_lr) for g in task.param_groups()]
-    config = EngineConfig(epochs=s.epochs, lr_lambda=lambdas, checkpoint_every=s.checkpoint_every, seed=task.params.seed)
-    return train(task, config, out_dir, task.params.to_dict(), resume=resume)
+    return run_finetuning(RetrievalTask(params, pretrain_run, data_root, out_dir), out_dir, resume)
 
 
 # ------------------------------------------------------------------------------------ inference
@@ -133,9 +98,9 @@ def encode_retrieval_set(model: CopaModel, tokenizer, data: RetrievalSet, image_
 
 @torch.no_grad()
 def evaluate_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, k: int, image_size: int, max_length: int,
-                       batch_size: int = 64, progress: bool = True) -> dict:
+                       batch_size: int = 64, progress: bool = True) -> tuple[dict, dict]:
     """Two-stage R@K of COPA Appendix E, the coarse stage's own R@K, and random ranking's (the
-    trivial baseline)."""
+    trivial baseline); and the top 10 of every query's two-stage ranking."""
     images, image_feats, states, masks, text_feats = encode_retrieval_set(model, tokenizer, data, image_size, max_length, batch_size, progress)
     coarse = image_feats @ text_feats.t()
     pairs = min(k, len(states)) * len(images) + min(k, len(images)) * len(states)
@@ -153,11 +118,23 @@ def evaluate_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, k: int, 
 
     i2t, t2i = two_stage_scores(coarse, k, itm_scores)
     bar.close()
-    return {"images": len(images), "texts": len(states), "k_test": k,
-            **retrieval_recall(i2t, data.text_image, sim_t2i=t2i),
-            "coarse": retrieval_recall(coarse, data.text_image),
-            "chance": chance_recalls(len(images), len(states))}
+    result = {"images": len(images), "texts": len(states), "k_test": k,
+              **retrieval_recall(i2t, data.text_image, sim_t2i=t2i),
+              "coarse": retrieval_recall(coarse, data.text_image),
+              "chance": chance_recalls(len(images), len(states))}
+    top = min(10, len(images), len(states))
+    rankings = {"image_to_texts": i2t.topk(top, dim=1).indices.tolist(), "text_to_images": t2i.topk(top, dim=1).indices.tolist()}
+    return result, rankings
 
 
-def evaluation_set(data_root: Path, params: Params, split: str = "test") -> RetrievalSet:
-    return karpathy_retrieval_set(DataLayout(Path(data_root)), params.finetune.retrieval.dataset, split)
+def evaluate_retrieval_task(model: CopaModel, tokenizer, params: Params, settings: RetrievalEvalParams, data_root: Path, split: str,
+                            batch_size: int = 64, progress: bool = True) -> tuple[dict, dict, str]:
+    """(metrics record, the top-10 rankings with the images and texts they index, a one-line summary)."""
+    dataset = params.finetune.retrieval.dataset
+    data = karpathy_retrieval_set(DataLayout(Path(data_root)), dataset, split)
+    result, rankings = evaluate_retrieval(model, tokenizer, data, settings.k_test, params.patch_labels.image_size,
+                                          params.model.max_text_length, batch_size, progress)
+    summary = (f"retrieval TR@1 {result['tr_r1']:.1f} IR@1 {result['ir_r1']:.1f} mean R {result['r_mean']:.1f} "
+               f"(coarse stage alone: mean R {result['coarse']['r_mean']:.1f}; random ranking: TR@1 {result['chance']['tr_r1']:.1f})")
+    predictions = {"images": [str(p) for p in data.images], "texts": list(data.texts), **rankings}
+    return {"split": f"{dataset} Karpathy {split}", **result}, predictions, summary

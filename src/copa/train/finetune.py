@@ -1,10 +1,12 @@
-"""What every downstream fine-tuning shares: starting from a pretraining run, the parameters a
-fine-tuning run is trained (and later loaded) with, and loading a fine-tuned run.
+"""What every downstream fine-tuning shares: starting from a pretraining (or an earlier
+fine-tuning) run, the parameters a fine-tuning run is trained (and later loaded) with, and
+loading a fine-tuned run.
 
 A fine-tuning run folder holds the engine's checkpoints of the task module (its ``model``
 attribute is the :class:`CopaModel`), ``vocab/`` (the pretraining run's, copied) and
 ``pretrained.json`` (which checkpoint it started from). Its resolved parameters are the
-pretraining run's (the model) with the ``finetune`` section and the seed of the current params.
+pretraining run's (the model) with the task's ``finetune`` section and the seed of the current
+params.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from copa.config import Params, params_from_dict
+from copa.data.formats.records import FormatError
 from copa.data.tokenizer import load_tokenizer
 from copa.models.copa import CopaModel
 from copa.train.build import copa_spec
@@ -24,19 +27,36 @@ from copa.train.pretrain import VOCAB_DIR, load_pretraining_checkpoint, run_chec
 PRETRAINED_FILE = "pretrained.json"
 
 
-def start_from_pretraining(pretrain_run: Path, current: Params, out_dir: Path) -> tuple[CopaModel, Params, object]:
-    """The last checkpoint of ``pretrain_run`` as the model to fine-tune, the fine-tuning run's
-    parameters, and the tokenizer; the vocabulary and the starting point are recorded in ``out_dir``."""
-    checkpoint = run_checkpoints(Path(pretrain_run), "last")[0]
-    pretraining, pretrained_params, tokenizer, state = load_pretraining_checkpoint(checkpoint)
-    merged = pretrained_params.to_dict()
-    merged.update(finetune=current.to_dict()["finetune"], seed=current.seed)
-    params = params_from_dict(merged, f"{checkpoint} + the current finetune parameters")
-    out_dir = Path(out_dir)
+class CheckpointMismatch(FormatError):
+    """A checkpoint's weights do not fit the model its resolved parameters describe. A
+    FormatError (names the file), so the CLI reports it as ``copa <command>: error: ...``."""
+
+
+def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[CopaModel, Params, object]:
+    """The model to fine-tune (train mode), the new run's parameters and its tokenizer. ``run`` is a
+    pretraining run (its last checkpoint), or a fine-tuning run (it has ``pretrained.json``; CIDEr
+    optimisation continues the cross-entropy captioning run). The new run's parameters are that
+    run's with ``finetune.<task>`` and the seed of ``current`` (so editing another task's section
+    does not change this run's parameters, which resuming checks); its vocabulary is copied to
+    ``out_dir`` and ``pretrained.json`` records where it started."""
+    run, out_dir = Path(run), Path(out_dir)
+    if (run / PRETRAINED_FILE).is_file():
+        model, earlier, tokenizer, state = load_finetuned(run)
+        checkpoint = run_checkpoints(run, "last")[0]
+        record = {"checkpoint": str(checkpoint), "finetuned_run": str(run), **state}
+    else:
+        checkpoint = run_checkpoints(run, "last")[0]
+        pretraining, earlier, tokenizer, state = load_pretraining_checkpoint(checkpoint)
+        model = pretraining.model
+        record = {"checkpoint": str(checkpoint), **state}
+    merged = earlier.to_dict()
+    merged["finetune"][task] = current.to_dict()["finetune"][task]
+    merged["seed"] = current.seed
+    params = params_from_dict(merged, f"{checkpoint} + the current finetune.{task} parameters")
     (out_dir / VOCAB_DIR).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(checkpoint.parent.parent / VOCAB_DIR / "vocab.txt", out_dir / VOCAB_DIR / "vocab.txt")
-    (out_dir / PRETRAINED_FILE).write_text(json.dumps({"checkpoint": str(checkpoint), **state}, indent=2) + "\n", encoding="utf-8")
-    return pretraining.model.train(), params, tokenizer
+    shutil.copyfile(run / VOCAB_DIR / "vocab.txt", out_dir / VOCAB_DIR / "vocab.txt")
+    (out_dir / PRETRAINED_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return model.train(), params, tokenizer
 
 
 def load_finetuned(run_dir: Path) -> tuple[CopaModel, Params, object, dict]:
@@ -49,7 +69,15 @@ def load_finetuned(run_dir: Path) -> tuple[CopaModel, Params, object, dict]:
     model = CopaModel(copa_spec(params, len(tokenizer)))
     prefix = "model."  # the task module's CopaModel
     weights = {k.removeprefix(prefix): v for k, v in ckpt["model"].items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise KeyError(f"{checkpoint}: does not fit the model its parameters describe: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    expected = model.state_dict()
+    problems = {
+        "missing": [k for k in expected if k not in weights],
+        "unexpected": [k for k in weights if k not in expected],
+        "shape mismatch (checkpoint vs model)": [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
+                                                 for k, v in weights.items() if k in expected and v.shape != expected[k].shape],
+    }
+    if any(problems.values()):
+        raise CheckpointMismatch(checkpoint, "does not fit the model its resolved_params describe: " + "; ".join(
+            f"{kind} ({len(keys)}): {', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}" for kind, keys in problems.items() if keys))
+    model.load_state_dict(weights)
     return model.eval(), params, tokenizer, {"step": ckpt["step"], "epoch": ckpt["epoch"]}

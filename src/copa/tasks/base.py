@@ -1,0 +1,115 @@
+"""What every downstream task's training shares: the engine Task over a list of examples, the
+optimiser schedule of Table 11, and growing the vocabulary (grounding's coordinate tokens).
+Where a run starts is :func:`copa.train.finetune.start_from`.
+
+A task subclasses :class:`FinetuneTask` with ``name`` (its section of ``params.finetune``),
+``n_examples`` and ``collate(indices)``; batches are drawn from a permutation seeded by
+(seed, epoch), so any number of processes sees the same global batches and resume is exact.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from copa.config import Params
+from copa.data.pretrain_data import Pair, PairDataset
+from copa.models.copa import CopaModel
+from copa.train.build import copa_spec
+from copa.train.engine import EngineConfig, epoch_length, train
+from copa.train.pretrain import VOCAB_DIR
+from copa.train.schedule import param_groups, warmup_cosine_lambda
+
+
+def extend_vocabulary(model: CopaModel, params: Params, out_dir: Path, new_tokens: Sequence[str], seed: int):
+    """Append ``new_tokens`` (absent ones only) to the run's ``vocab/vocab.txt`` and grow every
+    vocabulary-sized tensor of ``model`` (word embeddings, the tied LM heads): old rows are kept,
+    new rows get the model's own initialisation drawn with ``seed``. Returns (model, tokenizer)."""
+    from copa.data.tokenizer import load_tokenizer
+
+    vocab_path = Path(out_dir) / VOCAB_DIR / "vocab.txt"
+    lines = vocab_path.read_text(encoding="utf-8").splitlines()
+    known = set(lines)
+    lines += [t for t in new_tokens if t not in known]
+    vocab_path.write_text("".join(t + "\n" for t in lines), encoding="utf-8")
+    old_size, new_size = model.spec.vocab_size, len(lines)
+    if new_size == old_size:
+        return model, load_tokenizer(vocab_path)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        grown = CopaModel(copa_spec(params, new_size))
+    state = grown.state_dict()
+    for key, value in model.state_dict().items():
+        target = state[key]
+        if value.shape == target.shape:
+            target.copy_(value)
+        elif value.shape[0] == old_size and target.shape[0] == new_size and value.shape[1:] == target.shape[1:]:
+            target[:old_size].copy_(value)
+        else:
+            raise ValueError(f"extend_vocabulary: {key} is {tuple(value.shape)}, cannot grow it to {tuple(target.shape)}")
+    grown.load_state_dict(state)
+    return grown.train(model.training), load_tokenizer(vocab_path)
+
+
+def resized_pairs(images: Sequence[Path], texts: Sequence[str], tokenizer, params: Params, source: str) -> PairDataset:
+    """(image, text) examples at the pretraining resolution, without crops or flips: what every
+    generative task trains and evaluates on (a crop can remove what a question counts or an
+    expression names, a flip swaps "left" and "right")."""
+    pairs = [Pair(image, text, source) for image, text in zip(images, texts, strict=True)]
+    return PairDataset(pairs, tokenizer, params.patch_labels.image_size, params.model.max_text_length, params.seed, train=False)
+
+
+class FinetuneTask:
+    """The engine's Task for one downstream fine-tuning (see the module docstring)."""
+
+    name: str  # the task's section of params.finetune
+    model: nn.Module  # the task module; its ``model`` attribute is the CopaModel
+    params: Params
+
+    @property
+    def settings(self):
+        return getattr(self.params.finetune, self.name)
+
+    @property
+    def n_examples(self) -> int:
+        raise NotImplementedError
+
+    def collate(self, indices: Sequence[int], epoch: int) -> dict:
+        """The model's batch of the examples ``indices`` (drawn for ``epoch``)."""
+        raise NotImplementedError
+
+    def param_groups(self) -> list[dict]:
+        s = self.settings
+        return param_groups(self.model.named_parameters(), ("model.vision.",), s.lr_vision, s.lr_text, s.weight_decay)
+
+    def steps_per_epoch(self, world_size: int) -> int:
+        s = self.settings
+        return epoch_length(s.steps_per_epoch, self.n_examples, s.batch_size, f"finetune.{self.name}.steps_per_epoch")
+
+    def batches(self, epoch: int, rank: int, world_size: int, start: int) -> Iterator[dict]:
+        s = self.settings
+        if s.batch_size % world_size:
+            raise ValueError(f"finetune.{self.name}.batch_size {s.batch_size} does not split over {world_size} processes")
+        per_rank = s.batch_size // world_size
+        order = np.random.default_rng([self.params.seed, epoch]).permutation(self.n_examples)
+        for step in range(start, self.steps_per_epoch(world_size)):
+            idx = [int(i) for i in order[step * s.batch_size + rank * per_rank:][:per_rank]]
+            seed = int(np.random.default_rng([self.params.seed, epoch, step, rank]).integers(2**31))
+            yield {**self.collate(idx, epoch), "seed": seed}
+
+    def after_step(self, model, step: int) -> None:
+        pass
+
+
+def run_finetuning(task: FinetuneTask, out_dir: Path, resume: bool = True) -> dict:
+    """Train ``task`` with AdamW (ViT / rest groups), linear warm-up and cosine decay (Table 11)."""
+    s = task.settings
+    total = s.epochs * task.steps_per_epoch(int(os.environ.get("WORLD_SIZE", 1)))  # torchrun sets WORLD_SIZE
+    lambdas = [warmup_cosine_lambda(g["lr"], s.warmup_steps, total, s.min_lr) for g in task.param_groups()]
+    config = EngineConfig(epochs=s.epochs, lr_lambda=lambdas, checkpoint_every=s.checkpoint_every, seed=task.params.seed)
+    return train(task, config, out_dir, task.params.to_dict(), resume=resume)

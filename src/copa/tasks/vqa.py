@@ -1,0 +1,175 @@
+"""VQA (COPA §4.2, after ALBEF / mPLUG): the question guides the TPD, the decoder writes the answer.
+
+- Fine-tuning (:class:`VQAFinetuning`): each question's distinct human answers are decoder
+  targets weighted by their share of the 10 human answers (ALBEF's answer weighting); loss =
+  -(sum over answers of weight x answer log-likelihood), averaged over the questions.
+- Inference (:func:`answer_questions`): beam search (``generate``), or ALBEF's ranking of a
+  candidate list (``rank``): the most frequent training answers, the ``rank_k`` most likely by
+  their first token kept, then scored whole.
+- Metric: the official VQA accuracy (:mod:`copa.eval.vqa`), overall and per answer type, next to
+  the majority-answer baselines; the answers also in the official result format.
+
+Images are resized to the pretraining resolution without crops or flips: a crop can remove the
+object a question counts, a flip swaps "left of" and "right of".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from copa.config import Params, VQAEvalParams
+from copa.data.downstream import VQAExample, vqa_examples
+from copa.data.layout import DataLayout
+from copa.data.pretrain_data import PairDataset
+from copa.data.tokenizer import missing_pieces
+from copa.eval.vqa import official_result_file, vqa_accuracy
+from copa.models.copa import CopaModel
+from copa.tasks.base import FinetuneTask, extend_vocabulary, resized_pairs, run_finetuning
+from copa.tasks.generation import condition, decode_text, generate, sequence_log_probs, tokenize
+from copa.train.finetune import start_from
+
+
+class VQAFinetuning(nn.Module):
+    def __init__(self, model: CopaModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """``batch``: images, input_ids / attention_mask (questions), answer_ids / answer_mask (one row
+        per distinct answer), answer_question (each answer's question row) and answer_weight."""
+        m = self.model
+        cond = condition(m, batch["images"], batch["input_ids"], batch["attention_mask"], guided=True)
+        logp = sequence_log_probs(m, cond.select(batch["answer_question"]), batch["answer_ids"], batch["answer_mask"])
+        loss = -(batch["answer_weight"] * logp).sum() / batch["images"].shape[0]
+        return {"loss": loss, "answers_per_question": torch.tensor(len(logp) / batch["images"].shape[0])}
+
+
+def answer_targets(human_answers: Sequence[str]) -> list[tuple[str, float]]:
+    """Distinct answers with their share of the human answers (ALBEF), most frequent first."""
+    counts = Counter(human_answers)
+    return [(answer, n / len(human_answers)) for answer, n in counts.most_common()]
+
+
+def _question_data(examples: Sequence[VQAExample], tokenizer, params: Params) -> PairDataset:
+    return resized_pairs([e.image for e in examples], [e.question for e in examples], tokenizer, params, "vqa")
+
+
+class VQATask(FinetuneTask):
+    name = "vqa"
+
+    def __init__(self, params: Params, start_run: Path, data_root: Path, out_dir: Path):
+        model, self.params, tokenizer = start_from(start_run, params, out_dir, self.name)
+        layout = DataLayout(Path(data_root))
+        self.examples = [e for split in self.settings.train_splits for e in vqa_examples(layout, split)]
+        # answers the pretraining vocabulary cannot spell (the demo's lacks "0") would be [UNK]
+        pieces = missing_pieces(tokenizer, {a for e in self.examples for a in e.answers})
+        if pieces:
+            print(f"vqa: {len(pieces)} character pieces added to the vocabulary for the answers: {' '.join(pieces[:20])}")
+        model, self.tokenizer = extend_vocabulary(model, self.params, out_dir, pieces, self.params.seed)
+        self.data = _question_data(self.examples, self.tokenizer, self.params)
+        self.model = VQAFinetuning(model)
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.examples)
+
+    def collate(self, indices, epoch: int) -> dict:
+        batch = self.data.collate_fn([self.data[i] for i in indices])
+        answers, rows, weights = [], [], []
+        for row, i in enumerate(indices):
+            for answer, weight in answer_targets(self.examples[i].answers):
+                answers.append(answer)
+                rows.append(row)
+                weights.append(weight)
+        answer_ids, answer_mask = tokenize(self.tokenizer, answers, self.params.model.max_text_length)
+        return {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                "answer_ids": answer_ids, "answer_mask": answer_mask, "answer_question": torch.tensor(rows),
+                "answer_weight": torch.tensor(weights)}
+
+
+def run_vqa_finetuning(params: Params, start_run: Path, data_root: Path, out_dir: Path, resume: bool = True) -> dict:
+    return run_finetuning(VQATask(params, start_run, data_root, out_dir), out_dir, resume)
+
+
+# ------------------------------------------------------------------------------------ inference
+def answer_list(examples: Sequence[VQAExample], size: int) -> list[str]:
+    """The ``size`` most frequent human answers of the training questions (ALBEF's candidate list)."""
+    counts = Counter(a for e in examples for a in e.answers)
+    return [answer for answer, _ in counts.most_common(size)]
+
+
+@torch.no_grad()
+def rank_answers(model: CopaModel, cond, tokenizer, candidates: Sequence[str], k: int, max_length: int) -> list[str]:
+    """ALBEF's ranking: keep the ``k`` candidates whose first token is most likely after BOS, then
+    pick the one with the highest whole-answer log-likelihood."""
+    cand_ids, cand_mask = tokenize(tokenizer, candidates, max_length)
+    batch = cond.image.shape[0]
+    bos = cand_ids[:1, :1].expand(batch, 1)
+    first = model.decode(bos, torch.ones_like(bos), cond.image, cond.text, cond.text_mask)[:, -1].log_softmax(-1)  # (B, V)
+    k = min(k, len(candidates))
+    top = first[:, cand_ids[:, 1]].topk(k, dim=1).indices  # (B, k) candidate indices
+    rows = torch.arange(batch).repeat_interleave(k)
+    flat = top.reshape(-1)
+    scores = sequence_log_probs(model, cond.select(rows), cand_ids[flat], cand_mask[flat]).view(batch, k)
+    best = top.gather(1, scores.argmax(1, keepdim=True))[:, 0]
+    return [candidates[int(i)] for i in best]
+
+
+@torch.no_grad()
+def answer_questions(model: CopaModel, tokenizer, examples: Sequence[VQAExample], params: Params, settings: VQAEvalParams,
+                     candidates: Sequence[str] | None = None, batch_size: int = 64, progress: bool = True) -> dict[int, str]:
+    """question id -> predicted answer."""
+    data = _question_data(examples, tokenizer, params)
+    out: dict[int, str] = {}
+    for start in tqdm(range(0, len(examples), batch_size), desc="VQA answers", disable=not progress):
+        idx = range(start, min(start + batch_size, len(examples)))
+        batch = data.collate_fn([data[i] for i in idx])
+        cond = condition(model, batch["image"], batch["input_ids"], batch["attention_mask"], guided=True)
+        if settings.inference == "rank":
+            answers = rank_answers(model, cond, tokenizer, candidates, settings.rank_k, params.model.max_text_length)
+        else:
+            answers = [decode_text(tokenizer, seq) for seq in generate(model, cond, tokenizer, settings)]
+        out.update((examples[i].question_id, a) for i, a in zip(idx, answers))
+    return out
+
+
+def majority_baselines(train: Sequence[VQAExample], test: Sequence[VQAExample]) -> dict:
+    """The trivial baselines: every question answered with the most frequent training answer, and
+    (an oracle of the answer type) with the most frequent training answer of its answer type."""
+    truth = {e.question_id: (e.answers, e.answer_type) for e in test}
+    top = Counter(Counter(e.answers).most_common(1)[0][0] for e in train)
+    by_type: dict[str, Counter] = {}
+    for e in train:
+        by_type.setdefault(e.answer_type, Counter())[Counter(e.answers).most_common(1)[0][0]] += 1
+    majority = top.most_common(1)[0][0]
+    per_type = {t: c.most_common(1)[0][0] for t, c in by_type.items()}
+    overall = vqa_accuracy({e.question_id: majority for e in test}, truth)
+    typed = vqa_accuracy({e.question_id: per_type.get(e.answer_type, majority) for e in test}, truth)
+    return {"majority_answer": {"answer": majority, "overall": overall["overall"], "per_answer_type": overall["per_answer_type"]},
+            "majority_per_answer_type": {"answers": per_type, "overall": typed["overall"], "per_answer_type": typed["per_answer_type"]}}
+
+
+def evaluate_vqa(model: CopaModel, tokenizer, params: Params, settings: VQAEvalParams, data_root: Path, split: str,
+                 batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict], str]:
+    """(metrics record, answers in the official result format, a one-line summary)."""
+    layout = DataLayout(Path(data_root))
+    trained_on = params.finetune.vqa.train_splits
+    if split in trained_on:
+        raise ValueError(f"evaluate.vqa.split {split} is one the run was fine-tuned on ({', '.join(trained_on)})")
+    train = [e for s in trained_on for e in vqa_examples(layout, s)]
+    test = vqa_examples(layout, split)
+    candidates = answer_list(train, settings.answer_list_size) if settings.inference == "rank" else None
+    predictions = answer_questions(model, tokenizer, test, params, settings, candidates, batch_size, progress)
+    accuracy = vqa_accuracy(predictions, {e.question_id: (e.answers, e.answer_type) for e in test})
+    accuracy.pop("per_question")
+    record = {"split": f"VQA v2 {split}", "inference": settings.inference, **accuracy, "baselines": majority_baselines(train, test)}
+    types = ", ".join(f"{t} {v:.1f}" for t, v in accuracy["per_answer_type"].items())
+    summary = (f"VQA accuracy {accuracy['overall']:.2f} ({types}); majority answer "
+               f"{record['baselines']['majority_answer']['overall']:.2f}")
+    return record, official_result_file(predictions), summary

@@ -1,0 +1,121 @@
+"""VQA, captioning (+ CIDEr optimisation) and grounding fine-tuning and evaluation end to end on
+the fixture world, through the CLI; and the pieces each relies on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from copa.cli import main
+from copa.config import load_params
+from copa.data.downstream import grounding_examples, vqa_examples
+from copa.data.layout import DataLayout
+from copa.tasks.grounding import from_bins, to_bins, to_pixels_xywh
+from copa.tasks.vqa import answer_targets
+
+PARAMS_DIR = Path(__file__).parents[1] / "params"
+BASE = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR)]
+
+
+def _finetune_and_evaluate(task: str, start: Path, root: Path, folder: Path) -> tuple[dict, object, dict]:
+    run = folder / task
+    assert main(BASE + ["finetune", "--task", task, "--pretrained", str(start), "--root", str(root), "--out", str(run)]) == 0
+    out = folder / f"{task}.json"
+    assert main(BASE + ["evaluate", "--task", task, "--run", str(run), "--root", str(root), "--json", str(out), "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    return json.loads(out.read_text()), json.loads((folder / f"{task}_predictions.json").read_text()), metrics
+
+
+def test_vqa_end_to_end(fixture_world, fixture_pretraining_run, tmp_path) -> None:
+    record, predictions, metrics = _finetune_and_evaluate("vqa", fixture_pretraining_run, fixture_world, tmp_path)
+    params = load_params("fixture", params_dir=PARAMS_DIR)
+    assert metrics["step"] == params.finetune.vqa.steps_per_epoch and torch.isfinite(torch.tensor(metrics["train/loss"]))
+    questions = vqa_examples(DataLayout(fixture_world), params.evaluate.vqa.split)
+    assert record["questions"] == len(questions) == len(predictions)
+    assert {p["question_id"] for p in predictions} == {q.question_id for q in questions}  # the official result format
+    assert all(isinstance(p["answer"], str) for p in predictions)
+    assert 0.0 <= record["overall"] <= 100.0 and set(record["per_answer_type"]) <= {"yes/no", "number", "other"}
+    assert 0.0 <= record["baselines"]["majority_answer"]["overall"] <= 100.0
+
+
+def test_vqa_rank_inference_answers_from_the_list(fixture_world, fixture_pretraining_run, tmp_path) -> None:
+    run = tmp_path / "vqa"
+    assert main(BASE + ["finetune", "--task", "vqa", "--pretrained", str(fixture_pretraining_run), "--root", str(fixture_world), "--out", str(run)]) == 0
+    out = tmp_path / "rank.json"
+    ranked = BASE[:2] + ["--set", "evaluate.vqa.inference=rank", "--set", "evaluate.vqa.answer_list_size=5", "--set", "evaluate.vqa.rank_k=3"]
+    assert main(ranked + ["--params-dir", str(PARAMS_DIR), "evaluate", "--task", "vqa", "--run", str(run), "--root", str(fixture_world),
+                          "--json", str(out), "--quiet"]) == 0
+    record = json.loads(out.read_text())
+    answers = {p["answer"] for p in json.loads((tmp_path / "rank_predictions.json").read_text())}
+    train = vqa_examples(DataLayout(fixture_world), "train2014")
+    from copa.tasks.vqa import answer_list
+
+    assert record["inference"] == "rank" and answers <= set(answer_list(train, 5))
+
+
+def test_captioning_then_cider_optimisation(fixture_world, fixture_pretraining_run, tmp_path) -> None:
+    record, predictions, _ = _finetune_and_evaluate("captioning", fixture_pretraining_run, fixture_world, tmp_path)
+    for key in ("bleu_4", "meteor", "rouge_l", "cider"):
+        assert 0.0 <= record[key] and 0.0 <= record["baselines"]["constant_caption"][key]
+    assert record["spice"] is None and record["spice_unavailable"]  # no CoreNLP jars here: unavailable, not 0
+    assert len(predictions) == record["images"] and all(set(p) == {"image_id", "caption"} for p in predictions)
+    cider, _, metrics = _finetune_and_evaluate("captioning_cider", tmp_path / "captioning", fixture_world, tmp_path / "cider")
+    assert json.loads((tmp_path / "cider" / "captioning_cider" / "pretrained.json").read_text())["finetuned_run"] == str(tmp_path / "captioning")
+    assert torch.isfinite(torch.tensor(metrics["train/reward"])) and metrics["train/reward"] >= 0
+    assert cider["images"] == record["images"]
+
+
+def test_grounding_end_to_end(fixture_world, fixture_pretraining_run, tmp_path) -> None:
+    record, predictions, _ = _finetune_and_evaluate("grounding", fixture_pretraining_run, fixture_world, tmp_path)
+    params = load_params("fixture", params_dir=PARAMS_DIR)
+    assert list(record["splits"]) == list(params.evaluate.grounding.splits)
+    for split, result in record["splits"].items():
+        assert result["expressions"] == len(grounding_examples(DataLayout(fixture_world), split))
+        assert 0.0 <= result["acc@0.5"] <= 100.0 and 0.0 <= result["baselines"]["centre_box"] <= 100.0
+    assert len(predictions) == sum(r["expressions"] for r in record["splits"].values())
+    vocab = (tmp_path / "grounding" / "vocab" / "vocab.txt").read_text().splitlines()
+    assert vocab[-1] == f"[coord_{params.finetune.grounding.coordinate_bins - 1}]"
+
+
+def test_answer_targets_weigh_distinct_answers_by_their_share() -> None:
+    targets = answer_targets(["yes"] * 7 + ["no"] * 2 + ["maybe"])
+    assert targets == [("yes", 0.7), ("no", 0.2), ("maybe", 0.1)]
+
+
+@pytest.mark.parametrize("bins", [1, 7, 32])
+def test_coordinate_bins_round_trip_within_half_a_bin(bins: int) -> None:
+    xyxy = torch.rand(50, 4, generator=torch.Generator().manual_seed(bins))
+    xyxy[0] = torch.tensor([0.0, 0.0, 1.0, 1.0])  # the image border stays in range
+    back = from_bins(to_bins(xyxy, bins), bins)
+    assert to_bins(xyxy, bins).min() >= 0 and to_bins(xyxy, bins).max() < bins
+    assert (back - xyxy.double()).abs().max() <= 0.5 / bins + 1e-9
+
+
+def test_relative_boxes_to_pixels() -> None:
+    box = to_pixels_xywh(torch.tensor([[0.25, 0.5, 0.75, 1.0]]), torch.tensor([[200, 100]]))
+    assert box.tolist() == [[50.0, 50.0, 100.0, 50.0]]
+
+
+def test_missing_vqa_split_names_the_file(tmp_path) -> None:
+    from copa.data.formats.records import FormatError
+
+    with pytest.raises(FormatError, match="val2014"):
+        vqa_examples(DataLayout(tmp_path), "val2014")
+
+
+def test_missing_pieces_make_every_answer_encodable(tmp_path) -> None:
+    from copa.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, missing_pieces
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("".join(t + "\n" for t in [*SPECIAL_TOKENS, "1", "y", "##e", "##s", "##0"]))
+    tokenizer = load_tokenizer(vocab)
+    answers = ["0", "10", "Yes", "yes!"]
+    assert "[UNK]" in tokenizer.tokenize(" ".join(answers))
+    pieces = missing_pieces(tokenizer, answers)
+    assert pieces == ["0", "!"]  # "10" and "yes" are spelt already
+    vocab.write_text(vocab.read_text() + "".join(p + "\n" for p in pieces))
+    grown = load_tokenizer(vocab)
+    assert "[UNK]" not in grown.tokenize(" ".join(answers)) and missing_pieces(grown, answers) == []
