@@ -119,3 +119,22 @@ def test_missing_pieces_make_every_answer_encodable(tmp_path) -> None:
     vocab.write_text(vocab.read_text() + "".join(p + "\n" for p in pieces))
     grown = load_tokenizer(vocab)
     assert "[UNK]" not in grown.tokenize(" ".join(answers)) and missing_pieces(grown, answers) == []
+
+
+def test_grounding_with_the_box_regression_head(fixture_world, fixture_pretraining_run, tmp_path) -> None:
+    run, out = tmp_path / "grounding", tmp_path / "grounding.json"
+    regression = BASE + ["--set", "finetune.grounding.head=regression"]
+    assert main(regression + ["finetune", "--task", "grounding", "--pretrained", str(fixture_pretraining_run), "--root", str(fixture_world),
+                              "--out", str(run)]) == 0
+    assert main(BASE + ["evaluate", "--task", "grounding", "--run", str(run), "--root", str(fixture_world), "--json", str(out), "--quiet"]) == 0
+    record = json.loads(out.read_text())
+    assert record["head"] == "regression" and all(0.0 <= r["mean_iou"] <= 1.0 for r in record["splits"].values())
+    assert "[coord_0]" not in (run / "vocab" / "vocab.txt").read_text()  # no coordinate tokens without the token head
+
+
+def test_box_regression_loss_is_zero_only_for_the_right_box() -> None:
+    from copa.tasks.grounding import box_regression_loss
+
+    target = torch.tensor([[0.1, 0.2, 0.5, 0.6]])
+    assert box_regression_loss(torch.tensor([[0.3, 0.4, 0.4, 0.4]]), target).item() == pytest.approx(0.0, abs=1e-6)
+    assert box_regression_loss(torch.tensor([[0.5, 0.5, 0.4, 0.4]]), target).item() > 0.1

@@ -131,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = getattr(load_params(args.profile or params.profile, args.set, args.params_dir).evaluate, spec.settings)
     split = args.split or spec.default_split or getattr(settings, "split", None)
     evaluate = resolve(spec.evaluate)
-    record, predictions, summary = evaluate(model, tokenizer, params, settings, Path(args.root or params.data.root), split,
+    record, predictions, summary = evaluate(run, model, tokenizer, params, settings, Path(args.root or params.data.root), split,
                                             args.batch_size, progress=not args.quiet)
     out = Path(args.json or f"results/{params.profile}/finetune/{run.parent.name}/{args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

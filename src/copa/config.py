@@ -281,7 +281,8 @@ class GroundingFinetuneParams(FinetuneSchedule):
     """RefCOCO+ grounding, the box as coordinate tokens of the decoder (Table 11: lr 2e-5 / 2e-6,
     batch 512, 120 epochs)."""
 
-    coordinate_bins: int  # each of x1 y1 x2 y2 (relative to the image side) is one of this many tokens
+    head: Literal["tokens", "regression"]  # COPA / mPLUG: coordinate tokens; X-VLM: a box-regression head
+    coordinate_bins: int  # tokens: each of x1 y1 x2 y2 (relative to the image side) is one of this many tokens
 
 
 @dataclass(frozen=True)

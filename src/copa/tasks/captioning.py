@@ -171,7 +171,7 @@ def constant_caption(images: Sequence[KarpathyImage]) -> str:
     return Counter(s for im in images for s in im.sentences).most_common(1)[0][0]
 
 
-def evaluate_captioning(model: CopaModel, tokenizer, params: Params, settings: CaptioningEvalParams, data_root: Path, split: str,
+def evaluate_captioning(run: Path, model: CopaModel, tokenizer, params: Params, settings: CaptioningEvalParams, data_root: Path, split: str,
                         batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict], str]:
     """(metrics record, captions in the COCO result format, a one-line summary)."""
     layout = DataLayout(Path(data_root))

@@ -1,12 +1,14 @@
 """Visual grounding on RefCOCO+ (COPA §4.2, Table 3): the expression guides the TPD, and the
 decoder writes the box as four coordinate tokens (mPLUG style, no box-regression head).
 
-Each of x1, y1, x2, y2, relative to the image side, is quantised into ``coordinate_bins`` bins;
+With ``finetune.grounding.head: tokens`` (the default, COPA's), each of x1, y1, x2, y2, relative
+to the image side, is quantised into ``coordinate_bins`` bins;
 bin i is the token ``[coord_i]``, appended to the run's vocabulary (the decoder's embeddings and
 LM head grow by as many rows). Target: ``[CLS] x1 y1 x2 y2 [SEP]``, cross-entropy. Inference:
 greedy decoding restricted to the coordinate tokens, each bin read as its centre. Metric:
 acc@IoU>=0.5 per split, next to the centre-box baseline (a box of the mean training size in the
-middle of the image).
+middle of the image). ``head: regression`` is X-VLM's instead (for the X-VLM comparison): a
+sigmoid MLP on the fused text [CLS] predicts (cx, cy, w, h), trained with L1 + GIoU.
 
 Images are resized to a square without crops or flips ("left" and "right" in the expressions
 must stay true), so relative coordinates carry over.
@@ -19,6 +21,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou_loss
 from tqdm import tqdm
 
 from copa.config import GroundingEvalParams, Params
@@ -30,7 +33,7 @@ from copa.models.copa import CopaModel
 from copa.models.objectives import lm_loss
 from copa.tasks.base import FinetuneTask, extend_vocabulary, resized_pairs, run_finetuning
 from copa.tasks.generation import condition
-from copa.train.finetune import start_from
+from copa.train.finetune import start_from, task_weights
 
 TRAIN_SPLIT = "train"
 
@@ -61,16 +64,44 @@ def to_pixels_xywh(xyxy: Tensor, sizes: Tensor) -> Tensor:
     return torch.cat([px[:, :2], px[:, 2:] - px[:, :2]], dim=1)
 
 
+class BoxHead(nn.Module):
+    """X-VLM's box head: an MLP on the fused text [CLS] -> sigmoid (cx, cy, w, h), relative."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+
+    def forward(self, fused_cls: Tensor) -> Tensor:
+        return self.mlp(fused_cls).sigmoid()
+
+
+def cxcywh_to_xyxy(box: Tensor) -> Tensor:
+    centre, size = box[:, :2], box[:, 2:]
+    return torch.cat([centre - size / 2, centre + size / 2], dim=1)
+
+
+def box_regression_loss(pred_cxcywh: Tensor, target_xyxy: Tensor) -> Tensor:
+    """X-VLM's L1 (on cx, cy, w, h) + GIoU loss (on the corners), each averaged over the batch."""
+    target_cxcywh = torch.cat([(target_xyxy[:, :2] + target_xyxy[:, 2:]) / 2, target_xyxy[:, 2:] - target_xyxy[:, :2]], dim=1)
+    l1 = (pred_cxcywh - target_cxcywh).abs().sum(1).mean()
+    giou = generalized_box_iou_loss(cxcywh_to_xyxy(pred_cxcywh), target_xyxy, reduction="mean")
+    return l1 + giou
+
+
 class GroundingFinetuning(nn.Module):
-    def __init__(self, model: CopaModel):
+    def __init__(self, model: CopaModel, head: str = "tokens"):
         super().__init__()
         self.model = model
+        if head == "regression":
+            self.box_head = BoxHead(model.spec.text_dim)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
-        """``batch``: images, input_ids / attention_mask (expressions), box_ids (B, 6): the target
-        ``[CLS] x1 y1 x2 y2 [SEP]``."""
+        """``batch``: images, input_ids / attention_mask (expressions), and box_ids (B, 6): the
+        target ``[CLS] x1 y1 x2 y2 [SEP]`` (tokens) or box (B, 4): relative x1 y1 x2 y2 (regression)."""
         m = self.model
         cond = condition(m, batch["images"], batch["input_ids"], batch["attention_mask"], guided=True)
+        if hasattr(self, "box_head"):
+            return {"loss": box_regression_loss(self.box_head(cond.text[:, 0]), batch["box"])}
         target = batch["box_ids"]
         mask = torch.ones_like(target)
         logits = m.decode(target, mask, cond.image, cond.text, cond.text_mask)
@@ -85,13 +116,16 @@ class GroundingTask(FinetuneTask):
     name = "grounding"
 
     def __init__(self, params: Params, start_run: Path, data_root: Path, out_dir: Path):
-        model, self.params, _ = start_from(start_run, params, out_dir, self.name)
-        self.bins = self.settings.coordinate_bins
-        model, self.tokenizer = extend_vocabulary(model, self.params, out_dir, coordinate_tokens(self.bins), self.params.seed)
-        self.first_coordinate = self.tokenizer.convert_tokens_to_ids(coordinate_tokens(1)[0])
+        model, self.params, self.tokenizer = start_from(start_run, params, out_dir, self.name)
+        self.bins, self.head = self.settings.coordinate_bins, self.settings.head
+        if self.head == "tokens":
+            model, self.tokenizer = extend_vocabulary(model, self.params, out_dir, coordinate_tokens(self.bins), self.params.seed)
+            self.first_coordinate = self.tokenizer.convert_tokens_to_ids(coordinate_tokens(1)[0])
         self.examples = grounding_examples(DataLayout(Path(data_root)), TRAIN_SPLIT)
         self.data = _data(self.examples, self.tokenizer, self.params)
-        self.model = GroundingFinetuning(model)
+        with torch.random.fork_rng():  # the head's initialisation, seeded
+            torch.manual_seed(self.params.seed)
+            self.model = GroundingFinetuning(model, self.head)
 
     @property
     def n_examples(self) -> int:
@@ -99,7 +133,10 @@ class GroundingTask(FinetuneTask):
 
     def collate(self, indices, epoch: int) -> dict:
         batch = self.data.collate_fn([self.data[i] for i in indices])
-        bins = torch.stack([to_bins(relative_xyxy(self.examples[i]), self.bins) for i in indices])
+        boxes = torch.stack([relative_xyxy(self.examples[i]) for i in indices])
+        if self.head == "regression":
+            return {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "box": boxes}
+        bins = to_bins(boxes, self.bins)
         tk = self.tokenizer
         box_ids = torch.cat([torch.full((len(indices), 1), tk.cls_token_id), bins + self.first_coordinate,
                              torch.full((len(indices), 1), tk.sep_token_id)], dim=1)
@@ -113,17 +150,21 @@ def run_grounding_finetuning(params: Params, start_run: Path, data_root: Path, o
 # ------------------------------------------------------------------------------------ inference
 @torch.no_grad()
 def predict_boxes(model: CopaModel, tokenizer, examples: Sequence[GroundingExample], params: Params,
-                  batch_size: int = 64, progress: bool = True) -> Tensor:
-    """(N, 4) relative x1 y1 x2 y2: greedy decoding over the coordinate tokens only."""
+                  box_head: BoxHead | None = None, batch_size: int = 64, progress: bool = True) -> Tensor:
+    """(N, 4) relative x1 y1 x2 y2: from ``box_head``, or by greedy decoding over the coordinate
+    tokens only."""
     bins = params.finetune.grounding.coordinate_bins
     first = tokenizer.convert_tokens_to_ids(coordinate_tokens(1)[0])
-    if first == tokenizer.unk_token_id:
+    if box_head is None and first == tokenizer.unk_token_id:
         raise ValueError("the run's vocabulary has no coordinate tokens: not a grounding run")
     data = _data(examples, tokenizer, params)
     out = []
     for start in tqdm(range(0, len(examples), batch_size), desc="grounding", disable=not progress):
         batch = data.collate_fn([data[i] for i in range(start, min(start + batch_size, len(examples)))])
         cond = condition(model, batch["image"], batch["input_ids"], batch["attention_mask"], guided=True)
+        if box_head is not None:
+            out.append(cxcywh_to_xyxy(box_head(cond.text[:, 0])).double())
+            continue
         tokens = torch.full((len(batch["image"]), 1), tokenizer.cls_token_id)
         for _ in range(4):
             logits = model.decode(tokens, torch.ones_like(tokens), cond.image, cond.text, cond.text_mask)[:, -1]
@@ -140,18 +181,28 @@ def centre_boxes(train: Sequence[GroundingExample], test: Sequence[GroundingExam
     return box.expand(len(test), 4)
 
 
-def evaluate_grounding(model: CopaModel, tokenizer, params: Params, settings: GroundingEvalParams, data_root: Path, split: str | None = None,
-                       batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict], str]:
+def load_box_head(run: Path, params: Params) -> BoxHead | None:
+    """The run's box head (regression runs), from its last checkpoint; None for token runs."""
+    if params.finetune.grounding.head != "regression":
+        return None
+    head = BoxHead(params.model.text_dim)
+    head.load_state_dict(task_weights(run, "box_head."))
+    return head.eval()
+
+
+def evaluate_grounding(run: Path, model: CopaModel, tokenizer, params: Params, settings: GroundingEvalParams, data_root: Path,
+                       split: str | None = None, batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict], str]:
     """(acc@0.5 per split with the centre-box baseline, predicted boxes per expression, a summary)."""
     layout = DataLayout(Path(data_root))
+    box_head = load_box_head(run, params)
     train = grounding_examples(layout, TRAIN_SPLIT)
-    record: dict = {"splits": {}}
+    record: dict = {"head": params.finetune.grounding.head, "splits": {}}
     predictions: list[dict] = []
     for name in [split] if split else settings.splits:
         test = grounding_examples(layout, name)
         sizes = torch.tensor([[e.width, e.height] for e in test])
         truth = torch.tensor([e.box.as_list() for e in test], dtype=torch.float64)
-        boxes = to_pixels_xywh(predict_boxes(model, tokenizer, test, params, batch_size, progress), sizes)
+        boxes = to_pixels_xywh(predict_boxes(model, tokenizer, test, params, box_head, batch_size, progress), sizes)
         centre = to_pixels_xywh(centre_boxes(train, test), sizes)
         record["splits"][name] = {"expressions": len(test), "acc@0.5": grounding_accuracy(boxes, truth),
                                   "mean_iou": box_iou(boxes, truth).mean().item(),

@@ -127,7 +127,7 @@ def evaluate_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, k: int, 
     return result, rankings
 
 
-def evaluate_retrieval_task(model: CopaModel, tokenizer, params: Params, settings: RetrievalEvalParams, data_root: Path, split: str,
+def evaluate_retrieval_task(run: Path, model: CopaModel, tokenizer, params: Params, settings: RetrievalEvalParams, data_root: Path, split: str,
                             batch_size: int = 64, progress: bool = True) -> tuple[dict, dict, str]:
     """(metrics record, the top-10 rankings with the images and texts they index, a one-line summary)."""
     dataset = params.finetune.retrieval.dataset

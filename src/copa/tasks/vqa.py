@@ -155,7 +155,7 @@ def majority_baselines(train: Sequence[VQAExample], test: Sequence[VQAExample]) 
             "majority_per_answer_type": {"answers": per_type, "overall": typed["overall"], "per_answer_type": typed["per_answer_type"]}}
 
 
-def evaluate_vqa(model: CopaModel, tokenizer, params: Params, settings: VQAEvalParams, data_root: Path, split: str,
+def evaluate_vqa(run: Path, model: CopaModel, tokenizer, params: Params, settings: VQAEvalParams, data_root: Path, split: str,
                  batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict], str]:
     """(metrics record, answers in the official result format, a one-line summary)."""
     layout = DataLayout(Path(data_root))

@@ -59,6 +59,17 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[Co
     return model.train(), params, tokenizer
 
 
+def task_weights(run_dir: Path, prefix: str) -> dict:
+    """The weights of a fine-tuning run's task module under ``prefix`` (e.g. ``box_head.``), from its
+    last checkpoint, with the prefix removed: what the task adds to the CopaModel."""
+    checkpoint = run_checkpoints(Path(run_dir), "last")[0]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    found = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    if not found:
+        raise CheckpointMismatch(checkpoint, f"no weights under '{prefix}' in this checkpoint")
+    return found
+
+
 def load_finetuned(run_dir: Path) -> tuple[CopaModel, Params, object, dict]:
     """A fine-tuning run's last checkpoint: the CopaModel in eval mode, its params, its tokenizer
     and where it stands (``step``, ``epoch``)."""
