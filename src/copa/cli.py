@@ -126,16 +126,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     spec = TASKS[args.task]
     run = Path(args.run)
-    model, params, tokenizer, state = load_finetuned(run)  # the run's model, data and fine-tuning settings
+    finetuned = load_finetuned(run)  # the run's model, data and fine-tuning settings
+    params = finetuned.params
     # inference settings: the current params of the run's profile (or of --profile)
     settings = getattr(load_params(args.profile or params.profile, args.set, args.params_dir).evaluate, spec.settings)
     split = args.split or spec.default_split or getattr(settings, "split", None)
     evaluate = resolve(spec.evaluate)
-    record, predictions, summary = evaluate(run, model, tokenizer, params, settings, Path(args.root or params.data.root), split,
+    record, predictions, summary = evaluate(finetuned, settings, Path(args.root or params.data.root), split,
                                             args.batch_size, progress=not args.quiet)
     out = Path(args.json or f"results/{params.profile}/finetune/{run.parent.name}/{args.task}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"task": args.task, "run": str(run), "profile": params.profile, **state, **record}, indent=2) + "\n",
+    out.write_text(json.dumps({"task": args.task, "run": str(run), "profile": params.profile, **finetuned.state, **record}, indent=2) + "\n",
                    encoding="utf-8")
     answers = Path(args.predictions) if args.predictions else out.with_name(f"{out.stem}_predictions.json")
     answers.write_text(json.dumps(predictions, indent=1) + "\n", encoding="utf-8")

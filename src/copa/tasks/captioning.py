@@ -35,7 +35,7 @@ from copa.models.copa import CopaModel
 from copa.models.objectives import lm_loss
 from copa.tasks.base import FinetuneTask, resized_pairs, run_finetuning
 from copa.tasks.generation import condition, decode_text, generate, sample, sequence_log_probs, tokenize
-from copa.train.finetune import start_from
+from copa.train.finetune import FinetunedRun, start_from
 
 
 def empty_prompt(tokenizer, batch: int) -> tuple[Tensor, Tensor]:
@@ -171,9 +171,10 @@ def constant_caption(images: Sequence[KarpathyImage]) -> str:
     return Counter(s for im in images for s in im.sentences).most_common(1)[0][0]
 
 
-def evaluate_captioning(run: Path, model: CopaModel, tokenizer, params: Params, settings: CaptioningEvalParams, data_root: Path, split: str,
+def evaluate_captioning(run: FinetunedRun, settings: CaptioningEvalParams, data_root: Path, split: str,
                         batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict], str]:
     """(metrics record, captions in the COCO result format, a one-line summary)."""
+    model, params, tokenizer = run.model, run.params, run.tokenizer
     layout = DataLayout(Path(data_root))
     dataset = params.finetune.captioning.dataset
     test = karpathy_images(layout, dataset, (split,))

@@ -33,7 +33,7 @@ from copa.models.copa import CopaModel
 from copa.models.objectives import lm_loss
 from copa.tasks.base import FinetuneTask, extend_vocabulary, resized_pairs, run_finetuning
 from copa.tasks.generation import condition
-from copa.train.finetune import start_from, task_weights
+from copa.train.finetune import FinetunedRun, start_from
 
 TRAIN_SPLIT = "train"
 
@@ -92,15 +92,14 @@ class GroundingFinetuning(nn.Module):
     def __init__(self, model: CopaModel, head: str = "tokens"):
         super().__init__()
         self.model = model
-        if head == "regression":
-            self.box_head = BoxHead(model.spec.text_dim)
+        self.box_head = BoxHead(model.spec.text_dim) if head == "regression" else None
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         """``batch``: images, input_ids / attention_mask (expressions), and box_ids (B, 6): the
         target ``[CLS] x1 y1 x2 y2 [SEP]`` (tokens) or box (B, 4): relative x1 y1 x2 y2 (regression)."""
         m = self.model
         cond = condition(m, batch["images"], batch["input_ids"], batch["attention_mask"], guided=True)
-        if hasattr(self, "box_head"):
+        if self.box_head is not None:
             return {"loss": box_regression_loss(self.box_head(cond.text[:, 0]), batch["box"])}
         target = batch["box_ids"]
         mask = torch.ones_like(target)
@@ -181,20 +180,21 @@ def centre_boxes(train: Sequence[GroundingExample], test: Sequence[GroundingExam
     return box.expand(len(test), 4)
 
 
-def load_box_head(run: Path, params: Params) -> BoxHead | None:
-    """The run's box head (regression runs), from its last checkpoint; None for token runs."""
-    if params.finetune.grounding.head != "regression":
+def load_box_head(run: FinetunedRun) -> BoxHead | None:
+    """The run's box head (regression runs); None for token runs."""
+    if run.params.finetune.grounding.head != "regression":
         return None
-    head = BoxHead(params.model.text_dim)
-    head.load_state_dict(task_weights(run, "box_head."))
+    head = BoxHead(run.params.model.text_dim)
+    head.load_state_dict(run.weights_under("box_head."))
     return head.eval()
 
 
-def evaluate_grounding(run: Path, model: CopaModel, tokenizer, params: Params, settings: GroundingEvalParams, data_root: Path,
+def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_root: Path,
                        split: str | None = None, batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict], str]:
     """(acc@0.5 per split with the centre-box baseline, predicted boxes per expression, a summary)."""
+    model, params, tokenizer = run.model, run.params, run.tokenizer
     layout = DataLayout(Path(data_root))
-    box_head = load_box_head(run, params)
+    box_head = load_box_head(run)
     train = grounding_examples(layout, TRAIN_SPLIT)
     record: dict = {"head": params.finetune.grounding.head, "splits": {}}
     predictions: list[dict] = []

@@ -10,9 +10,8 @@ from typing import Callable
 @dataclass(frozen=True)
 class TaskSpec:
     finetune: str  # "module:function" (params, start_run, data_root, out_dir, resume) -> final metrics
-    evaluate: str  # "module:function" (run, model, tokenizer, params, settings, data_root, split,
-                   # batch_size, progress) -> (record, predictions, summary line); ``run``: the run
-                   # folder, for weights the task keeps beside the CopaModel (grounding's box head)
+    evaluate: str  # "module:function" (finetuned run (copa.train.finetune.FinetunedRun), settings,
+                   # data_root, split, batch_size, progress) -> (record, predictions, summary line)
     settings: str  # its section of params.evaluate
     default_split: str | None  # None: the evaluate section's own split(s)
     starts_from: str | None = None  # another task whose fine-tuned run it continues; None: a pretraining run

@@ -26,7 +26,7 @@ from copa.eval.retrieval import chance_recalls, retrieval_recall, two_stage_scor
 from copa.models.copa import CopaModel
 from copa.models.objectives import contrastive_loss, itm_loss, itm_pairs, sample_hard_negatives
 from copa.tasks.base import FinetuneTask, run_finetuning
-from copa.train.finetune import start_from
+from copa.train.finetune import FinetunedRun, start_from
 
 
 class RetrievalFinetuning(nn.Module):
@@ -127,9 +127,10 @@ def evaluate_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, k: int, 
     return result, rankings
 
 
-def evaluate_retrieval_task(run: Path, model: CopaModel, tokenizer, params: Params, settings: RetrievalEvalParams, data_root: Path, split: str,
+def evaluate_retrieval_task(run: FinetunedRun, settings: RetrievalEvalParams, data_root: Path, split: str,
                             batch_size: int = 64, progress: bool = True) -> tuple[dict, dict, str]:
     """(metrics record, the top-10 rankings with the images and texts they index, a one-line summary)."""
+    model, params, tokenizer = run.model, run.params, run.tokenizer
     dataset = params.finetune.retrieval.dataset
     data = karpathy_retrieval_set(DataLayout(Path(data_root)), dataset, split)
     result, rankings = evaluate_retrieval(model, tokenizer, data, settings.k_test, params.patch_labels.image_size,

@@ -32,7 +32,7 @@ from copa.eval.vqa import official_result_file, vqa_accuracy
 from copa.models.copa import CopaModel
 from copa.tasks.base import FinetuneTask, extend_vocabulary, resized_pairs, run_finetuning
 from copa.tasks.generation import condition, decode_text, generate, sequence_log_probs, tokenize
-from copa.train.finetune import start_from
+from copa.train.finetune import FinetunedRun, start_from
 
 
 class VQAFinetuning(nn.Module):
@@ -155,9 +155,10 @@ def majority_baselines(train: Sequence[VQAExample], test: Sequence[VQAExample]) 
             "majority_per_answer_type": {"answers": per_type, "overall": typed["overall"], "per_answer_type": typed["per_answer_type"]}}
 
 
-def evaluate_vqa(run: Path, model: CopaModel, tokenizer, params: Params, settings: VQAEvalParams, data_root: Path, split: str,
+def evaluate_vqa(run: FinetunedRun, settings: VQAEvalParams, data_root: Path, split: str,
                  batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict], str]:
     """(metrics record, answers in the official result format, a one-line summary)."""
+    model, params, tokenizer = run.model, run.params, run.tokenizer
     layout = DataLayout(Path(data_root))
     trained_on = params.finetune.vqa.train_splits
     if split in trained_on:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -40,12 +41,11 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[Co
     does not change this run's parameters, which resuming checks); its vocabulary is copied to
     ``out_dir`` and ``pretrained.json`` records where it started."""
     run, out_dir = Path(run), Path(out_dir)
+    checkpoint = run_checkpoints(run, "last")[0]
     if (run / PRETRAINED_FILE).is_file():
-        model, earlier, tokenizer, state = load_finetuned(run)
-        checkpoint = run_checkpoints(run, "last")[0]
+        model, earlier, tokenizer, state = load_finetuned(run)[:4]
         record = {"checkpoint": str(checkpoint), "finetuned_run": str(run), **state}
     else:
-        checkpoint = run_checkpoints(run, "last")[0]
         pretraining, earlier, tokenizer, state = load_pretraining_checkpoint(checkpoint)
         model = pretraining.model
         record = {"checkpoint": str(checkpoint), **state}
@@ -59,20 +59,25 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[Co
     return model.train(), params, tokenizer
 
 
-def task_weights(run_dir: Path, prefix: str) -> dict:
-    """The weights of a fine-tuning run's task module under ``prefix`` (e.g. ``box_head.``), from its
-    last checkpoint, with the prefix removed: what the task adds to the CopaModel."""
-    checkpoint = run_checkpoints(Path(run_dir), "last")[0]
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
-    found = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-    if not found:
-        raise CheckpointMismatch(checkpoint, f"no weights under '{prefix}' in this checkpoint")
-    return found
+class FinetunedRun(NamedTuple):
+    model: CopaModel  # eval mode
+    params: Params
+    tokenizer: object
+    state: dict  # where it stands: step, epoch
+    task_weights: dict  # the task module's weights beside the CopaModel (e.g. ``box_head.*``), by full name
+    checkpoint: Path
+
+    def weights_under(self, prefix: str) -> dict:
+        """The task module's weights under ``prefix`` (e.g. ``box_head.``), with the prefix removed."""
+        found = {k.removeprefix(prefix): v for k, v in self.task_weights.items() if k.startswith(prefix)}
+        if not found:
+            raise CheckpointMismatch(self.checkpoint, f"no weights under '{prefix}' in this checkpoint")
+        return found
 
 
-def load_finetuned(run_dir: Path) -> tuple[CopaModel, Params, object, dict]:
-    """A fine-tuning run's last checkpoint: the CopaModel in eval mode, its params, its tokenizer
-    and where it stands (``step``, ``epoch``)."""
+def load_finetuned(run_dir: Path) -> FinetunedRun:
+    """A fine-tuning run's last checkpoint, read once: the CopaModel, its params, its tokenizer,
+    where it stands and the task module's other weights."""
     checkpoint = run_checkpoints(Path(run_dir), "last")[0]
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     params = params_from_dict(ckpt["resolved_params"], f"{checkpoint} (resolved_params)")
@@ -91,4 +96,5 @@ def load_finetuned(run_dir: Path) -> tuple[CopaModel, Params, object, dict]:
         raise CheckpointMismatch(checkpoint, "does not fit the model its resolved_params describe: " + "; ".join(
             f"{kind} ({len(keys)}): {', '.join(keys[:8])}{', ...' if len(keys) > 8 else ''}" for kind, keys in problems.items() if keys))
     model.load_state_dict(weights)
-    return model.eval(), params, tokenizer, {"step": ckpt["step"], "epoch": ckpt["epoch"]}
+    others = {k: v for k, v in ckpt["model"].items() if not k.startswith(prefix)}
+    return FinetunedRun(model.eval(), params, tokenizer, {"step": ckpt["step"], "epoch": ckpt["epoch"]}, others, checkpoint)
