@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +100,16 @@ def test_refuses_to_start_over_existing_checkpoints(reference: Path) -> None:
 def test_refuses_to_resume_under_other_params(reference: Path) -> None:
     with pytest.raises(ValueError, match=r"other parameters.*\['toy'\]"):
         train(ToyTask(), engine_config(), reference, {"toy": {"dropout": 0.2, "n": 40}})
+
+
+def test_resumes_when_only_an_ignored_section_changed(reference: Path, tmp_path: Path) -> None:
+    # pretraining ignores the fine-tuning settings: editing them must not block its resume
+    shutil.copytree(reference, tmp_path / "run")
+    config = dataclasses.replace(engine_config(), resume_ignores=("finetune",))
+    train(ToyTask(), config, tmp_path / "run", {**PARAMS, "finetune": {"lr": 1.0}})
+    assert_states_equal(final_state(tmp_path / "run"), final_state(reference))
+    with pytest.raises(ValueError, match=r"other parameters.*\['toy'\]"):
+        train(ToyTask(), config, tmp_path / "run", {"toy": {"dropout": 0.2, "n": 40}, "finetune": {"lr": 1.0}})
 
 
 def test_amp_on_cpu_falls_back_with_a_warning(tmp_path: Path) -> None:

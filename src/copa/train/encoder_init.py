@@ -32,6 +32,8 @@ from copa.train.engine import EngineConfig, train
 
 INIT_DIR = "encoder_init"
 INIT_PARTS = ("vision", "text", "vision_proj", "text_proj", "temperature")
+# params sections that pretraining (this stage included) does not read: editing them does not block resuming it
+DOWNSTREAM_SECTIONS = ("finetune", "evaluate", "efficiency")
 
 
 class ContrastiveEncoders(nn.Module):
@@ -97,7 +99,8 @@ def initialise_encoders(model: CopaModel, pair_data, params: Params, out_dir: Pa
         return load_encoder_checkpoints(model, init.vision_checkpoint, init.text_checkpoint)
     task = ContrastiveInitTask(model, pair_data, params)
     # the TPD's MLP gets no gradient here (text-free): DDP must not wait for it
-    config = EngineConfig(epochs=1, checkpoint_every=max(init.steps, 1), seed=params.seed, find_unused_parameters=True)
+    config = EngineConfig(epochs=1, checkpoint_every=max(init.steps, 1), seed=params.seed, find_unused_parameters=True,
+                          resume_ignores=DOWNSTREAM_SECTIONS)
     return train(task, config, Path(out_dir) / INIT_DIR, params.to_dict())
 
 

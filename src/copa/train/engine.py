@@ -119,6 +119,9 @@ class EngineConfig:
     device: Literal["cpu", "cuda", "auto"] = "auto"
     find_unused_parameters: bool = False  # DDP: True only if some parameters get no grad
     broadcast_buffers: bool = False  # DDP: see "DDP and buffers" in the module docstring
+    # top-level params sections this training does not read: editing them does not block a resume
+    # (pretraining does not read the fine-tuning, evaluation and efficiency settings)
+    resume_ignores: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         ints = {"epochs": (self.epochs, 0), "checkpoint_every": (self.checkpoint_every, 1),
@@ -223,9 +226,9 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
     if resumed:
         # weights_only: the payload is plain tensors/containers by construction (_rng_state)
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
-        if ckpt["resolved_params"] != params:
-            changed = sorted(k for k in set(params) | set(ckpt["resolved_params"])
-                             if params.get(k) != ckpt["resolved_params"].get(k))
+        changed = sorted(k for k in set(params) | set(ckpt["resolved_params"])
+                         if k not in config.resume_ignores and params.get(k) != ckpt["resolved_params"].get(k))
+        if changed:
             raise ValueError(f"{last} was written with other parameters (differing keys: {changed}); "
                              f"delete {out_dir} to start over with the new ones")
         model.load_state_dict(ckpt["model"])

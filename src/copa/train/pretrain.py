@@ -23,7 +23,7 @@ from copa.data.pretrain_data import ObjectDataset, PairDataset, image_text_pairs
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.models.pretraining import CopaPretraining
 from copa.train.build import build_pretraining
-from copa.train.encoder_init import initialise_encoders
+from copa.train.encoder_init import DOWNSTREAM_SECTIONS, initialise_encoders
 from copa.train.engine import RESOLVED_FILE, EngineConfig, epoch_length, seed_everything, train
 from copa.train.schedule import param_groups, warmup_cosine_lambda
 
@@ -109,7 +109,8 @@ def run_pretraining(params: Params, data_root: Path, annotations: Path, out_dir:
     p = params.pretrain
     total = p.epochs * task.steps_per_epoch(world_size)
     lambdas = [warmup_cosine_lambda(g["lr"], p.warmup_steps, total, p.min_lr) for g in task.param_groups()]
-    config = EngineConfig(epochs=p.epochs, lr_lambda=lambdas, checkpoint_every=p.checkpoint_every, seed=params.seed)
+    config = EngineConfig(epochs=p.epochs, lr_lambda=lambdas, checkpoint_every=p.checkpoint_every, seed=params.seed,
+                          resume_ignores=DOWNSTREAM_SECTIONS)
     return train(task, config, out_dir, params.to_dict(), resume=resume)
 
 
