@@ -182,7 +182,8 @@ def train(
 
     Resumes from ``out_dir/checkpoints/last.pt`` when it exists. With ``resume=False`` an
     existing checkpoint is an error (delete the folder to start over). ``resolved_params``
-    (JSON-like) is stored in every checkpoint; resuming under different params is an error.
+    (JSON-like) is stored in every checkpoint; resuming under different params is an error,
+    except in the top-level sections ``config.resume_ignores`` names.
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
