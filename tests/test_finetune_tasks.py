@@ -14,7 +14,7 @@ from copa.config import load_params
 from copa.data.downstream import grounding_examples, vqa_examples
 from copa.data.layout import DataLayout
 from copa.tasks.grounding import from_bins, to_bins, to_pixels_xywh
-from copa.tasks.vqa import answer_targets
+from copa.tasks.vqa import answer_targets, swap_images
 
 PARAMS_DIR = Path(__file__).parents[1] / "params"
 BASE = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR)]
@@ -39,6 +39,16 @@ def test_vqa_end_to_end(fixture_world, fixture_pretraining_run, tmp_path) -> Non
     assert all(isinstance(p["answer"], str) for p in predictions)
     assert 0.0 <= record["overall"] <= 100.0 and set(record["per_answer_type"]) <= {"yes/no", "number", "other"}
     assert 0.0 <= record["baselines"]["majority_answer"]["overall"] <= 100.0
+    control = record["controls"]["swapped_image"]
+    assert 0.0 <= control["overall"] <= 100.0 and 0.0 <= control["answers_changed"] <= 1.0
+
+
+def test_swapped_images_go_with_other_questions(fixture_world) -> None:
+    questions = vqa_examples(DataLayout(fixture_world), "val2014")
+    swapped = swap_images(questions)
+    assert [q.question_id for q in swapped] == [q.question_id for q in questions]
+    assert sorted(q.image for q in swapped) == sorted(q.image for q in questions)  # the same images, reassigned
+    assert sum(s.image != q.image for s, q in zip(swapped, questions)) >= 0.9 * len(questions)
 
 
 def test_vqa_rank_inference_answers_from_the_list(fixture_world, fixture_pretraining_run, tmp_path) -> None:

@@ -24,6 +24,11 @@ DEFAULT_PARAMS_DIR = Path("params")
 BASE_FILE = "base.yaml"
 PROFILES_DIR = "profiles"
 OVERRIDE_SOURCE = "--set"
+# Sections a training stage does not read: editing them does not block resuming it
+# (EngineConfig.resume_ignores). Fine-tuning reads neither the inference settings nor the
+# cost protocol; pretraining, in addition, none of the fine-tuning settings.
+INFERENCE_SECTIONS = ("evaluate", "efficiency")
+DOWNSTREAM_SECTIONS = ("finetune", *INFERENCE_SECTIONS)
 
 
 class ParamsError(ValueError):
@@ -313,6 +318,7 @@ class VQAEvalParams(DecodingParams):
     inference: Literal["generate", "rank"]  # beam search, or ranking a candidate answer list (ALBEF)
     answer_list_size: int  # rank: the most frequent training answers
     rank_k: int  # rank: candidates kept by first-token probability, then scored whole (ALBEF: 128)
+    swapped_image_control: bool  # also answer each question about another question's image (a second inference pass)
 
 
 @dataclass(frozen=True)

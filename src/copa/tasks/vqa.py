@@ -7,7 +7,9 @@
   candidate list (``rank``): the most frequent training answers, the ``rank_k`` most likely by
   their first token kept, then scored whole.
 - Metric: the official VQA accuracy (:mod:`copa.eval.vqa`), overall and per answer type, next to
-  the majority-answer baselines; the answers also in the official result format.
+  the majority-answer baselines and (``evaluate.vqa.swapped_image_control``) the same model asked
+  each question about another question's image: accuracy that survives the swap comes from the
+  question alone. The answers also in the official result format.
 
 Images are resized to the pretraining resolution without crops or flips: a crop can remove the
 object a question counts, a flip swaps "left of" and "right of".
@@ -15,6 +17,7 @@ object a question counts, a flip swaps "left of" and "right of".
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -139,6 +142,14 @@ def answer_questions(model: CopaModel, tokenizer, examples: Sequence[VQAExample]
     return out
 
 
+def swap_images(examples: Sequence[VQAExample]) -> list[VQAExample]:
+    """Each question paired with the image of the question half the list away (a control: what
+    the model answers when the image does not go with the question; the questions of one image
+    are adjacent in the file, so the swapped image is another one unless one image has them all)."""
+    half = len(examples) // 2
+    return [dataclasses.replace(e, image=examples[(i + half) % len(examples)].image) for i, e in enumerate(examples)]
+
+
 def majority_baselines(train: Sequence[VQAExample], test: Sequence[VQAExample]) -> dict:
     """The trivial baselines: every question answered with the most frequent training answer, and
     (an oracle of the answer type) with the most frequent training answer of its answer type."""
@@ -170,7 +181,14 @@ def evaluate_vqa(run: FinetunedRun, settings: VQAEvalParams, data_root: Path, sp
     accuracy = vqa_accuracy(predictions, {e.question_id: (e.answers, e.answer_type) for e in test})
     accuracy.pop("per_question")
     record = {"split": f"VQA v2 {split}", "inference": settings.inference, **accuracy, "baselines": majority_baselines(train, test)}
+    if settings.swapped_image_control:
+        swapped = answer_questions(model, tokenizer, swap_images(test), params, settings, candidates, batch_size, progress)
+        control = vqa_accuracy(swapped, {e.question_id: (e.answers, e.answer_type) for e in test})
+        record["controls"] = {"swapped_image": {"overall": control["overall"], "per_answer_type": control["per_answer_type"],
+                                                "answers_changed": sum(swapped[q] != a for q, a in predictions.items()) / len(predictions)}}
     types = ", ".join(f"{t} {v:.1f}" for t, v in accuracy["per_answer_type"].items())
     summary = (f"VQA accuracy {accuracy['overall']:.2f} ({types}); majority answer "
                f"{record['baselines']['majority_answer']['overall']:.2f}")
+    if "controls" in record:
+        summary += f"; with swapped images {record['controls']['swapped_image']['overall']:.2f}"
     return record, official_result_file(predictions), summary

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from copa.config import Params
+from copa.config import DOWNSTREAM_SECTIONS, Params
 from copa.models.copa import CopaModel
 from copa.models.objectives import contrastive_loss
 from copa.models.text import load_bert_weights
@@ -32,8 +32,6 @@ from copa.train.engine import EngineConfig, train
 
 INIT_DIR = "encoder_init"
 INIT_PARTS = ("vision", "text", "vision_proj", "text_proj", "temperature")
-# params sections that pretraining (this stage included) does not read: editing them does not block resuming it
-DOWNSTREAM_SECTIONS = ("finetune", "evaluate", "efficiency")
 
 
 class ContrastiveEncoders(nn.Module):

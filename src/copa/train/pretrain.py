@@ -17,13 +17,13 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from copa.config import Params, params_from_dict
+from copa.config import DOWNSTREAM_SECTIONS, Params, params_from_dict
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import ObjectDataset, PairDataset, image_text_pairs, object_samples
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.models.pretraining import CopaPretraining
 from copa.train.build import build_pretraining
-from copa.train.encoder_init import DOWNSTREAM_SECTIONS, initialise_encoders
+from copa.train.encoder_init import initialise_encoders
 from copa.train.engine import RESOLVED_FILE, EngineConfig, epoch_length, seed_everything, train
 from copa.train.schedule import param_groups, warmup_cosine_lambda
 
