@@ -178,12 +178,13 @@ def evaluate_vqa(run: FinetunedRun, settings: VQAEvalParams, data_root: Path, sp
     test = vqa_examples(layout, split)
     candidates = answer_list(train, settings.answer_list_size) if settings.inference == "rank" else None
     predictions = answer_questions(model, tokenizer, test, params, settings, candidates, batch_size, progress)
-    accuracy = vqa_accuracy(predictions, {e.question_id: (e.answers, e.answer_type) for e in test})
+    truth = {e.question_id: (e.answers, e.answer_type) for e in test}
+    accuracy = vqa_accuracy(predictions, truth)
     accuracy.pop("per_question")
     record = {"split": f"VQA v2 {split}", "inference": settings.inference, **accuracy, "baselines": majority_baselines(train, test)}
     if settings.swapped_image_control:
         swapped = answer_questions(model, tokenizer, swap_images(test), params, settings, candidates, batch_size, progress)
-        control = vqa_accuracy(swapped, {e.question_id: (e.answers, e.answer_type) for e in test})
+        control = vqa_accuracy(swapped, truth)
         record["controls"] = {"swapped_image": {"overall": control["overall"], "per_answer_type": control["per_answer_type"],
                                                 "answers_changed": sum(swapped[q] != a for q, a in predictions.items()) / len(predictions)}}
     types = ", ".join(f"{t} {v:.1f}" for t, v in accuracy["per_answer_type"].items())
