@@ -6,11 +6,15 @@
 # workflow/profiles/default) and workflow/profiles/slurm (--profile workflow/profiles/slurm).
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/efficiency.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -19,6 +23,7 @@ rule all:
         rules.validate_data.output,
         rules.filter_annotations.output.report,
         rules.patch_labels.output.summary,
-        f"results/{PROFILE}/pretrain/{DEFAULT_RUN}.json",
-        expand(f"results/{PROFILE}/finetune/{DEFAULT_RUN}/{{task}}.json", task=TASKS),
-        f"results/{PROFILE}/efficiency/{DEFAULT_RUN}.json",
+        rules.runs.input,
+        expand(f"results/{PROFILE}/tables/{{grid}}.csv", grid=TABLES),
+        expand(f"figures/{PROFILE}/{{grid}}.png", grid=FIGURES),
+        rules.claims.output.markdown,

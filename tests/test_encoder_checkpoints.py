@@ -64,7 +64,7 @@ def test_encoder_init_loads_vit_and_bert_checkpoints(tmp_path) -> None:
     params = _fixture_params(vision_checkpoint=str(vision), text_checkpoint=str(text))
     torch.manual_seed(0)
     model = CopaModel(copa_spec(params, 50))
-    loaded = initialise_encoders(model, pair_data=None, params=params, out_dir=tmp_path / "run")
+    loaded = initialise_encoders(model, pair_data=None, params=params, init_dir=tmp_path / "run")
     assert loaded["vision_checkpoint"] == str(vision) and loaded["fusion_parameters_not_in_bert"] > 0
     assert torch.equal(model.vision.blocks[1].mlp.fc2.weight, vit.blocks[1].mlp.fc2.weight)
     assert torch.equal(model.vision.pos_embed, vit.pos_embed)

@@ -91,3 +91,45 @@ def test_copa_pretrain_runs_an_epoch_and_resumes(fixture_world, tmp_path, capsys
     # probing again gives the same bytes (CPU inference is deterministic)
     first = (tmp_path / "probe.json").read_bytes()
     assert main(probe_args) == 0 and (tmp_path / "probe.json").read_bytes() == first
+
+
+def test_runs_share_one_selection_free_encoder_init(fixture_world, tmp_path):
+    """`copa encoder-init` once; runs of any selector start from its encoders without retraining it."""
+    import json
+
+    import pytest
+
+    from copa.cli import main
+    from copa.models.copa import CopaModel
+    from copa.train.encoder_init import INIT_PARTS, initialise_encoders
+    from copa.train.pretrain import PairSource
+
+    params = load_params("fixture", params_dir=PARAMS_DIR)
+    run_filter(fixture_world, params.filter, tmp_path / "annotations", progress=False)
+    common = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR), "--set", "pretrain.epochs=1", "--set", "pretrain.steps_per_epoch=1"]
+    assert main([*common, "encoder-init", "--root", str(fixture_world), "--out", str(tmp_path / "init")]) == 0
+    assert json.loads((tmp_path / "init" / "metrics.json").read_text())["step"] == params.pretrain.encoder_init.steps
+    last = tmp_path / "init" / "checkpoints" / "last.pt"
+    stage = torch.load(last, weights_only=True)
+    assert "selection" not in stage["resolved_params"]["model"]  # the stage selects nothing: any run can share it
+    stamp = last.stat().st_mtime_ns
+
+    # a run of another selector (and another Algorithm 1 length) gets exactly the stage's encoders
+    other = load_params("fixture", ["model.selection.method=cls_attention", "pretrain.epochs=3"], params_dir=PARAMS_DIR)
+    source = PairSource(other, fixture_world, tmp_path / "run")
+    model = CopaModel(copa_spec(other, len(source.tokenizer)))
+    initialise_encoders(model, source.pair_data, other, tmp_path / "init", source.vocab_file)
+    assert last.stat().st_mtime_ns == stamp  # finished: resumed at its end, not retrained
+    for part in INIT_PARTS:
+        for key, value in getattr(model, part).state_dict().items():
+            assert torch.equal(value, stage["model"][f"parts.{part}.{key}"]), (part, key)
+    # ...and a run with another vocabulary is refused
+    (tmp_path / "other_vocab.txt").write_text("[PAD]\n[UNK]\n")
+    with pytest.raises(ValueError, match="another vocabulary"):
+        initialise_encoders(model, source.pair_data, other, tmp_path / "init", tmp_path / "other_vocab.txt")
+
+    # the CLI: pretrain --encoder-init uses the shared stage, and trains none of its own
+    args = [*common, "pretrain", "--root", str(fixture_world), "--annotations", str(tmp_path / "annotations"),
+            "--out", str(tmp_path / "tpd"), "--encoder-init", str(tmp_path / "init")]
+    assert main(args) == 0
+    assert last.stat().st_mtime_ns == stamp and not (tmp_path / "tpd" / "encoder_init").exists()

@@ -272,6 +272,18 @@ def test_checkpoint_at_another_resolution_is_resampled():
     assert torch.equal(model.pos_embed[:, 0], small.pos_embed[:, 0])  # [CLS] entry unchanged
 
 
+def test_sincos_position_init_is_smooth_on_the_grid_and_learnt():
+    model = VisionEncoder(build_selector("none", D), 2, **SMALL, pos_init="sincos")  # 4 x 4 grid
+    pos = torch.nn.functional.normalize(model.pos_embed[0, 1:].detach(), dim=-1)
+    assert torch.all(model.pos_embed[0, 0] == 0)  # [CLS]
+    cos = pos @ pos.T
+    # patch 5 is (1, 1): its right / lower neighbours are closer than the far corner (3, 3)
+    assert cos[5, 6] > cos[5, 15] and cos[5, 9] > cos[5, 15]
+    assert model.pos_embed.requires_grad
+    with pytest.raises(ValueError, match="pos_init"):
+        VisionEncoder(build_selector("none", D), 2, **SMALL, pos_init="rope")
+
+
 @pytest.mark.parametrize("location", [0, 4, [1, 2]])
 def test_bad_locations(location):
     with pytest.raises(ValueError, match="location"):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).parents[1]
@@ -32,7 +33,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """Snakemake of this interpreter's environment; stdout and stderr together in .stdout."""
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
     )
 
 
@@ -112,6 +113,38 @@ def test_fixture_dag_end_to_end(workdir):
     # ...and the cost of its model (FLOPs, throughput, latency, training memory)
     cost = json.loads((workdir / "results" / "fixture" / "efficiency" / f"{run}.json").read_text())
     assert cost["name"] == run and cost["flops"]["gmacs"]["total"] > 0 and cost["training_memory"]["saved_bytes"] > 0
+    # every table and figure of params/grids/, and the claims check
+    from copa.report.grid_figures import FIGURES
+    from copa.report.grids import available_grids, load_grid
+
+    tables = workdir / "results" / "fixture" / "tables"
+    for name in available_grids():
+        grid = load_grid(name)
+        frame = pd.read_csv(tables / f"{name}.csv")
+        assert list(frame["row"]) == [r.label for r in grid.rows] + [r.label for r in grid.reference], name
+        trained = {r.label for r in grid.trained_rows("fixture")}
+        for column in grid.columns:  # trained rows measured (SPICE aside: no jars here), the others marked
+            status = dict(zip(frame["row"], frame[f"{column}_status"]))
+            assert all(status[label] in ("measured", "not measured") for label in trained), (name, column, status)
+        assert (tables / f"{name}.md").read_text().startswith(f"**{grid.title}.")
+        assert json.loads((tables / f"{name}.json").read_text())
+        assert r"\end{tabular}" in (tables / f"{name}.tex").read_text()
+        if name in FIGURES:
+            assert (workdir / "figures" / "fixture" / f"{name}.png").stat().st_size > 0
+            assert (workdir / "figures" / "fixture" / f"{name}.pdf").stat().st_size > 0
+    verdicts = json.loads((workdir / "results" / "fixture" / "claims.json").read_text())
+    assert len(verdicts) >= 7 and all(v["verdict"] for v in verdicts)
+    assert "| claim | paper | measured here | verdict |" in (workdir / "results" / "fixture" / "claims.md").read_text()
+    # Table 10's COPA row and Table 9's default cell are one run: one pretraining per run name
+    assert sorted(p.name for p in (workdir / "runs" / "fixture" / "pretrain").iterdir()) == sorted(
+        {"tpd-loc2-keep0.5-seed0", "tpd-loc2-keep1.0-seed0", "cls_attention-loc2-keep0.5-seed0", "none-loc2-keep1.0-seed0"})
+    # ...all started from the one selection-free encoder init
+    assert (workdir / "runs" / "fixture" / "encoder_init" / "seed0" / "metrics.json").is_file()
+    assert not any((workdir / "runs" / "fixture" / "pretrain" / r / "encoder_init").exists() for r in ("tpd-loc2-keep0.5-seed0",))
+    report = snakemake(workdir, "--config", "profile=fixture", "--report", "report.html")
+    assert report.returncode == 0, report.stdout
+    html = (workdir / "report.html").read_text()
+    assert "table10" in html and "figure3" in html and "claims" in html
 
     again = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
@@ -120,37 +153,41 @@ def test_fixture_dag_end_to_end(workdir):
     # names another pretraining run...
     seeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["seed=5"]')
     assert seeded.returncode == 0, seeded.stdout
-    assert _scheduled(seeded.stdout) == {"patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency", "all"}
+    assert _scheduled(seeded.stdout) == {"patch_labels", "encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency",
+                                         *REPORT_RULES, "all"}
     assert "runs/fixture/pretrain/tpd-loc2-keep0.5-seed5/metrics.json" in seeded.stdout
     # ...a training knob reruns the run and its probes only...
     lr = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["pretrain.lr_text=2.0e-4"]')
     assert lr.returncode == 0, lr.stdout
-    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency", "all"}
+    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, "all"}  # not the shared init
     # ...a fine-tuning knob, the fine-tune and its evaluation only; an inference setting, the evaluation only...
     ft = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["finetune.retrieval.lr_text=2.0e-4"]')
     assert ft.returncode == 0, ft.stdout
-    assert _scheduled(ft.stdout) == {"finetune", "evaluate", "all"}
+    assert _scheduled(ft.stdout) == {"finetune", "evaluate", "table", "claims", "all"}
     assert re.findall(r"^    output: runs/fixture/finetune/\S+/(\w+)/metrics.json", ft.stdout, flags=re.MULTILINE) == ["retrieval"], ft.stdout
     cider = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["finetune.captioning.lr_text=2.0e-4"]')
     assert sorted(re.findall(r"^    output: runs/fixture/finetune/\S+/(\w+)/metrics.json", cider.stdout, flags=re.MULTILINE)) == \
         ["captioning", "captioning_cider"], cider.stdout  # the CIDEr stage continues the captioning run
     k = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["evaluate.retrieval.k_test=2"]')
     assert k.returncode == 0, k.stdout
-    assert _scheduled(k.stdout) == {"evaluate", "all"}
+    assert _scheduled(k.stdout) == {"evaluate", "table", "claims", "all"}
     eff = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["efficiency.latency.iterations=5"]')
     assert eff.returncode == 0, eff.stdout
-    assert _scheduled(eff.stdout) == {"efficiency", "all"}  # the measurement protocol: the measurement only
+    assert _scheduled(eff.stdout) == {"efficiency", *REPORT_RULES, "all"}  # the measurement protocol: the measurement and its tables
     # ...a filtering threshold reruns filtering and what reads its output, not the world...
     threshold = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["filter.near_duplicate.threshold=0.9"]')
     assert threshold.returncode == 0, threshold.stdout
     assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate",
-                                            "efficiency", "all"}
+                                            *REPORT_RULES, "all"}
     # ...a synth parameter regenerates the world and everything after it.
     reseeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["synth.seed=1"]')
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
-    assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "pretrain", "pretrain_eval",
-                                           "finetune", "evaluate", "efficiency", "all"}
+    assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "encoder_init", "pretrain",
+                                           "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, "all"}  # costs need no data
+
+
+REPORT_RULES = ("table", "figure", "claims")
 
 
 def _scheduled(dry_run_output: str) -> set[str]:

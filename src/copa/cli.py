@@ -105,8 +105,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     params = _params(args)
     annotations = Path(args.annotations) if args.annotations else _filtered_annotations(params)
-    metrics = run_pretraining(params, Path(args.root or params.data.root), annotations, Path(args.out), resume=not args.restart)
+    init_dir = Path(args.encoder_init) if args.encoder_init else None
+    metrics = run_pretraining(params, Path(args.root or params.data.root), annotations, Path(args.out), resume=not args.restart,
+                              init_dir=init_dir)
     print("pretraining done: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+    return 0
+
+
+def cmd_encoder_init(args: argparse.Namespace) -> int:
+    from copa.train.pretrain import run_encoder_init
+
+    params = _params(args)
+    metrics = run_encoder_init(params, Path(args.root or params.data.root), Path(args.out))
+    print("contrastive encoder init done: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
     return 0
 
 
@@ -177,11 +188,45 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    """`copa table` and `copa figure`: a grid's data table, and for a figure its drawing."""
+    from copa.report.figures import save_figure
+    from copa.report.grid_figures import FIGURES
+    from copa.report.grids import load_grid
+    from copa.report.tables import write_table
+
+    params = _params(args)
+    grid = load_grid(args.grid, args.params_dir)
+    if args.command == "figure" and grid.name not in FIGURES:
+        raise ParamsError(f"grid {grid.name!r} has no figure (figures: {', '.join(FIGURES)})")
+    results = Path(args.results or f"results/{params.profile}")
+    try:
+        paths, cells, note = write_table(grid, params, results, params.report.seeds, Path(args.out or results / "tables" / grid.name))
+    except ValueError as exc:  # a result file that does not parse
+        print(f"copa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "figure":
+        paths += save_figure(FIGURES[grid.name](grid, cells, note), Path(args.figure or f"figures/{params.profile}/{grid.name}"))
+    print(f"{grid.title} ({params.profile}) -> {', '.join(map(str, paths))}")
+    return 0
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    from copa.report.claims import write_claims
+
+    params = _params(args)
+    tables = Path(args.tables or f"results/{params.profile}/tables")
+    paths = write_claims(tables, params.profile, Path(args.out or f"results/{params.profile}/claims.md"))
+    print(f"claims check ({params.profile}) -> {', '.join(map(str, paths))}")
+    return 0
+
+
 def cmd_efficiency(args: argparse.Namespace) -> int:
     import time
 
     from copa.data.tokenizer import load_tokenizer
     from copa.eval.efficiency import measure_efficiency, summary_line
+    from copa.report.grids import run_name
     from copa.train.distributed import resolve_device
     from copa.train.pretrain import VOCAB_DIR, run_params
 
@@ -201,7 +246,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
         params = _params(args)
         vocab_size, settings = params.model.vocab_size, params.efficiency
         s = params.model.selection
-        name = f"{s.method}-loc{'-'.join(str(k) for k in s.location)}-keep{s.keep_ratio}-seed{params.seed}"
+        name = run_name(s.method, s.location, s.keep_ratio, params.seed)
         source = {"params": params.profile, "overrides": list(args.set)}
         default = Path(f"results/{params.profile}/efficiency/from-params/{name}.json")
     try:
@@ -273,7 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", help="filtered annotations (default: data/processed/<profile>/annotations)")
     p.add_argument("--root", help="data root (default: the profile's data.root)")
     p.add_argument("--restart", action="store_true", help="refuse to resume (fails if the run folder has checkpoints)")
+    p.add_argument("--encoder-init", metavar="DIR", help="the contrastive encoder init to start from, shared by runs "
+                   "(copa encoder-init --out; trained there if unfinished; default: <out>/encoder_init)")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("encoder-init", help="the contrastive encoder init alone (pretrain.encoder_init, method contrastive): "
+                                            "selection-free, shared by every pretraining run of a profile and seed")
+    p.add_argument("--out", required=True, help="folder: checkpoints/, dvclive/, metrics.json, vocab/")
+    p.add_argument("--root", help="data root (default: the profile's data.root)")
+    p.set_defaults(func=cmd_encoder_init)
 
     p = sub.add_parser("pretrain-eval", help="held-out probes of a pretraining run (ITC retrieval, patch detection) per checkpoint, and its figure")
     p.add_argument("--run", required=True, help="the run folder (copa pretrain --out)")
@@ -316,6 +369,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="result JSON (default: results/<profile>/efficiency/<run>.json; from-params/<name>.json with --from-params)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s: CUDA when available)")
     p.set_defaults(func=cmd_efficiency)
+
+    p = sub.add_parser("table", help="a table of params/grids/<grid>.yaml from the run results: CSV, Markdown, LaTeX and a metrics JSON")
+    p.add_argument("grid", help="the grid's name, e.g. table9")
+    p.add_argument("--results", help="results folder the runs wrote (default: results/<profile>)")
+    p.add_argument("--out", help="output stem (default: <results>/tables/<grid>): .csv .md .tex .json")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("figure", help="a figure of params/grids/<grid>.yaml (figure1a, figure3) as PNG and PDF, and its data as `copa table` writes it")
+    p.add_argument("grid", help="the grid's name, e.g. figure3")
+    p.add_argument("--results", help="results folder the runs wrote (default: results/<profile>)")
+    p.add_argument("--out", help="stem of the data table (default: <results>/tables/<grid>)")
+    p.add_argument("--figure", help="figure stem (default: figures/<profile>/<grid>)")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("claims", help="check the paper's qualitative claims against the profile's tables (results/<profile>/claims.md)")
+    p.add_argument("--tables", help="folder of the tables' CSVs (default: results/<profile>/tables)")
+    p.add_argument("--out", help="the Markdown verdicts; a JSON beside it (default: results/<profile>/claims.md)")
+    p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("validate-data", help="run every reader over a data root and print a summary")
     p.add_argument("root", nargs="?", help="data root (default: the profile's data.root)")

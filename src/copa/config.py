@@ -157,6 +157,7 @@ class ModelParams:
     vision_heads: int
     vision_pre_norm: bool  # a LayerNorm before the first block (CLIP's ViTs)
     vision_activation: Literal["gelu", "quick_gelu"]  # OpenAI CLIP's ViTs: quick_gelu
+    vision_pos_init: Literal["trunc_normal", "sincos"]  # position embeddings' init (a checkpoint replaces it)
     text_dim: int
     text_heads: int
     text_intermediate: int
@@ -381,6 +382,13 @@ class EfficiencyParams:
 
 
 @dataclass(frozen=True)
+class ReportParams:
+    """The tables, figures and claims check; which runs each needs: params/grids/."""
+
+    seeds: tuple[int, ...]  # every trained row of a grid is run once per seed
+
+
+@dataclass(frozen=True)
 class Params:
     profile: str
     seed: int
@@ -393,6 +401,7 @@ class Params:
     finetune: FinetuneParams
     evaluate: EvaluateParams
     efficiency: EfficiencyParams
+    report: ReportParams
     # Where each leaf value came from ("params/base.yaml", "--set", ...), for messages.
     provenance: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -460,6 +469,26 @@ def params_from_dict(data: Mapping[str, Any], source: str, params_dir: str | Pat
     merged, provenance = _profile_values(profile, Path(params_dir))
     _merge(merged, data, source, provenance)
     return _validated(merged, provenance)
+
+
+def validated_record(cls: type, data: Any, source: str) -> Any:
+    """``data`` read from ``source`` (e.g. a grid file in params/grids/) as the dataclass ``cls``,
+    checked as parameters are: an unknown, missing or mistyped key is a :class:`ParamsError` naming
+    ``source`` and the key."""
+    provenance: dict[str, str] = {}
+    _record_all_sources(data, "", source, provenance)
+    return cls(**_build(cls, data, "", provenance))
+
+
+def _record_all_sources(value: Any, dotted: str, source: str, provenance: dict[str, str]) -> None:
+    """Like :func:`_record_sources`, through lists too (``rows[2].label``)."""
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            _record_all_sources(sub, f"{dotted}.{key}" if dotted else str(key), source, provenance)
+    elif isinstance(value, list):
+        for i, sub in enumerate(value):
+            _record_all_sources(sub, f"{dotted}[{i}]", source, provenance)
+    provenance[dotted or "top level"] = source
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -535,10 +564,14 @@ def _build(cls: type, data: Any, prefix: str, provenance: Mapping[str, str], exc
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys here: {', '.join(known)}"
             raise ParamsError(f"{_source_of(dotted, provenance)}: unknown key '{dotted}'{hint}")
+    optional = {f.name for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     values = {}
     for name in known:
         dotted = f"{prefix}{name}"
         if name not in data:
+            if name in optional:  # the dataclass's default
+                continue
             raise ParamsError(f"{_source_of(dotted, provenance)}: missing key '{dotted}'")
         values[name] = _coerce(hints[name], data[name], dotted, provenance)
     return values

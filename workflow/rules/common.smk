@@ -1,4 +1,5 @@
 # Run control, the resolved parameters and helpers shared by every rule file.
+import dataclasses
 import json
 import os
 import shlex
@@ -9,7 +10,10 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from copa.config import ParamsError, load_params
+from copa.report.grids import available_grids, load_grid, run_name
+from copa.report.tables import grid_inputs
 from copa.tasks.registry import TASKS
+from copa.train.encoder_init import encoder_init_params
 
 # `config` holds run control only (profile, overrides); experiment parameters live in params/.
 validate(config, "../schemas/config.schema.yaml")
@@ -18,10 +22,15 @@ validate(config, "../schemas/config.schema.yaml")
 # with copa.config's message naming the file and the key.
 try:
     PARAMS = load_params(config.get("profile"), config["set"])
+    GRIDS = {name: load_grid(name) for name in available_grids()}  # params/grids/: the tables and figures
 except ParamsError as exc:
     raise WorkflowError(f"bad parameters: {exc}") from None
 PROFILE = PARAMS.profile  # without --config profile=..., the one named in params/base.yaml
 SYNTHETIC = PARAMS.data.source == "synthetic"
+# Threads of a training / evaluation job: 2, so that on the 2-core machines of the demo one job at
+# a time gets both cores; the fixture's jobs are so small that Python's start-up dominates, and
+# two at a time halve the DAG's wall time.
+TORCH_THREADS = 1 if PROFILE == "fixture" else 2
 
 # Jobs run the `copa` installed beside the Python that runs Snakemake (and imported copa above),
 # whether or not its environment is activated.
@@ -72,11 +81,6 @@ def pretrained_files():
     return [path for path in named if path]
 
 
-def run_name(method, location, keep, seed):
-    """The folder name of a pretraining run, as the rules' wildcards spell it."""
-    return f"{method}-loc{'-'.join(str(k) for k in location)}-keep{keep}-seed{seed}"
-
-
 # the run of the profile's own parameters (COPA's default: TPD after the middle layer keeping 50%)
 DEFAULT_RUN = run_name(PARAMS.model.selection.method, PARAMS.model.selection.location, PARAMS.model.selection.keep_ratio, PARAMS.seed)
 
@@ -93,3 +97,21 @@ def task_section_json(section, key=lambda task: task):
     """params.<section>.<task's key> as canonical JSON: a rerun trigger of that task's jobs only."""
     values = PARAMS.to_dict()[section]
     return lambda wildcards: json.dumps(values[key(wildcards.task)], sort_keys=True)
+
+
+def grid_results(name):
+    """The result files the table or figure of grid `name` reads: its trained rows' fine-tuning
+    results and every row's efficiency, for each seed of params `report.seeds`."""
+    return [str(p) for p in grid_inputs(GRIDS[name], PARAMS, Path(f"results/{PROFILE}"), PARAMS.report.seeds)]
+
+
+def grid_json(wildcards):
+    """The job's grid as canonical JSON: a rule param, so editing the grid file reruns its table."""
+    return json.dumps(dataclasses.asdict(GRIDS[wildcards.grid]), sort_keys=True)
+
+
+def encoder_init_input(wildcards):
+    """The shared contrastive encoder init a pretraining run starts from (none for other methods)."""
+    if PARAMS.pretrain.encoder_init.method != "contrastive":
+        return []
+    return [f"runs/{PROFILE}/encoder_init/seed{wildcards.seed}/metrics.json"]

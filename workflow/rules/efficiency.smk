@@ -1,24 +1,26 @@
-# Cost of a pretraining run's model, one result per run: FLOPs, throughput and latency in COPA's
-# Table 4 protocol (224 px, 40 text tokens) and the memory of one pretraining step (Figure 3);
-# settings in params section `efficiency`, conventions in src/copa/eval/efficiency.py. The tables
-# ask for results by path, e.g.
+# Cost of a model, one result per run name: FLOPs, throughput and latency in COPA's Table 4
+# protocol (224 px, 40 text tokens) and the memory of one pretraining step (Figure 3); settings in
+# params section `efficiency`, conventions in src/copa/eval/efficiency.py. None of it depends on
+# the weights, so the model is built from the parameters (vocabulary: model.vocab_size) and no
+# pretraining is needed: every cell of a grid gets its cost, trained or not. The tables ask for
+# results by path, e.g.
 #   results/demo/efficiency/tpd-loc3-keep0.5-seed0.json
 # Timings are only as good as the machine is quiet: other jobs running beside this one slow it.
 
 
 rule efficiency:
     input:
-        metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
         code=source_files("eval/efficiency.py", "models/*.py", "train/build.py"),
     output:
-        f"results/{PROFILE}/efficiency/{{run}}.json",
+        f"results/{PROFILE}/efficiency/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.json",
     params:
-        efficiency=section_json("efficiency"),  # rerun trigger: the measurement protocol
-        copa=copa_cli("efficiency"),
-        run_dir=lambda w, input: os.path.dirname(input.metrics),
+        efficiency=section_json("efficiency"),  # rerun triggers: the measurement protocol and the model
+        model=section_json("model"),
+        copa=copa_cli("efficiency", "model", "patch_labels"),
+        location=lambda w: ", ".join(w.location.split("-")),
     log:
-        f"logs/{PROFILE}/efficiency/{{run}}.log",
-    threads: 2
+        f"logs/{PROFILE}/efficiency/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.log",
+    threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,
         runtime=30 if PROFILE != "paper" else 60,
@@ -26,4 +28,6 @@ rule efficiency:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} efficiency --run {params.run_dir} --json {output} > {log} 2>&1"
+        "{params.copa} --set model.selection.method={wildcards.method} --set 'model.selection.location=[{params.location}]'"
+        " --set model.selection.keep_ratio={wildcards.keep} --set seed={wildcards.seed}"
+        " efficiency --from-params --json {output} > {log} 2>&1"

@@ -25,7 +25,7 @@ rule finetune:
         run_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         f"logs/{PROFILE}/finetune/{{run}}/{{task}}.log",
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 64000,
         runtime=60 if PROFILE != "paper" else 24 * 60,
@@ -50,7 +50,7 @@ rule evaluate:
         run_dir=lambda w, input: os.path.dirname(input.metrics),
     log:
         f"logs/{PROFILE}/evaluate/{{run}}/{{task}}.log",
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,
         runtime=30 if PROFILE != "paper" else 6 * 60,

@@ -15,10 +15,37 @@ wildcard_constraints:
     run=r"(none|tpd|cls_attention|text_attention)-loc\d+(-\d+)*-keep[01](\.\d+)?-seed\d+",
 
 
+rule encoder_init:
+    # The contrastive stand-in for CLIP / BERT weights (pretrain.encoder_init.method contrastive):
+    # selection-free, so one node per seed that every run of the grids starts from.
+    input:
+        root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
+        code=source_files("models/*.py", *(f"train/{name}.py" for name in ("build", "distributed", "encoder_init", "engine", "pretrain")),
+                          "data/pretrain_data.py", "data/tokenizer.py", "data/transforms.py"),
+    output:
+        f"runs/{PROFILE}/encoder_init/seed{{seed}}/metrics.json",
+    params:
+        init=lambda w: json.dumps({k: v for k, v in encoder_init_params(PARAMS).items() if k != "seed"}, sort_keys=True),  # what it reads
+        # the overrides of what it reads (copa.train.encoder_init.encoder_init_params), not Algorithm 1's
+        copa=copa_cli("model", "patch_labels", *(f"pretrain.{k}" for k in ("encoder_init", "batch_size", "pair_sources", "weight_decay"))),
+        run_dir=lambda w, output: os.path.dirname(output[0]),
+    log:
+        f"logs/{PROFILE}/encoder_init/seed{{seed}}.log",
+    threads: TORCH_THREADS
+    resources:
+        mem_mb=4000 if PROFILE != "paper" else 64000,
+        runtime=30 if PROFILE != "paper" else 24 * 60,
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.copa} --set seed={wildcards.seed} encoder-init --root {input.root} --out {params.run_dir} > {log} 2>&1"
+
+
 rule pretrain:
     input:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         annotations=rules.filter_annotations.output.annotations,
+        encoder_init=encoder_init_input,
         code=source_files("models/*.py", *(f"train/{name}.py" for name in ("build", "distributed", "encoder_init", "engine", "pretrain", "schedule")),
                           "data/pretrain_data.py", "data/tokenizer.py", "data/transforms.py", "data/patch_labels.py"),
         pretrained=pretrained_files(),
@@ -31,9 +58,10 @@ rule pretrain:
         copa=copa_cli("model", "pretrain", "patch_labels"),
         location=lambda w: ", ".join(w.location.split("-")),
         run_dir=lambda w, output: os.path.dirname(output[0]),
+        encoder_init=lambda w, input: f"--encoder-init {os.path.dirname(input.encoder_init[0])}" if input.encoder_init else "",
     log:
         f"logs/{PROFILE}/pretrain/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.log",
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 64000,
         runtime=60 if PROFILE != "paper" else 72 * 60,
@@ -42,7 +70,7 @@ rule pretrain:
     shell:
         "{params.copa} --set model.selection.method={wildcards.method} --set 'model.selection.location=[{params.location}]'"
         " --set model.selection.keep_ratio={wildcards.keep} --set seed={wildcards.seed}"
-        " pretrain --root {input.root} --annotations {input.annotations} --out {params.run_dir} > {log} 2>&1"
+        " pretrain --root {input.root} --annotations {input.annotations} --out {params.run_dir} {params.encoder_init} > {log} 2>&1"
 
 
 rule pretrain_eval:
@@ -62,7 +90,7 @@ rule pretrain_eval:
         figure_stem=lambda w, output: os.path.splitext(output.figure[0])[0],
     log:
         f"logs/{PROFILE}/pretrain_eval/{{run}}.log",
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,
         runtime=30 if PROFILE != "paper" else 6 * 60,

@@ -37,6 +37,7 @@ class CopaSpec:
     vision_heads: int = 12
     vision_pre_norm: bool = False  # CLIP's ViTs: True
     vision_activation: str = "gelu"  # OpenAI CLIP's ViTs: quick_gelu
+    vision_pos_init: str = "trunc_normal"  # sincos: from scratch (a checkpoint replaces either)
     text_dim: int = 768
     text_heads: int = 12
     text_intermediate: int = 3072
@@ -62,7 +63,7 @@ class CopaModel(nn.Module):
         self.vision = VisionEncoder(
             build_selector(spec.selection, spec.vision_dim, **options), spec.location, spec.image_size, spec.patch_size,
             spec.vision_dim, spec.vision_depth, spec.vision_heads,
-            pre_norm=spec.vision_pre_norm, activation=spec.vision_activation,
+            pre_norm=spec.vision_pre_norm, activation=spec.vision_activation, pos_init=spec.vision_pos_init,
         )
         text_sizes = dict(hidden_size=spec.text_dim, num_heads=spec.text_heads, intermediate_size=spec.text_intermediate)
         self.text = TextEncoder(vocab_size=spec.vocab_size, num_layers=spec.text_layers, max_position_embeddings=spec.max_text_length, pad_token_id=spec.pad_id, **text_sizes)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from timm.layers import LayerNorm, PatchEmbed, QuickGELU, resample_abs_pos_embed, trunc_normal_
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 
@@ -25,6 +26,8 @@ Tensor = torch.Tensor
 
 # the MLP activation: timm's ViTs use GELU, OpenAI's CLIP ViTs (COPA's initialisation) QuickGELU
 ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+# initialisations of the (learnt) patch position embeddings; a loaded checkpoint replaces either
+POSITION_INITS = ("trunc_normal", "sincos")
 
 
 class VisionEncoder(nn.Module):
@@ -40,13 +43,17 @@ class VisionEncoder(nn.Module):
         pre_norm: a LayerNorm on the embedded tokens before the first block (timm's ``norm_pre``)
             and a patch embedding without bias, as in CLIP's ViTs and timm's ``pre_norm=True``;
             activation: a key of ``ACTIVATIONS``.
+        pos_init: ``trunc_normal`` (timm's, std 0.02) or ``sincos`` (2-D sine-cosine of the patch
+            row and column, MoCo v3 / MAE, for ViTs trained from scratch; still learnt here).
     """
 
     def __init__(self, selector: nn.Module, location: int | Sequence[int] = 6,
                  img_size: int = 224, patch_size: int = 16, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 pre_norm: bool = False, activation: str = "gelu"):
+                 pre_norm: bool = False, activation: str = "gelu", pos_init: str = "trunc_normal"):
         super().__init__()
+        if pos_init not in POSITION_INITS:
+            raise ValueError(f"pos_init {pos_init!r}: expected one of {', '.join(POSITION_INITS)}")
         locations = (location,) if isinstance(location, int) else tuple(location)
         limit = selector.max_locations
         if not locations or (limit is not None and len(locations) > limit):
@@ -72,6 +79,10 @@ class VisionEncoder(nn.Module):
         self.norm = LayerNorm(embed_dim)
         # timm's init (VisionTransformer.init_weights, mode ''), selector included
         trunc_normal_(self.pos_embed, std=0.02)
+        if pos_init == "sincos":  # [CLS] keeps a zero position, as in MoCo v3 / MAE
+            with torch.no_grad():
+                self.pos_embed.zero_()
+                self.pos_embed[0, 1:] = build_sincos2d_pos_embed(list(self.patch_embed.grid_size), embed_dim)
         nn.init.normal_(self.cls_token, std=1e-6)
         self.apply(init_weights_vit_timm)
 

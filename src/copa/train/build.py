@@ -15,7 +15,7 @@ def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
         image_size=params.patch_labels.image_size,
         patch_size=params.patch_labels.patch_size,
         vision_dim=m.vision_dim, vision_depth=m.vision_depth, vision_heads=m.vision_heads,
-        vision_pre_norm=m.vision_pre_norm, vision_activation=m.vision_activation,
+        vision_pre_norm=m.vision_pre_norm, vision_activation=m.vision_activation, vision_pos_init=m.vision_pos_init,
         text_dim=m.text_dim, text_heads=m.text_heads, text_intermediate=m.text_intermediate,
         text_layers=m.text_layers, fusion_layers=m.fusion_layers, fusion_stride=m.fusion_stride,
         decoder_layers=m.decoder_layers, max_text_length=m.max_text_length, embed_dim=m.embed_dim,

@@ -7,14 +7,22 @@ for 280 steps (measured; our unmeasured reading: the gradient through near-ident
 is small next to the four other losses). Where no checkpoint exists, ``contrastive`` stands in for those weights: a
 short stage of in-batch image-text contrastive learning (CLIP's symmetric InfoNCE, image
 features text-free) on the same pairs trains the encoders, their projections and the
-temperature; pretraining then starts from them. It runs through the training engine into
-``<run>/encoder_init/`` (checkpoints, DVCLive, resume), with a constant learning rate.
+temperature; pretraining then starts from them. Like CLIP, the stage selects no patches: it trains a
+selection-free copy of the model (same sizes, vocabulary and seed), whose encoders are then copied
+into the run's (the selector's own weights, the TPD's MLP, start fresh). So every run of a profile
+and seed can share one stage (the workflow's ``encoder_init`` rule, ``copa encoder-init``); by
+default a run trains its own in ``<run>/encoder_init/``. It runs through the training engine
+(checkpoints, DVCLive, resume), with a constant learning rate.
 ``checkpoints`` loads the real weights: a timm ViT state dict into the vision encoder, a BERT
 state dict into the text encoder and the fusion layers (COPA §4.1).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import filecmp
+import json
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -22,15 +30,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from copa.config import DOWNSTREAM_SECTIONS, Params
+from copa.config import Params
 from copa.models.copa import CopaModel
 from copa.models.objectives import contrastive_loss
 from copa.models.text import load_bert_weights
 from copa.models.vit import load_timm_checkpoint
 from copa.models.weights import read_state_dict
-from copa.train.engine import EngineConfig, train
+from copa.train.build import copa_spec
+from copa.train.engine import EngineConfig, seed_everything, train
 
 INIT_DIR = "encoder_init"
+VOCAB_DIR = "vocab"
 INIT_PARTS = ("vision", "text", "vision_proj", "text_proj", "temperature")
 
 
@@ -82,10 +92,76 @@ class ContrastiveInitTask:
         pass
 
 
-def initialise_encoders(model: CopaModel, pair_data, params: Params, out_dir: Path) -> dict | None:
-    """Run ``pretrain.encoder_init`` on ``model`` in place; returns the contrastive stage's last
-    metrics, or what ``checkpoints`` loaded (None for ``none``). A finished contrastive stage is
-    not redone: the engine resumes it at its end."""
+def encoder_init_params(params: Params) -> dict:
+    """What the contrastive stage reads, as plain values: the parameters its checkpoints record (a
+    resume compares them) and the workflow's rerun trigger. Not the selection (the stage selects
+    nothing) nor Algorithm 1's settings, so that every run of a profile and seed shares it."""
+    p = params.pretrain
+    return {"profile": params.profile, "seed": params.seed,
+            "model": {k: v for k, v in dataclasses.asdict(params.model).items() if k != "selection"},
+            "patch_labels": {"image_size": params.patch_labels.image_size, "patch_size": params.patch_labels.patch_size},
+            "pretrain": {"encoder_init": dataclasses.asdict(p.encoder_init), "batch_size": p.batch_size,
+                         "pair_sources": list(p.pair_sources), "weight_decay": p.weight_decay}}
+
+
+def selection_free(params: Params) -> Params:
+    selection = dataclasses.replace(params.model.selection, method="none", keep_ratio=1.0)
+    return dataclasses.replace(params, model=dataclasses.replace(params.model, selection=selection))
+
+
+def train_contrastive_encoders(params: Params, pair_data, vocab_file: Path, init_dir: Path) -> tuple[CopaModel, dict]:
+    """The contrastive stage in ``init_dir``: a selection-free model of the run's sizes and
+    vocabulary (``vocab_file``, copied into ``init_dir/vocab/``), read from the folder when the
+    stage has finished there, trained (or resumed) otherwise."""
+    init = params.pretrain.encoder_init
+    if init.method != "contrastive":
+        raise ValueError(f"pretrain.encoder_init.method is {init.method!r}: the contrastive stage runs for 'contrastive' only")
+    kept = Path(init_dir) / VOCAB_DIR / "vocab.txt"
+    if not kept.is_file():
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(vocab_file, kept)
+    elif not filecmp.cmp(kept, vocab_file, shallow=False):
+        raise ValueError(f"{kept}: the encoder init was trained with another vocabulary than {vocab_file}")
+    seed_everything(params.seed)  # the stage's initial weights
+    model = CopaModel(copa_spec(selection_free(params), len(pair_data.tokenizer)))
+    finished = finished_stage(params, init_dir)
+    if finished is not None:  # read only: runs sharing the stage may start side by side
+        ContrastiveEncoders(model).load_state_dict(finished["model"])
+        return model, finished["metrics"]
+    config = EngineConfig(epochs=1, checkpoint_every=max(init.steps, 1), seed=params.seed)
+    return model, train(ContrastiveInitTask(model, pair_data, params), config, init_dir, encoder_init_params(params))
+
+
+def finished_stage(params: Params, init_dir: Path) -> dict | None:
+    """The last checkpoint of a contrastive stage that ran all its steps under ``params``; None when
+    there is none yet (or it stopped early: the engine then resumes it). A finished stage of other
+    parameters is an error naming the keys."""
+    last = Path(init_dir) / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return None
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    expected = json.loads(json.dumps(encoder_init_params(params)))  # as the checkpoint stores it
+    changed = sorted(k for k in set(expected) | set(ckpt["resolved_params"]) if expected.get(k) != ckpt["resolved_params"].get(k))
+    if changed:
+        raise ValueError(f"{last}: the encoder init was trained with other parameters (differing keys: {changed}); "
+                         f"delete {init_dir} to train it again")
+    return ckpt if ckpt["step"] >= params.pretrain.encoder_init.steps else None
+
+
+def copy_encoders(source: CopaModel, target: CopaModel) -> None:
+    """The contrastive stage's parts into a run's model; only the selector may lack weights."""
+    for name in INIT_PARTS:
+        missing, unexpected = getattr(target, name).load_state_dict(getattr(source, name).state_dict(), strict=False)
+        missing = [key for key in missing if not key.startswith("selector.")]
+        if missing or unexpected:
+            raise ValueError(f"encoder init: the run's {name} does not match the stage's (missing {missing}, unexpected {unexpected})")
+
+
+def initialise_encoders(model: CopaModel, pair_data, params: Params, init_dir: Path, vocab_file: Path | None = None) -> dict | None:
+    """Run ``pretrain.encoder_init`` for ``model`` (in place); returns the contrastive stage's last
+    metrics, or what ``checkpoints`` loaded (None for ``none``). ``init_dir``: the contrastive
+    stage's folder, a run's own or one shared by the runs of a profile and seed; a finished stage
+    is only read."""
     init = params.pretrain.encoder_init
     given = {name: getattr(init, name) for name in ("vision_checkpoint", "text_checkpoint") if getattr(init, name)}
     if init.method != "checkpoints" and given:
@@ -95,11 +171,11 @@ def initialise_encoders(model: CopaModel, pair_data, params: Params, out_dir: Pa
         return None
     if init.method == "checkpoints":
         return load_encoder_checkpoints(model, init.vision_checkpoint, init.text_checkpoint)
-    task = ContrastiveInitTask(model, pair_data, params)
-    # the TPD's MLP gets no gradient here (text-free): DDP must not wait for it
-    config = EngineConfig(epochs=1, checkpoint_every=max(init.steps, 1), seed=params.seed, find_unused_parameters=True,
-                          resume_ignores=DOWNSTREAM_SECTIONS)
-    return train(task, config, Path(out_dir) / INIT_DIR, params.to_dict())
+    if vocab_file is None:
+        raise ValueError("the contrastive encoder init needs the run's vocabulary file")
+    trained, metrics = train_contrastive_encoders(params, pair_data, vocab_file, init_dir)
+    copy_encoders(trained, model)
+    return metrics
 
 
 def load_encoder_checkpoints(model: CopaModel, vision: str | None, text: str | None) -> dict:

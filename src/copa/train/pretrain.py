@@ -23,34 +23,42 @@ from copa.data.pretrain_data import ObjectDataset, PairDataset, image_text_pairs
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.models.pretraining import CopaPretraining
 from copa.train.build import build_pretraining
-from copa.train.encoder_init import initialise_encoders
+from copa.train.encoder_init import INIT_DIR, VOCAB_DIR, initialise_encoders, train_contrastive_encoders
 from copa.train.engine import RESOLVED_FILE, EngineConfig, epoch_length, seed_everything, train
 from copa.train.schedule import param_groups, warmup_cosine_lambda
 
-VOCAB_DIR = "vocab"
+
+class PairSource:
+    """The pretraining pairs of a data root, their vocabulary (written to ``<out_dir>/vocab/``) and
+    their dataset: what Algorithm 1 and its contrastive encoder init both train on."""
+
+    def __init__(self, params: Params, data_root: Path, out_dir: Path):
+        p = params.pretrain
+        self.pairs = image_text_pairs(DataLayout(Path(data_root)), p.pair_sources)
+        if not self.pairs:
+            raise ValueError(f"{data_root}: no image-text pairs for the sources {', '.join(p.pair_sources)}")
+        self.vocab_file = Path(out_dir) / VOCAB_DIR / "vocab.txt"
+        if params.model.vocab_file:  # a given vocabulary (bert-base-uncased's with BERT weights), kept with the run
+            self.vocab_file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(_existing(params.model.vocab_file, "model.vocab_file"), self.vocab_file)
+        elif not self.vocab_file.exists():  # a vocabulary of the run's own captions (deterministic; kept with the run)
+            train_wordpiece([pair.text for pair in self.pairs], params.model.vocab_size, self.vocab_file.parent)
+        self.tokenizer = load_tokenizer(self.vocab_file)
+        self.pair_data = PairDataset(self.pairs, self.tokenizer, params.patch_labels.image_size, params.model.max_text_length, params.seed)
 
 
 class PretrainTask:
     def __init__(self, params: Params, data_root: Path, annotations: Path, out_dir: Path):
         self.params = params
         p = params.pretrain
-        self.pairs = image_text_pairs(DataLayout(Path(data_root)), p.pair_sources)
-        if not self.pairs:
-            raise ValueError(f"{data_root}: no image-text pairs for the sources {', '.join(p.pair_sources)}")
-        vocab = Path(out_dir) / VOCAB_DIR / "vocab.txt"
-        if params.model.vocab_file:  # a given vocabulary (bert-base-uncased's with BERT weights), kept with the run
-            vocab.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(_existing(params.model.vocab_file, "model.vocab_file"), vocab)
-        elif not vocab.exists():  # a vocabulary of the run's own captions (deterministic; kept with the run)
-            train_wordpiece([pair.text for pair in self.pairs], params.model.vocab_size, vocab.parent)
-        self.tokenizer = load_tokenizer(vocab)
+        source = PairSource(params, data_root, out_dir)
+        self.pairs, self.tokenizer, self.pair_data, self.vocab_file = source.pairs, source.tokenizer, source.pair_data, source.vocab_file
         images = len({pair.image for pair in self.pairs})  # the share counts images, not captions
         objects = object_samples(annotations, data_root, p.object_share, images, params.seed)
         if not objects:
             raise ValueError(f"{annotations}: no object images for PTA (pretrain.object_share {p.object_share} of "
                              f"{images} pretraining images, among the filtered files' images)")
         size, patch, length = params.patch_labels.image_size, params.patch_labels.patch_size, params.model.max_text_length
-        self.pair_data = PairDataset(self.pairs, self.tokenizer, size, length, params.seed)
         self.object_data = ObjectDataset(objects, self.tokenizer, size, patch, length, params.seed, params.patch_labels.min_overlap)
         seed_everything(params.seed)  # the model's initial weights
         self.model = build_pretraining(params, self.tokenizer)
@@ -101,9 +109,20 @@ def _model_inputs(batch: dict) -> dict:
     return out
 
 
-def run_pretraining(params: Params, data_root: Path, annotations: Path, out_dir: Path, resume: bool = True) -> dict:
+def run_encoder_init(params: Params, data_root: Path, out_dir: Path) -> dict:
+    """``copa encoder-init``: the contrastive encoder init alone, in ``out_dir``, for every run of
+    the profile and seed to start from (``copa pretrain --encoder-init``)."""
+    source = PairSource(params, data_root, out_dir)
+    return train_contrastive_encoders(params, source.pair_data, source.vocab_file, out_dir)[1]
+
+
+def run_pretraining(params: Params, data_root: Path, annotations: Path, out_dir: Path, resume: bool = True,
+                    init_dir: Path | None = None) -> dict:
+    """Algorithm 1 into ``out_dir``; the contrastive encoder init in ``init_dir`` (default: the
+    run's own ``encoder_init/``; a shared one is reused when finished)."""
     task = PretrainTask(params, data_root, annotations, out_dir)
-    if initialise_encoders(task.model.model, task.pair_data, params, out_dir) is not None:
+    init_dir = Path(init_dir) if init_dir is not None else Path(out_dir) / INIT_DIR
+    if initialise_encoders(task.model.model, task.pair_data, params, init_dir, task.vocab_file) is not None:
         task.model.sync_momentum()  # the momentum encoders start as copies of the initialised ones
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets it
     p = params.pretrain

@@ -1,0 +1,152 @@
+"""The grids of the tables and figures (params/grids/<name>.yaml): which runs each one needs.
+
+A grid lists rows in the paper's terms (a selector, a location in a 12-layer ViT, a keeping
+ratio) with the paper's numbers for the grid's columns, and, per profile, which rows are
+pretrained and fine-tuned (``trained``: ``all`` or labels; the others get the measurements that
+need no training: FLOPs, throughput, latency, memory). Rows of different grids that describe the
+same model are the same run (Table 10's COPA row is Table 9's location 6 / 50% cell): the run
+name is all that identifies a run.
+
+A profile's ViT of depth D takes the paper's location k as round(k * D / 12), halves rounded
+up (the demo's depth 6: 4 / 6 / 8 -> 2 / 3 / 4). ``none`` (mPLUG) has no location or ratio:
+its runs are named with the profile's default location and ratio 1.0, so every grid shares one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from copa.config import DEFAULT_PARAMS_DIR, ParamsError, Params, available_profiles, validated_record
+from copa.report.columns import COLUMNS
+
+GRIDS_DIR = "grids"
+PAPER_DEPTH = 12  # ViT-B/16
+
+
+@dataclass(frozen=True)
+class GridRow:
+    label: str
+    method: Literal["none", "tpd", "cls_attention", "text_attention"]
+    location: tuple[int, ...]  # in the paper's 12-layer ViT
+    keep: float
+    paper: dict[str, float]  # the paper's values, by column
+
+
+@dataclass(frozen=True)
+class ReferenceRow:
+    """A model of the paper's table that the harness does not implement: its numbers only."""
+
+    label: str
+    paper: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Grid:
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[GridRow, ...]
+    trained: dict[str, list[str]]  # profile -> labels of the rows it trains
+    reference: tuple[ReferenceRow, ...] = ()
+    name: str = field(default="", compare=False)
+
+    def row(self, label: str) -> GridRow:
+        return next(r for r in self.rows if r.label == label)
+
+    def trained_rows(self, profile: str) -> list[GridRow]:
+        labels = set(self.trained[profile])
+        return [r for r in self.rows if r.label in labels]
+
+    @property
+    def tasks(self) -> list[str]:
+        """The fine-tuning tasks a trained row needs for the grid's columns."""
+        return sorted({COLUMNS[c].source for c in self.columns} - {"efficiency"})
+
+
+def grid_path(name: str, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> Path:
+    return Path(params_dir) / GRIDS_DIR / f"{name}.yaml"
+
+
+def available_grids(params_dir: str | Path = DEFAULT_PARAMS_DIR) -> list[str]:
+    return sorted(p.stem for p in (Path(params_dir) / GRIDS_DIR).glob("*.yaml"))
+
+
+def load_grid(name: str, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> Grid:
+    """The grid ``name``, validated: known columns, unique labels, every profile's ``trained``."""
+    path = grid_path(name, params_dir)
+    if not path.is_file():
+        raise ParamsError(f"unknown grid {name!r}: no file {path} (available: {', '.join(available_grids(params_dir)) or 'none'})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping")
+    raw = _normalised(raw, path, available_profiles(params_dir))
+    if "name" in raw:
+        raise ParamsError(f"{path}: unknown key 'name' (a grid is named by its file)")
+    grid: Grid = validated_record(Grid, raw, str(path))
+    _check(grid, path)
+    return Grid(**{**grid.__dict__, "name": name})
+
+
+def _normalised(raw: dict[str, Any], path: Path, profiles: list[str]) -> dict[str, Any]:
+    """YAML shorthands spelt out: ``location: 6`` -> [6]; ``trained: {p: all}`` -> every label."""
+    raw = dict(raw)
+    rows = raw.get("rows")
+    if isinstance(rows, list):
+        raw["rows"] = [{**r, "location": [r["location"]]} if isinstance(r, dict) and isinstance(r.get("location"), int) else r
+                       for r in rows]
+    trained = raw.get("trained")
+    if isinstance(trained, dict):
+        missing = [p for p in profiles if p not in trained]
+        if missing:
+            raise ParamsError(f"{path}: key 'trained' must name every profile; missing: {', '.join(missing)}")
+        labels = [r.get("label") for r in raw.get("rows", []) if isinstance(r, dict)]
+        raw["trained"] = {p: labels if v == "all" else v for p, v in trained.items()}
+    return raw
+
+
+def _check(grid: Grid, path: Path) -> None:
+    for column in grid.columns:
+        if column not in COLUMNS:
+            raise ParamsError(f"{path}: unknown column {column!r} in 'columns' (known: {', '.join(COLUMNS)})")
+    labels = [r.label for r in grid.rows] + [r.label for r in grid.reference]
+    duplicated = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicated:
+        raise ParamsError(f"{path}: row labels must be unique; repeated: {', '.join(duplicated)}")
+    for i, row in enumerate((*grid.rows, *grid.reference)):
+        unknown = sorted(set(row.paper) - set(grid.columns))
+        if unknown:
+            raise ParamsError(f"{path}: row {row.label!r}: 'paper' names columns the grid does not have: {', '.join(unknown)}")
+    for i, row in enumerate(grid.rows):
+        if not 0 < row.keep <= 1:
+            raise ParamsError(f"{path}: key 'rows[{i}].keep' must be in (0, 1], got {row.keep}")
+        if not row.location or not all(1 <= k <= PAPER_DEPTH for k in row.location):
+            raise ParamsError(f"{path}: key 'rows[{i}].location' must be layers 1..{PAPER_DEPTH} of the paper's ViT, got {list(row.location)}")
+    for profile, chosen in grid.trained.items():
+        unknown = [label for label in chosen if label not in {r.label for r in grid.rows}]
+        if unknown:
+            raise ParamsError(f"{path}: key 'trained.{profile}' names no row: {', '.join(map(repr, unknown))}")
+
+
+def profile_location(k: int, depth: int) -> int:
+    """The paper's layer k of 12 on a ViT of ``depth`` layers (halves rounded up)."""
+    return max(1, math.floor(k * depth / PAPER_DEPTH + 0.5))
+
+
+def run_name(method: str, location: tuple[int, ...] | list[int], keep: float, seed: int) -> str:
+    """A pretraining run's folder name, as the workflow's wildcards spell it."""
+    return f"{method}-loc{'-'.join(str(k) for k in location)}-keep{keep}-seed{seed}"
+
+
+def row_run(row: GridRow, params: Params, seed: int) -> str:
+    """The run of ``row`` in the profile of ``params``."""
+    if row.method == "none":  # nothing selected: one run whatever the row says
+        return run_name("none", params.model.selection.location, 1.0, seed)
+    depth = params.model.vision_depth
+    return run_name(row.method, [profile_location(k, depth) for k in row.location], row.keep, seed)

@@ -1,0 +1,212 @@
+"""A grid's table from the run results: CSV (canonical), Markdown, LaTeX, and a JSON for DVC.
+
+Each row of the grid gets, per column, the value measured in this profile (the mean over the
+seeds, with the standard deviation when there are several) and the paper's value in a separate,
+labelled column. A column that needs fine-tuning is empty ("not trained") for rows the profile
+does not train; FLOPs, throughput, latency and memory are measured for every row. Reference rows
+(models the harness does not implement) carry the paper's numbers only.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from copa.config import Params
+from copa.report.columns import COLUMNS
+from copa.report.grids import Grid, row_run
+
+NOT_TRAINED = "not trained"
+NOT_MEASURED = "not measured"  # (not "n/a": pandas reads that back as NaN)
+SUFFIXES = (".csv", ".md", ".tex", ".json")
+
+
+def result_path(results: Path, source: str, run: str) -> Path:
+    """Where the workflow writes a run's result of ``source`` (a task, or efficiency)."""
+    if source == "efficiency":
+        return results / "efficiency" / f"{run}.json"
+    return results / "finetune" / run / f"{source}.json"
+
+
+def grid_inputs(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> list[Path]:
+    """Every result file the table of ``grid`` reads in the profile of ``params``."""
+    trained = {r.label for r in grid.trained_rows(params.profile)}
+    paths = []
+    for row in grid.rows:
+        for seed in seeds:
+            run = row_run(row, params, seed)
+            for source in sorted({COLUMNS[c].source for c in grid.columns}):
+                if source == "efficiency" or row.label in trained:
+                    paths.append(result_path(results, source, run))
+    return sorted(set(paths))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measured value: the mean over seeds, their standard deviation (None with one seed)."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    status: str = ""  # "" measured, NOT_TRAINED, NOT_MEASURED
+    examples: int | None = None  # test examples behind each value (accuracies)
+
+    def text(self, digits: int) -> str:
+        if self.status:
+            return self.status
+        if self.std is None:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+
+
+def _cell(values: list[float | None], examples: int | None) -> Cell:
+    measured = [v for v in values if v is not None]
+    if not measured:
+        return Cell(None, None, 0, NOT_MEASURED)
+    std = statistics.stdev(measured) if len(measured) > 1 else None
+    return Cell(statistics.fmean(measured), std, len(measured), examples=examples)
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: a result the table needs is missing (run the workflow for it)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+
+
+def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> dict[str, dict[str, Cell]]:
+    """label -> column -> Cell, for the grid's rows in the profile of ``params``."""
+    trained = {r.label for r in grid.trained_rows(params.profile)}
+    out: dict[str, dict[str, Cell]] = {}
+    for row in grid.rows:
+        cells = {}
+        for name in grid.columns:
+            column = COLUMNS[name]
+            if column.source != "efficiency" and row.label not in trained:
+                cells[name] = Cell(None, None, 0, NOT_TRAINED)
+                continue
+            records = [_read(result_path(results, column.source, row_run(row, params, seed))) for seed in seeds]
+            cells[name] = _cell([column.value(r) for r in records], column.examples(records[0]))
+        out[row.label] = cells
+    return out
+
+
+def devices(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> list[str]:
+    """The devices the efficiency columns were measured on (one, normally)."""
+    if not any(COLUMNS[c].source == "efficiency" for c in grid.columns):
+        return []
+    found = set()
+    for row in grid.rows:
+        for seed in seeds:
+            info = _read(result_path(results, "efficiency", row_run(row, params, seed))).get("device", {})
+            found.add(f"{info.get('device', '?')} ({info.get('cpu', '?')}, {info.get('threads', '?')} threads)")
+    return sorted(found)
+
+
+def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], seeds: Sequence[int]) -> pd.DataFrame:
+    """The canonical CSV's frame: one line per row (reference rows last), per column the measured
+    mean, std, number of seeds and the paper's value."""
+    lines = []
+    for row in grid.rows:
+        line: dict = {"row": row.label, "run": row_run(row, params, seeds[0]) if len(seeds) == 1 else "",
+                      "method": row.method, "trained": row.label in {r.label for r in grid.trained_rows(params.profile)}}
+        for name in grid.columns:
+            cell = cells[row.label][name]
+            line.update({name: cell.mean, f"{name}_std": cell.std, f"{name}_seeds": cell.n, f"{name}_examples": cell.examples,
+                         f"{name}_status": cell.status or "measured", f"{name}_paper": row.paper.get(name)})
+        lines.append(line)
+    for ref in grid.reference:
+        line = {"row": ref.label, "run": "", "method": "reference", "trained": False}
+        for name in grid.columns:
+            line.update({name: None, f"{name}_std": None, f"{name}_seeds": 0, f"{name}_examples": None, f"{name}_status": "paper only",
+                         f"{name}_paper": ref.paper.get(name)})
+        lines.append(line)
+    frame = pd.DataFrame(lines)
+    frame.insert(0, "profile", params.profile)
+    frame["seeds"] = " ".join(str(s) for s in seeds)
+    return frame
+
+
+def _display(grid: Grid, cells: dict[str, dict[str, Cell]]) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells shared by the Markdown and LaTeX tables: measured | paper per column."""
+    header = ["model"]
+    for name in grid.columns:
+        header += [COLUMNS[name].header, f"{COLUMNS[name].header} (paper)"]
+    body = []
+    for row in (*grid.rows, *grid.reference):
+        line = [row.label]
+        for name in grid.columns:
+            column = COLUMNS[name]
+            measured = cells[row.label][name].text(column.digits) if row.label in cells else "paper only"
+            paper = row.paper.get(name)
+            line += [measured, "" if paper is None else f"{paper:g}"]
+        body.append(line)
+    return header, body
+
+
+def measured_note(params: Params, seeds: Sequence[int], device_names: Sequence[str]) -> str:
+    """What the measured columns are: profile, seeds, device of the efficiency columns."""
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± std over seeds {', '.join(map(str, seeds))}"
+    parts = [f"profile {params.profile}", seed_text]
+    if device_names:
+        parts.append("efficiency on " + "; ".join(device_names))
+    return f"Measured here: {', '.join(parts)}"
+
+
+def caption(grid: Grid, note: str) -> str:
+    return f"{grid.title}. {note}. \"(paper)\" columns: the paper's numbers, for reference only (its scale, data and hardware)"
+
+
+def markdown(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str) -> str:
+    header, body = _display(grid, cells)
+    lines = [f"**{caption_text}.**", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
+                          ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def latex(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str) -> str:
+    header, body = _display(grid, cells)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "rr" * len(grid.columns) + "}", r"\toprule",
+             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    for i, line in enumerate(body):
+        if i == len(grid.rows) and grid.reference:
+            lines.append(r"\midrule")
+        lines.append(" & ".join(_latex_escape(c) for c in line) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_latex_escape(caption_text)}.}}", rf"\label{{tab:{grid.name}}}",
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def metrics_json(grid: Grid, cells: dict[str, dict[str, Cell]]) -> dict:
+    """{row: {column: mean}} of the measured cells: the file `dvc metrics diff` compares."""
+    return {label: {name: round(cell.mean, 4) for name, cell in row.items() if cell.mean is not None}
+            for label, row in cells.items()}
+
+
+def write_table(grid: Grid, params: Params, results: Path, seeds: Sequence[int], stem: Path) -> tuple[list[Path], dict[str, dict[str, Cell]], str]:
+    """Read the grid's results and write ``<stem>.csv / .md / .tex / .json``; returns the paths,
+    the cells and the note on what was measured (for a figure of the same grid)."""
+    cells = measure(grid, params, results, seeds)
+    note = measured_note(params, seeds, devices(grid, params, results, seeds))
+    text = caption(grid, note)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    csv, md, tex, js = (stem.with_name(stem.name + s) for s in SUFFIXES)
+    table_frame(grid, params, cells, seeds).to_csv(csv, index=False, float_format="%.6g")
+    md.write_text(markdown(grid, cells, text), encoding="utf-8")
+    tex.write_text(latex(grid, cells, text), encoding="utf-8")
+    js.write_text(json.dumps(metrics_json(grid, cells), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return [csv, md, tex, js], cells, note

@@ -1,0 +1,201 @@
+"""Grids (params/grids/), the tables built from run results, their figures and the claims check."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from copa.config import ParamsError, load_params
+from copa.report.claims import FAILS, HOLDS, NOT_YET, UNMEASURABLE, Tables, check_claims, standard_error, write_claims
+from copa.report.columns import COLUMNS
+from copa.report.grid_figures import FIGURES
+from copa.report.grids import available_grids, load_grid, profile_location, row_run
+from copa.report.tables import NOT_TRAINED, grid_inputs, result_path, write_table
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.fixture
+def params_dir(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "params", tmp_path / "params")
+    return tmp_path / "params"
+
+
+def test_every_grid_of_the_repository_loads_and_names_known_columns():
+    names = available_grids()
+    assert {"table1", "table2", "table3", "table4", "table9", "table10", "figure1a", "figure3"} <= set(names)
+    for name in names:
+        grid = load_grid(name)
+        assert grid.name == name and grid.rows
+        assert set(grid.trained) == {"fixture", "demo", "paper"}
+        assert grid.trained["paper"] == [r.label for r in grid.rows] or not grid.trained["paper"]
+
+
+@pytest.mark.parametrize("k, depth, expected", [(6, 12, 6), (4, 6, 2), (6, 6, 3), (8, 6, 4), (10, 6, 5), (2, 4, 1), (8, 4, 3), (1, 4, 1)])
+def test_profile_location_scales_the_papers_layer(k, depth, expected):
+    assert profile_location(k, depth) == expected
+
+
+def test_rows_that_describe_the_same_model_are_one_run():
+    demo = load_params("demo")
+    table9, table10 = load_grid("table9"), load_grid("table10")
+    assert row_run(table9.row("loc 6, 50%"), demo, 0) == row_run(table10.row("COPA"), demo, 0) == "tpd-loc3-keep0.5-seed0"
+    assert row_run(table9.row("none, 100%"), demo, 0) == row_run(table10.row("w/o TPD"), demo, 0) == "tpd-loc3-keep1.0-seed0"
+    # mPLUG has no location or ratio: one run name, whatever the row says
+    assert row_run(table10.row("mPLUG"), demo, 0) == "none-loc3-keep1.0-seed0"
+
+
+def _write(params_dir: Path, name: str, text: str) -> None:
+    (params_dir / "grids" / f"{name}.yaml").write_text(text)
+
+
+GOOD = """title: t
+columns: [vqa, gmacs]
+rows:
+  - {label: a, method: tpd, location: 6, keep: 0.5, paper: {vqa: 1.0}}
+  - {label: b, method: none, location: 6, keep: 1.0, paper: {}}
+trained: {paper: all, demo: [a], fixture: []}
+"""
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("columns: [vqa, gmacs]", "columns: [vqa, flops]"), "unknown column 'flops'"),
+    (lambda t: t.replace("label: b", "label: a"), "row labels must be unique; repeated: a"),
+    (lambda t: t.replace("paper: {vqa: 1.0}", "paper: {cider: 1.0}"), "names columns the grid does not have: cider"),
+    (lambda t: t.replace("keep: 0.5", "keep: 1.5"), "rows[0].keep"),
+    (lambda t: t.replace("location: 6, keep: 0.5", "location: 13, keep: 0.5"), "rows[0].location"),
+    (lambda t: t.replace("demo: [a]", "demo: [c]"), "trained.demo' names no row: 'c'"),
+    (lambda t: t.replace(", fixture: []", ""), "missing: fixture"),
+    (lambda t: t.replace("method: tpd", "method: tpdd"), "rows[0].method"),
+    (lambda t: t.replace("keep: 0.5,", "kep: 0.5,"), "unknown key 'rows[0].kep'"),
+    (lambda t: t.replace("title: t\n", ""), "missing key 'title'"),
+])
+def test_bad_grid_files_name_the_file_and_the_key(params_dir, edit, message):
+    _write(params_dir, "mine", edit(GOOD))
+    with pytest.raises(ParamsError, match="mine.yaml") as error:
+        load_grid("mine", params_dir)
+    assert message in str(error.value)
+
+
+def test_unknown_grid_lists_the_available_ones(params_dir):
+    with pytest.raises(ParamsError, match="unknown grid 'table99'.*table10"):
+        load_grid("table99", params_dir)
+
+
+def _result(results: Path, source: str, run: str, record: dict) -> None:
+    path = result_path(results, source, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def _efficiency(gmacs: float, throughput: float = 100.0, memory: float = 50.0) -> dict:
+    return {"flops": {"gmacs": {"total": gmacs}}, "throughput": {"pairs_per_s": throughput}, "latency": {"median_ms": 3.0},
+            "training_memory": {"saved_mib": memory}, "device": {"device": "cpu", "cpu": "test cpu", "threads": 2}}
+
+
+def test_table_reads_the_runs_results_and_marks_untrained_rows(params_dir, tmp_path):
+    _write(params_dir, "mine", GOOD)
+    grid, demo = load_grid("mine", params_dir), load_params("demo", params_dir=params_dir)
+    results = tmp_path / "results"
+    a, b = row_run(grid.row("a"), demo, 0), row_run(grid.row("b"), demo, 0)
+    assert grid_inputs(grid, demo, results, [0]) == sorted([result_path(results, "vqa", a), result_path(results, "efficiency", a),
+                                                           result_path(results, "efficiency", b)])
+    _result(results, "vqa", a, {"overall": 47.5, "questions": 2400})
+    _result(results, "efficiency", a, _efficiency(0.2))
+    _result(results, "efficiency", b, _efficiency(0.4))
+    paths, cells, _ = write_table(grid, demo, results, [0], tmp_path / "tables" / "mine")
+    assert [p.suffix for p in paths] == [".csv", ".md", ".tex", ".json"]
+    frame = pd.read_csv(paths[0]).set_index("row")
+    assert frame.at["a", "vqa"] == 47.5 and frame.at["a", "vqa_examples"] == 2400 and frame.at["a", "vqa_paper"] == 1.0
+    assert frame.at["b", "vqa_status"] == NOT_TRAINED and math.isnan(frame.at["b", "vqa"]) and frame.at["b", "gmacs"] == 0.4
+    assert set(frame["profile"]) == {"demo"}
+    markdown = paths[1].read_text()
+    assert "| a | 47.50 | 1 | 0.200 |" in markdown and NOT_TRAINED in markdown and "profile demo" in markdown and "test cpu" in markdown
+    assert r"\begin{tabular}" in paths[2].read_text()
+    assert json.loads(paths[3].read_text()) == {"a": {"vqa": 47.5, "gmacs": 0.2}, "b": {"gmacs": 0.4}}
+
+
+def test_several_seeds_give_mean_and_standard_deviation(params_dir, tmp_path):
+    _write(params_dir, "mine", GOOD)
+    grid, demo = load_grid("mine", params_dir), load_params("demo", params_dir=params_dir)
+    results = tmp_path / "results"
+    for seed, acc in ((0, 40.0), (1, 44.0)):
+        run = row_run(grid.row("a"), demo, seed)
+        _result(results, "vqa", run, {"overall": acc, "questions": 100})
+        _result(results, "efficiency", run, _efficiency(0.2))
+        _result(results, "efficiency", row_run(grid.row("b"), demo, seed), _efficiency(0.4))
+    _, cells, note = write_table(grid, demo, results, [0, 1], tmp_path / "t")
+    assert cells["a"]["vqa"].mean == 42.0 and cells["a"]["vqa"].std == pytest.approx(math.sqrt(8)) and cells["a"]["vqa"].n == 2
+    assert cells["a"]["vqa"].text(2) == "42.00 ± 2.83" and "seeds 0, 1" in note
+
+
+def test_a_missing_result_is_an_error_naming_it(params_dir, tmp_path):
+    _write(params_dir, "mine", GOOD)
+    grid, demo = load_grid("mine", params_dir), load_params("demo", params_dir=params_dir)
+    with pytest.raises(FileNotFoundError, match="finetune/tpd-loc3-keep0.5-seed0/vqa.json: a result the table needs is missing"):
+        write_table(grid, demo, tmp_path / "results", [0], tmp_path / "t")
+
+
+def test_columns_read_their_values():
+    captioning = {"bleu_4": 0.25, "spice": None}
+    assert COLUMNS["caption_bleu4"].value(captioning) == 25.0
+    assert COLUMNS["caption_spice"].value(captioning) is None  # SPICE unavailable: not a number
+    gpu = {"training_memory": {"saved_mib": 10.0, "cuda_max_allocated_mib": 30.0}}
+    assert COLUMNS["memory_mib"].value(gpu) == 30.0 and COLUMNS["memory_mib"].value({"training_memory": {"saved_mib": 10.0}}) == 10.0
+    grounding = {"splits": {"val": {"acc@0.5": 2.0, "expressions": 1100}}}
+    assert COLUMNS["grounding_val"].value(grounding) == 2.0 and COLUMNS["grounding_val"].examples(grounding) == 1100
+
+
+def test_standard_error_of_an_accuracy_difference():
+    a = {"mean": 50.0, "std": None, "seeds": 1, "examples": 100}
+    assert standard_error(a, a) == pytest.approx(math.sqrt(2 * 25.0))  # binomial: sqrt(p (100 - p) / N) per accuracy
+    b = {"mean": 50.0, "std": 1.0, "seeds": 4, "examples": 100}
+    assert standard_error(b, b) == pytest.approx(math.sqrt(2 / 4))  # over seeds when there are several
+
+
+def _csv(folder: Path, grid: str, rows: dict[str, dict[str, float]], examples: int = 2400) -> None:
+    lines = []
+    for label, values in rows.items():
+        line = {"row": label}
+        for column, value in values.items():
+            line.update({column: value, f"{column}_std": None, f"{column}_seeds": 1, f"{column}_examples": examples})
+        lines.append(line)
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(lines).to_csv(folder / f"{grid}.csv", index=False)
+
+
+def test_claims_verdicts(tmp_path):
+    tables = tmp_path / "tables"
+    _csv(tables, "table10", {"COPA": {"vqa": 50.0}, "w/o PTA": {"vqa": 45.0}, "w/o TPD": {"vqa": 50.5}, "mPLUG": {"vqa": 50.0}})
+    _csv(tables, "table9", {f"loc {loc}, {r}%": {"gmacs": loc + r / 100, "throughput": 100 - r} for loc in (4, 6, 8) for r in (10, 30, 50, 70)})
+    _csv(tables, "figure3", {"keep 10%": {"memory_mib": 10}, "keep 30%": {"memory_mib": 20}, "keep 50%": {"memory_mib": 30},
+                             "keep 70%": {"memory_mib": 40}, "loc 2": {"memory_mib": 20}, "loc 10": {"memory_mib": 40}})
+    verdicts = {v.claim.split(".")[0]: v for v in check_claims(Tables(tables))}
+    assert verdicts["1"].verdict == HOLDS  # 5 points over 2,400 questions: > 2 standard errors (2.9)
+    assert verdicts["2"].verdict == UNMEASURABLE  # 0.5 points: within the noise
+    assert verdicts["3a"].verdict == HOLDS and verdicts["3b"].verdict == HOLDS
+    assert verdicts["3c"].verdict == UNMEASURABLE and "not trained" in verdicts["3c"].measured  # no VQA column in table9 here
+    assert verdicts["4a"].verdict == HOLDS and verdicts["4b"].verdict == FAILS and "spread" in verdicts["4b"].measured
+    assert {verdicts[k].verdict for k in ("5", "6", "7")} == {NOT_YET}
+    _csv(tables, "table10", {"COPA": {"vqa": 40.0}, "w/o PTA": {"vqa": 45.0}})
+    assert {v.claim.split(".")[0]: v for v in check_claims(Tables(tables))}["1"].verdict == FAILS
+    out = write_claims(tables, "demo", tmp_path / "claims.md")
+    assert "demo profile" in out[0].read_text() and json.loads(out[1].read_text())[0]["verdict"] == FAILS
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_figures_draw_from_cells(name, tmp_path):
+    from copa.report.figures import save_figure
+    from copa.report.tables import Cell
+
+    grid = load_grid(name)
+    column = grid.columns[0]
+    cells = {r.label: {column: Cell(float(i + 1), None, 1)} for i, r in enumerate(grid.rows)}
+    first = save_figure(FIGURES[name](grid, cells, "note"), tmp_path / "a")
+    again = save_figure(FIGURES[name](grid, cells, "note"), tmp_path / "b")
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]  # byte-stable

@@ -1,0 +1,91 @@
+# Tables and figures of the paper, one job per grid of params/grids/ (which runs, which columns,
+# the paper's numbers); each asks for the results it reads, so Snakemake schedules the
+# pretraining, fine-tuning and efficiency jobs behind them, once per run whichever grids share it.
+
+from copa.report.grid_figures import FIGURES
+
+TABLES = sorted(name for name in GRIDS if name not in FIGURES)
+
+
+REPORT_CODE = ("report/grids.py", "report/columns.py", "report/tables.py")
+
+
+localrules:
+    runs,
+
+
+rule runs:
+    # Every run result the tables and figures read, and the default run's probes and fine-tunes on
+    # every task: the target of DVC's `runs` stage.
+    input:
+        sorted({path for name in GRIDS for path in grid_results(name)}),
+        f"results/{PROFILE}/pretrain/{DEFAULT_RUN}.json",
+        expand(f"results/{PROFILE}/finetune/{DEFAULT_RUN}/{{task}}.json", task=TASKS),
+        f"results/{PROFILE}/efficiency/{DEFAULT_RUN}.json",
+
+
+rule table:
+    wildcard_constraints:
+        grid="|".join(TABLES),
+    input:
+        results=lambda w: grid_results(w.grid),
+        code=source_files(*REPORT_CODE),
+    output:
+        csv=report(f"results/{PROFILE}/tables/{{grid}}.csv", caption="../report/table.rst", category="Tables"),
+        other=multiext(f"results/{PROFILE}/tables/{{grid}}", ".md", ".tex", ".json"),
+    params:
+        grid=grid_json,  # rerun trigger: the grid file
+        report=section_json("report"),
+        copa=copa_cli("report", "model", "seed"),
+        stem=lambda w, output: os.path.splitext(output.csv)[0],
+        results=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),  # results/<profile>
+    log:
+        f"logs/{PROFILE}/table/{{grid}}.log",
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.copa} table {wildcards.grid} --results {params.results} --out {params.stem} > {log} 2>&1"
+
+
+rule figure:
+    wildcard_constraints:
+        grid="|".join(FIGURES),
+    input:
+        results=lambda w: grid_results(w.grid),
+        code=source_files(*REPORT_CODE, "report/grid_figures.py", "report/figures.py"),
+    output:
+        csv=report(f"results/{PROFILE}/tables/{{grid}}.csv", caption="../report/table.rst", category="Tables"),
+        data=multiext(f"results/{PROFILE}/tables/{{grid}}", ".md", ".tex", ".json"),
+        png=report(f"figures/{PROFILE}/{{grid}}.png", caption="../report/figure.rst", category="Figures"),
+        pdf=f"figures/{PROFILE}/{{grid}}.pdf",
+    params:
+        grid=grid_json,
+        report=section_json("report"),
+        copa=copa_cli("report", "model", "seed"),
+        stem=lambda w, output: os.path.splitext(output.csv)[0],
+        figure=lambda w, output: os.path.splitext(output.png)[0],
+        results=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),  # results/<profile>
+    log:
+        f"logs/{PROFILE}/figure/{{grid}}.log",
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.copa} figure {wildcards.grid} --results {params.results} --out {params.stem} --figure {params.figure} > {log} 2>&1"
+
+
+rule claims:
+    input:
+        tables=expand(f"results/{PROFILE}/tables/{{grid}}.csv", grid=sorted(GRIDS)),
+        code=source_files("report/claims.py"),
+    output:
+        markdown=report(f"results/{PROFILE}/claims.md", caption="../report/claims.rst", category="Claims"),
+        json=f"results/{PROFILE}/claims.json",
+    params:
+        copa=copa_cli(),
+        tables=lambda w, input: os.path.dirname(input.tables[0]),
+    log:
+        f"logs/{PROFILE}/claims.log",
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.copa} claims --tables {params.tables} --out {output.markdown} > {log} 2>&1"
