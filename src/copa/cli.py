@@ -370,18 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s: CUDA when available)")
     p.set_defaults(func=cmd_efficiency)
 
-    p = sub.add_parser("table", help="a table of params/grids/<grid>.yaml from the run results: CSV, Markdown, LaTeX and a metrics JSON")
-    p.add_argument("grid", help="the grid's name, e.g. table9")
-    p.add_argument("--results", help="results folder the runs wrote (default: results/<profile>)")
-    p.add_argument("--out", help="output stem (default: <results>/tables/<grid>): .csv .md .tex .json")
-    p.set_defaults(func=cmd_table)
-
-    p = sub.add_parser("figure", help="a figure of params/grids/<grid>.yaml (figure1a, figure3) as PNG and PDF, and its data as `copa table` writes it")
-    p.add_argument("grid", help="the grid's name, e.g. figure3")
-    p.add_argument("--results", help="results folder the runs wrote (default: results/<profile>)")
-    p.add_argument("--out", help="stem of the data table (default: <results>/tables/<grid>)")
-    p.add_argument("--figure", help="figure stem (default: figures/<profile>/<grid>)")
-    p.set_defaults(func=cmd_table)
+    helps = {"table": "a table of params/grids/<grid>.yaml from the run results: CSV, Markdown, LaTeX and a metrics JSON",
+             "figure": "a figure of params/grids/<grid>.yaml (figure1a, figure3) as PNG and PDF, and its data as `copa table` writes it"}
+    for command, example in (("table", "table9"), ("figure", "figure3")):
+        p = sub.add_parser(command, help=helps[command])
+        p.add_argument("grid", help=f"the grid's name, e.g. {example}")
+        p.add_argument("--results", help="results folder the runs wrote (default: results/<profile>)")
+        p.add_argument("--out", help="stem of the data table (default: <results>/tables/<grid>): .csv .md .tex .json")
+        if command == "figure":
+            p.add_argument("--figure", help="figure stem (default: figures/<profile>/<grid>)")
+        p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("claims", help="check the paper's qualitative claims against the profile's tables (results/<profile>/claims.md)")
     p.add_argument("--tables", help="folder of the tables' CSVs (default: results/<profile>/tables)")

@@ -119,7 +119,7 @@ def _check(grid: Grid, path: Path) -> None:
     duplicated = sorted({label for label in labels if labels.count(label) > 1})
     if duplicated:
         raise ParamsError(f"{path}: row labels must be unique; repeated: {', '.join(duplicated)}")
-    for i, row in enumerate((*grid.rows, *grid.reference)):
+    for row in (*grid.rows, *grid.reference):
         unknown = sorted(set(row.paper) - set(grid.columns))
         if unknown:
             raise ParamsError(f"{path}: row {row.label!r}: 'paper' names columns the grid does not have: {', '.join(unknown)}")
