@@ -40,19 +40,26 @@ class Tables:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        self._frames: dict[str, pd.DataFrame | None] = {}
 
     def frame(self, grid: str) -> pd.DataFrame | None:
-        path = self.folder / f"{grid}.csv"
-        return pd.read_csv(path).set_index("row") if path.is_file() else None
+        if grid not in self._frames:
+            path = self.folder / f"{grid}.csv"
+            self._frames[grid] = pd.read_csv(path).set_index("row") if path.is_file() else None
+        return self._frames[grid]
 
     def value(self, grid: str, row: str, column: str) -> dict | None:
         """mean, std, seeds, examples of one cell; None if the table, row or value is missing."""
         frame = self.frame(grid)
         if frame is None or row not in frame.index or column not in frame.columns or pd.isna(frame.at[row, column]):
             return None
-        get = lambda suffix: frame.at[row, f"{column}{suffix}"] if f"{column}{suffix}" in frame.columns else None  # noqa: E731
-        return {"mean": float(frame.at[row, column]), "std": _number(get("_std")), "seeds": int(get("_seeds") or 1),
-                "examples": _number(get("_examples"))}
+
+        def companion(suffix: str):
+            name = f"{column}{suffix}"
+            return frame.at[row, name] if name in frame.columns else None
+
+        return {"mean": float(frame.at[row, column]), "std": _number(companion("_std")), "seeds": int(companion("_seeds") or 1),
+                "examples": _number(companion("_examples"))}
 
 
 def _number(value) -> float | None:

@@ -14,6 +14,7 @@ its runs are named with the profile's default location and ratio 1.0, so every g
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +92,7 @@ def load_grid(name: str, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> Grid:
         raise ParamsError(f"{path}: unknown key 'name' (a grid is named by its file)")
     grid: Grid = validated_record(Grid, raw, str(path))
     _check(grid, path)
-    return Grid(**{**grid.__dict__, "name": name})
+    return dataclasses.replace(grid, name=name)
 
 
 def _normalised(raw: dict[str, Any], path: Path, profiles: list[str]) -> dict[str, Any]:
