@@ -35,7 +35,7 @@ def result_path(results: Path, source: str, run: str) -> Path:
 
 def grid_inputs(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> list[Path]:
     """Every result file the table of ``grid`` reads in the profile of ``params``."""
-    trained = {r.label for r in grid.trained_rows(params.profile)}
+    trained = grid.trained[params.profile]
     paths = []
     for row in grid.rows:
         for seed in seeds:
@@ -81,9 +81,17 @@ def _read(path: Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
-def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> dict[str, dict[str, Cell]]:
-    """label -> column -> Cell, for the grid's rows in the profile of ``params``."""
-    trained = {r.label for r in grid.trained_rows(params.profile)}
+def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> tuple[dict[str, dict[str, Cell]], list[str]]:
+    """(label -> column -> Cell for the grid's rows in the profile of ``params``, the devices the
+    efficiency columns were measured on: one, normally); each result file is read once."""
+    trained = grid.trained[params.profile]
+    records: dict[tuple[str, str], dict] = {}  # (source, run) -> its result JSON
+
+    def record(source: str, run: str) -> dict:
+        if (source, run) not in records:
+            records[source, run] = _read(result_path(results, source, run))
+        return records[source, run]
+
     out: dict[str, dict[str, Cell]] = {}
     for row in grid.rows:
         cells = {}
@@ -92,22 +100,15 @@ def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> 
             if column.source != "efficiency" and row.label not in trained:
                 cells[name] = Cell(None, None, 0, NOT_TRAINED)
                 continue
-            records = [_read(result_path(results, column.source, row_run(row, params, seed))) for seed in seeds]
-            cells[name] = _cell([column.value(r) for r in records], column.examples(records[0]))
+            read = [record(column.source, row_run(row, params, seed)) for seed in seeds]
+            cells[name] = _cell([column.value(r) for r in read], column.examples(read[0]))
         out[row.label] = cells
-    return out
+    devices = {_device_name(r.get("device", {})) for (source, _), r in records.items() if source == "efficiency"}
+    return out, sorted(devices)
 
 
-def devices(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> list[str]:
-    """The devices the efficiency columns were measured on (one, normally)."""
-    if not any(COLUMNS[c].source == "efficiency" for c in grid.columns):
-        return []
-    found = set()
-    for row in grid.rows:
-        for seed in seeds:
-            info = _read(result_path(results, "efficiency", row_run(row, params, seed))).get("device", {})
-            found.add(f"{info.get('device', '?')} ({info.get('cpu', '?')}, {info.get('threads', '?')} threads)")
-    return sorted(found)
+def _device_name(info: dict) -> str:
+    return f"{info.get('device', '?')} ({info.get('cpu', '?')}, {info.get('threads', '?')} threads)"
 
 
 def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], seeds: Sequence[int]) -> pd.DataFrame:
@@ -116,7 +117,7 @@ def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], s
     lines = []
     for row in grid.rows:
         line: dict = {"row": row.label, "run": row_run(row, params, seeds[0]) if len(seeds) == 1 else "",
-                      "method": row.method, "trained": row.label in {r.label for r in grid.trained_rows(params.profile)}}
+                      "method": row.method, "trained": row.label in grid.trained[params.profile]}
         for name in grid.columns:
             cell = cells[row.label][name]
             line.update({name: cell.mean, f"{name}_std": cell.std, f"{name}_seeds": cell.n, f"{name}_examples": cell.examples,
@@ -200,8 +201,8 @@ def metrics_json(grid: Grid, cells: dict[str, dict[str, Cell]]) -> dict:
 def write_table(grid: Grid, params: Params, results: Path, seeds: Sequence[int], stem: Path) -> tuple[list[Path], dict[str, dict[str, Cell]], str]:
     """Read the grid's results and write ``<stem>.csv / .md / .tex / .json``; returns the paths,
     the cells and the note on what was measured (for a figure of the same grid)."""
-    cells = measure(grid, params, results, seeds)
-    note = measured_note(params, seeds, devices(grid, params, results, seeds))
+    cells, devices = measure(grid, params, results, seeds)
+    note = measured_note(params, seeds, devices)
     text = caption(grid, note)
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv, md, tex, js = (stem.with_name(stem.name + s) for s in SUFFIXES)

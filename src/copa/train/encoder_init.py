@@ -37,7 +37,7 @@ from copa.models.text import load_bert_weights
 from copa.models.vit import load_timm_checkpoint
 from copa.models.weights import read_state_dict
 from copa.train.build import copa_spec
-from copa.train.engine import EngineConfig, seed_everything, train
+from copa.train.engine import EngineConfig, changed_params, seed_everything, train
 
 INIT_DIR = "encoder_init"
 VOCAB_DIR = "vocab"
@@ -141,7 +141,7 @@ def finished_stage(params: Params, init_dir: Path) -> dict | None:
         return None
     ckpt = torch.load(last, map_location="cpu", weights_only=True)
     expected = json.loads(json.dumps(encoder_init_params(params)))  # as the checkpoint stores it
-    changed = sorted(k for k in set(expected) | set(ckpt["resolved_params"]) if expected.get(k) != ckpt["resolved_params"].get(k))
+    changed = changed_params(expected, ckpt["resolved_params"])
     if changed:
         raise ValueError(f"{last}: the encoder init was trained with other parameters (differing keys: {changed}); "
                          f"delete {init_dir} to train it again")

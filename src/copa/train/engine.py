@@ -141,6 +141,11 @@ class EngineConfig:
         return _plain({f.name: getattr(self, f.name) for f in fields(self)})
 
 
+def changed_params(current: dict, stored: dict, ignores: tuple[str, ...] = ()) -> list[str]:
+    """Top-level keys whose values differ between two resolved-params dicts, but ``ignores``."""
+    return sorted(k for k in set(current) | set(stored) if k not in ignores and current.get(k) != stored.get(k))
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices). Call it before building the task's model."""
     random.seed(seed)
@@ -227,8 +232,7 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
     if resumed:
         # weights_only: the payload is plain tensors/containers by construction (_rng_state)
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
-        changed = sorted(k for k in set(params) | set(ckpt["resolved_params"])
-                         if k not in config.resume_ignores and params.get(k) != ckpt["resolved_params"].get(k))
+        changed = changed_params(params, ckpt["resolved_params"], config.resume_ignores)
         if changed:
             raise ValueError(f"{last} was written with other parameters (differing keys: {changed}); "
                              f"delete {out_dir} to start over with the new ones")
