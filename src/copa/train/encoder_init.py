@@ -109,10 +109,12 @@ def selection_free(params: Params) -> Params:
     return dataclasses.replace(params, model=dataclasses.replace(params.model, selection=selection))
 
 
-def train_contrastive_encoders(params: Params, pair_data, vocab_file: Path, init_dir: Path) -> tuple[CopaModel, dict]:
+def train_contrastive_encoders(params: Params, pair_data, vocab_file: Path, init_dir: Path,
+                               read_finished: bool = True) -> tuple[CopaModel, dict]:
     """The contrastive stage in ``init_dir``: a selection-free model of the run's sizes and
     vocabulary (``vocab_file``, copied into ``init_dir/vocab/``), read from the folder when the
-    stage has finished there, trained (or resumed) otherwise."""
+    stage has finished there (``read_finished``), trained (or resumed: the engine rewrites the
+    stage's metrics at its end, what a rerun of `copa encoder-init` must do) otherwise."""
     init = params.pretrain.encoder_init
     if init.method != "contrastive":
         raise ValueError(f"pretrain.encoder_init.method is {init.method!r}: the contrastive stage runs for 'contrastive' only")
@@ -124,7 +126,7 @@ def train_contrastive_encoders(params: Params, pair_data, vocab_file: Path, init
         raise ValueError(f"{kept}: the encoder init was trained with another vocabulary than {vocab_file}")
     seed_everything(params.seed)  # the stage's initial weights
     model = CopaModel(copa_spec(selection_free(params), len(pair_data.tokenizer)))
-    finished = finished_stage(params, init_dir)
+    finished = finished_stage(params, init_dir) if read_finished else None
     if finished is not None:  # read only: runs sharing the stage may start side by side
         ContrastiveEncoders(model).load_state_dict(finished["model"])
         return model, finished["metrics"]

@@ -113,7 +113,7 @@ def run_encoder_init(params: Params, data_root: Path, out_dir: Path) -> dict:
     """``copa encoder-init``: the contrastive encoder init alone, in ``out_dir``, for every run of
     the profile and seed to start from (``copa pretrain --encoder-init``)."""
     source = PairSource(params, data_root, out_dir)
-    return train_contrastive_encoders(params, source.pair_data, source.vocab_file, out_dir)[1]
+    return train_contrastive_encoders(params, source.pair_data, source.vocab_file, out_dir, read_finished=False)[1]
 
 
 def run_pretraining(params: Params, data_root: Path, annotations: Path, out_dir: Path, resume: bool = True,
