@@ -2,6 +2,8 @@
 #   snakemake --cores all                                  demo profile (params/base.yaml)
 #   snakemake --cores 2 --config profile=fixture           tiny CI run
 #   snakemake --cores 2 --config 'set=["synth.seed=3"]'    override parameters (see params/)
+# Every job writes a Snakemake benchmark (wall time, memory, CPU) under logs/<profile>/benchmarks/,
+# beside its log; `copa stage-times logs/<profile>/benchmarks` sums them per rule.
 # Profiles of Snakemake options: workflow/profiles/default (pass --workflow-profile
 # workflow/profiles/default) and workflow/profiles/slurm (--profile workflow/profiles/slurm).
 
@@ -26,4 +28,5 @@ rule all:
         rules.runs.input,
         expand(f"results/{PROFILE}/tables/{{grid}}.csv", grid=TABLES),
         expand(f"figures/{PROFILE}/{{grid}}.png", grid=FIGURES),
+        rules.figure4.output.png if PARAMS.model.selection.method == "tpd" else [],  # the TPD's detections
         rules.claims.output.markdown,

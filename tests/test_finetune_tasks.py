@@ -20,9 +20,10 @@ PARAMS_DIR = Path(__file__).parents[1] / "params"
 BASE = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR)]
 
 
-def _finetune_and_evaluate(task: str, start: Path, root: Path, folder: Path) -> tuple[dict, object, dict]:
+def _finetune_and_evaluate(task: str, start: Path, root: Path, folder: Path, *overrides: str) -> tuple[dict, object, dict]:
     run = folder / task
-    assert main(BASE + ["finetune", "--task", task, "--pretrained", str(start), "--root", str(root), "--out", str(run)]) == 0
+    settings = [arg for override in overrides for arg in ("--set", override)]
+    assert main(BASE + settings + ["finetune", "--task", task, "--pretrained", str(start), "--root", str(root), "--out", str(run)]) == 0
     out = folder / f"{task}.json"
     assert main(BASE + ["evaluate", "--task", task, "--run", str(run), "--root", str(root), "--json", str(out), "--quiet"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
@@ -41,6 +42,44 @@ def test_vqa_end_to_end(fixture_world, fixture_pretraining_run, tmp_path) -> Non
     assert 0.0 <= record["baselines"]["majority_answer"]["overall"] <= 100.0
     control = record["controls"]["swapped_image"]
     assert 0.0 <= control["overall"] <= 100.0 and 0.0 <= control["answers_changed"] <= 1.0
+    assert record["image_size"] == params.patch_labels.image_size
+
+
+def test_vqa_at_another_resolution_than_the_pretraining(fixture_world, fixture_pretraining_run, tmp_path) -> None:
+    """COPA Table 5: fine-tuned and evaluated at 96 px from a 64 px pretraining (the ViT resamples its
+    position embeddings); the evaluation reads the resolution from the fine-tuned run."""
+    record, predictions, _ = _finetune_and_evaluate("vqa", fixture_pretraining_run, fixture_world, tmp_path, "finetune.vqa.image_size=96")
+    assert record["image_size"] == 96 and len(predictions) == record["questions"]
+    params = load_params("fixture", ["finetune.vqa.image_size=96"], params_dir=PARAMS_DIR)
+    from copa.data.tokenizer import load_tokenizer
+    from copa.tasks.vqa import _question_data
+
+    tokenizer = load_tokenizer(tmp_path / "vqa" / "vocab" / "vocab.txt")
+    questions = vqa_examples(DataLayout(fixture_world), "val2014")[:2]
+    assert _question_data(questions, tokenizer, params)[0]["image"].shape[-2:] == (96, 96)
+
+    # COPA Figure 4 from this run: the top-K patches by TPD score at each ratio, over the 96 px image
+    from copa.report.detected_patches import detect_patches, pick_questions
+    from copa.train.finetune import load_finetuned
+
+    run = load_finetuned(tmp_path / "vqa")
+    picked = pick_questions(vqa_examples(DataLayout(fixture_world), "val2014"), 2)
+    assert len({q.image for q in picked}) == 2
+    detections = detect_patches(run, picked, [0.1, 0.5, 1.0], params.evaluate.vqa)
+    for d in detections:  # 36 patches at 96 px: K = round(36 x ratio); nested, as top-K of one ranking are
+        assert [int(d.kept[r].sum()) for r in (0.1, 0.5, 1.0)] == [4, 18, 36] and d.pixels.shape == (96, 96, 3)
+        assert not (d.kept[0.1] & ~d.kept[0.5]).any()
+    figure = tmp_path / "figure4"
+    assert main(BASE + ["detected-patches", "--run", str(tmp_path / "vqa"), "--root", str(fixture_world), "--figure", str(figure),
+                        "--questions", "2"]) == 0
+    assert figure.with_suffix(".png").stat().st_size > 0 and figure.with_suffix(".pdf").stat().st_size > 0
+
+
+def test_vqa_resolution_off_the_patch_grid_is_refused(fixture_world, fixture_pretraining_run, tmp_path, capsys) -> None:
+    args = BASE + ["--set", "finetune.vqa.image_size=100", "finetune", "--task", "vqa", "--pretrained", str(fixture_pretraining_run),
+                   "--root", str(fixture_world), "--out", str(tmp_path / "vqa")]
+    assert main(args) == 2
+    assert "finetune.vqa.image_size 100: not a multiple of the patch size 16" in capsys.readouterr().err
 
 
 def test_swapped_images_go_with_other_questions(fixture_world) -> None:

@@ -14,8 +14,8 @@ from copa.config import ParamsError, load_params
 from copa.report.claims import FAILS, HOLDS, NOT_YET, UNMEASURABLE, Tables, check_claims, standard_error, write_claims
 from copa.report.columns import COLUMNS
 from copa.report.grid_figures import FIGURES
-from copa.report.grids import available_grids, load_grid, profile_location, row_run
-from copa.report.tables import NOT_TRAINED, grid_inputs, result_path, write_table
+from copa.report.grids import available_grids, load_grid, profile_location, profile_resolution, result_path, row_run
+from copa.report.tables import NOT_TRAINED, grid_inputs, write_table
 
 REPO = Path(__file__).parents[1]
 
@@ -28,7 +28,7 @@ def params_dir(tmp_path: Path) -> Path:
 
 def test_every_grid_of_the_repository_loads_and_names_known_columns():
     names = available_grids()
-    assert {"table1", "table2", "table3", "table4", "table9", "table10", "figure1a", "figure3"} <= set(names)
+    assert {"table1", "table2", "table3", "table4", "table5", "table9", "table10", "figure1a", "figure3"} <= set(names)
     for name in names:
         grid = load_grid(name)
         assert grid.name == name and grid.rows
@@ -74,6 +74,9 @@ trained: {paper: all, demo: [a], fixture: []}
     (lambda t: t.replace("method: tpd", "method: tpdd"), "rows[0].method"),
     (lambda t: t.replace("keep: 0.5,", "kep: 0.5,"), "unknown key 'rows[0].kep'"),
     (lambda t: t.replace("title: t\n", ""), "missing key 'title'"),
+    (lambda t: t.replace("keep: 0.5,", "keep: 0.5, resolution: 0,"), "rows[0].resolution' must be a positive px count"),
+    (lambda t: t.replace("[vqa, gmacs]", "[vqa, caption_cider]").replace("keep: 0.5,", "keep: 0.5, resolution: 384,"),
+     "only fine-tuned column is VQA; got 384 with captioning"),
 ])
 def test_bad_grid_files_name_the_file_and_the_key(params_dir, edit, message):
     _write(params_dir, "mine", edit(GOOD))
@@ -87,8 +90,8 @@ def test_unknown_grid_lists_the_available_ones(params_dir):
         load_grid("table99", params_dir)
 
 
-def _result(results: Path, source: str, run: str, record: dict) -> None:
-    path = result_path(results, source, run)
+def _result(results: Path, source: str, run: str, record: dict, image_size: int | None = None) -> None:
+    path = result_path(results, source, run, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
 
@@ -132,6 +135,32 @@ def test_several_seeds_give_mean_and_standard_deviation(params_dir, tmp_path):
     _, cells, note = write_table(grid, demo, results, [0, 1], tmp_path / "t")
     assert cells["a"]["vqa"].mean == 42.0 and cells["a"]["vqa"].std == pytest.approx(math.sqrt(8)) and cells["a"]["vqa"].n == 2
     assert cells["a"]["vqa"].text(2) == "42.00 ± 2.83" and "seeds 0, 1" in note
+
+
+def test_rows_at_a_resolution_read_their_own_fine_tune_and_costs(params_dir, tmp_path):
+    """Table 5: the paper's px scaled to the profile (demo pretrains at 128 = the paper's 256), a
+    result of its own unless it is the profile's VQA / efficiency-protocol resolution."""
+    _write(params_dir, "mine", GOOD.replace("keep: 0.5,", "keep: 0.5, resolution: 384,").replace("keep: 1.0,", "keep: 1.0, resolution: 256,"))
+    grid, demo = load_grid("mine", params_dir), load_params("demo", params_dir=params_dir)
+    results = tmp_path / "results"
+    a, b = row_run(grid.row("a"), demo, 0), row_run(grid.row("b"), demo, 0)
+    assert grid_inputs(grid, demo, results, [0]) == sorted([
+        result_path(results, "vqa", a, 192), result_path(results, "efficiency", a, 192), result_path(results, "efficiency", b, 128)])
+    assert result_path(results, "vqa", a, 192).name == "vqa-192px.json"
+    paper = load_params("paper", params_dir=params_dir)  # fine-tunes VQA at 384 px: that row is its own VQA run
+    assert result_path(results, "vqa", row_run(grid.row("a"), paper, 0)) in grid_inputs(grid, paper, results, [0])
+    _result(results, "vqa", a, {"overall": 50.0, "questions": 10}, 192)
+    _result(results, "efficiency", a, _efficiency(0.3), 192)
+    _result(results, "efficiency", b, _efficiency(0.2), 128)
+    paths, cells, _ = write_table(grid, demo, results, [0], tmp_path / "t")
+    assert cells["a"]["vqa"].mean == 50.0 and cells["a"]["gmacs"].mean == 0.3 and cells["b"]["gmacs"].mean == 0.2
+    assert pd.read_csv(paths[0]).set_index("row").at["a", "image_size"] == 192
+
+
+@pytest.mark.parametrize("px, expected", [(224, 112), (256, 128), (304, 160), (384, 192), (464, 240), (512, 256)])
+def test_profile_resolution_scales_the_papers_px_to_the_patch_grid(px, expected):
+    assert profile_resolution(px, load_params("demo")) == expected
+    assert profile_resolution(px, load_params("paper")) == px  # the paper profile pretrains at 256: as is
 
 
 def test_a_missing_result_is_an_error_naming_it(params_dir, tmp_path):
@@ -181,7 +210,13 @@ def test_claims_verdicts(tmp_path):
     assert verdicts["3a"].verdict == HOLDS and verdicts["3b"].verdict == HOLDS
     assert verdicts["3c"].verdict == UNMEASURABLE and "not trained" in verdicts["3c"].measured  # no VQA column in table9 here
     assert verdicts["4a"].verdict == HOLDS and verdicts["4b"].verdict == FAILS and "spread" in verdicts["4b"].measured
-    assert {verdicts[k].verdict for k in ("5", "6", "7")} == {NOT_YET}
+    assert verdicts["5a"].verdict == UNMEASURABLE and verdicts["5b"].measured == "Table 5 missing"
+    assert {verdicts[k].verdict for k in ("6", "7")} == {NOT_YET}
+    _csv(tables, "table5", {"mPLUG 384": {"vqa": 50.0, "gmacs": 8.0}, "COPA 224": {"vqa": 44.0, "gmacs": 2.0},
+                            "COPA 464": {"vqa": 56.0, "gmacs": 7.5}, "COPA 512": {"gmacs": 9.0}})
+    verdicts = {v.claim.split(".")[0]: v for v in check_claims(Tables(tables))}
+    assert verdicts["5a"].verdict == HOLDS and "COPA 464 56.00 vs COPA 224 44.00" in verdicts["5a"].measured
+    assert verdicts["5b"].verdict == HOLDS and "FLOPs 7.500 vs 8.000" in verdicts["5b"].measured  # 512 costs more than mPLUG
     _csv(tables, "table10", {"COPA": {"vqa": 40.0}, "w/o PTA": {"vqa": 45.0}})
     assert {v.claim.split(".")[0]: v for v in check_claims(Tables(tables))}["1"].verdict == FAILS
     out = write_claims(tables, "demo", tmp_path / "claims.md")
@@ -199,3 +234,60 @@ def test_figures_draw_from_cells(name, tmp_path):
     first = save_figure(FIGURES[name](grid, cells, "note"), tmp_path / "a")
     again = save_figure(FIGURES[name](grid, cells, "note"), tmp_path / "b")
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]  # byte-stable
+
+
+def test_stage_times_sum_the_benchmark_files_per_rule(tmp_path, capsys):
+    from copa.cli import main
+    from copa.report.stage_times import stage_times
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for name, seconds, rss in (("pretrain/a", 600.0, 900.0), ("pretrain/b", 300.0, 1200.0), ("synth", 60.0, "-")):
+        path = tmp_path / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:00:00\t{rss}\t0\t0\t0\t0\t0\t0\t0\n")
+    times = stage_times(tmp_path)
+    assert [(t.rule, t.jobs, t.seconds, t.longest_job, t.max_rss_mib) for t in times] == [
+        ("pretrain", 2, 900.0, "a", 1200.0), ("synth", 1, 60.0, "synth", None)]
+    assert main(["--profile", "fixture", "stage-times", str(tmp_path)]) == 0
+    assert "| pretrain | 2 | 15.0 | 10.0 | a | 1200 |" in capsys.readouterr().out
+    (tmp_path / "broken.tsv").write_text("not\ta benchmark\n")
+    assert main(["--profile", "fixture", "stage-times", str(tmp_path)]) == 2
+    assert "broken.tsv: not a Snakemake benchmark file" in capsys.readouterr().err
+
+
+def test_readme_results_section_is_written_from_the_files(tmp_path, monkeypatch, capsys):
+    from copa.cli import main
+    from copa.report.readme import BEGIN, END
+
+    results, figures = tmp_path / "results" / "fixture", tmp_path / "figures" / "fixture"
+    for name in available_grids():
+        if name not in FIGURES:
+            (results / "tables").mkdir(parents=True, exist_ok=True)
+            (results / "tables" / f"{name}.md").write_text(f"**{name} caption.**\n\n| a |\n| --- |\n| {name} value |\n")
+    figures.mkdir(parents=True)
+    for name in FIGURES:
+        (figures / f"{name}.png").write_bytes(b"png")
+    (results / "claims.md").write_text("# Claims title\n\n| claim | verdict |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n\n{BEGIN}\nold numbers\n{END}\n\nafter\n")
+    monkeypatch.chdir(tmp_path)  # README.md, results/ and figures/ of the working folder
+    cli = ["--profile", "fixture", "--params-dir", str(REPO / "params"), "readme-results"]
+    assert main(cli + ["--check"]) == 1  # typed numbers: out of date
+    assert main(cli) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n\n" + BEGIN) and text.endswith(END + "\n\nafter\n") and "old numbers" not in text
+    assert text.index("table9 value") < text.index("table10 value") and "![figure3](figures/fixture/figure3.png)" in text
+    assert "| claim | verdict |" in text and "Claims title" not in text
+    assert main(cli + ["--check"]) == 0
+    readme.write_text("no markers\n")
+    assert main(cli) == 2
+    assert "no results section marked" in capsys.readouterr().err
+
+
+def test_readme_shows_the_committed_demo_results():
+    """The README's results section is the demo's files as the last run wrote them, not typed."""
+    from copa.report.readme import replace_block, results_block
+
+    readme = REPO / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    assert replace_block(text, results_block("demo", REPO), readme) == text

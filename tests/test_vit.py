@@ -308,3 +308,21 @@ def test_every_selector_forward_backward(name, use_detector):
     assert out["tokens"].shape[1] == 1 + out["kept"].shape[1] + (name != "none")
     out["tokens"].mean().backward()
     assert model.patch_embed.proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("name, location", [("tpd", 2), ("cls_attention", 3), ("text_attention", [2, 3]), ("none", 2)])
+def test_encoding_again_from_the_prefix_equals_encoding_from_the_images(name, location):
+    """ITM encodes the same images under other texts from the layers before the selection (the
+    ``prefix`` output), which no text changes: the same tokens, scores and kept patches as from the images."""
+    model = encoder(name, location)
+    pixels, guide = images(4), text(4)
+    first = model(pixels, guide)
+    assert first["prefix"].shape == (4, 1 + 16, D)
+    pairs = torch.tensor([2, 0, 3, 3])  # images under other images' texts
+    again = model(pixels[pairs], guide.flip(0), prefix=first["prefix"][pairs])
+    fresh = model(pixels[pairs], guide.flip(0))
+    for key in ("tokens", "scores", "kept"):
+        if fresh[key] is None:
+            assert again[key] is None
+        else:
+            torch.testing.assert_close(again[key], fresh[key])

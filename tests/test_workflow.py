@@ -5,6 +5,7 @@ Every run happens in a copy of the workflow under tmp_path, never in the reposit
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -141,25 +142,40 @@ def test_fixture_dag_end_to_end(workdir):
     # ...all started from the one selection-free encoder init
     assert (workdir / "runs" / "fixture" / "encoder_init" / "seed0" / "metrics.json").is_file()
     assert not any((workdir / "runs" / "fixture" / "pretrain" / r / "encoder_init").exists() for r in ("tpd-loc2-keep0.5-seed0",))
+    # Table 5: VQA fine-tuned at the rows' resolutions (the paper's 384 / 512 px: 96 / 128 at the
+    # fixture's 64), each with its cost at that resolution; 256 px is the default fine-tune
+    for size in (96, 128):
+        tagged = "none-loc2-keep1.0-seed0" if size == 96 else run
+        assert json.loads((workdir / "results" / "fixture" / "finetune" / tagged / f"vqa-{size}px.json").read_text())["image_size"] == size
+        assert json.loads((workdir / "results" / "fixture" / "efficiency" / f"{tagged}-{size}px.json").read_text())["flops"]["image_size"] == size
+    # Figure 4: the default run's TPD detections over VQA images
+    assert (workdir / "figures" / "fixture" / "figure4.png").stat().st_size > 0 and (workdir / "figures" / "fixture" / "figure4.pdf").is_file()
+    # every job's Snakemake benchmark, summed per rule by `copa stage-times`
+    benchmarks = workdir / "logs" / "fixture" / "benchmarks"
+    assert (benchmarks / "synth.tsv").is_file() and (benchmarks / "pretrain" / f"{run}.tsv").is_file()
+    times = subprocess.run([sys.executable, "-m", "copa", "--profile", "fixture", "stage-times", str(benchmarks)],
+                           stdout=subprocess.PIPE, text=True, check=True).stdout
+    assert "| pretrain | 4 |" in times and "| finetune |" in times
     report = snakemake(workdir, "--config", "profile=fixture", "--report", "report.html")
     assert report.returncode == 0, report.stdout
     html = (workdir / "report.html").read_text()
-    assert "table10" in html and "figure3" in html and "claims" in html
+    assert "table10" in html and "table5" in html and "figure3" in html and "figure4" in html and "claims" in html
 
     again = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
+    _fresh_clone_after_pull_retrains_nothing(workdir)
 
     # A rule reruns for its own params sections only: the seed picks the figure's examples and
     # names another pretraining run...
     seeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["seed=5"]')
     assert seeded.returncode == 0, seeded.stdout
     assert _scheduled(seeded.stdout) == {"patch_labels", "encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency",
-                                         *REPORT_RULES, "all"}
+                                         *REPORT_RULES, "figure4", "all"}
     assert "runs/fixture/pretrain/tpd-loc2-keep0.5-seed5/metrics.json" in seeded.stdout
     # ...a training knob reruns the run and its probes only...
     lr = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["pretrain.lr_text=2.0e-4"]')
     assert lr.returncode == 0, lr.stdout
-    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, "all"}  # not the shared init
+    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, "figure4", "all"}  # not the shared init
     # ...a fine-tuning knob, the fine-tune and its evaluation only; an inference setting, the evaluation only...
     ft = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["finetune.retrieval.lr_text=2.0e-4"]')
     assert ft.returncode == 0, ft.stdout
@@ -178,21 +194,52 @@ def test_fixture_dag_end_to_end(workdir):
     threshold = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["filter.near_duplicate.threshold=0.9"]')
     assert threshold.returncode == 0, threshold.stdout
     assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate",
-                                            *REPORT_RULES, "all"}
+                                            *REPORT_RULES, "figure4", "all"}
     # ...a synth parameter regenerates the world and everything after it.
     reseeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["synth.seed=1"]')
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
     assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "encoder_init", "pretrain",
-                                           "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, "all"}  # costs need no data
+                                           "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, "figure4", "all"}  # costs need no data
 
 
 REPORT_RULES = ("table", "figure", "claims")
 
 
+def _fresh_clone_after_pull_retrains_nothing(workdir: Path) -> None:
+    """What `make pull` does in a fresh clone, emulated: the outputs arrive (as from `dvc pull`)
+    with new mtimes in no particular order, without .snakemake/ metadata, logs or the synthetic
+    world (not cached: regenerated); then the world is regenerated and `--touch` marks the
+    rest up to date. Snakemake must then see nothing to do: no retraining."""
+    clone = workdir.parent / "clone"
+    shutil.copytree(workdir, clone, ignore=shutil.ignore_patterns(".snakemake", "logs", "synthetic-fixture", "report.html"))
+    files = sorted(p for p in clone.rglob("*") if p.is_file())
+    for i, path in enumerate(reversed(files)):  # the newest first: downstream older than upstream
+        os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
+    world = snakemake(clone, "data/synthetic-fixture", "--cores", "2", "--config", "profile=fixture")
+    assert world.returncode == 0, world.stdout
+    touched = snakemake(clone, "--cores", "2", "--touch", "--config", "profile=fixture")
+    assert touched.returncode == 0, touched.stdout
+    after = snakemake(clone, "--cores", "2", "-n", "--config", "profile=fixture")
+    assert after.returncode == 0 and "Nothing to be done" in after.stdout, after.stdout
+
+
 def _scheduled(dry_run_output: str) -> set[str]:
     """The rules a dry run would execute."""
     return set(re.findall(r"^(?:local)?rule (\w+):", dry_run_output, flags=re.MULTILINE))
+
+
+def test_slurm_profile_submits_every_rule_with_its_resources(workdir):
+    """workflow/profiles/slurm through the SLURM executor plugin, dry: the fixture DAG, and a paper
+    GPU job with its GPU and the CUDA_VISIBLE_DEVICES it sets (its data are not here: a cost job)."""
+    fixture = snakemake(workdir, "-n", "--profile", "workflow/profiles/slurm", "--config", "profile=fixture")
+    assert fixture.returncode == 0, fixture.stdout
+    assert "rule pretrain:" in fixture.stdout and "slurm_partition=CHANGE-ME" in fixture.stdout
+    target = "results/paper/efficiency/tpd-loc6-keep0.5-seed0.json"
+    paper = snakemake(workdir, "-n", "--profile", "workflow/profiles/slurm", target, "--config", "profile=paper")
+    assert paper.returncode == 0, paper.stdout
+    assert "gpu=1" in paper.stdout and 'export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"; copa --profile paper' in paper.stdout
+    assert "mem_mb=32000" in paper.stdout and "runtime=60" in paper.stdout
 
 
 def test_pretrain_rule_is_parameterised_by_run(workdir):

@@ -221,6 +221,65 @@ def cmd_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detected_patches(args: argparse.Namespace) -> int:
+    from copa.data.downstream import vqa_examples
+    from copa.data.layout import DataLayout
+    from copa.report.detected_patches import detect_patches, detected_patches_figure, pick_questions
+    from copa.report.figures import save_figure
+    from copa.train.finetune import load_finetuned
+
+    run = load_finetuned(Path(args.run))
+    settings = load_params(args.profile or run.params.profile, args.set, args.params_dir).evaluate.vqa
+    examples = pick_questions(vqa_examples(DataLayout(Path(args.root)), settings.split), args.questions)
+    if not examples:
+        raise FileNotFoundError(f"{args.root}: no questions in the VQA split {settings.split}")
+    try:
+        detections = detect_patches(run, examples, args.ratios, settings)
+    except ValueError as exc:  # not a TPD run
+        print(f"copa detected-patches: error: {exc}", file=sys.stderr)
+        return 2
+    selection = run.params.model.selection
+    title = (f"Figure 4: patches the TPD keeps for VQA questions (run {Path(args.run).parent.name}, "
+             f"{run.params.profile} profile, TPD after layer {selection.location[0]}; dimmed: fused)")
+    paths = save_figure(detected_patches_figure(detections, selection.keep_ratio, title), Path(args.figure))
+    print(f"{len(detections)} questions x {len(args.ratios)} ratios -> {', '.join(map(str, paths))}")
+    return 0
+
+
+def cmd_stage_times(args: argparse.Namespace) -> int:
+    from copa.report.stage_times import stage_times, stage_times_markdown
+
+    folder = Path(args.folder or f"logs/{_params(args).profile}/benchmarks")
+    try:
+        print(stage_times_markdown(stage_times(folder)), end="")
+    except ValueError as exc:  # a file that is not a benchmark table
+        print(f"copa stage-times: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_readme_results(args: argparse.Namespace) -> int:
+    from copa.report.readme import replace_block, results_block
+
+    profile = _params(args).profile
+    readme = Path(args.readme)
+    text = readme.read_text(encoding="utf-8")
+    try:
+        updated = replace_block(text, results_block(profile, readme.parent, args.params_dir), readme)
+    except ValueError as exc:  # no marked section
+        print(f"copa readme-results: error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        if updated != text:
+            print(f"{readme}: its results section differs from results/{profile}/ (run `copa readme-results`)", file=sys.stderr)
+            return 1
+        print(f"{readme}: results section up to date with results/{profile}/")
+        return 0
+    readme.write_text(updated, encoding="utf-8")
+    print(f"{readme}: results section {'rewritten' if updated != text else 'already up to date'} from results/{profile}/")
+    return 0
+
+
 def cmd_efficiency(args: argparse.Namespace) -> int:
     import time
 
@@ -385,6 +444,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", help="folder of the tables' CSVs (default: results/<profile>/tables)")
     p.add_argument("--out", help="the Markdown verdicts; a JSON beside it (default: results/<profile>/claims.md)")
     p.set_defaults(func=cmd_claims)
+
+    p = sub.add_parser("detected-patches", help="COPA Figure 4: the patches a VQA run's TPD keeps for a few test questions, at several ratios")
+    p.add_argument("--run", required=True, help="a fine-tuned VQA run (runs/<profile>/finetune/<run>/vqa)")
+    p.add_argument("--root", required=True, help="data root (its VQA split of evaluate.vqa.split)")
+    p.add_argument("--figure", required=True, help="figure stem: <stem>.png and <stem>.pdf")
+    p.add_argument("--questions", type=int, default=4, help="how many questions, one per image (default 4)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7], help="keeping ratios (default 0.1 0.3 0.5 0.7)")
+    p.set_defaults(func=cmd_detected_patches)
+
+    p = sub.add_parser("stage-times", help="wall time per rule from the workflow's Snakemake benchmark files, as a Markdown table")
+    p.add_argument("folder", nargs="?", help="the benchmark files' folder (default: logs/<profile>/benchmarks)")
+    p.set_defaults(func=cmd_stage_times)
+
+    p = sub.add_parser("readme-results", help="write the profile's tables, figures and claims check into the README's marked results section")
+    p.add_argument("--readme", default="README.md", help="the file with the marked section (default: README.md)")
+    p.add_argument("--check", action="store_true", help="only say whether the section is up to date (exit 1 if not)")
+    p.set_defaults(func=cmd_readme_results)
 
     p = sub.add_parser("validate-data", help="run every reader over a data root and print a summary")
     p.add_argument("root", nargs="?", help="data root (default: the profile's data.root)")

@@ -262,6 +262,7 @@ class VQAFinetuneParams(FinetuneSchedule):
     """VQA answer generation (Table 11: lr 2e-5 / 5e-6, batch 1024, 8 epochs)."""
 
     train_splits: tuple[Literal["train2014", "val2014"], ...]  # COPA: train2014 + val2014 (+ VG QA, not here)
+    image_size: int | None  # fine-tuning and answering resolution (COPA Table 5); None: the pretraining's
 
 
 @dataclass(frozen=True)
@@ -410,6 +411,16 @@ class Params:
         out = dataclasses.asdict(self)
         out.pop("provenance")
         return out
+
+
+def vqa_image_size(params: Params) -> int:
+    """The resolution VQA fine-tunes and answers at: ``finetune.vqa.image_size`` (COPA Table 5), or
+    the pretraining's (``patch_labels.image_size``)."""
+    size = params.finetune.vqa.image_size or params.patch_labels.image_size
+    patch = params.patch_labels.patch_size
+    if size % patch:
+        raise ParamsError(f"finetune.vqa.image_size {size}: not a multiple of the patch size {patch} (patch_labels.patch_size)")
+    return size
 
 
 # --------------------------------------------------------------------------- loading

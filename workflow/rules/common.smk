@@ -32,6 +32,14 @@ SYNTHETIC = PARAMS.data.source == "synthetic"
 # two at a time halve the DAG's wall time.
 TORCH_THREADS = 1 if PROFILE == "fixture" else 2
 
+# GPUs (paper profile; the CPU profiles declare none). Each training / evaluation job takes one:
+# Snakemake counts them (`--resources gpu=N`; the SLURM executor requests one per job) but
+# assigns no ids, so the job exports CUDA_VISIBLE_DEVICES itself: the scheduler's allocation when
+# it set one (SLURM does), otherwise GPU 0, with `--resources gpu=1` (workflow/profiles/default)
+# so that local jobs never share it.
+GPU_JOB = PROFILE == "paper"
+GPU_SHELL = 'export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"; ' if GPU_JOB else ""  # rules pass it as params.gpu
+
 # Jobs run the `copa` installed beside the Python that runs Snakemake (and imported copa above),
 # whether or not its environment is activated.
 os.environ.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -50,6 +58,12 @@ def copa_cli(*sections):
         if any(key == s or key.startswith(f"{s}.") for s in sections):
             args += ["--set", override]
     return shlex.join(args)
+
+
+def size_override(wildcards, section):
+    """`--set <section>.image_size=N` for a result tagged -Npx (COPA Table 5's resolutions), else ""."""
+    size = wildcards.size.removeprefix("-").removesuffix("px")
+    return f" --set {section}.image_size={size}" if size else ""
 
 
 def section_json(name):

@@ -17,6 +17,8 @@ if SYNTHETIC:
             copa=copa_cli("synth"),
         log:
             f"logs/{PROFILE}/synth.log",
+        benchmark:
+            f"logs/{PROFILE}/benchmarks/synth.tsv",
         threads: 8  # processes drawing images (the files do not depend on it); capped at --cores
         resources:
             mem_mb=4000,
@@ -40,6 +42,8 @@ rule validate_data:
         require_all="--require-all" if SYNTHETIC else "",
     log:
         f"logs/{PROFILE}/validate_data.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/validate_data.tsv",
     threads: 1
     resources:
         mem_mb=2000 if SYNTHETIC else 16000,  # the real VG / COCO JSON files take several GB in memory
@@ -65,6 +69,8 @@ rule filter_annotations:
         copa=copa_cli("filter"),
     log:
         f"logs/{PROFILE}/filter_annotations.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/filter_annotations.tsv",
     threads: 2  # sources filtered at once, each in its own process
     resources:
         mem_mb=2000 if SYNTHETIC else 12000,  # real VG: one region file in memory per process (~5 GB measured for both)
@@ -93,6 +99,8 @@ rule patch_labels:
         figure_stem=lambda w, output: os.path.splitext(output.figure[0])[0],
     log:
         f"logs/{PROFILE}/patch_labels.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/patch_labels.tsv",
     threads: 2  # filtered files labelled at once
     resources:
         mem_mb=2000 if SYNTHETIC else 8000,

@@ -5,6 +5,7 @@
 # pretraining is needed: every cell of a grid gets its cost, trained or not. The tables ask for
 # results by path, e.g.
 #   results/demo/efficiency/tpd-loc3-keep0.5-seed0.json
+# or, at another resolution than the protocol's (COPA Table 5), ...-seed0-192px.json.
 # Timings are only as good as the machine is quiet: other jobs running beside this one slow it.
 
 
@@ -12,22 +13,25 @@ rule efficiency:
     input:
         code=source_files("eval/efficiency.py", "models/*.py", "train/build.py"),
     output:
-        f"results/{PROFILE}/efficiency/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.json",
+        f"results/{PROFILE}/efficiency/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.json",
     params:
+        gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         efficiency=section_json("efficiency"),  # rerun triggers: the measurement protocol and the model
         model=section_json("model"),
-        copa=copa_cli("efficiency", "model", "patch_labels"),
+        copa=lambda w: copa_cli("efficiency", "model", "patch_labels") + size_override(w, "efficiency"),
         location=lambda w: ", ".join(w.location.split("-")),
     log:
-        f"logs/{PROFILE}/efficiency/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.log",
+        f"logs/{PROFILE}/efficiency/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/efficiency/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.tsv",
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,
         runtime=30 if PROFILE != "paper" else 60,
-        gpu=1 if PROFILE == "paper" else 0,
+        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} --set model.selection.method={wildcards.method} --set 'model.selection.location=[{params.location}]'"
+        "{params.gpu}{params.copa} --set model.selection.method={wildcards.method} --set 'model.selection.location=[{params.location}]'"
         " --set model.selection.keep_ratio={wildcards.keep} --set seed={wildcards.seed}"
         " efficiency --from-params --json {output} > {log} 2>&1"

@@ -3,11 +3,13 @@
 #   results/demo/finetune/tpd-loc3-keep0.5-seed0/vqa.json
 # Tasks: copa.tasks.registry (captioning_cider continues the captioning run of the same
 # pretraining run). As for pretraining, only metrics.json is declared, so an interrupted
-# fine-tune resumes.
+# fine-tune resumes. A VQA fine-tune at another resolution than the profile's (COPA Table 5) is
+# the task with a size tag, e.g. results/demo/finetune/tpd-loc3-keep0.5-seed0/vqa-192px.json.
 
 
 wildcard_constraints:
     task="|".join(TASKS),
+    size=r"(-\d+px)?",
 
 
 rule finetune:
@@ -17,45 +19,53 @@ rule finetune:
         code=source_files("tasks/*.py", "train/*.py", "models/*.py", "eval/cider.py", "data/pretrain_data.py", "data/heldout.py",
                           "data/downstream.py", "data/tokenizer.py"),
     output:
-        f"runs/{PROFILE}/finetune/{{run}}/{{task}}/metrics.json",
+        f"runs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}/metrics.json",
     params:
+        gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         finetune=task_section_json("finetune"),  # rerun trigger: the task's fine-tuning settings
-        copa=lambda w: copa_cli(f"finetune.{w.task}", "seed"),  # that task's overrides only
+        copa=lambda w: copa_cli(f"finetune.{w.task}", "seed") + size_override(w, f"finetune.{w.task}"),  # that task's overrides only
         pretrained=lambda w, input: os.path.dirname(input.pretrained),
         run_dir=lambda w, output: os.path.dirname(output[0]),
     log:
-        f"logs/{PROFILE}/finetune/{{run}}/{{task}}.log",
+        f"logs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/finetune/{{run}}/{{task}}{{size}}.tsv",
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 64000,
         runtime=60 if PROFILE != "paper" else 24 * 60,
+        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} finetune --task {wildcards.task} --pretrained {params.pretrained} --root {input.root}"
+        "{params.gpu}{params.copa} finetune --task {wildcards.task} --pretrained {params.pretrained} --root {input.root}"
         " --out {params.run_dir} > {log} 2>&1"
 
 
 rule evaluate:
     input:
-        metrics=f"runs/{PROFILE}/finetune/{{run}}/{{task}}/metrics.json",
+        metrics=f"runs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         code=source_files("tasks/*.py", "eval/*.py", "data/heldout.py", "data/downstream.py"),
     output:
-        metrics=f"results/{PROFILE}/finetune/{{run}}/{{task}}.json",
-        predictions=f"results/{PROFILE}/finetune/{{run}}/{{task}}_predictions.json",
+        metrics=f"results/{PROFILE}/finetune/{{run}}/{{task}}{{size}}.json",
+        predictions=f"results/{PROFILE}/finetune/{{run}}/{{task}}{{size}}_predictions.json",
     params:
+        gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         evaluate=task_section_json("evaluate", lambda task: TASKS[task].settings),  # rerun trigger: the inference settings
         copa=lambda w: copa_cli(f"evaluate.{TASKS[w.task].settings}"),
         run_dir=lambda w, input: os.path.dirname(input.metrics),
     log:
-        f"logs/{PROFILE}/evaluate/{{run}}/{{task}}.log",
+        f"logs/{PROFILE}/evaluate/{{run}}/{{task}}{{size}}.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/evaluate/{{run}}/{{task}}{{size}}.tsv",
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,
         runtime=30 if PROFILE != "paper" else 6 * 60,
+        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} evaluate --task {wildcards.task} --run {params.run_dir} --root {input.root} --json {output.metrics}"
+        "{params.gpu}{params.copa} evaluate --task {wildcards.task} --run {params.run_dir} --root {input.root} --json {output.metrics}"
         " --predictions {output.predictions} --quiet > {log} 2>&1"

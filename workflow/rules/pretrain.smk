@@ -25,20 +25,24 @@ rule encoder_init:
     output:
         f"runs/{PROFILE}/encoder_init/seed{{seed}}/metrics.json",
     params:
+        gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         init=lambda w: json.dumps({k: v for k, v in encoder_init_params(PARAMS).items() if k != "seed"}, sort_keys=True),  # what it reads
         # the overrides of what it reads (copa.train.encoder_init.encoder_init_params), not Algorithm 1's
         copa=copa_cli("model", "patch_labels", *(f"pretrain.{k}" for k in ("encoder_init", "batch_size", "pair_sources", "weight_decay"))),
         run_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         f"logs/{PROFILE}/encoder_init/seed{{seed}}.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/encoder_init/seed{{seed}}.tsv",
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 64000,
         runtime=30 if PROFILE != "paper" else 24 * 60,
+        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} --set seed={wildcards.seed} encoder-init --root {input.root} --out {params.run_dir} > {log} 2>&1"
+        "{params.gpu}{params.copa} --set seed={wildcards.seed} encoder-init --root {input.root} --out {params.run_dir} > {log} 2>&1"
 
 
 rule pretrain:
@@ -52,6 +56,7 @@ rule pretrain:
     output:
         f"runs/{PROFILE}/pretrain/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}/metrics.json",
     params:
+        gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         model=section_json("model"),  # rerun triggers: the model and its training
         pretrain=section_json("pretrain"),
         patch_labels=section_json("patch_labels"),  # the pretraining resolution and patch size
@@ -61,14 +66,17 @@ rule pretrain:
         encoder_init=lambda w, input: f"--encoder-init {os.path.dirname(input.encoder_init[0])}" if input.encoder_init else "",
     log:
         f"logs/{PROFILE}/pretrain/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/pretrain/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.tsv",
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 64000,
         runtime=60 if PROFILE != "paper" else 72 * 60,
+        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} --set model.selection.method={wildcards.method} --set 'model.selection.location=[{params.location}]'"
+        "{params.gpu}{params.copa} --set model.selection.method={wildcards.method} --set 'model.selection.location=[{params.location}]'"
         " --set model.selection.keep_ratio={wildcards.keep} --set seed={wildcards.seed}"
         " pretrain --root {input.root} --annotations {input.annotations} --out {params.run_dir} {params.encoder_init} > {log} 2>&1"
 
@@ -85,17 +93,21 @@ rule pretrain_eval:
         json=f"results/{PROFILE}/pretrain/{{run}}.json",
         figure=multiext(f"figures/{PROFILE}/pretrain/{{run}}", ".png", ".pdf"),
     params:
+        gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         copa=copa_cli(),
         run_dir=lambda w, input: os.path.dirname(input.metrics),
         figure_stem=lambda w, output: os.path.splitext(output.figure[0])[0],
     log:
         f"logs/{PROFILE}/pretrain_eval/{{run}}.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/pretrain_eval/{{run}}.tsv",
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,
         runtime=30 if PROFILE != "paper" else 6 * 60,
+        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} pretrain-eval --run {params.run_dir} --root {input.root} --json {output.json}"
+        "{params.gpu}{params.copa} pretrain-eval --run {params.run_dir} --root {input.root} --json {output.json}"
         " --figure {params.figure_stem} --quiet > {log} 2>&1"

@@ -41,6 +41,8 @@ rule table:
         results=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),  # results/<profile>
     log:
         f"logs/{PROFILE}/table/{{grid}}.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/table/{{grid}}.tsv",
     conda:
         "../envs/copa.yaml"
     shell:
@@ -67,10 +69,36 @@ rule figure:
         results=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),  # results/<profile>
     log:
         f"logs/{PROFILE}/figure/{{grid}}.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/figure/{{grid}}.tsv",
     conda:
         "../envs/copa.yaml"
     shell:
         "{params.copa} figure {wildcards.grid} --results {params.results} --out {params.stem} --figure {params.figure} > {log} 2>&1"
+
+
+rule figure4:
+    # COPA Figure 4: the kept patches of the default run's VQA model (a TPD run) for a few test questions
+    input:
+        metrics=f"runs/{PROFILE}/finetune/{DEFAULT_RUN}/vqa/metrics.json",
+        root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
+        code=source_files("report/detected_patches.py", "report/figures.py", "tasks/vqa.py"),
+    output:
+        png=report(f"figures/{PROFILE}/figure4.png", caption="../report/figure4.rst", category="Figures"),
+        pdf=f"figures/{PROFILE}/figure4.pdf",
+    params:
+        copa=copa_cli("evaluate.vqa"),  # the split and the decoding of the answers shown
+        run_dir=lambda w, input: os.path.dirname(input.metrics),
+        figure=lambda w, output: os.path.splitext(output.png)[0],
+    log:
+        f"logs/{PROFILE}/figure/figure4.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/figure/figure4.tsv",
+    threads: TORCH_THREADS
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.copa} detected-patches --run {params.run_dir} --root {input.root} --figure {params.figure} > {log} 2>&1"
 
 
 rule claims:
@@ -85,6 +113,8 @@ rule claims:
         tables=lambda w, input: os.path.dirname(input.tables[0]),
     log:
         f"logs/{PROFILE}/claims.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/claims.tsv",
     conda:
         "../envs/copa.yaml"
     shell:

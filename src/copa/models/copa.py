@@ -83,10 +83,12 @@ class CopaModel(nn.Module):
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.text(input_ids, attention_mask)  # (B, L, H)
 
-    def encode_image(self, images: Tensor, text_cls: Tensor | None = None, use_detector: bool = True) -> dict[str, Tensor | None]:
+    def encode_image(self, images: Tensor, text_cls: Tensor | None = None, use_detector: bool = True,
+                     prefix: Tensor | None = None) -> dict[str, Tensor | None]:
         """``text_cls`` guides the selection (TPD, TRIPS); ``use_detector=False`` selects by image-[CLS]
-        attention instead (COPA's warm-up, and the text-free uses: captioning, coarse retrieval)."""
-        return self.vision(images, text_cls if self.text_guided else None, use_detector)
+        attention instead (COPA's warm-up, and the text-free uses: captioning, coarse retrieval);
+        ``prefix``: an earlier call's for the same images (see ``VisionEncoder.forward``)."""
+        return self.vision(images, text_cls if self.text_guided else None, use_detector, prefix)
 
     def fuse(self, image_tokens: Tensor, text_states: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
         image_mask = torch.ones(image_tokens.shape[:2], dtype=text_mask.dtype, device=image_tokens.device)  # (B, Li)

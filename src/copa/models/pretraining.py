@@ -113,7 +113,8 @@ class CopaPretraining(nn.Module):
         m = self.model
         images, ids, mask = pairs["images"], pairs["input_ids"], pairs["attention_mask"]
         text = m.encode_text(ids, mask)  # (B, L, H)
-        image = m.encode_image(images, text[:, 0], use_detector)["tokens"]  # (B, Li, D)
+        encoded = m.encode_image(images, text[:, 0], use_detector)
+        image = encoded["tokens"]  # (B, Li, D)
         itc_tokens = image if self.itc_image == "paired_text" else m.encode_image(images, None, use_detector=False)["tokens"]
         image_feat, text_feat = m.image_feature(itc_tokens), m.text_feature(text)  # (B, E)
         with torch.no_grad():  # momentum features (ALBEF)
@@ -132,8 +133,14 @@ class CopaPretraining(nn.Module):
         # ITM: positives and one hard negative per image and per text (ALBEF)
         neg_text, neg_image = sample_hard_negatives(itc.sim_i2t, itc.sim_t2i, generator)
         image_idx, text_idx, labels = itm_pairs(neg_text, neg_image)
-        if self.itm_guidance == "pair_text" and m.text_guided:
-            itm_image = m.encode_image(images[image_idx], text[text_idx, 0], use_detector)["tokens"]
+        if self.itm_guidance == "pair_text" and m.text_guided and use_detector and len(labels) > len(images):
+            # the positives are `image`; each negative pair is encoded under its text, from the
+            # layers before the selection that no text changes (computed once, above). In the
+            # warm-up, [CLS] attention selects whatever the text: `image` serves every pair.
+            b = len(images)
+            negatives = m.encode_image(images[image_idx[b:]], text[text_idx[b:], 0], use_detector,
+                                       prefix=encoded["prefix"][image_idx[b:]])["tokens"]
+            itm_image = torch.cat([image, negatives])
         else:
             itm_image = image[image_idx]
         _, itm_text = m.fuse(itm_image, text[text_idx], mask[text_idx])

@@ -87,25 +87,35 @@ class VisionEncoder(nn.Module):
         self.apply(init_weights_vit_timm)
 
     def forward(self, images: Tensor, text_cls: Tensor | None = None,
-                use_detector: bool = True) -> dict[str, Tensor | None]:
+                use_detector: bool = True, prefix: Tensor | None = None) -> dict[str, Tensor | None]:
         """Encode images (B, 3, H, W), guided by text_cls (B, D_text) where the selector uses it.
 
         Returns ``tokens`` (B, 1+K+1, D) after the final norm ((B, 1+n, D) without selection),
         ``scores`` (B, n) TPD alignment scores of all n patches (None for other selectors),
         ``kept`` (B, K) original patch indices of the kept patch tokens (-1: a token fused at
-        an earlier selection layer; all n without selection). ``use_detector=False``: text-guided
+        an earlier selection layer; all n without selection), and ``prefix`` (B, 1+n, D), the
+        tokens entering the first selection layer. ``use_detector=False``: text-guided
         selectors select by image-[CLS] attention at the same place (COPA warm-up, captioning,
-        coarse retrieval).
+        coarse retrieval). ``prefix`` given (an earlier call's, for the same images): the layers
+        before the selection, which no text changes, are not run again (the same images
+        encoded under other texts, as ITM's pairs are).
         """
-        x = self.patch_embed(images)  # (B, h, w, D)
-        b, h, w, d = x.shape
-        # other resolutions (COPA Table 5): bicubic resample of the patch position embeddings
-        pos = resample_abs_pos_embed(self.pos_embed, [h, w], list(self.patch_embed.grid_size),
-                                     num_prefix_tokens=1)
-        x = self.norm_pre(torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, d)], dim=1) + pos)
-        ids = torch.arange(h * w, device=x.device).expand(b, -1)  # original index of each token
+        first = min(self.locations)
+        if prefix is None:
+            x = self.patch_embed(images)  # (B, h, w, D)
+            b, h, w, d = x.shape
+            # other resolutions (COPA Table 5): bicubic resample of the patch position embeddings
+            pos = resample_abs_pos_embed(self.pos_embed, [h, w], list(self.patch_embed.grid_size),
+                                         num_prefix_tokens=1)
+            x = self.norm_pre(torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, d)], dim=1) + pos)
+            for block in self.blocks[:first - 1]:
+                x = block(x)
+            prefix = x
+        x = prefix
+        b, n = x.shape[0], x.shape[1] - 1
+        ids = torch.arange(n, device=x.device).expand(b, -1)  # original index of each token
         kept, scores = ids, None
-        for layer, block in enumerate(self.blocks, start=1):
+        for layer, block in enumerate(self.blocks[first - 1:], start=first):
             if layer not in self.locations:
                 x = block(x)
                 continue
@@ -116,7 +126,7 @@ class VisionEncoder(nn.Module):
                 kept = ids.gather(1, out.kept)
                 fused = x.shape[1] - 1 - kept.shape[1]  # 1 with a fused token, 0 without
                 ids = torch.cat([kept, kept.new_full((b, fused), -1)], dim=1)
-        return {"tokens": self.norm(x), "scores": scores, "kept": kept}
+        return {"tokens": self.norm(x), "scores": scores, "kept": kept, "prefix": prefix}
 
 
 def convert_timm_state_dict(state_dict: Mapping[str, Tensor], model: VisionEncoder

@@ -10,6 +10,13 @@ name is all that identifies a run.
 A profile's ViT of depth D takes the paper's location k as round(k * D / 12), halves rounded
 up (the demo's depth 6: 4 / 6 / 8 -> 2 / 3 / 4). ``none`` (mPLUG) has no location or ratio:
 its runs are named with the profile's default location and ratio 1.0, so every grid shares one.
+
+A row may fix its VQA fine-tuning ``resolution`` (COPA Table 5, in the paper's px): a profile
+that pretrains at S px takes px * S / 256 (the paper pretrains at 256), to a multiple of the
+patch size (the demo's 224 ... 512 -> 112 ... 256). Such a row's VQA result and its costs are
+measured at that resolution: ``vqa-<px>px.json`` and ``<run>-<px>px.json`` unless it is the
+profile's VQA resolution (``finetune.vqa.image_size``) or efficiency protocol's
+(``efficiency.image_size``), so that rows of the same fine-tune share one result.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from typing import Any, Literal
 
 import yaml
 
-from copa.config import DEFAULT_PARAMS_DIR, ParamsError, Params, available_profiles, validated_record
+from copa.config import DEFAULT_PARAMS_DIR, ParamsError, Params, available_profiles, validated_record, vqa_image_size
 from copa.report.columns import COLUMNS
 
 GRIDS_DIR = "grids"
 PAPER_DEPTH = 12  # ViT-B/16
+PAPER_PRETRAIN_SIZE = 256  # px (COPA Appendix D)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class GridRow:
     location: tuple[int, ...]  # in the paper's 12-layer ViT
     keep: float
     paper: dict[str, float]  # the paper's values, by column
+    resolution: int | None = None  # px of the VQA fine-tuning and the costs (Table 5); None: the profile's
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,10 @@ def _check(grid: Grid, path: Path) -> None:
         if unknown:
             raise ParamsError(f"{path}: row {row.label!r}: 'paper' names columns the grid does not have: {', '.join(unknown)}")
     for i, row in enumerate(grid.rows):
+        fine_tuned = sorted({COLUMNS[c].source for c in grid.columns} - {"efficiency", "vqa"})
+        if row.resolution is not None and (row.resolution <= 0 or fine_tuned):
+            raise ParamsError(f"{path}: key 'rows[{i}].resolution' must be a positive px count, for grids whose only "
+                              f"fine-tuned column is VQA; got {row.resolution} with {', '.join(fine_tuned) or 'VQA'}")
         if not 0 < row.keep <= 1:
             raise ParamsError(f"{path}: key 'rows[{i}].keep' must be in (0, 1], got {row.keep}")
         if not row.location or not all(1 <= k <= PAPER_DEPTH for k in row.location):
@@ -151,3 +164,25 @@ def row_run(row: GridRow, params: Params, seed: int) -> str:
         return run_name("none", params.model.selection.location, 1.0, seed)
     depth = params.model.vision_depth
     return run_name(row.method, [profile_location(k, depth) for k in row.location], row.keep, seed)
+
+
+def profile_resolution(px: int, params: Params) -> int:
+    """The paper's resolution ``px`` in the profile of ``params`` (halves rounded up)."""
+    patch = params.patch_labels.patch_size
+    return patch * max(1, math.floor(px * params.patch_labels.image_size / PAPER_PRETRAIN_SIZE / patch + 0.5))
+
+
+def result_path(results: Path, source: str, run: str, image_size: int | None = None) -> Path:
+    """Where the workflow writes a run's result of ``source`` (a task, or efficiency), measured at
+    ``image_size`` px where that is not the profile's own resolution for it (None)."""
+    tag = f"-{image_size}px" if image_size else ""
+    if source == "efficiency":
+        return results / "efficiency" / f"{run}{tag}.json"
+    return results / "finetune" / run / f"{source}{tag}.json"
+
+
+def row_result(row: GridRow, source: str, params: Params, results: Path, seed: int) -> Path:
+    """The result file of ``source`` for ``row`` in the profile of ``params``."""
+    size = None if row.resolution is None else profile_resolution(row.resolution, params)
+    default = params.efficiency.image_size if source == "efficiency" else vqa_image_size(params)
+    return result_path(results, source, row_run(row, params, seed), None if size == default else size)

@@ -19,18 +19,11 @@ import pandas as pd
 
 from copa.config import Params
 from copa.report.columns import COLUMNS
-from copa.report.grids import Grid, row_run
+from copa.report.grids import Grid, profile_resolution, row_result, row_run
 
 NOT_TRAINED = "not trained"
 NOT_MEASURED = "not measured"  # (not "n/a": pandas reads that back as NaN)
 SUFFIXES = (".csv", ".md", ".tex", ".json")
-
-
-def result_path(results: Path, source: str, run: str) -> Path:
-    """Where the workflow writes a run's result of ``source`` (a task, or efficiency)."""
-    if source == "efficiency":
-        return results / "efficiency" / f"{run}.json"
-    return results / "finetune" / run / f"{source}.json"
 
 
 def grid_inputs(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> list[Path]:
@@ -39,10 +32,9 @@ def grid_inputs(grid: Grid, params: Params, results: Path, seeds: Sequence[int])
     paths = []
     for row in grid.rows:
         for seed in seeds:
-            run = row_run(row, params, seed)
             for source in sorted({COLUMNS[c].source for c in grid.columns}):
                 if source == "efficiency" or row.label in trained:
-                    paths.append(result_path(results, source, run))
+                    paths.append(row_result(row, source, params, results, seed))
     return sorted(set(paths))
 
 
@@ -85,12 +77,12 @@ def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> 
     """(label -> column -> Cell for the grid's rows in the profile of ``params``, the devices the
     efficiency columns were measured on: one, normally); each result file is read once."""
     trained = grid.trained[params.profile]
-    records: dict[tuple[str, str], dict] = {}  # (source, run) -> its result JSON
+    records: dict[Path, dict] = {}  # result file -> its JSON
 
-    def record(source: str, run: str) -> dict:
-        if (source, run) not in records:
-            records[source, run] = _read(result_path(results, source, run))
-        return records[source, run]
+    def record(path: Path) -> dict:
+        if path not in records:
+            records[path] = _read(path)
+        return records[path]
 
     out: dict[str, dict[str, Cell]] = {}
     for row in grid.rows:
@@ -100,10 +92,10 @@ def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> 
             if column.source != "efficiency" and row.label not in trained:
                 cells[name] = Cell(None, None, 0, NOT_TRAINED)
                 continue
-            read = [record(column.source, row_run(row, params, seed)) for seed in seeds]
+            read = [record(row_result(row, column.source, params, results, seed)) for seed in seeds]
             cells[name] = _cell([column.value(r) for r in read], column.examples(read[0]))
         out[row.label] = cells
-    devices = {_device_name(r.get("device", {})) for (source, _), r in records.items() if source == "efficiency"}
+    devices = {_device_name(r.get("device", {})) for path, r in records.items() if path.parent.name == "efficiency"}
     return out, sorted(devices)
 
 
@@ -118,6 +110,8 @@ def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], s
     for row in grid.rows:
         line: dict = {"row": row.label, "run": row_run(row, params, seeds[0]) if len(seeds) == 1 else "",
                       "method": row.method, "trained": row.label in grid.trained[params.profile]}
+        if row.resolution is not None:  # Table 5: the VQA fine-tuning's and the costs' px in this profile
+            line["image_size"] = profile_resolution(row.resolution, params)
         for name in grid.columns:
             cell = cells[row.label][name]
             line.update({name: cell.mean, f"{name}_std": cell.std, f"{name}_seeds": cell.n, f"{name}_examples": cell.examples,

@@ -56,12 +56,14 @@ def extend_vocabulary(model: CopaModel, params: Params, out_dir: Path, new_token
     return grown.train(model.training), load_tokenizer(vocab_path)
 
 
-def resized_pairs(images: Sequence[Path], texts: Sequence[str], tokenizer, params: Params, source: str) -> PairDataset:
-    """(image, text) examples at the pretraining resolution, without crops or flips: what every
-    generative task trains and evaluates on (a crop can remove what a question counts or an
-    expression names, a flip swaps "left" and "right")."""
+def resized_pairs(images: Sequence[Path], texts: Sequence[str], tokenizer, params: Params, source: str,
+                  image_size: int | None = None) -> PairDataset:
+    """(image, text) examples at ``image_size`` (default: the pretraining resolution), without crops
+    or flips: what every generative task trains and evaluates on (a crop can remove what a question
+    counts or an expression names, a flip swaps "left" and "right")."""
     pairs = [Pair(image, text, source) for image, text in zip(images, texts, strict=True)]
-    return PairDataset(pairs, tokenizer, params.patch_labels.image_size, params.model.max_text_length, params.seed, train=False)
+    size = image_size or params.patch_labels.image_size
+    return PairDataset(pairs, tokenizer, size, params.model.max_text_length, params.seed, train=False)
 
 
 class FinetuneTask:

@@ -11,8 +11,9 @@
   each question about another question's image: accuracy that survives the swap comes from the
   question alone. The answers also in the official result format.
 
-Images are resized to the pretraining resolution without crops or flips: a crop can remove the
-object a question counts, a flip swaps "left of" and "right of".
+Images are resized to ``finetune.vqa.image_size`` (COPA Table 5's sweep; by default the pretraining
+resolution) without crops or flips: a crop can remove the object a question counts, a flip swaps
+"left of" and "right of".
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from copa.config import Params, VQAEvalParams
+from copa.config import Params, VQAEvalParams, vqa_image_size
 from copa.data.downstream import VQAExample, vqa_examples
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
@@ -60,7 +61,9 @@ def answer_targets(human_answers: Sequence[str]) -> list[tuple[str, float]]:
 
 
 def _question_data(examples: Sequence[VQAExample], tokenizer, params: Params) -> PairDataset:
-    return resized_pairs([e.image for e in examples], [e.question for e in examples], tokenizer, params, "vqa")
+    # at another resolution than the pretraining's, the ViT resamples its position embeddings (copa.models.vit)
+    return resized_pairs([e.image for e in examples], [e.question for e in examples], tokenizer, params, "vqa",
+                         vqa_image_size(params))
 
 
 class VQATask(FinetuneTask):
@@ -181,7 +184,7 @@ def evaluate_vqa(run: FinetunedRun, settings: VQAEvalParams, data_root: Path, sp
     truth = {e.question_id: (e.answers, e.answer_type) for e in test}
     accuracy = vqa_accuracy(predictions, truth)
     accuracy.pop("per_question")
-    record = {"split": f"VQA v2 {split}", "inference": settings.inference, **accuracy, "baselines": majority_baselines(train, test)}
+    record = {"split": f"VQA v2 {split}", "image_size": vqa_image_size(params), "inference": settings.inference, **accuracy, "baselines": majority_baselines(train, test)}
     if settings.swapped_image_control:
         swapped = answer_questions(model, tokenizer, swap_images(test), params, settings, candidates, batch_size, progress)
         control = vqa_accuracy(swapped, truth)

@@ -1,0 +1,54 @@
+"""The README's results section, written from a profile's tables, figures and claims check (the
+files the workflow wrote), never typed: `copa readme-results` replaces what lies between the two
+markers below, and `--check` says whether the README still shows the files' contents.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from copa.config import DEFAULT_PARAMS_DIR
+from copa.report.grid_figures import FIGURES
+from copa.report.grids import available_grids
+
+BEGIN = "<!-- results: written by `copa readme-results` from the files below; do not edit by hand -->"
+END = "<!-- end of results -->"
+
+
+def _number(name: str) -> tuple[str, int]:
+    """table10 after table9: the grids in the paper's order."""
+    match = re.fullmatch(r"(\D+)(\d+)(\D*)", name)
+    return (match.group(1), int(match.group(2))) if match else (name, 0)
+
+
+def results_block(profile: str, root: Path = Path("."), params_dir: str | Path = DEFAULT_PARAMS_DIR) -> str:
+    """The section's text: every table's Markdown, every figure, the claims check of ``profile``,
+    from the workflow's folders under ``root`` (the README's folder: the paths it prints)."""
+    results, figures = f"results/{profile}", f"figures/{profile}"
+    tables = sorted((g for g in available_grids(params_dir) if g not in FIGURES), key=_number)
+    parts = [BEGIN, f"Profile **{profile}**, from `{results}/tables/*.md`, `{figures}/*.png` and `{results}/claims.md`.", ""]
+    for name in tables:
+        parts += [_read(root / results / "tables" / f"{name}.md").rstrip(), ""]
+    for name in sorted(FIGURES, key=_number):
+        _read(root / figures / f"{name}.png", binary=True)
+        parts += [f"![{name}]({figures}/{name}.png)", ""]
+    if (root / figures / "figure4.png").is_file():  # the TPD's detections: only when the default run has a TPD
+        parts += [f"![figure4]({figures}/figure4.png)", ""]
+    claims = _read(root / results / "claims.md").split("\n", 1)[1].strip()  # without its level-1 title
+    parts += [claims, "", END]
+    return "\n".join(parts)
+
+
+def _read(path: Path, binary: bool = False) -> str:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (run the workflow first)")
+    return "" if binary else path.read_text(encoding="utf-8")
+
+
+def replace_block(readme_text: str, block: str, readme: Path) -> str:
+    """``readme_text`` with its marked section replaced by ``block``."""
+    start, end = readme_text.find(BEGIN), readme_text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme}: no results section marked by the lines {BEGIN!r} ... {END!r}")
+    return readme_text[:start] + block + readme_text[end + len(END):]
