@@ -23,7 +23,7 @@ rule finetune:
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         finetune=task_section_json("finetune"),  # rerun trigger: the task's fine-tuning settings
-        copa=lambda w: copa_cli(f"finetune.{w.task}", "seed") + size_override(w, f"finetune.{w.task}"),  # that task's overrides only
+        copa=lambda w: copa_cli(f"finetune.{w.task}", "seed") + size_override(w, f"finetune.{w.task}"),  # that task's overrides, and a Table 5 resolution
         pretrained=lambda w, input: os.path.dirname(input.pretrained),
         run_dir=lambda w, output: os.path.dirname(output[0]),
     log:

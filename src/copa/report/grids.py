@@ -134,10 +134,10 @@ def _check(grid: Grid, path: Path) -> None:
         if unknown:
             raise ParamsError(f"{path}: row {row.label!r}: 'paper' names columns the grid does not have: {', '.join(unknown)}")
     for i, row in enumerate(grid.rows):
-        fine_tuned = sorted({COLUMNS[c].source for c in grid.columns} - {"efficiency", "vqa"})
-        if row.resolution is not None and (row.resolution <= 0 or fine_tuned):
+        other_tasks = sorted({COLUMNS[c].source for c in grid.columns} - {"efficiency", "vqa"})  # resolution: VQA only
+        if row.resolution is not None and (row.resolution <= 0 or other_tasks):
             raise ParamsError(f"{path}: key 'rows[{i}].resolution' must be a positive px count, for grids whose only "
-                              f"fine-tuned column is VQA; got {row.resolution} with {', '.join(fine_tuned) or 'VQA'}")
+                              f"fine-tuned column is VQA; got {row.resolution} with {', '.join(other_tasks) or 'VQA'}")
         if not 0 < row.keep <= 1:
             raise ParamsError(f"{path}: key 'rows[{i}].keep' must be in (0, 1], got {row.keep}")
         if not row.location or not all(1 <= k <= PAPER_DEPTH for k in row.location):
