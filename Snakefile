@@ -17,6 +17,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/efficiency.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/figure5.smk"
 
 
 rule all:
@@ -29,4 +30,5 @@ rule all:
         expand(f"results/{PROFILE}/tables/{{grid}}.csv", grid=TABLES),
         expand(f"figures/{PROFILE}/{{grid}}.png", grid=FIGURES),
         rules.figure4.output.png if PARAMS.model.selection.method == "tpd" else [],  # the TPD's detections
+        rules.figure5.output.png if PARAMS.model.selection.method == "tpd" else [],  # ... and their generalisation
         rules.claims.output.markdown,

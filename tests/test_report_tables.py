@@ -211,7 +211,8 @@ def test_claims_verdicts(tmp_path):
     assert verdicts["3c"].verdict == UNMEASURABLE and "not trained" in verdicts["3c"].measured  # no VQA column in table9 here
     assert verdicts["4a"].verdict == HOLDS and verdicts["4b"].verdict == FAILS and "spread" in verdicts["4b"].measured
     assert verdicts["5a"].verdict == UNMEASURABLE and verdicts["5b"].measured == "Table 5 missing"
-    assert {verdicts[k].verdict for k in ("6", "7")} == {NOT_YET}
+    assert verdicts["6a"].verdict == verdicts["6b"].verdict == UNMEASURABLE and "Figure 5 missing" in verdicts["6a"].measured
+    assert verdicts["7"].verdict == NOT_YET
     _csv(tables, "table5", {"mPLUG 384": {"vqa": 50.0, "gmacs": 8.0}, "COPA 224": {"vqa": 44.0, "gmacs": 2.0},
                             "COPA 464": {"vqa": 56.0, "gmacs": 7.5}, "COPA 512": {"gmacs": 9.0}})
     verdicts = {v.claim.split(".")[0]: v for v in check_claims(Tables(tables))}

@@ -150,6 +150,14 @@ def test_fixture_dag_end_to_end(workdir):
         assert json.loads((workdir / "results" / "fixture" / "efficiency" / f"{tagged}-{size}px.json").read_text())["flops"]["image_size"] == size
     # Figure 4: the default run's TPD detections over VQA images
     assert (workdir / "figures" / "fixture" / "figure4.png").stat().st_size > 0 and (workdir / "figures" / "fixture" / "figure4.pdf").is_file()
+    # Figure 5: the world's oracle boxes on web pairs, the default run's TPD per epoch against them
+    reference = json.loads((workdir / "results" / "fixture" / "reference_boxes.json").read_text())
+    assert reference["source"] == "oracle" and reference["pairs"] == 20 and reference["boxes"] > 0
+    detection = json.loads((workdir / "results" / "fixture" / "patch_detection" / f"{run}.json").read_text())
+    assert [c["checkpoint"] for c in detection["checkpoints"]] == [c["checkpoint"] for c in probes["checkpoints"]]
+    assert list(pd.read_csv(tables / "figure5.csv")["row"])[:-1] == [f"epoch {c['epoch']}" for c in probes["checkpoints"]]
+    assert (workdir / "figures" / "fixture" / "figure5.png").stat().st_size > 0 and (workdir / "figures" / "fixture" / "figure5.pdf").is_file()
+    assert {v["claim"][:2] for v in verdicts} >= {"6a", "6b"}
     # every job's Snakemake benchmark, summed per rule by `copa stage-times`
     benchmarks = workdir / "logs" / "fixture" / "benchmarks"
     assert (benchmarks / "synth.tsv").is_file() and (benchmarks / "pretrain" / f"{run}.tsv").is_file()
@@ -159,7 +167,7 @@ def test_fixture_dag_end_to_end(workdir):
     report = snakemake(workdir, "--config", "profile=fixture", "--report", "report.html")
     assert report.returncode == 0, report.stdout
     html = (workdir / "report.html").read_text()
-    assert "table10" in html and "table5" in html and "figure3" in html and "figure4" in html and "claims" in html
+    assert all(name in html for name in ("table10", "table5", "figure3", "figure4", "figure5", "claims"))
 
     again = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
@@ -170,12 +178,12 @@ def test_fixture_dag_end_to_end(workdir):
     seeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["seed=5"]')
     assert seeded.returncode == 0, seeded.stdout
     assert _scheduled(seeded.stdout) == {"patch_labels", "encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency",
-                                         *REPORT_RULES, "figure4", "all"}
+                                         *REPORT_RULES, *TPD_RULES, "all"}
     assert "runs/fixture/pretrain/tpd-loc2-keep0.5-seed5/metrics.json" in seeded.stdout
     # ...a training knob reruns the run and its probes only...
     lr = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["pretrain.lr_text=2.0e-4"]')
     assert lr.returncode == 0, lr.stdout
-    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, "figure4", "all"}  # not the shared init
+    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, *TPD_RULES, "all"}  # not the shared init
     # ...a fine-tuning knob, the fine-tune and its evaluation only; an inference setting, the evaluation only...
     ft = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["finetune.retrieval.lr_text=2.0e-4"]')
     assert ft.returncode == 0, ft.stdout
@@ -194,16 +202,18 @@ def test_fixture_dag_end_to_end(workdir):
     threshold = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["filter.near_duplicate.threshold=0.9"]')
     assert threshold.returncode == 0, threshold.stdout
     assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate",
-                                            *REPORT_RULES, "figure4", "all"}
+                                            *REPORT_RULES, *TPD_RULES, "all"}
     # ...a synth parameter regenerates the world and everything after it.
     reseeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["synth.seed=1"]')
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
     assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "encoder_init", "pretrain",
-                                           "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, "figure4", "all"}  # costs need no data
+                                           "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, *TPD_RULES, "reference_boxes",
+                                           "all"}  # costs need no data
 
 
 REPORT_RULES = ("table", "figure", "claims")
+TPD_RULES = ("figure4", "patch_detection", "figure5")  # the default run's TPD: its detections (Figure 4), against reference boxes (Figure 5)
 
 
 def _fresh_clone_after_pull_retrains_nothing(workdir: Path) -> None:

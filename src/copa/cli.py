@@ -188,6 +188,73 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference_boxes(args: argparse.Namespace) -> int:
+    from copa.data.reference_boxes import run_reference_boxes
+    from copa.train.distributed import resolve_device
+
+    params = _params(args)
+    out = Path(args.out or f"data/processed/{params.profile}/reference_boxes.jsonl")
+    summary_path = Path(args.summary or f"results/{params.profile}/reference_boxes.json")
+    try:
+        device = resolve_device(args.device)
+        summary = run_reference_boxes(Path(args.root or params.data.root), params.reference_boxes, out, device, progress=not args.quiet)
+    except (RuntimeError, ValueError) as exc:  # no CUDA; more pairs asked for than there are
+        print(f"copa reference-boxes: error: {exc}", file=sys.stderr)
+        return 2
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps({"profile": params.profile, "file": str(out), **summary}, indent=2) + "\n", encoding="utf-8")
+    print(f"reference boxes ({summary['source']}): {summary['boxes']:,} boxes on {summary['pairs']:,} pairs "
+          f"({summary['pairs_without_boxes']:,} without any, {summary['boxes_outside_image']:,} outside their image) -> {out}")
+    return 0
+
+
+def cmd_patch_detection(args: argparse.Namespace) -> int:
+    from copa.data.formats.reference_boxes import read_reference_boxes
+    from copa.eval.patch_detection import DEFINITIONS, evaluate_reference_pairs
+    from copa.train.distributed import resolve_device
+    from copa.train.pretrain import run_checkpoints, run_params
+
+    run = Path(args.run)
+    params = run_params(run)
+    root = Path(args.root or params.data.root)
+    pairs = read_reference_boxes(Path(args.reference), root)
+    if not pairs:
+        raise FormatError(Path(args.reference), "no pair to evaluate on")
+    try:
+        probes = evaluate_reference_pairs(run_checkpoints(run, args.checkpoints), pairs, root, args.batch_size, progress=not args.quiet,
+                                          device=resolve_device(args.device))
+    except (RuntimeError, ValueError) as exc:  # no CUDA; not a TPD run; an image of another size than the file says
+        print(f"copa patch-detection: error: {exc}", file=sys.stderr)
+        return 2
+    sources = sorted({p.source for p in pairs})
+    reference = {"file": args.reference, "source": ", ".join(sources), "pairs": len(pairs), "boxes": sum(len(p.boxes) for p in pairs),
+                 "pairs_without_boxes": sum(not p.boxes for p in pairs)}
+    out = Path(args.json or f"results/{params.profile}/patch_detection/{run.name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"run": run.name, "profile": params.profile, "reference": reference, "definitions": DEFINITIONS,
+                               "checkpoints": probes}, indent=2) + "\n", encoding="utf-8")
+    last = probes[-1]
+    print(f"epoch {last['epoch']}, top-K: accuracy {last['kept']['accuracy']:.3f}, recall {last['kept']['recall']:.3f} "
+          f"(base rate {last['base_rate']:.3f}); score > 0.5: accuracy {last['score_above_0.5']['accuracy']:.3f}, "
+          f"recall {last['score_above_0.5']['recall']:.3f} -> {out}")
+    return 0
+
+
+def cmd_figure5(args: argparse.Namespace) -> int:
+    from copa.report.figure5 import write_figure5
+
+    profile = _params(args).profile
+    results = Path(args.results or f"results/{profile}")
+    try:
+        paths = write_figure5(results / "pretrain" / f"{args.run}.json", results / "patch_detection" / f"{args.run}.json",
+                              Path(args.out or results / "tables" / "figure5"), Path(args.figure or f"figures/{profile}/figure5"))
+    except ValueError as exc:  # the two result files disagree on the checkpoints
+        print(f"copa figure5: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Figure 5 ({profile}, run {args.run}) -> {', '.join(map(str, paths))}")
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     """`copa table` and `copa figure`: a grid's data table, and for a figure its drawing."""
     from copa.report.figures import save_figure
@@ -397,6 +464,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pretrain_eval)
+
+    p = sub.add_parser("reference-boxes", help="COPA Appendix C.1: boxes of what each caption names on a sample of web pairs "
+                                               "(Grounding DINO, or the synthetic world's oracle: reference_boxes.detector)")
+    p.add_argument("--root", help="data root with the CC3M training TSV (default: the profile's data.root)")
+    p.add_argument("--out", help="JSON lines, one pair each (default: data/processed/<profile>/reference_boxes.jsonl)")
+    p.add_argument("--summary", help="counts of pairs and boxes (default: results/<profile>/reference_boxes.json)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s: CUDA when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_reference_boxes)
+
+    p = sub.add_parser("patch-detection", help="the TPD of every per-epoch checkpoint of a run against the reference boxes' patch "
+                                               "labels: accuracy, recall, precision, F1 (COPA Figure 5)")
+    p.add_argument("--run", required=True, help="a TPD pretraining run folder (copa pretrain --out)")
+    p.add_argument("--reference", required=True, help="the reference boxes (copa reference-boxes --out)")
+    p.add_argument("--root", help="data root the reference images are relative to (default: the one the run was trained on)")
+    p.add_argument("--checkpoints", choices=("epochs", "last"), default="epochs", help="every per-epoch checkpoint, or the last one (default: %(default)s)")
+    p.add_argument("--json", help="result JSON (default: results/<profile>/patch_detection/<run>.json)")
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: %(default)s)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s: CUDA when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_patch_detection)
+
+    p = sub.add_parser("figure5", help="COPA Figure 5 (PNG, PDF) and its table: a run's TPD accuracy and recall per epoch, in and out of domain")
+    p.add_argument("--run", required=True, help="the run's name, e.g. tpd-loc3-keep0.5-seed0: reads <results>/pretrain/<run>.json "
+                                                "(copa pretrain-eval) and <results>/patch_detection/<run>.json (copa patch-detection)")
+    p.add_argument("--results", help="results folder (default: results/<profile>)")
+    p.add_argument("--out", help="stem of the table (default: <results>/tables/figure5): .csv .md .tex .json")
+    p.add_argument("--figure", help="figure stem (default: figures/<profile>/figure5)")
+    p.set_defaults(func=cmd_figure5)
 
     p = sub.add_parser("finetune", help="fine-tune a pretraining run on a downstream task; resumes from the run's last checkpoint")
     p.add_argument("--task", required=True, choices=sorted(TASKS))

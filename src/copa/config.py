@@ -25,9 +25,10 @@ BASE_FILE = "base.yaml"
 PROFILES_DIR = "profiles"
 OVERRIDE_SOURCE = "--set"
 # Sections a training stage does not read: editing them does not block resuming it
-# (EngineConfig.resume_ignores). Fine-tuning reads neither the inference settings nor the
-# cost protocol; pretraining, in addition, none of the fine-tuning settings.
-INFERENCE_SECTIONS = ("evaluate", "efficiency")
+# (EngineConfig.resume_ignores). Fine-tuning reads neither the inference settings, nor the
+# cost protocol, nor Figure 5's reference boxes; pretraining, in addition, none of the
+# fine-tuning settings.
+INFERENCE_SECTIONS = ("evaluate", "efficiency", "reference_boxes")
 DOWNSTREAM_SECTIONS = ("finetune", *INFERENCE_SECTIONS)
 
 
@@ -383,6 +384,22 @@ class EfficiencyParams:
 
 
 @dataclass(frozen=True)
+class ReferenceBoxesParams:
+    """COPA Appendix C.1 (Figure 5): boxes of the regions each web caption names, on a sample of
+    CC3M-style pairs, to test the TPD out of domain. The paper names neither the Grounding DINO
+    checkpoint nor its thresholds: the defaults are the largest public model and the thresholds
+    of Grounding DINO's own demo."""
+
+    detector: Literal["grounding_dino", "oracle"]  # oracle: the synthetic world's true boxes with detector-like noise
+    model: str  # a local directory, a hub name (when reachable), or "random-tiny" (untrained: checks the plumbing only)
+    pairs: int  # web pairs sampled from the CC3M training TSV (paper: 10K)
+    seed: int  # of the sample (and of random-tiny's weights)
+    box_threshold: float  # a query becomes a box when its best token score exceeds this
+    text_threshold: float  # the tokens above this name the box's phrase
+    batch_size: int
+
+
+@dataclass(frozen=True)
 class ReportParams:
     """The tables, figures and claims check; which runs each needs: params/grids/."""
 
@@ -402,6 +419,7 @@ class Params:
     finetune: FinetuneParams
     evaluate: EvaluateParams
     efficiency: EfficiencyParams
+    reference_boxes: ReferenceBoxesParams
     report: ReportParams
     # Where each leaf value came from ("params/base.yaml", "--set", ...), for messages.
     provenance: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -104,6 +104,7 @@ rule figure4:
 rule claims:
     input:
         tables=expand(f"results/{PROFILE}/tables/{{grid}}.csv", grid=sorted(GRIDS)),
+        figure5=[f"results/{PROFILE}/tables/figure5.csv"] if PARAMS.model.selection.method == "tpd" else [],  # rule figure5
         code=source_files("report/claims.py"),
     output:
         markdown=report(f"results/{PROFILE}/claims.md", caption="../report/claims.rst", category="Claims"),

@@ -23,7 +23,7 @@ def _number(name: str) -> tuple[str, int]:
 
 
 def results_block(profile: str, root: Path = Path("."), params_dir: str | Path = DEFAULT_PARAMS_DIR) -> str:
-    """The section's text: every table's Markdown, every figure, the claims check of ``profile``,
+    """The section's text: every table's Markdown, every figure (Figure 5 with its table), the claims check of ``profile``,
     from the workflow's folders under ``root`` (the README's folder: the paths it prints)."""
     results, figures = f"results/{profile}", f"figures/{profile}"
     tables = sorted((g for g in available_grids(params_dir) if g not in FIGURES), key=_number)
@@ -33,8 +33,10 @@ def results_block(profile: str, root: Path = Path("."), params_dir: str | Path =
     for name in sorted(FIGURES, key=_number):
         _read(root / figures / f"{name}.png", binary=True)
         parts += [f"![{name}]({figures}/{name}.png)", ""]
-    if (root / figures / "figure4.png").is_file():  # the TPD's detections: only when the default run has a TPD
+    if (root / figures / "figure4.png").is_file():  # the TPD's detections and their generalisation: only when the default run has a TPD
         parts += [f"![figure4]({figures}/figure4.png)", ""]
+    if (root / figures / "figure5.png").is_file():
+        parts += [_read(root / results / "tables" / "figure5.md").rstrip(), "", f"![figure5]({figures}/figure5.png)", ""]
     claims = _read(root / results / "claims.md").split("\n", 1)[1].strip()  # without its level-1 title
     parts += [claims, "", END]
     return "\n".join(parts)

@@ -159,11 +159,14 @@ def caption(grid: Grid, note: str) -> str:
     return f"{grid.title}. {note}. \"(paper)\" columns: the paper's numbers, for reference only (its scale, data and hardware)"
 
 
-def markdown(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str) -> str:
-    header, body = _display(grid, cells)
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], caption_text: str) -> str:
     lines = [f"**{caption_text}.**", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(line) + " |" for line in body]
     return "\n".join(lines) + "\n"
+
+
+def markdown(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str) -> str:
+    return markdown_table(*_display(grid, cells), caption_text)
 
 
 def _latex_escape(text: str) -> str:
@@ -173,17 +176,23 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def latex(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str) -> str:
-    header, body = _display(grid, cells)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "rr" * len(grid.columns) + "}", r"\toprule",
+def latex_table(header: Sequence[str], body: Sequence[Sequence[str]], caption_text: str, label: str, columns: str,
+                rule_before: int | None = None) -> str:
+    """A booktabs table; ``columns`` the tabular alignment (``lrr``), ``rule_before`` the body row a
+    \\midrule precedes (the paper-only rows)."""
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{" + columns + "}", r"\toprule",
              " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
     for i, line in enumerate(body):
-        if i == len(grid.rows) and grid.reference:
+        if i == rule_before:
             lines.append(r"\midrule")
         lines.append(" & ".join(_latex_escape(c) for c in line) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_latex_escape(caption_text)}.}}", rf"\label{{tab:{grid.name}}}",
-              r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{_latex_escape(caption_text)}.}}", rf"\label{{{label}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+def latex(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str) -> str:
+    return latex_table(*_display(grid, cells), caption_text, f"tab:{grid.name}", "l" + "rr" * len(grid.columns),
+                       len(grid.rows) if grid.reference else None)
 
 
 def metrics_json(grid: Grid, cells: dict[str, dict[str, Cell]]) -> dict:

@@ -1,0 +1,89 @@
+# COPA Figure 5 (Appendix C.1): does the TPD, trained on COCO / VG boxes, find what web captions
+# name? Reference boxes on a sample of web pairs, the TPD of every per-epoch checkpoint of the
+# default run against them, then the figure beside the held-out probes of pretrain_eval.
+
+
+rule reference_boxes:
+    # Grounding DINO with each caption as the prompt (reference_boxes.model: a local directory, or
+    # a hub name when reachable), or in the synthetic profiles the world's oracle boxes
+    # (reference_boxes.detector: oracle), in one JSON-lines format.
+    input:
+        root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
+        model=[PARAMS.reference_boxes.model] if os.path.isdir(PARAMS.reference_boxes.model) else [],  # a local copy
+        code=source_files("data/reference_boxes.py", "data/grounding_dino.py", "data/formats/reference_boxes.py",
+                          "data/formats/web_pairs.py"),
+    output:
+        boxes=f"data/processed/{PROFILE}/reference_boxes.jsonl",
+        summary=f"results/{PROFILE}/reference_boxes.json",
+    params:
+        gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
+        reference=section_json("reference_boxes"),  # rerun trigger: detector, sample, thresholds
+        copa=copa_cli("reference_boxes"),
+    log:
+        f"logs/{PROFILE}/reference_boxes.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/reference_boxes.tsv",
+    threads: TORCH_THREADS
+    resources:
+        mem_mb=4000 if PROFILE != "paper" else 32000,
+        runtime=10 if PROFILE != "paper" else 4 * 60,
+        gpu=1 if GPU_JOB else 0,
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.gpu}{params.copa} reference-boxes --root {input.root} --out {output.boxes} --summary {output.summary} --quiet > {log} 2>&1"
+
+
+rule patch_detection:
+    # The TPD of each per-epoch checkpoint of a pretraining run against the reference patch labels.
+    input:
+        metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
+        reference=rules.reference_boxes.output.boxes,
+        root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
+        code=source_files("eval/patch_detection.py", "data/reference_boxes.py"),
+    output:
+        f"results/{PROFILE}/patch_detection/{{run}}.json",
+    params:
+        gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
+        copa=copa_cli(),
+        run_dir=lambda w, input: os.path.dirname(input.metrics),
+    log:
+        f"logs/{PROFILE}/patch_detection/{{run}}.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/patch_detection/{{run}}.tsv",
+    threads: TORCH_THREADS
+    resources:
+        mem_mb=4000 if PROFILE != "paper" else 32000,
+        runtime=30 if PROFILE != "paper" else 6 * 60,
+        gpu=1 if GPU_JOB else 0,
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.gpu}{params.copa} patch-detection --run {params.run_dir} --reference {input.reference} --root {input.root}"
+        " --json {output} --quiet > {log} 2>&1"
+
+
+rule figure5:
+    input:
+        in_domain=f"results/{PROFILE}/pretrain/{DEFAULT_RUN}.json",
+        out_of_domain=f"results/{PROFILE}/patch_detection/{DEFAULT_RUN}.json",
+        code=source_files("report/figure5.py", "report/figures.py", "report/tables.py"),
+    output:
+        csv=report(f"results/{PROFILE}/tables/figure5.csv", caption="../report/figure5.rst", category="Tables"),
+        data=multiext(f"results/{PROFILE}/tables/figure5", ".md", ".tex", ".json"),
+        png=report(f"figures/{PROFILE}/figure5.png", caption="../report/figure5.rst", category="Figures"),
+        pdf=f"figures/{PROFILE}/figure5.pdf",
+    params:
+        copa=copa_cli(),
+        run=DEFAULT_RUN,
+        results=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),  # results/<profile>
+        stem=lambda w, output: os.path.splitext(output.csv)[0],
+        figure=lambda w, output: os.path.splitext(output.png)[0],
+    log:
+        f"logs/{PROFILE}/figure/figure5.log",
+    benchmark:
+        f"logs/{PROFILE}/benchmarks/figure/figure5.tsv",
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.copa} figure5 --run {params.run} --results {params.results} --out {params.stem} --figure {params.figure} > {log} 2>&1"
