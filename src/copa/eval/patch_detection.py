@@ -6,9 +6,10 @@ the patches any of the pair's reference boxes overlaps (copa.data.reference_boxe
 does not say what a detected patch is; both readings are measured:
 - ``kept``: among the top-K of the TPD's scores at the run's keeping ratio (what the model keeps);
 - ``score_above_0.5``: the TPD's score exceeds 0.5 (its binary reading, as PTA trains it).
-Metrics are micro-averaged over every patch of the sample (copa.models.objectives). A change
-between epochs comes with its standard error from a bootstrap over pairs (the patches of one
-image are not independent), each resample drawing the same pairs for both checkpoints.
+Metrics are micro-averaged over every patch of the sample (copa.models.objectives). The change
+since the first checkpoint and the margin over chance (as many patches detected at random) come
+with standard errors from a bootstrap over pairs (the patches of one image are not independent),
+each resample drawing the same pairs for both checkpoints.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def _reference_text(out_of_domain: dict) -> str:
 
 def caption(out_of_domain: dict) -> str:
     return (f"Figure 5: the TPD's patch detection per pretraining epoch, run {out_of_domain['run']} ({out_of_domain['profile']} profile). "
-            f"In domain: held-out COCO boxes, each guided by its text (\"This is a <label>.\"). Out of domain: "
+            f"In domain: held-out COCO boxes, each guided by its text (\"This is a {{label}}.\"). Out of domain: "
             f"{_reference_text(out_of_domain)}, each guided by its caption, labels = patches any box overlaps. "
             f"Top-K: {DEFINITIONS['kept']}; score > 0.5: {DEFINITIONS['score_above_0.5']}. Micro-averaged over patches; "
             f"chance = keeping as many patches at random. \"paper\": the paper's epoch-30 numbers on CC3M with Grounding DINO "
