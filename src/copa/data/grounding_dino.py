@@ -4,7 +4,7 @@ words it matched.
 
 :func:`load_grounding_dino` takes a local directory (``save_pretrained`` of the model and its
 processor) or a hub name when the hub is reachable; ``random-tiny`` builds an untrained model
-of a few hundred kilobytes from a config, so that the whole path runs offline and in CI. Its
+of about 6.5 MB (measured, saved) from a config, so that the whole path runs offline and in CI. Its
 boxes mean nothing.
 """
 
