@@ -52,11 +52,11 @@ def test_vqa_at_another_resolution_than_the_pretraining(fixture_world, fixture_p
     assert record["image_size"] == 96 and len(predictions) == record["questions"]
     params = load_params("fixture", ["finetune.vqa.image_size=96"], params_dir=PARAMS_DIR)
     from copa.data.tokenizer import load_tokenizer
-    from copa.tasks.vqa import _question_data
+    from copa.tasks.vqa import question_data
 
     tokenizer = load_tokenizer(tmp_path / "vqa" / "vocab" / "vocab.txt")
     questions = vqa_examples(DataLayout(fixture_world), "val2014")[:2]
-    assert _question_data(questions, tokenizer, params)[0]["image"].shape[-2:] == (96, 96)
+    assert question_data(questions, tokenizer, params)[0]["image"].shape[-2:] == (96, 96)
 
     # COPA Figure 4 from this run: the top-K patches by TPD score at each ratio, over the 96 px image
     from copa.report.detected_patches import detect_patches, pick_questions

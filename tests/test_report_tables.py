@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from copa.config import ParamsError, load_params
-from copa.report.claims import FAILS, HOLDS, NOT_YET, UNMEASURABLE, Tables, check_claims, standard_error, write_claims
+from copa.report.claims import FAILS, HOLDS, UNMEASURABLE, Tables, check_claims, standard_error, write_claims
 from copa.report.columns import COLUMNS
 from copa.report.grid_figures import FIGURES
 from copa.report.grids import available_grids, load_grid, profile_location, profile_resolution, result_path, row_run
@@ -212,7 +212,13 @@ def test_claims_verdicts(tmp_path):
     assert verdicts["4a"].verdict == HOLDS and verdicts["4b"].verdict == FAILS and "spread" in verdicts["4b"].measured
     assert verdicts["5a"].verdict == UNMEASURABLE and verdicts["5b"].measured == "Table 5 missing"
     assert verdicts["6a"].verdict == verdicts["6b"].verdict == UNMEASURABLE and "Figure 5 missing" in verdicts["6a"].measured
-    assert verdicts["7"].verdict == NOT_YET
+    assert verdicts["7a"].verdict == verdicts["7b"].verdict == UNMEASURABLE and verdicts["7a"].measured == "Table 6 missing"
+    _csv(tables, "table6", {"COPA-S": {"vqa": 56.0, "gmacs": 1.0, "throughput": 90.0}, "ViLT": {"vqa": 50.0, "gmacs": 2.0, "throughput": 60.0}})
+    verdicts = {v.claim.split(".")[0]: v for v in check_claims(Tables(tables))}
+    assert verdicts["7a"].verdict == HOLDS and verdicts["7b"].verdict == HOLDS  # 6 points over 2,400 questions
+    _csv(tables, "table6", {"COPA-S": {"vqa": 44.0, "gmacs": 1.0, "throughput": 50.0}, "ViLT": {"vqa": 50.0, "gmacs": 2.0, "throughput": 60.0}})
+    verdicts = {v.claim.split(".")[0]: v for v in check_claims(Tables(tables))}
+    assert verdicts["7a"].verdict == FAILS and verdicts["7b"].verdict == FAILS  # slower, and less accurate
     _csv(tables, "table5", {"mPLUG 384": {"vqa": 50.0, "gmacs": 8.0}, "COPA 224": {"vqa": 44.0, "gmacs": 2.0},
                             "COPA 464": {"vqa": 56.0, "gmacs": 7.5}, "COPA 512": {"gmacs": 9.0}})
     verdicts = {v.claim.split(".")[0]: v for v in check_claims(Tables(tables))}

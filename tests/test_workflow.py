@@ -137,8 +137,15 @@ def test_fixture_dag_end_to_end(workdir):
     assert len(verdicts) >= 7 and all(v["verdict"] for v in verdicts)
     assert "| claim | paper | measured here | verdict |" in (workdir / "results" / "fixture" / "claims.md").read_text()
     # Table 10's COPA row and Table 9's default cell are one run: one pretraining per run name
+    # (and Table 6's single-stream COPA-S and ViLT)
     assert sorted(p.name for p in (workdir / "runs" / "fixture" / "pretrain").iterdir()) == sorted(
-        {"tpd-loc2-keep0.5-seed0", "tpd-loc2-keep1.0-seed0", "cls_attention-loc2-keep0.5-seed0", "none-loc2-keep1.0-seed0"})
+        {"tpd-loc2-keep0.5-seed0", "tpd-loc2-keep1.0-seed0", "cls_attention-loc2-keep0.5-seed0", "none-loc2-keep1.0-seed0",
+         "single-tpd-loc2-keep0.5-seed0", "single-none-loc2-keep1.0-seed0"})
+    single = json.loads((workdir / "results" / "fixture" / "finetune" / "single-tpd-loc2-keep0.5-seed0" / "vqa.json").read_text())
+    assert single["inference"] == "classifier"
+    assert json.loads((workdir / "results" / "fixture" / "efficiency" / "single-none-loc2-keep1.0-seed0.json").read_text())["model"]["architecture"] \
+        == "single_stream"
+    assert list(pd.read_csv(tables / "table6.csv")["location"]) == ["2", "-", "2", "-"]
     # ...all started from the one selection-free encoder init
     assert (workdir / "runs" / "fixture" / "encoder_init" / "seed0" / "metrics.json").is_file()
     assert not any((workdir / "runs" / "fixture" / "pretrain" / r / "encoder_init").exists() for r in ("tpd-loc2-keep0.5-seed0",))
@@ -163,7 +170,7 @@ def test_fixture_dag_end_to_end(workdir):
     assert (benchmarks / "synth.tsv").is_file() and (benchmarks / "pretrain" / f"{run}.tsv").is_file()
     times = subprocess.run([sys.executable, "-m", "copa", "--profile", "fixture", "stage-times", str(benchmarks)],
                            stdout=subprocess.PIPE, text=True, check=True).stdout
-    assert "| pretrain | 4 |" in times and "| finetune |" in times
+    assert "| pretrain | 6 |" in times and "| finetune |" in times
     report = snakemake(workdir, "--config", "profile=fixture", "--report", "report.html")
     assert report.returncode == 0, report.stdout
     html = (workdir / "report.html").read_text()
@@ -198,6 +205,12 @@ def test_fixture_dag_end_to_end(workdir):
     eff = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["efficiency.latency.iterations=5"]')
     assert eff.returncode == 0, eff.stdout
     assert _scheduled(eff.stdout) == {"efficiency", *REPORT_RULES, "all"}  # the measurement protocol: the measurement and its tables
+    # ...the single-stream section, the single-stream runs only (Table 6)...
+    single = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["single_stream.itm_swap_probability=0.3"]')
+    assert single.returncode == 0, single.stdout
+    assert _scheduled(single.stdout) == {"pretrain", "finetune", "evaluate", "efficiency", "table", "claims", "all"}
+    rerun = re.findall(r"^    output: (?:runs|results)/fixture/(?:pretrain|finetune|efficiency)/(\S+?)[/.]", single.stdout, flags=re.MULTILINE)
+    assert rerun and all(name.startswith("single-") for name in rerun), rerun
     # ...a filtering threshold reruns filtering and what reads its output, not the world...
     threshold = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["filter.near_duplicate.threshold=0.9"]')
     assert threshold.returncode == 0, threshold.stdout
@@ -258,5 +271,8 @@ def test_pretrain_rule_is_parameterised_by_run(workdir):
     assert dry.returncode == 0, dry.stdout
     assert "--set model.selection.method=text_attention --set 'model.selection.location=[1, 3]'" in dry.stdout
     assert "--set model.selection.keep_ratio=0.7 --set seed=2" in dry.stdout
+    single = snakemake(workdir, "runs/fixture/pretrain/single-tpd-loc2-keep0.5-seed0/metrics.json", "-n", "-p", "--cores", "2",
+                       "--config", "profile=fixture")
+    assert single.returncode == 0 and "copa --profile fixture --set architecture=single_stream --set model.selection.method=tpd" in single.stdout
     bad = snakemake(workdir, "runs/fixture/pretrain/magic-loc2-keep0.5-seed0/metrics.json", "-n", "--cores", "1", "--config", "profile=fixture")
     assert bad.returncode != 0 and "MissingRuleException" in bad.stdout

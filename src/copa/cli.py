@@ -101,9 +101,11 @@ def cmd_patch_labels(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from copa.train.pretrain import run_pretraining
-
     params = _params(args)
+    if params.architecture == "single_stream":  # COPA-S / ViLT (COPA Table 6)
+        from copa.single_stream.pretraining import run_single_stream_pretraining as run_pretraining
+    else:
+        from copa.train.pretrain import run_pretraining
     annotations = Path(args.annotations) if args.annotations else _filtered_annotations(params)
     init_dir = Path(args.encoder_init) if args.encoder_init else None
     metrics = run_pretraining(params, Path(args.root or params.data.root), annotations, Path(args.out), resume=not args.restart,
@@ -121,11 +123,39 @@ def cmd_encoder_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _architecture(run: Path) -> str:
+    """A run folder's architecture, from its resolved parameters; a folder without them is left to
+    the dual-stream loaders, whose errors name what is missing."""
+    from copa.train.engine import RESOLVED_FILE
+    from copa.train.pretrain import run_params
+
+    return run_params(run).architecture if (run / RESOLVED_FILE).is_file() else "dual_stream"
+
+
+def _single_stream(run: Path, task: str) -> bool:
+    """Whether ``run`` (a pretraining or fine-tuning run folder) is a single-stream model's, which
+    fine-tunes and evaluates on VQA only (COPA Table 6)."""
+    if _architecture(run) != "single_stream":
+        return False
+    if task != "vqa":
+        raise ParamsError(f"{run} is a single-stream run (architecture single_stream): it fine-tunes and evaluates VQA only, not {task}")
+    return True
+
+
+def _dual_stream_only(run: Path, command: str) -> None:
+    if _architecture(run) == "single_stream":
+        raise ParamsError(f"{run} is a single-stream run (architecture single_stream): `copa {command}` reads dual-stream COPA models; "
+                          "a single-stream run is fine-tuned and evaluated on VQA (COPA Table 6)")
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from copa.tasks.registry import resolve
 
     params = _params(args)
-    run = resolve(TASKS[args.task].finetune)
+    if _single_stream(Path(args.start), args.task):
+        from copa.single_stream.vqa import run_vqa_finetuning as run
+    else:
+        run = resolve(TASKS[args.task].finetune)
     metrics = run(params, Path(args.start), Path(args.root or params.data.root), Path(args.out), resume=not args.restart)
     print(f"{args.task} fine-tuning done: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
     return 0
@@ -137,12 +167,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     spec = TASKS[args.task]
     run = Path(args.run)
-    finetuned = load_finetuned(run)  # the run's model, data and fine-tuning settings
+    if _single_stream(run, args.task):
+        from copa.single_stream.vqa import evaluate_vqa as evaluate, load_vqa_run
+
+        finetuned = load_vqa_run(run)
+    else:
+        finetuned, evaluate = load_finetuned(run), resolve(spec.evaluate)  # the run's model, data and fine-tuning settings
     params = finetuned.params
     # inference settings: the current params of the run's profile (or of --profile)
     settings = getattr(load_params(args.profile or params.profile, args.set, args.params_dir).evaluate, spec.settings)
     split = args.split or spec.default_split or getattr(settings, "split", None)
-    evaluate = resolve(spec.evaluate)
     record, predictions, summary = evaluate(finetuned, settings, Path(args.root or params.data.root), split,
                                             args.batch_size, progress=not args.quiet)
     out = Path(args.json or f"results/{params.profile}/finetune/{run.parent.name}/{args.task}.json")
@@ -165,6 +199,7 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     from copa.train.pretrain import run_checkpoints, run_params
 
     run = Path(args.run)
+    _dual_stream_only(run, "pretrain-eval")
     params = run_params(run)  # the run's own data root and filter rules, whatever --profile says
     layout = DataLayout(Path(args.root or params.data.root))
     pairs = karpathy_retrieval_set(layout, "coco", args.split)
@@ -215,6 +250,7 @@ def cmd_patch_detection(args: argparse.Namespace) -> int:
     from copa.train.pretrain import run_checkpoints, run_params
 
     run = Path(args.run)
+    _dual_stream_only(run, "patch-detection")
     params = run_params(run)
     root = Path(args.root or params.data.root)
     pairs = read_reference_boxes(Path(args.reference), root)
@@ -295,6 +331,7 @@ def cmd_detected_patches(args: argparse.Namespace) -> int:
     from copa.report.figures import save_figure
     from copa.train.finetune import load_finetuned
 
+    _dual_stream_only(Path(args.run), "detected-patches")
     run = load_finetuned(Path(args.run))
     settings = load_params(args.profile or run.params.profile, args.set, args.params_dir).evaluate.vqa
     examples = pick_questions(vqa_examples(DataLayout(Path(args.root)), settings.split), args.questions)
@@ -372,7 +409,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
         params = _params(args)
         vocab_size, settings = params.model.vocab_size, params.efficiency
         s = params.model.selection
-        name = run_name(s.method, s.location, s.keep_ratio, params.seed)
+        name = run_name(s.method, s.location, s.keep_ratio, params.seed, params.architecture)
         source = {"params": params.profile, "overrides": list(args.set)}
         default = Path(f"results/{params.profile}/efficiency/from-params/{name}.json")
     try:

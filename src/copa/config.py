@@ -400,6 +400,19 @@ class ReferenceBoxesParams:
 
 
 @dataclass(frozen=True)
+class SingleStreamParams:
+    """COPA §4.7 / Table 6 (``architecture: single_stream``): one ViLT-style transformer over the
+    concatenated text tokens and image patches, its layers and sizes the ViT's (``model.vision_*``,
+    loaded from the ViT as ViLT loads ViT-B), the selection ``model.selection``'s: COPA-S with the
+    TPD after layer k, ViLT with ``none``. Choices the paper leaves open, documented in
+    ``copa.single_stream.model``."""
+
+    tpd_query: Literal["overall_cls", "overall_and_text_cls"]  # what the TPD reads beside each patch
+    itm_swap_probability: float  # ViLT's ITM: a pair's image is replaced by another one with this probability
+    vqa_answers: int  # the classifier's answer vocabulary: the most frequent training answers (ViLT: 3,129)
+
+
+@dataclass(frozen=True)
 class ReportParams:
     """The tables, figures and claims check; which runs each needs: params/grids/."""
 
@@ -410,6 +423,7 @@ class ReportParams:
 class Params:
     profile: str
     seed: int
+    architecture: Literal["dual_stream", "single_stream"]  # COPA / mPLUG, or COPA-S / ViLT (COPA Table 6)
     data: DataParams
     synth: SynthParams
     filter: FilterParams
@@ -420,6 +434,7 @@ class Params:
     evaluate: EvaluateParams
     efficiency: EfficiencyParams
     reference_boxes: ReferenceBoxesParams
+    single_stream: SingleStreamParams
     report: ReportParams
     # Where each leaf value came from ("params/base.yaml", "--set", ...), for messages.
     provenance: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)

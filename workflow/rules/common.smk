@@ -74,6 +74,41 @@ def section_json(name):
     return lambda wildcards: text
 
 
+# COPA Table 6's single-stream models (COPA-S, ViLT): runs named single-<method>-loc..., built by
+# copa.single_stream and trained by the same rules. What a single-stream job reads beyond a
+# dual-stream one is added to its inputs and rerun triggers only, so that the dual-stream jobs'
+# triggers do not change.
+SINGLE_STREAM_PREFIX = "single-"
+
+
+def is_single_stream(wildcards):
+    """Whether a job's run is a single-stream model's (wildcard `stream`, or the run name)."""
+    return bool(wildcards.get("stream")) or wildcards.get("run", "").startswith(SINGLE_STREAM_PREFIX)
+
+
+def with_single_stream(value, extra):
+    """A rule's input or param function: `value` (a function of the wildcards, or a constant), plus
+    `extra(wildcards)` for a single-stream run."""
+    def resolve(wildcards):
+        base = value(wildcards) if callable(value) else value
+        return base + extra(wildcards) if is_single_stream(wildcards) else base
+    return resolve
+
+
+def single_stream_code(wildcards):
+    return source_files("single_stream/*.py")
+
+
+def single_stream_json(wildcards):
+    """The single_stream section after a section's JSON: a single-stream run's rerun trigger."""
+    return f" {section_json('single_stream')(wildcards)}"
+
+
+def single_stream_cli(wildcards):
+    """What a single-stream job's `copa` adds: the architecture and the section's overrides."""
+    return f" --set architecture=single_stream{copa_cli('single_stream').removeprefix(copa_cli())}"
+
+
 def source_files(*patterns):
     """Files of the copa package to list as inputs: Snakemake's code trigger does not see imports."""
     files = []

@@ -5,25 +5,26 @@
 # pretraining is needed: every cell of a grid gets its cost, trained or not. The tables ask for
 # results by path, e.g.
 #   results/demo/efficiency/tpd-loc3-keep0.5-seed0.json
-# or, at another resolution than the protocol's (COPA Table 5), ...-seed0-192px.json.
+# or, at another resolution than the protocol's (COPA Table 5), ...-seed0-192px.json; a
+# single-stream model's (COPA Table 6) is single-<method>-loc...json.
 # Timings are only as good as the machine is quiet: other jobs running beside this one slow it.
 
 
 rule efficiency:
     input:
-        code=source_files("eval/efficiency.py", "models/*.py", "train/build.py"),
+        code=with_single_stream(source_files("eval/efficiency.py", "models/*.py", "train/build.py"), single_stream_code),
     output:
-        f"results/{PROFILE}/efficiency/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.json",
+        f"results/{PROFILE}/efficiency/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.json",
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         efficiency=section_json("efficiency"),  # rerun triggers: the measurement protocol and the model
-        model=section_json("model"),
-        copa=lambda w: copa_cli("efficiency", "model", "patch_labels") + size_override(w, "efficiency"),
+        model=with_single_stream(section_json("model"), single_stream_json),
+        copa=with_single_stream(lambda w: copa_cli("efficiency", "model", "patch_labels") + size_override(w, "efficiency"), single_stream_cli),
         location=lambda w: ", ".join(w.location.split("-")),
     log:
-        f"logs/{PROFILE}/efficiency/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.log",
+        f"logs/{PROFILE}/efficiency/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.log",
     benchmark:
-        f"logs/{PROFILE}/benchmarks/efficiency/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.tsv",
+        f"logs/{PROFILE}/benchmarks/efficiency/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.tsv",
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,

@@ -4,7 +4,8 @@
 # Tasks: copa.tasks.registry (captioning_cider continues the captioning run of the same
 # pretraining run). As for pretraining, only metrics.json is declared, so an interrupted
 # fine-tune resumes. A VQA fine-tune at another resolution than the profile's (COPA Table 5) is
-# the task with a size tag, e.g. results/demo/finetune/tpd-loc3-keep0.5-seed0/vqa-192px.json.
+# the task with a size tag, e.g. results/demo/finetune/tpd-loc3-keep0.5-seed0/vqa-192px.json. A
+# single-stream run (single-..., COPA Table 6) fine-tunes VQA only (copa.single_stream.vqa).
 
 
 wildcard_constraints:
@@ -16,13 +17,14 @@ rule finetune:
     input:
         pretrained=finetune_start,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("tasks/*.py", "train/*.py", "models/*.py", "eval/cider.py", "data/pretrain_data.py", "data/heldout.py",
-                          "data/downstream.py", "data/tokenizer.py"),
+        code=with_single_stream(source_files("tasks/*.py", "train/*.py", "models/*.py", "eval/cider.py", "data/pretrain_data.py",
+                                             "data/heldout.py", "data/downstream.py", "data/tokenizer.py"),
+                                single_stream_code),
     output:
         f"runs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}/metrics.json",
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
-        finetune=task_section_json("finetune"),  # rerun trigger: the task's fine-tuning settings
+        finetune=with_single_stream(task_section_json("finetune"), single_stream_json),  # rerun trigger: the task's fine-tuning settings
         copa=lambda w: copa_cli(f"finetune.{w.task}", "seed") + size_override(w, f"finetune.{w.task}"),  # that task's overrides, and a Table 5 resolution
         pretrained=lambda w, input: os.path.dirname(input.pretrained),
         run_dir=lambda w, output: os.path.dirname(output[0]),
@@ -47,8 +49,9 @@ rule evaluate:
         metrics=f"runs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         # the metrics the tasks import (not eval/*.py: a new probe elsewhere in eval/ must not rerun every evaluation)
-        code=source_files("tasks/*.py", *(f"eval/{m}.py" for m in ("captioning", "cider", "grounding", "retrieval", "vqa")),
-                          "data/heldout.py", "data/downstream.py"),
+        code=with_single_stream(source_files("tasks/*.py", *(f"eval/{m}.py" for m in ("captioning", "cider", "grounding", "retrieval", "vqa")),
+                                             "data/heldout.py", "data/downstream.py"),
+                                single_stream_code),
     output:
         metrics=f"results/{PROFILE}/finetune/{{run}}/{{task}}{{size}}.json",
         predictions=f"results/{PROFILE}/finetune/{{run}}/{{task}}{{size}}_predictions.json",

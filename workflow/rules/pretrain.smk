@@ -1,18 +1,20 @@
 # COPA pretraining (Algorithm 1), one run per (selector, location, keeping ratio, seed). Later
 # rules (the ablation grids) ask for the runs they need by path, e.g.
 #   runs/demo/pretrain/tpd-loc3-keep0.5-seed0/metrics.json
-# `location` is one layer or several joined by '-' (TRIPS: 5-10). Only metrics.json is declared:
+# `location` is one layer or several joined by '-' (TRIPS: 5-10); a run named single-... is a
+# single-stream model's (COPA-S, ViLT: copa.single_stream). Only metrics.json is declared:
 # the checkpoints beside it are not outputs, so Snakemake does not delete them and an
 # interrupted run resumes from its last checkpoint when the rule runs again.
 # pretrain_eval probes every epoch's checkpoint on held-out images (results/, figures/).
 
 
 wildcard_constraints:
+    stream=r"(single-)?",  # a single-stream model's run (COPA Table 6: COPA-S, ViLT)
     method="none|tpd|cls_attention|text_attention",
     location=r"\d+(-\d+)*",
     keep=r"[01](\.\d+)?",
     seed=r"\d+",
-    run=r"(none|tpd|cls_attention|text_attention)-loc\d+(-\d+)*-keep[01](\.\d+)?-seed\d+",
+    run=r"(single-)?(none|tpd|cls_attention|text_attention)-loc\d+(-\d+)*-keep[01](\.\d+)?-seed\d+",
 
 
 rule encoder_init:
@@ -50,24 +52,26 @@ rule pretrain:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         annotations=rules.filter_annotations.output.annotations,
         encoder_init=encoder_init_input,
-        code=source_files("models/*.py", *(f"train/{name}.py" for name in ("build", "distributed", "encoder_init", "engine", "pretrain", "schedule")),
-                          "data/pretrain_data.py", "data/tokenizer.py", "data/transforms.py", "data/patch_labels.py"),
+        code=with_single_stream(
+            source_files("models/*.py", *(f"train/{name}.py" for name in ("build", "distributed", "encoder_init", "engine", "pretrain", "schedule")),
+                         "data/pretrain_data.py", "data/tokenizer.py", "data/transforms.py", "data/patch_labels.py"),
+            single_stream_code),
         pretrained=pretrained_files(),
     output:
-        f"runs/{PROFILE}/pretrain/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}/metrics.json",
+        f"runs/{PROFILE}/pretrain/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}/metrics.json",
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
-        model=section_json("model"),  # rerun triggers: the model and its training
+        model=with_single_stream(section_json("model"), single_stream_json),  # rerun triggers: the model and its training
         pretrain=section_json("pretrain"),
         patch_labels=section_json("patch_labels"),  # the pretraining resolution and patch size
-        copa=copa_cli("model", "pretrain", "patch_labels"),
+        copa=with_single_stream(copa_cli("model", "pretrain", "patch_labels"), single_stream_cli),
         location=lambda w: ", ".join(w.location.split("-")),
         run_dir=lambda w, output: os.path.dirname(output[0]),
         encoder_init=lambda w, input: f"--encoder-init {os.path.dirname(input.encoder_init[0])}" if input.encoder_init else "",
     log:
-        f"logs/{PROFILE}/pretrain/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.log",
+        f"logs/{PROFILE}/pretrain/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.log",
     benchmark:
-        f"logs/{PROFILE}/benchmarks/pretrain/{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.tsv",
+        f"logs/{PROFILE}/benchmarks/pretrain/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.tsv",
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 64000,

@@ -3,7 +3,9 @@
 Conventions (``CONVENTIONS`` below is written into every record):
 
 - **FLOPs** of one image-text pair's understanding forward, the VQA / ITM path: text encoder, ViT
-  with its selector guided by the text [CLS] (the TPD on), fusion; no decoder. Counted by
+  with its selector guided by the text [CLS] (the TPD on), fusion; no decoder. A single-stream
+  model (COPA-S, ViLT: ``architecture: single_stream``): its one transformer over [text; image],
+  the TPD guided by the overall [CLS]; no head. Counted by
   ``torch.utils.flop_counter`` (matmuls, linears, the patch convolution and attention; not norms,
   softmax, activations, gathers), which reports FLOPs = 2 x multiply-accumulates: both are given.
   PyTorch's counter has no formula for the CPU attention kernel
@@ -14,7 +16,8 @@ Conventions (``CONVENTIONS`` below is written into every record):
   out-of-memory; on a CPU the cap decides), after warm-up forwards.
 - **Latency**: the median wall time of batch-1 forwards, in ms, after warm-up.
 - **Training memory** (Figure 3): one pretraining step of ``CopaPretraining`` (forward + backward,
-  no optimiser state, train mode, the detector on as after the warm-up) on a synthetic batch. On
+  no optimiser state, train mode, the detector on as after the warm-up) on a synthetic batch
+  (single-stream: ``SingleStreamPretraining``'s ITM + MLM + PTA). On
   any device: the bytes of the tensors autograd saves for backward (unique storages, parameters
   and buffers excluded and reported apart); deterministic, a proxy of the activation memory. On a
   GPU also ``torch.cuda.max_memory_allocated`` of the step.
@@ -45,6 +48,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from copa.config import EfficiencyParams, Params
 from copa.data.tokenizer import SPECIAL_TOKENS
 from copa.models.copa import CopaModel, CopaSpec
+from copa.single_stream.model import SingleStreamModel, SingleStreamSpec
+from copa.single_stream.pretraining import build_single_stream_pretraining, single_stream_spec
 from copa.train.build import build_pretraining, copa_spec
 
 CONVENTIONS = {
@@ -59,6 +64,11 @@ CONVENTIONS = {
                        "and buffers excluded; on a GPU also torch.cuda.max_memory_allocated of the step",
     "weights": "fresh seeded initialisation at the protocol sizes (costs do not depend on weight values)",
 }
+
+# the FLOPs convention of a single-stream model's record (the other conventions are the same)
+SINGLE_STREAM_FLOPS = ("torch.utils.flop_counter over one image-text pair's forward of the single-stream transformer over "
+                       "[text; image] tokens, the selector guided by the overall [CLS] (detector on), no head; matmuls, linears, "
+                       "convolutions and attention (sdpa) counted, norms / softmax / activations not; GFLOPs = 2 x GMACs")
 
 GIGA = 1e9
 MIB = 2**20
@@ -91,8 +101,16 @@ def understanding_forward(model: CopaModel, images: Tensor, input_ids: Tensor, a
     return fused
 
 
-def forward_flops(model: CopaModel, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> dict[str, int]:
-    """FLOPs (2 x MACs) of ``understanding_forward`` per part (text, vision, fusion) and in total."""
+def single_stream_forward(model: nn.Module, images: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                          part: Callable[[str], Any] = lambda name: nullcontext()) -> Tensor:
+    """A single-stream model's forward (B pairs): the joint states (B, L + image tokens, D)."""
+    with part("transformer"):
+        return model(images, input_ids, attention_mask)["states"]
+
+
+def forward_flops(model: nn.Module, images: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                  forward: Callable = understanding_forward) -> dict[str, int]:
+    """FLOPs (2 x MACs) of ``forward`` per part (text, vision, fusion) and in total."""
     counts: dict[str, int] = {}
 
     @contextmanager
@@ -102,15 +120,36 @@ def forward_flops(model: CopaModel, images: Tensor, input_ids: Tensor, attention
         counts[name] = counter.get_total_flops()
 
     with torch.no_grad():
-        understanding_forward(model, images, input_ids, attention_mask, count)
+        forward(model, images, input_ids, attention_mask, count)
     return {**counts, "total": sum(counts.values())}
 
 
 # --------------------------------------------------------------------------- models and inputs
-def protocol_spec(params: Params, vocab_size: int, image_size: int, text_length: int) -> CopaSpec:
-    """The run's model (``copa_spec``) at another resolution, with room for ``text_length`` tokens."""
-    spec = copa_spec(params, vocab_size)
+def protocol_spec(params: Params, vocab_size: int, image_size: int, text_length: int) -> CopaSpec | SingleStreamSpec:
+    """The run's model (``copa_spec``, or ``single_stream_spec``) at another resolution, with room
+    for ``text_length`` tokens."""
+    spec = single_stream_spec(params, vocab_size) if params.architecture == "single_stream" else copa_spec(params, vocab_size)
     return dataclasses.replace(spec, image_size=image_size, max_text_length=max(spec.max_text_length, text_length))
+
+
+def protocol_model(params: Params, vocab_size: int, settings: EfficiencyParams) -> tuple[nn.Module, Callable, dict]:
+    """The model whose costs are measured (fresh, seeded, at the protocol's sizes), its forward
+    (``understanding_forward`` or ``single_stream_forward``) and its description for the record."""
+    spec = protocol_spec(params, vocab_size, settings.image_size, settings.text_length)
+    torch.manual_seed(params.seed)
+    description = {"selection": spec.selection, "location": list(params.model.selection.location), "keep_ratio": spec.keep_ratio}
+    if params.architecture == "single_stream":
+        model = SingleStreamModel(spec)
+        description.update(architecture="single_stream", transformer=f"dim {spec.dim}, depth {spec.depth}, heads {spec.heads}, "
+                           f"patch {spec.patch_size}", tpd_query=spec.tpd_query, vocab_size=vocab_size,
+                           parameters={"transformer": _parameters(model.vision), "all": _parameters(model)})
+        return model, single_stream_forward, description
+    model = CopaModel(spec)
+    description.update(vision=f"ViT dim {spec.vision_dim}, depth {spec.vision_depth}, heads {spec.vision_heads}, patch {spec.patch_size}",
+                       text_layers=spec.text_layers, fusion_layers=spec.fusion_layers, text_dim=spec.text_dim, vocab_size=vocab_size,
+                       parameters={"vision": _parameters(model.vision), "text": _parameters(model.text),
+                                   "fusion": _parameters(model.fusion), "all": _parameters(model)})
+    return model, understanding_forward, description
 
 
 def pair_inputs(batch: int, image_size: int, text_length: int, vocab_size: int, device: torch.device,
@@ -213,12 +252,13 @@ def _fits_on(device: torch.device, run: Callable[[int], Any]) -> Callable[[int],
     return fits
 
 
-def throughput_and_latency(model: CopaModel, settings: EfficiencyParams, vocab_size: int, device: torch.device) -> dict:
-    """Pairs/s at the largest batch of the search, and batch-1 latency (ms), of ``understanding_forward``."""
+def throughput_and_latency(model: nn.Module, settings: EfficiencyParams, vocab_size: int, device: torch.device,
+                           model_forward: Callable = understanding_forward) -> dict:
+    """Pairs/s at the largest batch of the search, and batch-1 latency (ms), of ``model_forward``."""
     size, length, t, lat = settings.image_size, settings.text_length, settings.throughput, settings.latency
 
     def forward(inputs: tuple[Tensor, Tensor, Tensor]) -> Callable[[], Tensor]:
-        return lambda: understanding_forward(model, *inputs)
+        return lambda: model_forward(model, *inputs)
 
     with torch.no_grad():
         batch, tried = largest_batch(_fits_on(device, lambda b: forward(pair_inputs(b, size, length, vocab_size, device))()),
@@ -285,17 +325,22 @@ def training_memory(params: Params, vocab_size: int, settings: EfficiencyParams,
         model=dataclasses.replace(params.model, max_text_length=max(params.model.max_text_length, m.text_length)),
     )
     torch.manual_seed(params.seed)
-    model = build_pretraining(sized, _Vocabulary(vocab_size)).to(device).train()
+    single = params.architecture == "single_stream"
+    build = build_single_stream_pretraining if single else build_pretraining
+    model = build(sized, _Vocabulary(vocab_size)).to(device).train()
     model.detector_on.fill_(True)  # after the warm-up: the TPD selects (as in most of the run)
     batch = pretraining_batch(m.batch_size, m.object_batch_size, m.image_size, m.text_length,
                               params.patch_labels.patch_size, vocab_size, device, params.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     state = [p for p in model.parameters() if not p.requires_grad] + list(model.buffers())
+    # what a step computes, and (dual-stream) how often it encodes the images
+    step = ({"step": "SingleStreamPretraining forward + backward (ITM + MLM + PTA), detector on, no optimiser state"} if single else
+            {"step": "CopaPretraining forward + backward (PTA + ITC + ITM + MLM + PrefixLM), detector on, no optimiser state"})
     record: dict[str, Any] = {
-        "step": "CopaPretraining forward + backward (PTA + ITC + ITM + MLM + PrefixLM), detector on, no optimiser state",
+        **step,
         "batch_size": m.batch_size, "object_batch_size": m.object_batch_size,
         "image_size": m.image_size, "text_length": m.text_length,
-        "itm_guidance": params.pretrain.itm_guidance, "itc_image": params.pretrain.itc_image,  # how often images are encoded
+        **({} if single else {"itm_guidance": params.pretrain.itm_guidance, "itc_image": params.pretrain.itc_image}),
         "trainable_parameters": sum(p.numel() for p in trainable),
         "parameter_bytes": sum(p.numel() * p.element_size() for p in trainable),
         "other_state_bytes": sum(t.numel() * t.element_size() for t in state),  # momentum encoders, queue, buffers
@@ -353,25 +398,17 @@ def measure_efficiency(params: Params, vocab_size: int, settings: EfficiencyPara
     """FLOPs, throughput, latency and training memory of the model ``params`` describe (with a
     vocabulary of ``vocab_size``), at the protocol of ``settings``; ``parts`` picks what to measure."""
     device = torch.device(device)
-    spec = protocol_spec(params, vocab_size, settings.image_size, settings.text_length)
-    torch.manual_seed(params.seed)
-    model = CopaModel(spec).to(device).eval()
-    grid = spec.image_size // spec.patch_size
+    model, forward, description = protocol_model(params, vocab_size, settings)
+    model = model.to(device).eval()
+    grid = settings.image_size // params.patch_labels.patch_size
     record: dict[str, Any] = {
-        "conventions": CONVENTIONS,
+        "conventions": {**CONVENTIONS, "flops": SINGLE_STREAM_FLOPS} if params.architecture == "single_stream" else CONVENTIONS,
         "device": device_info(device),
         "settings": dataclasses.asdict(settings),
-        "model": {
-            "selection": spec.selection, "location": list(params.model.selection.location), "keep_ratio": spec.keep_ratio,
-            "vision": f"ViT dim {spec.vision_dim}, depth {spec.vision_depth}, heads {spec.vision_heads}, patch {spec.patch_size}",
-            "text_layers": spec.text_layers, "fusion_layers": spec.fusion_layers, "text_dim": spec.text_dim,
-            "vocab_size": vocab_size,
-            "parameters": {"vision": _parameters(model.vision), "text": _parameters(model.text),
-                           "fusion": _parameters(model.fusion), "all": _parameters(model)},
-        },
+        "model": description,
     }
     if "flops" in parts:
-        flops = forward_flops(model, *pair_inputs(1, settings.image_size, settings.text_length, vocab_size, device))
+        flops = forward_flops(model, *pair_inputs(1, settings.image_size, settings.text_length, vocab_size, device), forward=forward)
         record["flops"] = {
             "image_size": settings.image_size, "text_length": settings.text_length, "batch": 1,
             "image_tokens": 1 + grid * grid,
@@ -380,7 +417,7 @@ def measure_efficiency(params: Params, vocab_size: int, settings: EfficiencyPara
             "gflops": {k: v / GIGA for k, v in flops.items()},
         }
     if "speed" in parts:
-        record.update(throughput_and_latency(model, settings, vocab_size, device))
+        record.update(throughput_and_latency(model, settings, vocab_size, device, forward))
     del model
     if "memory" in parts:
         record["training_memory"] = training_memory(params, vocab_size, settings, device)

@@ -180,11 +180,20 @@ class CopaPretraining(nn.Module):
         """Momentum update (ALBEF) and the warm-up switch (COPA §3.3); ``pta``: the step's PTA loss
         (default: the one the last forward computed)."""
         momentum_update(self._online_parts(), self.model_m, self.momentum)
-        pta = self.last_pta if pta is None else pta
-        if pta is not None:
-            previous = self.pta_running
-            self.pta_running.fill_(pta if torch.isnan(previous) else 0.98 * float(previous) + 0.02 * pta)
-        if not self.detector_on:
-            done = step + 1 >= self.switch_steps if self.switch_rule == "steps" else bool(self.pta_running < self.switch_pta_loss)
-            self.detector_on.fill_(done)
+        advance_warm_up(self, step, self.last_pta if pta is None else pta)
+
+
+@torch.no_grad()
+def advance_warm_up(step_module: nn.Module, step: int, pta: float | None) -> None:
+    """COPA §3.3's switch from [CLS]-attention selection to the detector, after optimiser step
+    ``step`` of a pretraining step module (this one, or the single-stream one) with buffers
+    ``detector_on`` and ``pta_running`` (the PTA loss's running mean, fed ``pta`` when there is
+    one) and settings ``switch_rule``, ``switch_steps``, ``switch_pta_loss``."""
+    if pta is not None:
+        previous = step_module.pta_running
+        step_module.pta_running.fill_(pta if torch.isnan(previous) else 0.98 * float(previous) + 0.02 * pta)
+    if not step_module.detector_on:
+        rule = step_module.switch_rule
+        done = step + 1 >= step_module.switch_steps if rule == "steps" else bool(step_module.pta_running < step_module.switch_pta_loss)
+        step_module.detector_on.fill_(done)
 

@@ -24,7 +24,7 @@ from copa.config import VQAEvalParams, vqa_image_size
 from copa.data.downstream import VQAExample
 from copa.models.selectors import num_keep
 from copa.report.figures import new_figure
-from copa.tasks.vqa import _question_data, answer_questions
+from copa.tasks.vqa import question_data, answer_questions
 from copa.train.finetune import FinetunedRun
 
 
@@ -55,7 +55,7 @@ def detect_patches(run: FinetunedRun, examples: Sequence[VQAExample], ratios: Se
     selector = model.vision.selector
     if params.model.selection.method != "tpd":
         raise ValueError(f"{run.checkpoint}: the run selects with {params.model.selection.method!r}; Figure 4 shows the TPD's detections")
-    data = _question_data(examples, run.tokenizer, params)
+    data = question_data(examples, run.tokenizer, params)
     batch = data.collate_fn([data[i] for i in range(len(examples))])
     text = model.encode_text(batch["input_ids"], batch["attention_mask"])
     scores = model.encode_image(batch["image"], text[:, 0], use_detector=True)["scores"]  # (B, n)

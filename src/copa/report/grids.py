@@ -11,6 +11,10 @@ A profile's ViT of depth D takes the paper's location k as round(k * D / 12), ha
 up (the demo's depth 6: 4 / 6 / 8 -> 2 / 3 / 4). ``none`` (mPLUG) has no location or ratio:
 its runs are named with the profile's default location and ratio 1.0, so every grid shares one.
 
+A row's ``architecture`` is ``dual_stream`` (COPA, mPLUG) unless it says ``single_stream`` (COPA
+Table 6's COPA-S and ViLT: ``copa.single_stream``); a single-stream run's name starts with
+``single-``.
+
 A row may fix its VQA fine-tuning ``resolution`` (COPA Table 5, in the paper's px): a profile
 that pretrains at S px takes px * S / 256 (the paper pretrains at 256), to a multiple of the
 patch size (the demo's 224 ... 512 -> 112 ... 256). Such a row's VQA result and its costs are
@@ -45,6 +49,7 @@ class GridRow:
     keep: float
     paper: dict[str, float]  # the paper's values, by column
     resolution: int | None = None  # px of the VQA fine-tuning and the costs (Table 5); None: the profile's
+    architecture: Literal["dual_stream", "single_stream"] = "dual_stream"  # COPA Table 6: COPA-S and ViLT are single_stream
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Grid:
     rows: tuple[GridRow, ...]
     trained: dict[str, list[str]]  # profile -> labels of the rows it trains
     reference: tuple[ReferenceRow, ...] = ()
+    selection_columns: bool = False  # show each row's detection location and keeping ratio (COPA Table 6's EL, KR)
     name: str = field(default="", compare=False)
 
     def row(self, label: str) -> GridRow:
@@ -138,6 +144,9 @@ def _check(grid: Grid, path: Path) -> None:
         if row.resolution is not None and (row.resolution <= 0 or other_tasks):
             raise ParamsError(f"{path}: key 'rows[{i}].resolution' must be a positive px count, for grids whose only "
                               f"fine-tuned column is VQA; got {row.resolution} with {', '.join(other_tasks) or 'VQA'}")
+        if row.architecture == "single_stream" and row.method == "text_attention":
+            raise ParamsError(f"{path}: key 'rows[{i}].method': text_attention (TRIPS) needs a dual-stream model's text encoder; "
+                              "a single_stream row selects with tpd, cls_attention or none")
         if not 0 < row.keep <= 1:
             raise ParamsError(f"{path}: key 'rows[{i}].keep' must be in (0, 1], got {row.keep}")
         if not row.location or not all(1 <= k <= PAPER_DEPTH for k in row.location):
@@ -153,17 +162,29 @@ def profile_location(k: int, depth: int) -> int:
     return max(1, math.floor(k * depth / PAPER_DEPTH + 0.5))
 
 
-def run_name(method: str, location: tuple[int, ...] | list[int], keep: float, seed: int) -> str:
+SINGLE_STREAM_PREFIX = "single-"  # a single-stream model's run name starts with it (COPA-S, ViLT)
+
+
+def run_name(method: str, location: tuple[int, ...] | list[int], keep: float, seed: int, architecture: str = "dual_stream") -> str:
     """A pretraining run's folder name, as the workflow's wildcards spell it."""
-    return f"{method}-loc{'-'.join(str(k) for k in location)}-keep{keep}-seed{seed}"
+    prefix = SINGLE_STREAM_PREFIX if architecture == "single_stream" else ""
+    return f"{prefix}{method}-loc{'-'.join(str(k) for k in location)}-keep{keep}-seed{seed}"
 
 
 def row_run(row: GridRow, params: Params, seed: int) -> str:
     """The run of ``row`` in the profile of ``params``."""
     if row.method == "none":  # nothing selected: one run whatever the row says
-        return run_name("none", params.model.selection.location, 1.0, seed)
+        return run_name("none", params.model.selection.location, 1.0, seed, row.architecture)
     depth = params.model.vision_depth
-    return run_name(row.method, [profile_location(k, depth) for k in row.location], row.keep, seed)
+    return run_name(row.method, [profile_location(k, depth) for k in row.location], row.keep, seed, row.architecture)
+
+
+def row_selection(row: GridRow, depth: int = PAPER_DEPTH) -> tuple[str, str]:
+    """(detection location in a ViT of ``depth`` layers, keeping ratio) of ``row`` as a table
+    shows them; "-" for a model that selects nothing."""
+    if row.method == "none":
+        return "-", "-"
+    return ", ".join(str(profile_location(k, depth)) for k in row.location), f"{100 * row.keep:g}%"
 
 
 def profile_resolution(px: int, params: Params) -> int:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from copa.config import Params
 from copa.report.columns import COLUMNS
-from copa.report.grids import Grid, profile_resolution, row_result, row_run
+from copa.report.grids import Grid, GridRow, profile_resolution, row_result, row_run, row_selection
 
 NOT_TRAINED = "not trained"
 NOT_MEASURED = "not measured"  # (not "n/a": pandas reads that back as NaN)
@@ -112,6 +112,9 @@ def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], s
                       "method": row.method, "trained": row.label in grid.trained[params.profile]}
         if row.resolution is not None:  # Table 5: the VQA fine-tuning's and the costs' px in this profile
             line["image_size"] = profile_resolution(row.resolution, params)
+        if grid.selection_columns:  # Table 6: the architecture, detection location (profile layers) and keeping ratio
+            line["architecture"] = row.architecture
+            line["location"], line["keep"] = row_selection(row, params.model.vision_depth)
         for name in grid.columns:
             cell = cells[row.label][name]
             line.update({name: cell.mean, f"{name}_std": cell.std, f"{name}_seeds": cell.n, f"{name}_examples": cell.examples,
@@ -129,14 +132,23 @@ def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], s
     return frame
 
 
-def _display(grid: Grid, cells: dict[str, dict[str, Cell]]) -> tuple[list[str], list[list[str]]]:
-    """Header and text cells shared by the Markdown and LaTeX tables: measured | paper per column."""
+def _display(grid: Grid, cells: dict[str, dict[str, Cell]], params: Params) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells shared by the Markdown and LaTeX tables: measured | paper per column
+    (with ``selection_columns``, first the detection location and keeping ratio: this profile's |
+    the paper's)."""
     header = ["model"]
+    if grid.selection_columns:
+        header += [f"detection location (of {params.model.vision_depth} layers)", "detection location (paper, of 12)",
+                   "keeping ratio", "keeping ratio (paper)"]
     for name in grid.columns:
         header += [COLUMNS[name].header, f"{COLUMNS[name].header} (paper)"]
     body = []
     for row in (*grid.rows, *grid.reference):
         line = [row.label]
+        if grid.selection_columns:  # reference rows: the paper's numbers only
+            (location, keep), (paper_location, paper_keep) = ((row_selection(row, params.model.vision_depth), row_selection(row))
+                                                              if isinstance(row, GridRow) else (("", ""), ("", "")))
+            line += [location, paper_location, keep, paper_keep]
         for name in grid.columns:
             column = COLUMNS[name]
             measured = cells[row.label][name].text(column.digits) if row.label in cells else "paper only"
@@ -165,8 +177,8 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], caption
     return "\n".join(lines) + "\n"
 
 
-def markdown(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str) -> str:
-    return markdown_table(*_display(grid, cells), caption_text)
+def markdown(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str, params: Params) -> str:
+    return markdown_table(*_display(grid, cells, params), caption_text)
 
 
 def _latex_escape(text: str) -> str:
@@ -190,9 +202,9 @@ def latex_table(header: Sequence[str], body: Sequence[Sequence[str]], caption_te
     return "\n".join(lines) + "\n"
 
 
-def latex(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str) -> str:
-    return latex_table(*_display(grid, cells), caption_text, f"tab:{grid.name}", "l" + "rr" * len(grid.columns),
-                       len(grid.rows) if grid.reference else None)
+def latex(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str, params: Params) -> str:
+    columns = "l" + "rr" * (len(grid.columns) + 2 * grid.selection_columns)
+    return latex_table(*_display(grid, cells, params), caption_text, f"tab:{grid.name}", columns, len(grid.rows) if grid.reference else None)
 
 
 def metrics_json(grid: Grid, cells: dict[str, dict[str, Cell]]) -> dict:
@@ -210,7 +222,7 @@ def write_table(grid: Grid, params: Params, results: Path, seeds: Sequence[int],
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv, md, tex, js = (stem.with_name(stem.name + s) for s in SUFFIXES)
     table_frame(grid, params, cells, seeds).to_csv(csv, index=False, float_format="%.6g")
-    md.write_text(markdown(grid, cells, text), encoding="utf-8")
-    tex.write_text(latex(grid, cells, text), encoding="utf-8")
+    md.write_text(markdown(grid, cells, text, params), encoding="utf-8")
+    tex.write_text(latex(grid, cells, text, params), encoding="utf-8")
     js.write_text(json.dumps(metrics_json(grid, cells), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return [csv, md, tex, js], cells, note

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +60,7 @@ def answer_targets(human_answers: Sequence[str]) -> list[tuple[str, float]]:
     return [(answer, n / len(human_answers)) for answer, n in counts.most_common()]
 
 
-def _question_data(examples: Sequence[VQAExample], tokenizer, params: Params) -> PairDataset:
+def question_data(examples: Sequence[VQAExample], tokenizer, params: Params) -> PairDataset:
     # at another resolution than the pretraining's, the ViT resamples its position embeddings (copa.models.vit)
     return resized_pairs([e.image for e in examples], [e.question for e in examples], tokenizer, params, "vqa",
                          vqa_image_size(params))
@@ -78,7 +78,7 @@ class VQATask(FinetuneTask):
         if pieces:
             print(f"vqa: {len(pieces)} character pieces added to the vocabulary for the answers: {' '.join(pieces[:20])}")
         model, self.tokenizer = extend_vocabulary(model, self.params, out_dir, pieces, self.params.seed)
-        self.data = _question_data(self.examples, self.tokenizer, self.params)
+        self.data = question_data(self.examples, self.tokenizer, self.params)
         self.model = VQAFinetuning(model)
 
     @property
@@ -131,7 +131,7 @@ def rank_answers(model: CopaModel, cond, tokenizer, candidates: Sequence[str], k
 def answer_questions(model: CopaModel, tokenizer, examples: Sequence[VQAExample], params: Params, settings: VQAEvalParams,
                      candidates: Sequence[str] | None = None, batch_size: int = 64, progress: bool = True) -> dict[int, str]:
     """question id -> predicted answer."""
-    data = _question_data(examples, tokenizer, params)
+    data = question_data(examples, tokenizer, params)
     out: dict[int, str] = {}
     for start in tqdm(range(0, len(examples), batch_size), desc="VQA answers", disable=not progress):
         idx = range(start, min(start + batch_size, len(examples)))
@@ -173,20 +173,36 @@ def evaluate_vqa(run: FinetunedRun, settings: VQAEvalParams, data_root: Path, sp
                  batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict], str]:
     """(metrics record, answers in the official result format, a one-line summary)."""
     model, params, tokenizer = run.model, run.params, run.tokenizer
+    train, test = vqa_splits(params, data_root, split)
+    candidates = answer_list(train, settings.answer_list_size) if settings.inference == "rank" else None
+
+    def answer(examples: Sequence[VQAExample]) -> dict[int, str]:
+        return answer_questions(model, tokenizer, examples, params, settings, candidates, batch_size, progress)
+
+    return vqa_record(answer, train, test, split, vqa_image_size(params), settings.inference, settings.swapped_image_control)
+
+
+def vqa_splits(params: Params, data_root: Path, split: str) -> tuple[list[VQAExample], list[VQAExample]]:
+    """The questions a run was fine-tuned on and those of ``split``, which must be another split."""
     layout = DataLayout(Path(data_root))
     trained_on = params.finetune.vqa.train_splits
     if split in trained_on:
         raise ValueError(f"evaluate.vqa.split {split} is one the run was fine-tuned on ({', '.join(trained_on)})")
-    train = [e for s in trained_on for e in vqa_examples(layout, s)]
-    test = vqa_examples(layout, split)
-    candidates = answer_list(train, settings.answer_list_size) if settings.inference == "rank" else None
-    predictions = answer_questions(model, tokenizer, test, params, settings, candidates, batch_size, progress)
+    return [e for s in trained_on for e in vqa_examples(layout, s)], vqa_examples(layout, split)
+
+
+def vqa_record(answer: Callable[[Sequence[VQAExample]], dict[int, str]], train: Sequence[VQAExample], test: Sequence[VQAExample],
+               split: str, image_size: int, inference: str, swapped_image_control: bool) -> tuple[dict, list[dict], str]:
+    """``evaluate_vqa``'s outputs for any model, ``answer(questions) -> {question id: answer}``: the
+    accuracy, the majority baselines and (``swapped_image_control``) the same questions asked about
+    other images."""
+    predictions = answer(test)
     truth = {e.question_id: (e.answers, e.answer_type) for e in test}
     accuracy = vqa_accuracy(predictions, truth)
     accuracy.pop("per_question")
-    record = {"split": f"VQA v2 {split}", "image_size": vqa_image_size(params), "inference": settings.inference, **accuracy, "baselines": majority_baselines(train, test)}
-    if settings.swapped_image_control:
-        swapped = answer_questions(model, tokenizer, swap_images(test), params, settings, candidates, batch_size, progress)
+    record = {"split": f"VQA v2 {split}", "image_size": image_size, "inference": inference, **accuracy, "baselines": majority_baselines(train, test)}
+    if swapped_image_control:
+        swapped = answer(swap_images(test))
         control = vqa_accuracy(swapped, truth)
         record["controls"] = {"swapped_image": {"overall": control["overall"], "per_answer_type": control["per_answer_type"],
                                                 "answers_changed": sum(swapped[q] != a for q, a in predictions.items()) / len(predictions)}}

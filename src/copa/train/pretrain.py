@@ -12,10 +12,11 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from torch import nn
 
 from copa.config import DOWNSTREAM_SECTIONS, Params, params_from_dict
 from copa.data.layout import DataLayout
@@ -60,8 +61,12 @@ class PretrainTask:
                              f"{images} pretraining images, among the filtered files' images)")
         size, patch, length = params.patch_labels.image_size, params.patch_labels.patch_size, params.model.max_text_length
         self.object_data = ObjectDataset(objects, self.tokenizer, size, patch, length, params.seed, params.patch_labels.min_overlap)
-        seed_everything(params.seed)  # the model's initial weights
-        self.model = build_pretraining(params, self.tokenizer)
+        self.model = self.build_model()
+
+    def build_model(self) -> nn.Module:
+        """The pretraining step the engine trains (Algorithm 1's; the single-stream task overrides it)."""
+        seed_everything(self.params.seed)  # the model's initial weights
+        return build_pretraining(self.params, self.tokenizer)
 
     def param_groups(self) -> list[dict]:
         p = self.params.pretrain
@@ -124,6 +129,11 @@ def run_pretraining(params: Params, data_root: Path, annotations: Path, out_dir:
     init_dir = Path(init_dir) if init_dir is not None else Path(out_dir) / INIT_DIR
     if initialise_encoders(task.model.model, task.pair_data, params, init_dir, task.vocab_file) is not None:
         task.model.sync_momentum()  # the momentum encoders start as copies of the initialised ones
+    return train_pretraining(task, params, out_dir, resume)
+
+
+def train_pretraining(task: PretrainTask, params: Params, out_dir: Path, resume: bool) -> dict:
+    """The engine on a pretraining task: ``pretrain``'s epochs, warm-up + cosine schedule, checkpoints."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))  # torchrun sets it
     p = params.pretrain
     total = p.epochs * task.steps_per_epoch(world_size)
@@ -133,9 +143,11 @@ def run_pretraining(params: Params, data_root: Path, annotations: Path, out_dir:
     return train(task, config, out_dir, params.to_dict(), resume=resume)
 
 
-def load_pretraining_checkpoint(path: Path) -> tuple[CopaPretraining, Params, object, dict]:
+def load_pretraining_checkpoint(path: Path, build: Callable = build_pretraining) -> tuple[CopaPretraining, Params, object, dict]:
     """A checkpoint of a run (``<run>/checkpoints/*.pt``): the model in eval mode, the params it
-    was trained with, the run's tokenizer, and where it stands (``step``, ``epoch`` done)."""
+    was trained with, the run's tokenizer, and where it stands (``step``, ``epoch`` done).
+    ``build(params, tokenizer)``: the pretraining module the run trained (the single-stream one
+    passes its own)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
@@ -145,7 +157,7 @@ def load_pretraining_checkpoint(path: Path) -> tuple[CopaPretraining, Params, ob
     if not vocab.is_file():
         raise FileNotFoundError(f"{vocab}: the run's vocabulary is missing (expected beside {path.parent})")
     tokenizer = load_tokenizer(vocab)
-    model = build_pretraining(params, tokenizer)
+    model = build(params, tokenizer)
     model.load_state_dict(ckpt["model"])
     return model.eval(), params, tokenizer, {"step": ckpt["step"], "epoch": ckpt["epoch"]}
 

@@ -1,0 +1,167 @@
+"""Pretraining of the single-stream models (COPA §4.7): ViLT's ITM and MLM on the image-text
+pairs, plus COPA's PTA on the object mini-batch for COPA-S (Algorithm 1's object batch, eq. 3),
+summed (eq. 4) for one backward and one update; driven by the same engine and data as
+``copa.train.pretrain`` (:class:`SingleStreamPretrainTask` is its task with another model).
+
+What a single-stream model cannot have: ITC (no unimodal encoders to contrast) and PrefixLM (no
+decoder). Choices (ViLT's where it gives them):
+
+- ITM negatives: each pair's image is replaced by another image of the batch with probability
+  ``single_stream.itm_swap_probability`` (ViLT: 0.5); no hard negatives, which need ITC's
+  similarities.
+- MLM runs on the masked caption with its image, a second pass (ViLT's too), so the selection is
+  guided by the masked caption there.
+- PTA: the caption "This is a <label>." of each object image guides the TPD; the scores come from
+  the layers up to the detector only (nothing after it affects them).
+- The warm-up (COPA §3.3) as in the dual-stream step: [CLS]-attention selection until the TPD
+  takes over after ``pretrain.warm_up``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from copa.config import Params, ParamsError
+from copa.models.objectives import itm_loss, mask_tokens, mlm_loss, patch_precision_recall, pretrain_loss, pta_loss
+from copa.models.pretraining import advance_warm_up
+from copa.single_stream.model import SELECTIONS, SingleStreamModel, SingleStreamSpec
+from copa.train.encoder_init import INIT_DIR, train_contrastive_encoders
+from copa.train.engine import seed_everything
+from copa.train.pretrain import PretrainTask, load_pretraining_checkpoint, train_pretraining
+
+
+def single_stream_spec(params: Params, vocab_size: int) -> SingleStreamSpec:
+    """The single-stream model of a profile: the ViT's sizes (``model.vision_*``) at the pretraining
+    resolution, the run's selection, ``single_stream.tpd_query``."""
+    m, selection = params.model, params.model.selection
+    if selection.method not in SELECTIONS:
+        raise ParamsError(f"model.selection.method {selection.method!r}: a single-stream model (architecture single_stream) "
+                          f"selects with one of {', '.join(SELECTIONS)}")
+    return SingleStreamSpec(
+        vocab_size=vocab_size, image_size=params.patch_labels.image_size, patch_size=params.patch_labels.patch_size,
+        dim=m.vision_dim, depth=m.vision_depth, heads=m.vision_heads, pre_norm=m.vision_pre_norm,
+        activation=m.vision_activation, pos_init=m.vision_pos_init, max_text_length=m.max_text_length,
+        selection=selection.method, location=selection.location, keep_ratio=selection.keep_ratio,
+        tpd_query=params.single_stream.tpd_query,
+    )
+
+
+class SingleStreamPretraining(nn.Module):
+    def __init__(self, model: SingleStreamModel, *, vocab_size: int, mask_id: int, special_ids: Sequence[int],
+                 mlm_probability: float = 0.15, itm_swap_probability: float = 0.5, loss_weights: Mapping[str, float] | None = None,
+                 switch_rule: Literal["steps", "pta_loss"] = "steps", switch_steps: int = 1000, switch_pta_loss: float = 0.3):
+        super().__init__()
+        if not 0.0 <= itm_swap_probability <= 1.0:
+            raise ValueError(f"single_stream.itm_swap_probability must be in [0, 1], got {itm_swap_probability}")
+        self.model = model
+        self.vocab_size, self.mask_id, self.special_ids = vocab_size, mask_id, tuple(special_ids)
+        self.mlm_probability, self.itm_swap_probability = mlm_probability, itm_swap_probability
+        self.loss_weights = dict(loss_weights or {})
+        self.switch_rule, self.switch_steps, self.switch_pta_loss = switch_rule, switch_steps, switch_pta_loss
+        # buffers, as in CopaPretraining: a checkpoint carries the warm-up state
+        self.register_buffer("detector_on", torch.tensor(False))
+        self.register_buffer("pta_running", torch.tensor(float("nan")))
+        self.last_pta: float | None = None
+
+    def forward(self, batch: Mapping) -> dict[str, Tensor]:
+        """``batch``: ``pairs`` (images, input_ids, attention_mask), ``objects`` (the same plus
+        patch_labels) and ``seed`` (the step's draws of swaps and masks)."""
+        generator = torch.Generator(device="cpu").manual_seed(int(batch["seed"]))
+        m, use_detector = self.model, bool(self.detector_on)
+        pairs = batch["pairs"]
+        images, ids, mask = pairs["images"], pairs["input_ids"], pairs["attention_mask"]
+
+        swapped = self.swap_images(len(images), generator)  # ITM (ViLT): labels 1 where the image is the pair's own
+        out = m(images[swapped], ids, mask, use_detector)
+        terms = {"itm": itm_loss(m.itm_logits(out["states"]), (swapped == torch.arange(len(images))).long().to(ids.device))}
+
+        masked, labels = mask_tokens(ids, mask, self.vocab_size, self.mask_id, self.special_ids, self.mlm_probability, generator)
+        out = m(images, masked, mask, use_detector)
+        terms["mlm"] = mlm_loss(m.mlm_logits(out["states"], out["text_length"]), labels)
+
+        metrics = {}
+        if m.has_detector:  # COPA eq. 3 on the object mini-batch
+            objects = batch["objects"]
+            scores = m(objects["images"], objects["input_ids"], objects["attention_mask"], use_detector, until_selection=True)["scores"]
+            terms["pta"] = pta_loss(scores, objects["patch_labels"])
+            self.last_pta = float(terms["pta"].detach())
+            quality = patch_precision_recall(scores.detach(), objects["patch_labels"])
+            metrics = {f"pta_{name}": torch.as_tensor(float(value)) for name, value in quality._asdict().items()}
+        total = pretrain_loss(terms, self.loss_weights)
+        return {"loss": total, **{k: v.detach() for k, v in terms.items()}, **metrics}
+
+    def swap_images(self, batch: int, generator: torch.Generator) -> Tensor:
+        """Each pair's image index: its own, or with ``itm_swap_probability`` another of the batch."""
+        own = torch.arange(batch)
+        if batch < 2:
+            return own
+        swap = torch.rand(batch, generator=generator) < self.itm_swap_probability
+        other = (own + torch.randint(1, batch, (batch,), generator=generator)) % batch  # never itself
+        return torch.where(swap, other, own)
+
+    @torch.no_grad()
+    def after_step(self, step: int, pta: float | None = None) -> None:
+        """The warm-up switch (COPA §3.3) as in the dual-stream step; no momentum encoder here."""
+        advance_warm_up(self, step, self.last_pta if pta is None else pta)
+
+
+def build_single_stream_pretraining(params: Params, tokenizer) -> SingleStreamPretraining:
+    """The single-stream pretraining step of a profile (``build_pretraining``'s counterpart)."""
+    p = params.pretrain
+    return SingleStreamPretraining(
+        SingleStreamModel(single_stream_spec(params, len(tokenizer))),
+        vocab_size=len(tokenizer), mask_id=tokenizer.mask_token_id,
+        special_ids=[tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens],
+        mlm_probability=p.mlm_probability, itm_swap_probability=params.single_stream.itm_swap_probability,
+        loss_weights=vars(p.loss_weights), switch_rule=p.warm_up.rule, switch_steps=p.warm_up.steps,
+        switch_pta_loss=p.warm_up.pta_loss,
+    )
+
+
+class SingleStreamPretrainTask(PretrainTask):
+    """Algorithm 1's task (the same pairs, object samples, batches and schedule), another model."""
+
+    def build_model(self) -> nn.Module:
+        seed_everything(self.params.seed)
+        return build_single_stream_pretraining(self.params, self.tokenizer)
+
+
+def initialise_vit(model: SingleStreamModel, params: Params, pair_data, vocab_file: Path, init_dir: Path) -> dict | None:
+    """Start the transformer from ViT weights, as ViLT does: ``pretrain.encoder_init``'s contrastive
+    stage (its ViT; shared with the dual-stream runs of the profile and seed) or ``checkpoints``'
+    ``vision_checkpoint`` (a timm ViT). The text embeddings and heads start fresh (ViLT)."""
+    init = params.pretrain.encoder_init
+    if init.method == "none":
+        return None
+    if init.method == "checkpoints":
+        if not init.vision_checkpoint:
+            raise ValueError("pretrain.encoder_init.method is 'checkpoints' but vision_checkpoint is not set: a single-stream "
+                             "model starts from a ViT")
+        from copa.models.vit import load_timm_checkpoint
+
+        load_timm_checkpoint(model.vision, init.vision_checkpoint)
+        return {"vision_checkpoint": init.vision_checkpoint}
+    trained, metrics = train_contrastive_encoders(params, pair_data, vocab_file, init_dir)
+    missing, unexpected = model.vision.load_state_dict(trained.vision.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("selector.") for key in missing):
+        raise ValueError(f"encoder init: its ViT does not fit the single-stream model (missing {missing}, unexpected {unexpected})")
+    return metrics
+
+
+def run_single_stream_pretraining(params: Params, data_root: Path, annotations: Path, out_dir: Path, resume: bool = True,
+                                  init_dir: Path | None = None) -> dict:
+    """COPA-S / ViLT pretraining into ``out_dir`` (``copa pretrain`` with ``architecture: single_stream``)."""
+    task = SingleStreamPretrainTask(params, data_root, annotations, out_dir)
+    init_dir = Path(init_dir) if init_dir is not None else Path(out_dir) / INIT_DIR
+    initialise_vit(task.model.model, params, task.pair_data, task.vocab_file, init_dir)
+    return train_pretraining(task, params, out_dir, resume)
+
+
+def load_single_stream_checkpoint(path: Path) -> tuple[SingleStreamPretraining, Params, object, dict]:
+    """``load_pretraining_checkpoint`` for a single-stream run."""
+    return load_pretraining_checkpoint(path, build_single_stream_pretraining)
