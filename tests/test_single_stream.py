@@ -107,8 +107,10 @@ def test_cls_attention_is_the_blocks_own_attention():
 def test_selectors_a_single_stream_model_takes():
     with pytest.raises(ValueError, match="selects with one of"):
         SingleStreamSpec(vocab_size=10, selection="text_attention")
+    with pytest.raises(ValueError, match="one location"):
+        SingleStreamSpec(vocab_size=10, selection="cls_attention", location=(4, 8))
     params = load_params("fixture", ["architecture=single_stream", "model.selection.method=text_attention"], params_dir=PARAMS_DIR)
-    with pytest.raises(ParamsError, match="model.selection.method 'text_attention'"):
+    with pytest.raises(ParamsError, match="model.selection: a single-stream model selects with one of none, tpd, cls_attention"):
         single_stream_spec(params, 100)
     torch.manual_seed(0)
     model = SingleStreamModel(dataclasses.replace(SPEC, selection="cls_attention", keep_ratio=0.25)).eval()

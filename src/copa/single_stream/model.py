@@ -76,6 +76,8 @@ class SingleStreamSpec:
             raise ValueError(f"a single-stream model selects with one of {', '.join(SELECTIONS)}, not {self.selection!r}")
         if self.tpd_query not in TPD_QUERIES:
             raise ValueError(f"tpd_query {self.tpd_query!r}: expected one of {', '.join(TPD_QUERIES)}")
+        if not isinstance(self.location, int) and len(tuple(self.location)) != 1:
+            raise ValueError(f"a single-stream model selects at one location, got {self.location!r}")
 
 
 def embed_image(vision: VisionEncoder, images: Tensor) -> Tensor:

@@ -29,26 +29,26 @@ from torch import Tensor, nn
 from copa.config import Params, ParamsError
 from copa.models.objectives import itm_loss, mask_tokens, mlm_loss, patch_precision_recall, pretrain_loss, pta_loss
 from copa.models.pretraining import advance_warm_up
-from copa.single_stream.model import SELECTIONS, SingleStreamModel, SingleStreamSpec
+from copa.single_stream.model import SingleStreamModel, SingleStreamSpec
 from copa.train.encoder_init import INIT_DIR, train_contrastive_encoders
 from copa.train.engine import seed_everything
-from copa.train.pretrain import PretrainTask, load_pretraining_checkpoint, train_pretraining
+from copa.train.pretrain import PretrainTask, train_pretraining
 
 
 def single_stream_spec(params: Params, vocab_size: int) -> SingleStreamSpec:
     """The single-stream model of a profile: the ViT's sizes (``model.vision_*``) at the pretraining
     resolution, the run's selection, ``single_stream.tpd_query``."""
     m, selection = params.model, params.model.selection
-    if selection.method not in SELECTIONS:
-        raise ParamsError(f"model.selection.method {selection.method!r}: a single-stream model (architecture single_stream) "
-                          f"selects with one of {', '.join(SELECTIONS)}")
-    return SingleStreamSpec(
-        vocab_size=vocab_size, image_size=params.patch_labels.image_size, patch_size=params.patch_labels.patch_size,
-        dim=m.vision_dim, depth=m.vision_depth, heads=m.vision_heads, pre_norm=m.vision_pre_norm,
-        activation=m.vision_activation, pos_init=m.vision_pos_init, max_text_length=m.max_text_length,
-        selection=selection.method, location=selection.location, keep_ratio=selection.keep_ratio,
-        tpd_query=params.single_stream.tpd_query,
-    )
+    try:
+        return SingleStreamSpec(
+            vocab_size=vocab_size, image_size=params.patch_labels.image_size, patch_size=params.patch_labels.patch_size,
+            dim=m.vision_dim, depth=m.vision_depth, heads=m.vision_heads, pre_norm=m.vision_pre_norm,
+            activation=m.vision_activation, pos_init=m.vision_pos_init, max_text_length=m.max_text_length,
+            selection=selection.method, location=selection.location, keep_ratio=selection.keep_ratio,
+            tpd_query=params.single_stream.tpd_query,
+        )
+    except ValueError as exc:  # a selection the single-stream model does not take
+        raise ParamsError(f"architecture single_stream, params model.selection: {exc}") from None
 
 
 class SingleStreamPretraining(nn.Module):
@@ -140,8 +140,8 @@ def initialise_vit(model: SingleStreamModel, params: Params, pair_data, vocab_fi
         return None
     if init.method == "checkpoints":
         if not init.vision_checkpoint:
-            raise ValueError("pretrain.encoder_init.method is 'checkpoints' but vision_checkpoint is not set: a single-stream "
-                             "model starts from a ViT")
+            raise ParamsError("pretrain.encoder_init.method is 'checkpoints' but vision_checkpoint is not set: a single-stream "
+                              "model starts from a ViT")
         from copa.models.vit import load_timm_checkpoint
 
         load_timm_checkpoint(model.vision, init.vision_checkpoint)
@@ -161,7 +161,3 @@ def run_single_stream_pretraining(params: Params, data_root: Path, annotations: 
     initialise_vit(task.model.model, params, task.pair_data, task.vocab_file, init_dir)
     return train_pretraining(task, params, out_dir, resume)
 
-
-def load_single_stream_checkpoint(path: Path) -> tuple[SingleStreamPretraining, Params, object, dict]:
-    """``load_pretraining_checkpoint`` for a single-stream run."""
-    return load_pretraining_checkpoint(path, build_single_stream_pretraining)
