@@ -1,22 +1,52 @@
-"""VQA accuracy as the official VQA evaluation defines it (Antol et al. 2015; VQA v2 evaluation tools).
+r"""VQA accuracy exactly as the official VQA evaluation computes it.
 
-For a predicted answer and the 10 human answers of a question:
+The reference is one named revision of the official tool: GT-Vision-Lab/VQA,
+``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` at commit a013f0043c1e (2021-03-11, "Fixed
+processing answers bug", the newest revision of that file), as it runs under Python 2.7. For a
+predicted answer and the human answers of a question (10 in VQA v2):
 
-    acc = mean over the 10 leave-one-out subsets of 9 humans of min(1, #humans in the subset who gave the answer / 3)
+1. Newlines and tabs become spaces and both ends are stripped, in the prediction and in every
+   human answer.
+2. Only if the human answers (after step 1) are not all identical, the prediction and every human
+   answer are normalised (:func:`normalize_answer`): punctuation (:func:`normalize_punctuation`),
+   then words (:func:`normalize_words`). When the humans agree, the texts are compared as they
+   are: "Yes" or "two" score 0 against ten "yes" or ten "2".
+3. acc = mean over the human answers h of min(1, #other human answers equal to the prediction / 3),
+   i.e. the average over the leave-one-out subsets.
 
-as the official tool compares them: newlines and tabs become spaces and the ends are stripped
-on both sides. The predicted answer is then normalised: punctuation (:func:`normalize_punctuation`)
-and words (:func:`normalize_words`: lower-cased, number words up to ten become digits, the
-articles a / an / the dropped, apostrophe-less contractions get their apostrophes, "dont" ->
-"don't"). The human answers (already normalised in the VQA annotation files) only get the
-punctuation step, and only when they are not all identical. These quirks are the official
-tool's, kept so that numbers are comparable with published ones. Accuracies are in percent,
-overall and per answer type (yes/no, number, other).
+Quirks of the official code, kept so that numbers are comparable with published ones:
+
+- Punctuation: each mark of :data:`PUNCTUATION` is deleted everywhere if it stands next to a space
+  anywhere in the text, or if the text has a comma between two digits; otherwise it becomes a
+  space. Each test reads the text as given, not as the other marks left it. The other ASCII marks
+  (``'``, ``:``, ``*``, ``#``, ``$``, ``%``, ``&``, ``^``, ``|``, ``~``) are not in the list and stay.
+- Periods not followed by a digit are deleted (not replaced by a space: "a.b" -> "ab"). The
+  pattern's ``(?!<=\d)`` is a negative lookahead, not a lookbehind, so a period after a digit
+  ("2.") goes too; and the official call passes ``re.UNICODE`` (32) where the count goes, so at
+  most 32 periods are deleted.
+- Under Python 2 the patterns were compiled without ``re.UNICODE``, so ``\d`` means 0-9 only:
+  reproduced with ``re.ASCII`` (a period before "٣" is deleted, "١,٠" is no digit-comma).
+- Words: lower-cased, split on whitespace (runs of spaces collapse), number words "none" and
+  "zero" to "ten" become digits, then the articles a / an / the are dropped, then each word found
+  in :data:`CONTRACTIONS` (the official table, 120 entries, as data) is replaced. The table only
+  holds what it holds: real words such as "well", "were", "wed", "shed", "lets", "shes" are not in
+  it and stay as they are; "wont", "cant", "hed", "hes" are and get apostrophes; four keys
+  ("Im", "Ive", "Id've", "I'dve") are capitalised and never match a lower-cased word;
+  "somebody'd" maps to "somebodyd" (backwards); "let's" and "she's" map to themselves. As the
+  prediction and the humans get the same normalisation, a real word always matches itself.
+- Lower-casing and whitespace follow Python 3's Unicode tables: the same as Python 2.7's on ASCII
+  text, different for a few non-ASCII letters ("İ", a word-final "Σ").
+- The official tool leaves out one answer record at a time (records differ by answer id); here
+  one list position at a time, the same thing. Accuracies are in percent, overall and per answer
+  type (yes/no, number, other), not rounded (the official tool rounds to 2 decimals).
+
+The previous revision (458a8b2, 2016-10-08, the same tables and patterns) normalised the
+prediction always, and the human answers (not whitespace-cleaned) only by punctuation and only
+when they disagreed; a013f0043c1e is the official tool as published now.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -25,64 +55,65 @@ NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", 
                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 ARTICLES = frozenset({"a", "an", "the"})
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
-_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # the official pattern; "(?!<=" is a lookahead, so "2." loses its period too
-_DIGIT_COMMA = re.compile(r"(\d)(,)(\d)")
+# The official pattern: "(?!<=" is a lookahead, so "2." loses its period too. ASCII: Python 2's \d.
+_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII)
+_PERIODS_DELETED = 32  # the official call passes re.UNICODE (= 32) as the count
+_DIGIT_COMMA = re.compile(r"(\d)(,)(\d)", re.ASCII)
 
-# English contractions as written with apostrophes. The evaluation compares lower-cased words with
-# every spelling of a contraction that drops some of its apostrophes; as in the official table,
-# the pronoun "I" stays upper-case there, so "im" / "ive" never match (lower-cased words).
-_CONTRACTIONS = (
-    "ain't", "aren't", "can't", "could've", "couldn't", "couldn't've", "didn't", "doesn't", "don't", "hadn't",
-    "hadn't've", "hasn't", "haven't", "he'd", "he'd've", "he's", "how'd", "how'll", "how's", "I'd", "I'd've", "I'm",
-    "I've", "isn't", "it'd", "it'd've", "it'll", "let's", "ma'am", "mightn't", "mightn't've", "might've", "mustn't",
-    "must've", "needn't", "not've", "o'clock", "oughtn't", "'ow's'at", "shan't", "she'd", "she'd've", "she's",
-    "should've", "shouldn't", "shouldn't've", "somebody'd", "somebody'd've", "somebody'll", "somebody's",
-    "someone'd", "someone'd've", "someone'll", "someone's", "something'd", "something'd've", "something'll",
-    "that's", "there'd", "there'd've", "there're", "there's", "they'd", "they'd've", "they'll", "they're",
-    "they've", "'twas", "wasn't", "we'd", "we'd've", "we'll", "we're", "we've", "weren't", "what'll", "what're",
-    "what's", "what've", "when's", "where'd", "where's", "where've", "who'd", "who'd've", "who'll", "who's",
-    "who've", "why'll", "why're", "why's", "won't", "would've", "wouldn't", "wouldn't've", "y'all", "y'all'll",
-    "y'all'd've", "you'd", "you'd've", "you'll", "you're", "you've",
-)
-
-
-def _apostrophe_free_spellings(word: str) -> set[str]:
-    """Every spelling of ``word`` with at least one of its apostrophes left out."""
-    parts = word.split("'")
-    spellings = set()
-    for keep in itertools.product((True, False), repeat=len(parts) - 1):
-        if all(keep):
-            continue
-        spellings.add(parts[0] + "".join(("'" if k else "") + part for k, part in zip(keep, parts[1:])))
-    return spellings
-
-
-CONTRACTIONS = {spelling: word for word in _CONTRACTIONS for spelling in _apostrophe_free_spellings(word)}
+# The official contractions table (vqaEval.py at a013f0043c1e), entry for entry, quirks included.
+CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
+    "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
+    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll",
+    "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd",
+    "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's", "maam": "ma'am",
+    "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
+    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock",
+    "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
+    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
+    "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
+    "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
+    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
+    "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've",
+    "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
+}
 
 
 def normalize_punctuation(text: str) -> str:
-    """A mark next to a space, or any mark when the text has a comma between digits, is deleted;
-    otherwise it becomes a space (each test reads the text as given); then periods are deleted
-    unless followed by a digit, at most 32 (the official call passes re.UNICODE = 32 as the count)."""
+    """The official ``processPunctuation`` (see the module docstring)."""
+    delete_all = _DIGIT_COMMA.search(text) is not None
     out = text
     for mark in PUNCTUATION:
-        if (mark + " " in text or " " + mark in text) or _DIGIT_COMMA.search(text) is not None:
+        if delete_all or mark + " " in text or " " + mark in text:
             out = out.replace(mark, "")
         else:
             out = out.replace(mark, " ")
-    return _PERIOD.sub("", out, count=32)
+    return _PERIOD.sub("", out, count=_PERIODS_DELETED)
 
 
 def normalize_words(text: str) -> str:
-    words = []
-    for word in text.lower().split():
-        word = NUMBER_WORDS.get(word, word)
-        if word not in ARTICLES:
-            words.append(word)
-    return " ".join(CONTRACTIONS.get(word, word) for word in words)
+    """The official ``processDigitArticle``: number words, articles, then contractions, word by word."""
+    words = [NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+    return " ".join(CONTRACTIONS.get(word, word) for word in words if word not in ARTICLES)
 
 
-def _clean(text: str) -> str:
+def normalize_answer(text: str) -> str:
+    return normalize_words(normalize_punctuation(text))
+
+
+def _clean_whitespace(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
@@ -90,10 +121,11 @@ def question_accuracy(prediction: str, human_answers: Sequence[str]) -> float:
     """Accuracy (0-1) of one answer against a question's human answers (10 in VQA v2)."""
     if not human_answers:
         raise ValueError("a question needs at least one human answer")
-    humans = [_clean(a) for a in human_answers]
-    answer = normalize_words(normalize_punctuation(_clean(prediction)))
-    if len(set(humans)) > 1:  # official: the human answers' punctuation only where they disagree
-        humans = [normalize_punctuation(a) for a in humans]
+    humans = [_clean_whitespace(a) for a in human_answers]
+    answer = _clean_whitespace(prediction)
+    if len(set(humans)) > 1:  # official: normalise only when the humans disagree
+        humans = [normalize_answer(h) for h in humans]
+        answer = normalize_answer(answer)
     scores = []
     for left_out in range(len(humans)):
         matches = sum(1 for i, h in enumerate(humans) if i != left_out and h == answer)
