@@ -20,13 +20,17 @@ from copa.config import load_params
 from copa.data.synth.world import generate_world
 
 PARAMS_DIR = Path(__file__).parents[1] / "params"
+# Tests assert behaviour, never wall time. A subprocess gets this long before it counts as hung: the
+# longest one, the fixture DAG end to end (tests/test_workflow.py), took about 5 minutes on 2 loaded
+# cores; an hour is far above any measured duration and still inside CI's 90 minutes.
+HANG_GUARD_S = 3600
 
 
 # ------------------------------------------------- helpers for engine runs (kill + resume tests)
 def run_script(args: list[str], **env: str) -> subprocess.CompletedProcess:
     """``python *args`` in a subprocess with extra environment variables (e.g. COPA_KILL_AT_STEP)."""
     return subprocess.run([sys.executable, *args], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=HANG_GUARD_S)
 
 
 def final_state(out: Path) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from copa.train.engine import EngineConfig, atomic_torch_save, train
-from conftest import assert_states_equal, final_state, logged, run_script
+from conftest import HANG_GUARD_S, assert_states_equal, final_state, logged, run_script
 from engine_toy import ToyTask, engine_config
 
 TOY = Path(__file__).with_name("engine_toy.py")
@@ -65,7 +65,7 @@ def test_ddp_step_equals_single_process_step(tmp_path: Path) -> None:
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(TOY), str(tmp_path / "ddp"), "--epochs", "1", "--samples", "8", "--dropout", "0"],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True, text=True, timeout=HANG_GUARD_S,
     )
     assert ddp.returncode == 0, ddp.stderr[-4000:]
     train(ToyTask(n=8, dropout=0.0), engine_config(epochs=1), tmp_path / "single", {"toy": {"dropout": 0.0, "n": 8}})

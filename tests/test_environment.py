@@ -4,6 +4,8 @@ a CPU torch beside PyPI torchvision breaks torchvision's ops and transformers' B
 import subprocess
 import sys
 
+from conftest import HANG_GUARD_S
+
 
 def test_torch_torchvision_timm_transformers_in_one_process():
     code = (
@@ -16,7 +18,7 @@ def test_torch_torchvision_timm_transformers_in_one_process():
         "timm.create_model('vit_tiny_patch16_224', pretrained=False, num_classes=0)\n"
         "print(torch.__version__, torchvision.__version__, timm.__version__, transformers.__version__)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert run.returncode == 0, run.stderr
     torch_v, vision_v, timm_v, transformers_v = run.stdout.split()
     assert torch_v.startswith("2.14.1") and vision_v.startswith("0.29.1")

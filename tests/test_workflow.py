@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import HANG_GUARD_S
+
 REPO = Path(__file__).parents[1]
 # src/ too: the rules list the copa sources as inputs (Snakemake's code trigger misses imports).
 WORKFLOW_FILES = ("Snakefile", "workflow", "params", "src")
@@ -34,7 +36,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     """Snakemake of this interpreter's environment; stdout and stderr together in .stdout."""
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=HANG_GUARD_S,
     )
 
 
