@@ -71,14 +71,15 @@ def test_heldout_sets_are_the_karpathy_test_images_and_never_pretrained_on(fixtu
 
     held = heldout_object_samples(layout, params.filter, "test")
     test_paths = set(data.images)
-    assert held.samples and all(s.image in test_paths and len(s.elems) == 1 for s in held.samples)
-    assert all(s.elems[0].text.startswith("This is a") for s in held.samples)
+    assert held.samples and all(s.image in test_paths and s.elems for s in held.samples)
+    assert len({s.image for s in held.samples}) == len(held.samples)  # an image once, with all its kept boxes
+    assert all(e.text.startswith("This is a") for s in held.samples for e in s.elems)
     # every box of those images is a sample or a counted drop
     boxes = 0
     for split in ("train2014", "val2014"):
         data_split = coco.read_instances(layout.coco_instances(split), layout.coco_images(split), check_files=False)
         boxes += sum(data_split.images[o.image_id].path in test_paths for o in data_split.objects)
-    assert held.records == boxes == len(held.samples) + sum(held.dropped.values())
+    assert held.records == boxes == sum(len(s.elems) for s in held.samples) + sum(held.dropped.values())
     pretrain_images = {p.image for p in image_text_pairs(layout, params.pretrain.pair_sources)}
     assert not pretrain_images & test_paths
 
@@ -100,9 +101,10 @@ def test_patch_detection_bookkeeping_on_a_tiny_model(fixture_world, tmp_path, ke
     model = CopaModel(copa_spec(params, len(tokenizer))).eval()
     held = heldout_object_samples(layout, params.filter, "test")
     size, patch = params.patch_labels.image_size, params.patch_labels.patch_size
-    result = patch_detection(model, tokenizer, held, size, patch, params.model.max_text_length, 0.0, batch_size=7, progress=False)
+    result = patch_detection(model, tokenizer, held, size, patch, params.model.max_text_length, 0.0, "same_text", batch_size=7,
+                              progress=False)
     n = (size // patch) ** 2
-    assert result["samples"] == len(held.samples)
+    assert result["samples"] == sum(len(s.elems) for s in held.samples)  # each box an example
     assert result["keep_fraction"] == round(n * keep_ratio) / n
     assert 0 < result["base_rate"] < 1
     for key in ("kept", "score_above_0.5", "cls_attention_kept", "kept_other_text"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from copa.data.pretrain_data import (
     collate,
     image_text_pairs,
     object_samples,
+    text_key,
 )
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
 
@@ -38,7 +40,7 @@ def world(fixture_world: Path, tmp_path_factory: pytest.TempPathFactory):
     run_filter(fixture_world, load_params("fixture", params_dir=PARAMS_DIR).filter, tmp / "filtered", progress=False)
     layout = DataLayout(fixture_world)
     pairs = image_text_pairs(layout, ["coco", "vg", "cc3m"])
-    objects = object_samples(tmp / "filtered", fixture_world, None, len(pairs), seed=0)
+    objects = object_samples(tmp / "filtered", fixture_world)
     texts = [p.text for p in pairs] + [e.text for o in objects for e in o.elems]
     tokenizer = load_tokenizer(train_wordpiece(texts, 400, tmp / "tokenizer"))
     return layout, tmp / "filtered", tokenizer, pairs
@@ -84,20 +86,14 @@ def test_pair_counts_per_source_and_karpathy_exclusion(world):
 
 
 # --------------------------------------------------------------------------- object images
-def test_object_samples_merge_images_and_share_subsets(world, fixture_world):
-    _, filtered, _, pairs = world
-    everything = object_samples(filtered, fixture_world, None, len(pairs), seed=0)
+def test_object_samples_are_every_image_with_boxes(world, fixture_world):
+    _, filtered, _, _ = world
+    everything = object_samples(filtered, fixture_world)
     assert len({o.image for o in everything}) == len(everything)  # an image once, with all its elems
     assert {e.source for o in everything for e in o.elems} == {"coco_objects", "vg_objects", "vg_regions"}
     assert all(o.image.is_file() for o in everything)
-
-    expected = round(0.05 * len(pairs))
-    a = object_samples(filtered, fixture_world, 0.05, len(pairs), seed=1)
-    assert len(a) == expected > 0
-    assert a == object_samples(filtered, fixture_world, 0.05, len(pairs), seed=1)
-    assert a != object_samples(filtered, fixture_world, 0.05, len(pairs), seed=2)
-    assert set(a) <= set(everything)
-    assert object_samples(filtered, fixture_world, 1.0, 10 * len(pairs), seed=1) == everything  # at most all
+    images = {json.loads(line)["image"] for path in filtered.glob("*.jsonl") for line in path.open() if line.strip()}
+    assert len(everything) == len(images)  # every image with a kept box, no share of them
 
 
 # --------------------------------------------------------------------------- PairDataset
@@ -144,27 +140,51 @@ def test_pair_dataset_never_flips_left_right_texts(world, tmp_path):
 
 
 # --------------------------------------------------------------------------- ObjectDataset
-def test_object_dataset_eval_labels_are_the_resized_box(world, fixture_world):
-    _, filtered, tokenizer, pairs = world
-    objects = object_samples(filtered, fixture_world, None, len(pairs), seed=0)
-    ds = ObjectDataset(objects, tokenizer, S, P, max_length=16, seed=0, train=False)
+def test_object_dataset_eval_labels_are_the_resized_boxes_of_the_text(world, fixture_world):
+    _, filtered, tokenizer, _ = world
+    objects = object_samples(filtered, fixture_world)
+    ds = ObjectDataset(objects, tokenizer, S, P, max_length=16, seed=0, train=False, every_elem=True)
+    assert len(ds) == sum(len(o.elems) for o in objects)  # each elem once
     store = build_store(filtered, PatchLabelParams(S, P, 0.0, 0))
-    for i in range(0, len(objects), 7):
-        item = ds[i]
-        elem = next(e for e in objects[i].elems if (e.source, e.id) == (item["source"], item["record_id"]))
-        box = resize_boxes(elem.box.as_list(), np.array([objects[i].width]), np.array([objects[i].height]), S)
-        expected = rasterise(box, S, P)[0].reshape(-1)
+    for k in range(0, len(ds), 7):
+        item = ds[k]
+        i, j = ds.elem_pairs[k]
+        obj, elem = objects[i], objects[i].elems[j]
+        assert (item["source"], item["record_id"]) == (elem.source, elem.id)
+        same = [e for e in obj.elems if text_key(e.text) == text_key(elem.text)]
+        boxes = resize_boxes(np.array([e.box.as_list() for e in same]), np.full(len(same), obj.width), np.full(len(same), obj.height), S)
+        expected = rasterise(boxes, S, P).any(0).reshape(-1)
         assert item["patch_labels"].shape == ((S // P) ** 2,) and item["patch_labels"].dtype == torch.float32
         assert np.array_equal(item["patch_labels"].numpy(), expected.astype(np.float32))
-        assert np.array_equal(item["patch_labels"].numpy().astype(bool), store.lookup(item["source"], item["record_id"]).reshape(-1))
+        union = np.any([store.lookup(e.source, e.id).reshape(-1) for e in same], axis=0)  # the patch-label stage agrees
+        assert np.array_equal(item["patch_labels"].numpy().astype(bool), union)
+
+
+def test_object_labels_cover_every_box_the_text_fits(world, fixture_world):
+    # "This is a square." in an image with two squares: labelling one of them contradicts the text
+    _, filtered, tokenizer, _ = world
+    objects = object_samples(filtered, fixture_world)
+    i, j = next((i, j) for i, o in enumerate(objects) for j, e in enumerate(o.elems)
+                if sum(text_key(x.text) == text_key(e.text) for x in o.elems) > 1)
+    same = ObjectDataset(objects, tokenizer, S, P, 16, seed=0, train=False)
+    chosen = ObjectDataset(objects, tokenizer, S, P, 16, seed=0, train=False, labels="chosen_box")
+    rng = np.random.default_rng(0)
+    union, one = same.example(i, j, rng)["patch_labels"], chosen.example(i, j, rng)["patch_labels"]
+    assert (union >= one).all() and union.sum() > one.sum()
+    for train in (True, False):  # the augmentation moves every labelled box with the image
+        item = ObjectDataset(objects, tokenizer, S, P, 16, seed=0, train=train).example(i, j, np.random.default_rng(1))
+        chosen_patches = rasterise(item["box"].numpy()[None], S, P)[0].reshape(-1)
+        assert item["patch_labels"].numpy()[chosen_patches].all() and item["patch_labels"].sum() > chosen_patches.sum()
+    with pytest.raises(ValueError, match="PTA labels must be one of"):
+        ObjectDataset(objects, tokenizer, S, P, 16, seed=0, labels="every_box")
 
 
 def test_object_dataset_train_labels_follow_the_augmentation(world, fixture_world):
     _, filtered, tokenizer, pairs = world
-    objects = object_samples(filtered, fixture_world, None, len(pairs), seed=0)
+    objects = object_samples(filtered, fixture_world)
     ds = ObjectDataset(objects, tokenizer, S, P, max_length=16, seed=0)
     chosen = set()
-    for epoch in range(3):
+    for epoch in range(3):  # the data loaders' way (item i = image i); pretraining draws through example()
         ds.set_epoch(epoch)
         for i in range(len(objects)):
             item = ds[i]
@@ -172,7 +192,7 @@ def test_object_dataset_train_labels_follow_the_augmentation(world, fixture_worl
             assert item["image"].shape == (3, S, S)
             assert item["patch_labels"].sum() > 0  # the crop always contains the chosen box
             assert box[0] >= -1e-6 and box[1] >= -1e-6 and box[0] + box[2] <= S + 1e-6 and box[1] + box[3] <= S + 1e-6
-            assert np.array_equal(item["patch_labels"].numpy().astype(bool), rasterise(box[None], S, P)[0].reshape(-1))
+            assert (item["patch_labels"].numpy().astype(bool) >= rasterise(box[None], S, P)[0].reshape(-1)).all()  # + same-text twins
             chosen.add((i, item["record_id"]))
     assert len(chosen) > len(objects)  # a different elem of some images in another epoch
     ds.set_epoch(0)
@@ -195,7 +215,7 @@ def test_collate_pads_with_the_pad_id():
 
 def test_data_loaders_iterate_a_batch(world, fixture_world):
     _, filtered, tokenizer, pairs = world
-    objects = object_samples(filtered, fixture_world, 0.05, len(pairs), seed=0)
+    objects = object_samples(filtered, fixture_world)
     obj_ds = ObjectDataset(objects, tokenizer, S, P, max_length=16, seed=0)
     batch = next(iter(DataLoader(obj_ds, batch_size=4, shuffle=False, num_workers=0, collate_fn=obj_ds.collate_fn)))
     assert batch["image"].shape == (4, 3, S, S) and batch["patch_labels"].shape == (4, (S // P) ** 2)

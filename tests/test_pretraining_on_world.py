@@ -13,6 +13,7 @@ from copa.data.layout import DataLayout
 from copa.data.pretrain_data import ObjectDataset, PairDataset, image_text_pairs, object_samples
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.train.build import build_pretraining, copa_spec
+from copa.train.pretrain import PretrainTask
 
 PARAMS_DIR = Path(__file__).parents[1] / "params"
 
@@ -22,7 +23,7 @@ def test_one_step_on_the_fixture_world(fixture_world, tmp_path):
     pairs = image_text_pairs(DataLayout(fixture_world), params.pretrain.pair_sources)
     tokenizer = load_tokenizer(train_wordpiece([p.text for p in pairs], params.model.vocab_size, tmp_path / "vocab"))
     run_filter(fixture_world, params.filter, tmp_path / "annotations", progress=False)
-    objects = object_samples(tmp_path / "annotations", fixture_world, params.pretrain.object_share, len(pairs), params.seed)
+    objects = object_samples(tmp_path / "annotations", fixture_world)
     size, patch, length = params.patch_labels.image_size, params.patch_labels.patch_size, params.model.max_text_length
     pair_data = PairDataset(pairs, tokenizer, size, length, params.seed)
     object_data = ObjectDataset(objects, tokenizer, size, patch, length, params.seed)
@@ -133,3 +134,36 @@ def test_runs_share_one_selection_free_encoder_init(fixture_world, tmp_path):
             "--out", str(tmp_path / "tpd"), "--encoder-init", str(tmp_path / "init")]
     assert main(args) == 0
     assert last.stat().st_mtime_ns == stamp and not (tmp_path / "tpd" / "encoder_init").exists()
+
+
+def test_pta_draws_a_fresh_object_at_every_step(fixture_world, tmp_path):
+    # Before: one elem and crop per (epoch, image), so an image met at several steps of an epoch
+    # repeated the same example; and only a 5% share of the images with boxes took part.
+    params = load_params("fixture", ["pretrain.steps_per_epoch=6", "pretrain.epochs=1"], params_dir=PARAMS_DIR)
+    run_filter(fixture_world, params.filter, tmp_path / "annotations", progress=False)
+    task = PretrainTask(params, fixture_world, tmp_path / "annotations", tmp_path / "run")
+    objects = task.object_data.objects
+    assert len(objects) == len(object_samples(tmp_path / "annotations", fixture_world))  # every image with boxes
+    _, order = task._orders(0)
+    b = params.pretrain.object_batch_size
+
+    def drawn(steps: int) -> dict[int, set[int]]:
+        per_image: dict[int, set[int]] = {}
+        for step in range(steps):
+            images, elems, _ = task.object_draws(order, 0, step)
+            for i, j in zip(images.tolist(), elems.tolist()):
+                per_image.setdefault(i, set()).add(j)
+        return per_image
+
+    assert any(len(js) > 1 for js in drawn(math.ceil(4 * len(objects) / b)).values())  # an image met again: another object
+    summary = task.summary()
+    assert summary["pta/draws"] == 6 * b
+    assert summary["pta/distinct_examples"] == sum(len(js) for js in drawn(6).values())
+    assert summary["pta/object_images"] == len(objects) and summary["pta/ambiguous_label_share"] == 0.0
+    assert 0 < summary["pta/shared_text_share"] < 1  # texts with a same-text twin, labelled together (same_text)
+    chosen = PretrainTask(load_params("fixture", ["pretrain.steps_per_epoch=6", "pretrain.epochs=1", "pretrain.pta_labels=chosen_box"],
+                                      params_dir=PARAMS_DIR), fixture_world, tmp_path / "annotations", tmp_path / "run2")
+    assert chosen.summary()["pta/ambiguous_label_share"] == summary["pta/shared_text_share"]
+    # the batches are the draws: every rank's slice of the step's global object batch
+    first = next(task.batches(0, rank=0, world_size=1, start=0))
+    assert first["objects"]["images"].shape[0] == params.pretrain.object_batch_size

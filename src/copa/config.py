@@ -216,7 +216,7 @@ class PretrainParams:
     steps_per_epoch: int | None  # None: one pass over the pairs; N: N steps on a fresh seeded draw each epoch
     batch_size: int  # image-text pairs per step (all processes)
     object_batch_size: int  # object/region samples per step, for PTA
-    object_share: float  # images with boxes as a share of the pretraining images (COPA: ~5%)
+    pta_labels: Literal["same_text", "chosen_box"]  # the boxes a PTA text labels (copa.data.pretrain_data.labelled_elems)
     pair_sources: tuple[Literal["coco", "vg", "cc3m"], ...]
     lr_vision: float  # COPA: 1e-5 (ViT)
     lr_text: float  # COPA: 1e-4 (BERT-initialised parts)

@@ -5,7 +5,7 @@ do the same), so these images can measure what a pretrained checkpoint learnt:
 - :func:`karpathy_retrieval_set`: the images of a split and their captions, for ITC retrieval
   (COCO or Flickr30K, the downstream retrieval sets);
 - :func:`heldout_object_samples`: the COCO boxes of the same images, passed through the filter
-  stage's rules (COPA Appendix A) and worded with its template, one sample per box, for the
+  stage's rules (COPA Appendix A) and worded with its template, each box an example, for the
   detector's patch precision / recall against patch labels (PTA's targets).
 """
 
@@ -74,14 +74,14 @@ def karpathy_training_pairs(layout: DataLayout, dataset: str) -> tuple[list[Pair
 
 @dataclass(frozen=True)
 class HeldoutObjects:
-    samples: list[ObjectImage]  # one per kept box (a single elem each)
+    samples: list[ObjectImage]  # one per image, with its kept boxes as elems (each one is an example)
     records: int  # boxes of the split's images in the instance files
     dropped: dict[str, int]  # reason -> count (the filter stage's reasons)
 
 
 def heldout_object_samples(layout: DataLayout, params: FilterParams, split: str = "test") -> HeldoutObjects:
-    """Every COCO box of the Karpathy ``split`` images that the filter rules keep, as one sample
-    each, text from the filter's template ("This is a {label}.")."""
+    """Every COCO box of the Karpathy ``split`` images that the filter rules keep, grouped by image,
+    text from the filter's template ("This is a {label}.")."""
     wanted = {im.path for im in _karpathy_images(layout, "coco", split)}
     checker = ImageChecker(layout.root, params.image_check)
     samples, records, dropped = [], 0, Counter()
@@ -95,7 +95,8 @@ def heldout_object_samples(layout: DataLayout, params: FilterParams, split: str 
             kept, rejected, _ = filter_group(group, "object", params, checker)
             records += len(group.candidates)
             dropped.update(reason for _, reason in rejected)
-            samples += [ObjectImage(path, group.width, group.height, (ObjectElem("coco_objects", e.id, e.text, e.box),)) for e in kept]
+            if kept:
+                samples.append(ObjectImage(path, group.width, group.height, tuple(ObjectElem("coco_objects", e.id, e.text, e.box) for e in kept)))
     if not samples:
         raise ValueError(f"{layout.root}: no COCO box on the Karpathy {split!r} images (instances_*.json)")
     return HeldoutObjects(samples, records, dict(sorted(dropped.items())))

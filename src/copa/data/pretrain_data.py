@@ -129,16 +129,14 @@ class ObjectImage:
     elems: tuple[ObjectElem, ...]
 
 
-def object_samples(filtered_dir: Path, data_root: Path, share: float | None, pair_images: int, seed: int) -> list[ObjectImage]:
-    """The images PTA trains on, each with every kept elem of every filtered file.
+def object_samples(filtered_dir: Path, data_root: Path) -> list[ObjectImage]:
+    """The images PTA trains on: every image of the filtered files, with every kept elem of each.
 
     An image listed by several files (a VG image in vg_objects and vg_regions) is one image with
-    the elems of all of them, so ``share`` counts images, as COPA does: boxes on "~5% of training
-    images" (Appendix A). With ``share``, a seeded subset of ``round(share * pair_images)`` images
-    (at most all) is kept, in file order; else all.
+    the elems of all of them. All of them: COPA's "~5% of training images" (Appendix A) is how
+    much of its corpus has boxes, not a share to subsample (with 5% of the demo's images, each
+    object example repeated about twelve times an epoch).
     """
-    if share is not None and not 0.0 <= share <= 1.0:
-        raise ValueError(f"share must be in [0, 1], got {share}")
     merged: dict[str, tuple[int, int, list[ObjectElem]]] = {}  # insertion order = file order
     for path in filtered_files(filtered_dir):
         for item in iter_xvlm(path):
@@ -153,12 +151,25 @@ def object_samples(filtered_dir: Path, data_root: Path, share: float | None, pai
                 if elem.id is None:
                     raise FormatError(path, "an elem has no record id", record, "elems.id")
                 elems.append(ObjectElem(item.source, elem.id, elem.text or elem.caption, elem.box))
-    images = [ObjectImage(Path(data_root) / name, w, h, tuple(elems)) for name, (w, h, elems) in merged.items() if elems]
-    if share is None:
-        return images
-    count = min(round(share * pair_images), len(images))
-    keep = np.random.default_rng(seed).choice(len(images), size=count, replace=False)
-    return [images[i] for i in sorted(keep.tolist())]
+    return [ObjectImage(Path(data_root) / name, w, h, tuple(elems)) for name, (w, h, elems) in merged.items() if elems]
+
+
+PTA_LABEL_RULES = ("same_text", "chosen_box")  # see labelled_elems
+
+
+def text_key(text: str) -> str:
+    """What makes two object texts the same text: case and spacing aside."""
+    return " ".join(text.lower().split())
+
+
+def labelled_elems(obj: ObjectImage, elem: ObjectElem, labels: str) -> list[ObjectElem]:
+    """The elems whose boxes are labelled 1 when ``elem``'s text is the PTA text (``labels``):
+    ``same_text``, every elem of the image with that text ("This is a square." fits each square,
+    so a label of one of them would contradict the text); ``chosen_box``, the chosen one alone."""
+    if labels == "chosen_box":
+        return [elem]
+    key = text_key(elem.text)
+    return [elem] + [e for e in obj.elems if e is not elem and text_key(e.text) == key]
 
 
 # --------------------------------------------------------------------------- datasets
@@ -243,45 +254,66 @@ class PairDataset(_Base):
         return {"image": self.to_tensor(geometry.image(image)), **self.tokens(pair.text), "index": i}
 
 
-class ObjectDataset(_Base):
-    """One (image, object text, patch labels) example per image for PTA (COPA §3.3, Algorithm 1).
+def elem_index(n: int, choice: float) -> int:
+    """The elem a uniform ``choice`` in [0, 1) picks among ``n``."""
+    return min(int(choice * n), n - 1)
 
-    Each epoch an elem of image ``i`` is drawn; train mode applies X-VLM's box-keeping
-    augmentation (:class:`BoxAugmentation`: crop containing the box, resize, flip unless
-    left/right), eval mode a plain square resize. The labels rasterise the box *after* the
-    transform, so they follow the crop and the flip (row-major, token ``r * G + c``).
+
+class ObjectDataset(_Base):
+    """(image, object text, patch labels) examples for PTA (COPA §3.3, Algorithm 1).
+
+    Item ``i`` is image ``i`` with one of its elems drawn by the item's generator ("pick one
+    object/region per image"); pretraining instead draws a fresh elem and geometry at every step
+    and calls :meth:`example`. ``every_elem``: item ``k`` is the k-th (image, elem) pair, each elem
+    once (held-out evaluation). Train mode applies X-VLM's box-keeping augmentation
+    (:class:`BoxAugmentation`: crop containing the chosen box, resize, flip unless left/right),
+    eval mode a plain square resize. The labels rasterise the boxes of :func:`labelled_elems`
+    *after* the transform, so they follow the crop and the flip (row-major, token ``r * G + c``).
     """
 
     def __init__(self, objects: Sequence[ObjectImage], tokenizer, image_size: int, patch_size: int, max_length: int, seed: int,
-                 min_overlap: float = 0.0, train: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 crop_scale: tuple[float, float] = (0.5, 1.0), flip_p: float = 0.5) -> None:
+                 min_overlap: float = 0.0, train: bool = True, labels: str = "same_text", every_elem: bool = False,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_scale: tuple[float, float] = (0.5, 1.0), flip_p: float = 0.5) -> None:
         super().__init__(tokenizer, image_size, max_length, seed, train, mean, std)
         grid_size(image_size, patch_size)  # fails early on a size that is not a multiple
-        self.objects, self.patch_size, self.min_overlap = list(objects), patch_size, min_overlap
+        if labels not in PTA_LABEL_RULES:
+            raise ValueError(f"PTA labels must be one of {PTA_LABEL_RULES}, got {labels!r}")
+        self.objects, self.patch_size, self.min_overlap, self.labels = list(objects), patch_size, min_overlap, labels
         self.augment = BoxAugmentation(image_size, crop_scale, flip_p)
+        self.elem_pairs = [(i, j) for i, obj in enumerate(self.objects) for j in range(len(obj.elems))] if every_elem else None
 
     def __len__(self) -> int:
-        return len(self.objects)
+        return len(self.objects) if self.elem_pairs is None else len(self.elem_pairs)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, k: int) -> dict:
+        rng = self.rng(k)
+        i, j = (k, elem_index(len(self.objects[k].elems), rng.random())) if self.elem_pairs is None else self.elem_pairs[k]
+        return self.example(i, j, rng)
+
+    def example(self, i: int, j: int, rng: np.random.Generator) -> dict:
+        """Image ``i`` with its elem ``j`` as the text; ``rng`` draws the crop and the flip (train)."""
         obj = self.objects[i]
-        rng = self.rng(i)
-        elem = obj.elems[int(rng.integers(len(obj.elems)))]  # "pick one object/region per image"
+        elem = obj.elems[j]
         image = _open_rgb(obj.image)
         if image.size != (obj.width, obj.height):
             raise ValueError(f"{obj.image}: image is {image.width}x{image.height}, annotations say {obj.width}x{obj.height}")
+        labelled = labelled_elems(obj, elem, self.labels)  # the chosen elem first
         if self.train:
-            image, box = self.augment(image, elem.box, elem.text, rng)
-            box = np.array(box.as_list(), dtype=np.float64)
+            geometry = self.augment.sample(rng, obj.width, obj.height, elem.box, elem.text)
+            image = geometry.image(image, self.augment.resample)
+            # min_visible=0: the crop contains the chosen box; any visible part of another is labelled
+            boxes = [box.as_list() for box in (geometry.box(e.box, min_visible=0.0) for e in labelled) if box is not None]
+            boxes = np.array(boxes, dtype=np.float64)
         else:
             image = image.resize((self.image_size, self.image_size), self.augment.resample)
-            box = resize_boxes(elem.box.as_list(), np.array([obj.width]), np.array([obj.height]), self.image_size)[0]
-        labels = rasterise(box[None], self.image_size, self.patch_size, self.min_overlap)[0]  # (G, G)
+            xywh = np.array([e.box.as_list() for e in labelled], dtype=np.float64)
+            boxes = resize_boxes(xywh, np.full(len(xywh), obj.width), np.full(len(xywh), obj.height), self.image_size)
+        labels = rasterise(boxes, self.image_size, self.patch_size, self.min_overlap).any(0)  # (G, G)
         return {
             "image": self.to_tensor(image),
             **self.tokens(elem.text),
             "patch_labels": torch.from_numpy(labels.reshape(-1).astype(np.float32)),  # (G*G,)
-            "box": torch.tensor(box, dtype=torch.float64),  # xywh in output px (float64: the labels were rasterised from it)
+            "box": torch.tensor(boxes[0], dtype=torch.float64),  # the chosen box, xywh in output px (float64: rasterised from it)
             "source": elem.source,
             "record_id": elem.id,
         }

@@ -57,11 +57,13 @@ def _metrics(counts: PatchCounts) -> dict[str, float]:
 
 @torch.no_grad()
 def patch_detection(model: CopaModel, tokenizer, objects: HeldoutObjects, image_size: int, patch_size: int, max_length: int,
-                    min_overlap: float, batch_size: int = 64, progress: bool = True) -> dict:
-    """Selection quality on the held-out boxes (see the module docstring); a note without selection."""
+                    min_overlap: float, labels: str, batch_size: int = 64, progress: bool = True) -> dict:
+    """Selection quality on the held-out boxes (see the module docstring), each labelled by the
+    run's PTA rule ``labels`` (pretrain.pta_labels); a note without selection."""
+    dataset = ObjectDataset(objects.samples, tokenizer, image_size, patch_size, max_length, seed=0, min_overlap=min_overlap, train=False,
+                            labels=labels, every_elem=True)
     if model.spec.selection == "none":
-        return {"samples": len(objects.samples), "note": "no selection: every patch is kept"}
-    dataset = ObjectDataset(objects.samples, tokenizer, image_size, patch_size, max_length, seed=0, min_overlap=min_overlap, train=False)
+        return {"samples": len(dataset), "note": "no selection: every patch is kept"}
     zero = PatchCounts(*(torch.zeros((), dtype=torch.long) for _ in range(4)))
     totals: dict[str, PatchCounts] = {}
     positives = patches = kept_patches = 0
@@ -96,12 +98,13 @@ def patch_detection(model: CopaModel, tokenizer, objects: HeldoutObjects, image_
     ranking = {}
     if score_ap["text"]:
         labels = torch.cat(all_labels)
-        references = annotation_references(labels, [str(s.image) for s in objects.samples], [s.elems[0].text for s in objects.samples])
+        examples = [(objects.samples[i], objects.samples[i].elems[j]) for i, j in dataset.elem_pairs]
+        references = annotation_references(labels, [str(obj.image) for obj, _ in examples], [elem.text for _, elem in examples])
         has_positive = labels.sum(1) > 0
         ranking = {"score_ap": {name: float(torch.cat(v)[has_positive].mean()) for name, v in score_ap.items()},
                    "ap_references": references}
     return {
-        "samples": len(objects.samples), "records": objects.records, "dropped": objects.dropped,
+        "samples": len(dataset), "records": objects.records, "dropped": objects.dropped,
         "selection": model.spec.selection, "base_rate": base_rate, "keep_fraction": keep_fraction,
         **{name: _metrics(counts) for name, counts in totals.items()},
         "chance_kept": {"precision": base_rate, "recall": keep_fraction},
@@ -120,6 +123,6 @@ def evaluate_checkpoints(checkpoints: list[Path], pairs: RetrievalSet, objects: 
             "checkpoint": path.name, **state,
             "retrieval": itc_retrieval(m, tokenizer, pairs, size, length, batch_size, progress),
             "patch_detection": patch_detection(m, tokenizer, objects, size, params.patch_labels.patch_size, length,
-                                               params.patch_labels.min_overlap, batch_size, progress),
+                                               params.patch_labels.min_overlap, params.pretrain.pta_labels, batch_size, progress),
         })
     return results

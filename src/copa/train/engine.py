@@ -91,6 +91,9 @@ class Task(Protocol):
         momentum-encoder update. Runs on every rank with identical parameters."""
         ...
 
+    # Optional: ``summary() -> dict[str, float]``, run-level numbers (e.g. how much data the run saw),
+    # computed once at the end and written to metrics.json beside the last logged values.
+
 
 def epoch_length(requested: int | None, examples: int, batch_size: int, key: str) -> int:
     """Steps per epoch: ``requested`` (a params value named ``key``; each epoch then draws a fresh
@@ -349,8 +352,9 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
             )
     bar.close()
 
-    # 4) the last values, for DVC metrics and the caller
-    result = {**metrics, "step": step}
+    # 4) the last values, for DVC metrics and the caller, with the task's run-level summary if it has one
+    summary = getattr(task, "summary", None)
+    result = {**metrics, "step": step, **(summary() if summary is not None else {})}
     if ctx.is_main:
         live.end()
         _atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")

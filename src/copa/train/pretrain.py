@@ -1,8 +1,8 @@
 """``copa pretrain``: Algorithm 1 of COPA driven by the training engine.
 
 :class:`PretrainTask` is the engine's :class:`~copa.train.engine.Task`: each step takes a
-global batch of image-text pairs and one of object samples (COPA: boxes from ~5% of the
-images), both drawn by index from permutations seeded by (seed, epoch), so any number of
+global batch of image-text pairs and one of object samples (every image with boxes; COPA: ~5% of
+its images have them), drawn from generators seeded by (seed, epoch[, step]), so any number of
 processes sees the same global batches and a resumed run continues exactly.
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from copa.config import DOWNSTREAM_SECTIONS, Params, params_from_dict
 from copa.data.layout import DataLayout
-from copa.data.pretrain_data import ObjectDataset, PairDataset, image_text_pairs, object_samples
+from copa.data.pretrain_data import ObjectDataset, PairDataset, elem_index, image_text_pairs, labelled_elems, object_samples
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.models.pretraining import CopaPretraining
 from copa.train.build import build_pretraining
@@ -54,13 +54,12 @@ class PretrainTask:
         p = params.pretrain
         source = PairSource(params, data_root, out_dir)
         self.pairs, self.tokenizer, self.pair_data, self.vocab_file = source.pairs, source.tokenizer, source.pair_data, source.vocab_file
-        images = len({pair.image for pair in self.pairs})  # the share counts images, not captions
-        objects = object_samples(annotations, data_root, p.object_share, images, params.seed)
+        objects = object_samples(annotations, data_root)
         if not objects:
-            raise ValueError(f"{annotations}: no object images for PTA (pretrain.object_share {p.object_share} of "
-                             f"{images} pretraining images, among the filtered files' images)")
+            raise ValueError(f"{annotations}: no object images for PTA (the filtered files list no image with a kept box)")
         size, patch, length = params.patch_labels.image_size, params.patch_labels.patch_size, params.model.max_text_length
-        self.object_data = ObjectDataset(objects, self.tokenizer, size, patch, length, params.seed, params.patch_labels.min_overlap)
+        self.object_data = ObjectDataset(objects, self.tokenizer, size, patch, length, params.seed, params.patch_labels.min_overlap,
+                                         labels=p.pta_labels)
         self.model = self.build_model()
 
     def build_model(self) -> nn.Module:
@@ -81,20 +80,56 @@ class PretrainTask:
         if p.batch_size % world_size or p.object_batch_size % world_size:
             raise ValueError(f"batch sizes {p.batch_size} / {p.object_batch_size} do not split over {world_size} processes")
         pair_b, object_b = p.batch_size // world_size, p.object_batch_size // world_size
-        rng = np.random.default_rng([self.params.seed, epoch])
-        pair_order, object_order = rng.permutation(len(self.pair_data)), rng.permutation(len(self.object_data))
+        pair_order, object_order = self._orders(epoch)
         self.pair_data.set_epoch(epoch)
-        self.object_data.set_epoch(epoch)
         for step in range(start, self.steps_per_epoch(world_size)):
             pair_idx = pair_order[step * p.batch_size + rank * pair_b:][:pair_b]
-            # the object images are few (~5%): their order cycles within the epoch
-            first = (step * p.object_batch_size + rank * object_b) % len(object_order)
-            object_idx = np.take(object_order, range(first, first + object_b), mode="wrap")
+            images, elems, geometry_seeds = self.object_draws(object_order, epoch, step)
+            mine = slice(rank * object_b, (rank + 1) * object_b)
+            objects = [self.object_data.example(int(i), int(j), np.random.default_rng(int(g)))
+                       for i, j, g in zip(images[mine], elems[mine], geometry_seeds[mine])]
             yield {
                 "pairs": _model_inputs(self.pair_data.collate_fn([self.pair_data[int(i)] for i in pair_idx])),
-                "objects": _model_inputs(self.object_data.collate_fn([self.object_data[int(i)] for i in object_idx])),
+                "objects": _model_inputs(self.object_data.collate_fn(objects)),
                 "seed": int(np.random.default_rng([self.params.seed, epoch, step, rank]).integers(2**31)),
             }
+
+    def _orders(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's permutations of the pairs and of the object images."""
+        rng = np.random.default_rng([self.params.seed, epoch])
+        return rng.permutation(len(self.pair_data)), rng.permutation(len(self.object_data))
+
+    def object_draws(self, object_order: np.ndarray, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The global object mini-batch of a step: image indices (the epoch's order, cycled: the
+        object images are fewer than the pairs), each image's elem, drawn afresh every step (not once
+        per epoch: an image met twice in an epoch gets another object), and each example's seed
+        of its crop and flip. Every rank draws the whole batch and takes its slice."""
+        b = self.params.pretrain.object_batch_size
+        images = np.take(object_order, range(step * b, (step + 1) * b), mode="wrap")
+        draw = np.random.default_rng([self.params.seed, epoch, step])
+        choices, geometry_seeds = draw.random(b), draw.integers(2**63, size=b)
+        elems = np.array([elem_index(len(self.object_data.objects[i].elems), u) for i, u in zip(images, choices)], dtype=np.int64)
+        return images, elems, geometry_seeds
+
+    def summary(self) -> dict[str, float]:
+        """What PTA's object stream covered over the whole run (the same draws as ``batches``):
+        how many (image, object, text) examples it saw, and how many of its texts fit several
+        boxes of their image (labelled as one under ``pta_labels: chosen_box``: ambiguous)."""
+        p, objects = self.params.pretrain, self.object_data.objects
+        seen: set[tuple[int, int]] = set()
+        shared = draws = 0
+        for epoch in range(p.epochs):
+            _, order = self._orders(epoch)
+            for step in range(self.steps_per_epoch(1)):
+                images, elems, _ = self.object_draws(order, epoch, step)
+                for i, j in zip(images.tolist(), elems.tolist()):
+                    seen.add((i, j))
+                    shared += len(labelled_elems(objects[i], objects[i].elems[j], "same_text")) > 1
+                    draws += 1
+        ambiguous = shared if p.pta_labels == "chosen_box" else 0
+        return {"pta/object_images": len(objects), "pta/objects": sum(len(o.elems) for o in objects), "pta/draws": draws,
+                "pta/distinct_examples": len(seen), "pta/shared_text_share": shared / max(draws, 1),
+                "pta/ambiguous_label_share": ambiguous / max(draws, 1)}
 
     def after_step(self, model, step: int) -> None:
         model.after_step(step)
