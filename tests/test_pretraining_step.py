@@ -107,3 +107,64 @@ def test_momentum_copy_follows_the_model():
         online.add_(1.0)
     task.after_step(0)
     assert torch.allclose(momentum, online - 1.0 + 0.005, atol=1e-6)  # m = 0.995
+
+
+def _last_word_changed(batch):
+    """The same batch with each caption's last word before [SEP] replaced: PrefixLM's prefix never
+    reaches it (the target keeps at least one word), and masking every word hides it from MLM."""
+    other = {**batch, "pairs": dict(batch["pairs"])}
+    ids, mask = batch["pairs"]["input_ids"].clone(), batch["pairs"]["attention_mask"]
+    last = mask.sum(1) - 2  # (B,) the word before [SEP]
+    rows = torch.arange(len(ids))
+    ids[rows, last] = 5 + (ids[rows, last] - 5 + 7) % 35
+    other["pairs"]["input_ids"] = ids
+    return other
+
+
+def test_mlm_and_prefix_selection_never_read_the_hidden_words(monkeypatch):
+    """Before: the patches MLM and PrefixLM fuse were selected under the whole caption, so the
+    kept patches carried the words to predict."""
+    import copa.models.pretraining as pretraining
+
+    def mask_every_word(ids, mask, vocab_size, mask_id, special_ids, prob, generator):
+        words = mask.bool() & ~torch.isin(ids, torch.tensor(special_ids))
+        return ids.masked_fill(words, mask_id), ids.masked_fill(~words, -100)
+
+    monkeypatch.setattr(pretraining, "mask_tokens", mask_every_word)
+    task = _pretraining().eval()
+    task.detector_on.fill_(True)
+    seen = {"mlm": [], "decoder_image": []}
+    mlm_logits, decode = task.model.mlm_logits, task.model.decode
+    monkeypatch.setattr(task.model, "mlm_logits", lambda fused: seen["mlm"].append(fused) or mlm_logits(fused))
+    monkeypatch.setattr(task.model, "decode", lambda ids, m, image, *rest: seen["decoder_image"].append(image) or decode(ids, m, image, *rest))
+    batch = _batch()
+    with torch.no_grad():
+        task(batch)
+        task(_last_word_changed(batch))
+    assert torch.equal(*seen["mlm"]) and torch.equal(*seen["decoder_image"])
+    with torch.no_grad():  # the control: the selection does read the text it is given
+        text = task.model.encode_text(batch["pairs"]["input_ids"], batch["pairs"]["attention_mask"])
+        changed = _last_word_changed(batch)["pairs"]
+        other = task.model.encode_text(changed["input_ids"], changed["attention_mask"])
+        images = batch["pairs"]["images"]
+        assert not torch.equal(task.model.encode_image(images, text[:, 0])["tokens"], task.model.encode_image(images, other[:, 0])["tokens"])
+
+
+def test_itc_contrasts_the_features_retrieval_ranks_with(monkeypatch):
+    """COPA Appendix E: retrieval's coarse stage ranks text-free image features (image-[CLS]
+    attention); ITC trains on those by default (before: on the caption-guided ones)."""
+    from conftest import PARAMS_DIR
+
+    from copa.config import load_params
+
+    assert all(load_params(profile, params_dir=PARAMS_DIR).pretrain.itc_image == "text_free" for profile in ("fixture", "demo", "paper"))
+    task = _pretraining().eval()
+    task.detector_on.fill_(True)
+    features = []
+    image_feature = task.model.image_feature
+    monkeypatch.setattr(task.model, "image_feature", lambda tokens: features.append(tokens) or image_feature(tokens))
+    batch = _batch()
+    with torch.no_grad():
+        task(batch)
+        text_free = task.model.encode_image(batch["pairs"]["images"], None, use_detector=False)["tokens"]  # as tasks.retrieval
+    torch.testing.assert_close(features[0], text_free)

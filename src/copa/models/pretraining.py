@@ -4,10 +4,13 @@ and PrefixLM on an image-text mini-batch, summed, for one backward and one updat
 ``CopaPretraining.forward(batch) -> dict`` with the total ``loss`` and every term and metric,
 so a generic training loop (and DDP) can drive it. The choices the papers leave open are
 constructor options (params/ names them):
-- ``itc_image``: the image features ITC contrasts. ``paired_text``: the image encoded once,
-  its selection guided by its own caption (Algorithm 1 runs the model once on the pairs);
-  ``text_free``: a second pass selecting by image-[CLS] attention, the features COPA's
-  retrieval ranks with (Appendix E).
+- ``itc_image``: the image features ITC contrasts. ``text_free`` (default): selected by
+  image-[CLS] attention, the features COPA's retrieval ranks with (Appendix E: the coarse stage
+  is text-free), so that training and inference contrast the same feature; ``paired_text``: the
+  image encoded once, its selection guided by its own caption (one pass).
+- MLM and PrefixLM: the selection is guided by the text each objective sees (the masked caption,
+  the prefix), never by the whole caption, whose words the kept patches would otherwise carry.
+  Each text-guided pass reuses the layers before the selection.
 - ``itm_guidance``: the text that guides the selection for an ITM pair. ``pair_text``: every
   (image, text) pair is encoded with that text, as COPA's ITM re-ranking re-extracts image
   features per candidate text (Appendix E); ``own_caption``: negatives reuse the image
@@ -62,7 +65,7 @@ class CopaPretraining(nn.Module):
         distill_alpha: float = 0.4,
         mlm_probability: float = 0.15,
         loss_weights: Mapping[str, float] | None = None,
-        itc_image: Literal["paired_text", "text_free"] = "paired_text",
+        itc_image: Literal["paired_text", "text_free"] = "text_free",
         itm_guidance: Literal["pair_text", "own_caption"] = "pair_text",
         switch_rule: Literal["steps", "pta_loss"] = "steps",
         switch_steps: int = 1000,
@@ -114,8 +117,17 @@ class CopaPretraining(nn.Module):
         images, ids, mask = pairs["images"], pairs["input_ids"], pairs["attention_mask"]
         text = m.encode_text(ids, mask)  # (B, L, H)
         encoded = m.encode_image(images, text[:, 0], use_detector)
-        image = encoded["tokens"]  # (B, Li, D)
-        itc_tokens = image if self.itc_image == "paired_text" else m.encode_image(images, None, use_detector=False)["tokens"]
+        image = encoded["tokens"]  # (B, Li, D): the selection guided by the caption
+
+        def image_under(text_cls: Tensor | None) -> Tensor:
+            """The images' tokens with the selection guided by ``text_cls`` (None: image-[CLS]
+            attention), from the layers before the selection that no text changes (run once,
+            above). Without a text-read selection (no detector, the warm-up) that is ``image``."""
+            if not (m.text_guided and use_detector):
+                return image
+            return m.encode_image(images, text_cls, use_detector=text_cls is not None, prefix=encoded["prefix"])["tokens"]
+
+        itc_tokens = image if self.itc_image == "paired_text" else image_under(None)
         image_feat, text_feat = m.image_feature(itc_tokens), m.text_feature(text)  # (B, E)
         with torch.no_grad():  # momentum features (ALBEF)
             mm = self.model_m
@@ -146,15 +158,18 @@ class CopaPretraining(nn.Module):
         _, itm_text = m.fuse(itm_image, text[text_idx], mask[text_idx])
         itm = itm_loss(m.itm_logits(itm_text), labels)
 
-        # MLM on the fused text of the masked caption, with the paired image tokens
+        # MLM on the fused text of the masked caption. The selection reads the masked caption too:
+        # guided by the whole one, the kept patches would carry the words to predict.
         masked, mlm_labels = mask_tokens(ids, mask, self.vocab_size, self.mask_id, self.special_ids, self.mlm_probability, generator)
-        _, fused_masked = m.fuse(image, m.encode_text(masked, mask), mask)
+        masked_text = m.encode_text(masked, mask)
+        _, fused_masked = m.fuse(image_under(masked_text[:, 0]), masked_text, mask)
         mlm = mlm_loss(m.mlm_logits(fused_masked), mlm_labels)
 
-        # PrefixLM: the decoder continues the caption from a random prefix (mPLUG)
+        # PrefixLM: the decoder continues the caption from a random prefix (mPLUG); the selection
+        # reads the prefix alone, for the same reason
         split = prefix_lm_split(ids, mask, generator, pad_id=self.pad_id)
         prefix_text = m.encode_text(split.prefix_ids, split.prefix_mask)
-        fused_image, fused_prefix = m.fuse(image, prefix_text, split.prefix_mask)
+        fused_image, fused_prefix = m.fuse(image_under(prefix_text[:, 0]), prefix_text, split.prefix_mask)
         logits = m.decode(split.target_ids, split.target_mask, fused_image, fused_prefix, split.prefix_mask)
         prefix = lm_loss(logits, split.target_ids, split.target_mask)
 
