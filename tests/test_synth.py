@@ -47,6 +47,7 @@ def test_changing_questions_leaves_images_alone(tmp_path, fixture_world):
     base = _digests(fixture_world)
     assert {n for n in base if base[n] != more[n]} <= {
         "synthetic_manifest.json",
+        "referents.json",  # it says what each question refers to
         *(f"vqa/{vqa.questions_file(s)}" for s in ("train2014", "val2014", "test2015")),
         *(f"vqa/{vqa.annotations_file(s)}" for s in ("train2014", "val2014", "test2015")),
     }

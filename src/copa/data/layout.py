@@ -12,6 +12,7 @@
 <root>/karpathy/dataset_coco.json, dataset_flickr30k.json
 <root>/flickr30k/flickr30k-images/<id>.jpg
 <root>/reference_boxes/oracle.jsonl                  (synthetic world only: Figure 5 stand-in)
+<root>/referents.json                                (synthetic world only: the boxes each text refers to)
 <root>/synthetic_manifest.json                       (synthetic world only: what was generated)
 ```
 """
@@ -116,6 +117,10 @@ class DataLayout:
     @property
     def oracle_reference_boxes(self) -> Path:
         return self.root / "reference_boxes" / "oracle.jsonl"
+
+    @property
+    def referents(self) -> Path:
+        return self.root / "referents.json"
 
     @property
     def manifest(self) -> Path:

@@ -127,21 +127,37 @@ def _apart(a: Box, b: Box) -> bool:
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 
 
-def relation(a: SceneObject, b: SceneObject) -> str | None:
-    """The clear spatial relation of a to b, or None when neither axis separates them cleanly."""
+def holds(a: SceneObject, rel: str, b: SceneObject) -> bool:
+    """The relation's definition: a's whole box on that side of b's box (left of: a's right edge at
+    or before b's left edge). Both axes can hold at once (left of and above)."""
+    if rel == "to the left of":
+        return a.box.x + a.box.w <= b.box.x
+    if rel == "to the right of":
+        return b.box.x + b.box.w <= a.box.x
+    if rel == "above":
+        return a.box.y + a.box.h <= b.box.y
+    if rel == "below":
+        return b.box.y + b.box.h <= a.box.y
+    raise ValueError(f"unknown relation {rel!r}")
+
+
+def holds_loosely(a: SceneObject, rel: str, b: SceneObject) -> bool:
+    """A looser reading a person may take: a's centre on that side of b's centre."""
     (ax, ay), (bx, by) = a.centre, b.centre
-    dx, dy = bx - ax, by - ay
-    if abs(dx) >= abs(dy):
-        if a.box.x + a.box.w <= b.box.x:
-            return "to the left of"
-        if b.box.x + b.box.w <= a.box.x:
-            return "to the right of"
-    else:
-        if a.box.y + a.box.h <= b.box.y:
-            return "above"
-        if b.box.y + b.box.h <= a.box.y:
-            return "below"
-    return None
+    return {"to the left of": ax < bx, "to the right of": ax > bx, "above": ay < by, "below": ay > by}[rel]
+
+
+def clearly_not(a: SceneObject, rel: str, b: SceneObject) -> bool:
+    """The relation fails on every reading: a question about it has the one answer "no"."""
+    return not holds(a, rel, b) and not holds_loosely(a, rel, b)
+
+
+def relation(a: SceneObject, b: SceneObject) -> str | None:
+    """The clear spatial relation of a to b along the axis their centres differ most on, or None
+    when that axis does not separate their boxes."""
+    (ax, ay), (bx, by) = a.centre, b.centre
+    candidates = ("to the left of", "to the right of") if abs(bx - ax) >= abs(by - ay) else ("above", "below")
+    return next((rel for rel in candidates if holds(a, rel, b)), None)
 
 
 def union_box(a: Box, b: Box) -> Box:

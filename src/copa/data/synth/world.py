@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from copa.config import SynthParams
 from copa.data.annotation_checks import words
-from copa.data.formats import coco, karpathy, refcoco, reference_boxes, visual_genome, vqa, web_pairs
+from copa.data.formats import coco, karpathy, refcoco, reference_boxes, referents, visual_genome, vqa, web_pairs
 from copa.data.formats.records import Box, Image
 from copa.data.layout import DataLayout
 from copa.data.synth import defects, language
 from copa.data.synth.render import outline, render
-from copa.data.synth.scene import CURVED_SHAPES, SHAPES, Scene, sample_scene
+from copa.data.synth.scene import CURVED_SHAPES, SHAPES, Scene, SceneObject, sample_scene
 
 MANIFEST_VERSION = 1
 # Image pools: name -> (first image id, domain). COCO ids are disjoint across splits, as COCO's are.
@@ -56,15 +56,17 @@ class World:
     def __init__(self, params: SynthParams, root: Path, progress: bool = True, workers: int = 1):
         self.params, self.layout, self.progress, self.workers = params, DataLayout(Path(root)), progress, workers
         self.clean_objects: dict[str, list[coco.CocoObject]] = {}  # COCO split -> objects without defects
-        self.captions: dict[tuple[str, int], list[str]] = {}  # (pool, index) -> captions, shared by COCO and Karpathy
+        self.captions: dict[tuple[str, int], list[language.Text]] = {}  # (pool, index) -> captions, shared by COCO and Karpathy
+        self.ann_ids: dict[tuple[int, Box], int] = {}  # (image id, box) -> ann id of the clean COCO objects
+        self.referred: dict[str, list[referents.Referred]] = {"questions": [], "captions": [], "refs": []}  # the sidecar
 
     def rng(self, pool: str, index: int, purpose: int) -> np.random.Generator:
         return image_rng(self.params.seed, pool, index, purpose)
 
     # ------------------------------------------------------------------ images
     def draw_pool(self, pool: str, path_of: Callable[[int, int], Path], bar: tqdm, executor: Executor) -> list[Pictured]:
-        first_id, domain = POOLS[pool]
-        jobs = [(self.params, pool, index, first_id + index, path_of(first_id + index, index), domain) for index in range(getattr(self.params.images, pool))]
+        first_id = POOLS[pool][0]
+        jobs = [(self.params, pool, index, first_id + index, path_of(first_id + index, index)) for index in range(getattr(self.params.images, pool))]
         out = []
         for pictured in executor.map(_draw_one, jobs, chunksize=32):
             out.append(pictured)
@@ -103,15 +105,21 @@ class World:
             **self.write_karpathy(coco_pools, flickr),
             **self.write_web(web),
         }
+        referents.write_referents(lay.referents, referents.Referents(**{kind: {r.text_id: r for r in found} for kind, found in self.referred.items()}))
         lay.manifest.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         return manifest
 
     # ------------------------------------------------------------------ COCO
-    def captions_of(self, pool: str, pic: Pictured) -> list[str]:
+    def captions_of(self, pool: str, pic: Pictured) -> list[language.Text]:
         key = (pool, pic.index)
         if key not in self.captions:
             self.captions[key] = language.captions(pic.scene, self.rng(pool, pic.index, TEXT), self.params.captions_per_image)
         return self.captions[key]
+
+    def refer(self, kind: str, text_id: int, pic: Pictured, objects: tuple[SceneObject, ...]) -> None:
+        """Note in the sidecar the boxes (and COCO annotation ids, where there are) a text refers to."""
+        boxes = tuple(referents.ReferredBox(o.box, self.ann_ids.get((pic.image.image_id, o.box))) for o in objects)
+        self.referred[kind].append(referents.Referred(text_id, pic.image.image_id, self.relative(pic.image.path), boxes))
 
     def write_coco(self, pools: dict[str, list[Pictured]]) -> dict:
         lay, report = self.layout, {}
@@ -123,9 +131,11 @@ class World:
                 for obj in pic.scene.objects:
                     polygon = outline(obj)
                     objects.append(coco.CocoObject(ann_id, pic.image.image_id, CATEGORY_ID[obj.shape], obj.box, _polygon_area(polygon), 0, (tuple(polygon),)))
+                    self.ann_ids[(pic.image.image_id, obj.box)] = ann_id
                     ann_id += 1
                 for text in self.captions_of(f"coco_{split}", pic):
-                    captions.append(coco.Caption(cap_id, pic.image.image_id, text))
+                    captions.append(coco.Caption(cap_id, pic.image.image_id, text.text))
+                    self.refer("captions", cap_id, pic, text.referents)
                     cap_id += 1
             images = [pic.image for pic in pics]
             path = lay.coco_instances(split)
@@ -217,6 +227,7 @@ class World:
                     most = max(sorted(set(human)), key=human.count)
                     questions.append(vqa.Question(question_id, pic.image.image_id, qa.question))
                     answers.append(vqa.Answers(question_id, pic.image.image_id, qa.question_type, qa.answer_type, most, tuple(human)))
+                    self.refer("questions", question_id, pic, qa.referents)
                     question_id += 1
             vqa.write_questions(self.layout.vqa_questions(split), split, questions)
             # The official test split has no answers; the synthetic one writes them for local scoring.
@@ -228,7 +239,7 @@ class World:
     def write_refcoco(self, pics: list[Pictured]) -> dict:
         """Refs over COCO train2014 images with 2+ objects of one shape; split by image:
         testA = referred shapes that are curved, testB = polygons (RefCOCO+ splits people / objects)."""
-        ann_of = {(o.image_id, o.box): o for o in self.clean_objects["train2014"]}
+        category_of = {o.ann_id: o.category_id for o in self.clean_objects["train2014"]}
         refs, used_images, ref_id = [], [], 0
         for pic in pics:
             rng = self.rng("coco_train2014", pic.index, REF_SPLIT)
@@ -241,8 +252,9 @@ class World:
             draw = rng.random()
             split = "train" if draw < 0.7 else "val" if draw < 0.8 else ("testA" if targets[0][0].shape in CURVED_SHAPES else "testB")
             for obj, exprs in targets:
-                ann = ann_of[(pic.image.image_id, obj.box)]
-                refs.append(refcoco.Ref(ref_id, ann.ann_id, pic.image.image_id, ann.category_id, split, tuple(exprs), obj.box))
+                ann_id = self.ann_ids[(pic.image.image_id, obj.box)]
+                refs.append(refcoco.Ref(ref_id, ann_id, pic.image.image_id, category_of[ann_id], split, tuple(exprs), obj.box))
+                self.refer("refs", ref_id, pic, (obj,))
                 ref_id += 1
             used_images.append(pic.image.image_id)
         used = set(used_images)
@@ -263,13 +275,13 @@ class World:
                 else:
                     role = "val" if pic.index < k.coco_val else "test" if pic.index < k.coco_val + k.coco_test else "restval"
                 coco_images.append(
-                    karpathy.KarpathyImage(len(coco_images), role, pic.image.path, tuple(self.captions_of(f"coco_{split}", pic)), pic.image.image_id)
+                    karpathy.KarpathyImage(len(coco_images), role, pic.image.path, tuple(t.text for t in self.captions_of(f"coco_{split}", pic)), pic.image.image_id)
                 )
         karpathy.write_karpathy(self.layout.karpathy_coco, "coco", coco_images, self.layout.coco)
         flickr_images = []
         for pic in flickr:
             role = "test" if pic.index < k.flickr_test else "val" if pic.index < k.flickr_test + k.flickr_val else "train"
-            flickr_images.append(karpathy.KarpathyImage(pic.index, role, pic.image.path, tuple(self.captions_of("flickr30k", pic))))
+            flickr_images.append(karpathy.KarpathyImage(pic.index, role, pic.image.path, tuple(t.text for t in self.captions_of("flickr30k", pic))))
         karpathy.write_karpathy(self.layout.karpathy_flickr, "flickr30k", flickr_images, self.layout.flickr_images)
         return {
             "karpathy/coco": {role: sum(i.split == role for i in coco_images) for role in karpathy.SPLITS},
@@ -326,13 +338,19 @@ def image_rng(seed: int, pool: str, index: int, purpose: int) -> np.random.Gener
     return np.random.default_rng([seed, list(POOLS).index(pool), index, purpose])
 
 
+def scene_of(seed: int, image_side: tuple[int, int], objects_per_image: tuple[int, int], pool: str, index: int) -> Scene:
+    """The scene of a pool's ``index``-th image: the world's files describe it, and it can be drawn again from them."""
+    scene_rng = image_rng(seed, pool, index, SCENE)
+    scene = sample_scene(scene_rng, image_side, objects_per_image, POOLS[pool][1])
+    while not scene.objects:  # only in absurdly crowded settings
+        scene = sample_scene(scene_rng, image_side, objects_per_image, POOLS[pool][1])
+    return scene
+
+
 def _draw_one(job: tuple) -> Pictured:
     """Sample, render and save one image (runs in a worker process: each image has its own streams)."""
-    params, pool, index, image_id, path, domain = job
-    scene_rng = image_rng(params.seed, pool, index, SCENE)
-    scene = sample_scene(scene_rng, params.image_side, params.objects_per_image, domain)
-    while not scene.objects:  # only in absurdly crowded settings
-        scene = sample_scene(scene_rng, params.image_side, params.objects_per_image, domain)
+    params, pool, index, image_id, path = job
+    scene = scene_of(params.seed, params.image_side, params.objects_per_image, pool, index)
     path.parent.mkdir(parents=True, exist_ok=True)
     render(scene, image_rng(params.seed, pool, index, PIXELS)).save(path, format="JPEG", quality=params.jpeg_quality)
     return Pictured(Image(image_id, path, scene.width, scene.height), scene, index)
@@ -355,7 +373,10 @@ _LAYOUT = DataLayout(Path())
 # The top-level entries of a data root that `copa synth` writes (and may replace with --overwrite).
 WORLD_ENTRIES = frozenset(
     p.parts[0]
-    for p in (_LAYOUT.coco, _LAYOUT.vg, _LAYOUT.cc3m, _LAYOUT.vqa, _LAYOUT.refcoco, _LAYOUT.karpathy, _LAYOUT.flickr_images, _LAYOUT.oracle_reference_boxes, _LAYOUT.manifest)
+    for p in (
+        _LAYOUT.coco, _LAYOUT.vg, _LAYOUT.cc3m, _LAYOUT.vqa, _LAYOUT.refcoco, _LAYOUT.karpathy, _LAYOUT.flickr_images, _LAYOUT.oracle_reference_boxes,
+        _LAYOUT.referents, _LAYOUT.manifest,
+    )
 )
 DEFECT_STREAMS = ("coco_objects", "vg_objects", "vg_regions", "vg_near_duplicates", "oracle_boxes")
 _ID_FIELD = {coco.CocoObject: "ann_id", visual_genome.VGObject: "object_id", visual_genome.VGRegion: "region_id"}
