@@ -319,7 +319,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
     params = _params(args)
     tables = Path(args.tables or f"results/{params.profile}/tables")
-    paths = write_claims(tables, params.profile, Path(args.out or f"results/{params.profile}/claims.md"))
+    paths = write_claims(tables, params.profile, Path(args.out or f"results/{params.profile}/claims.md"), params, args.params_dir)
     print(f"claims check ({params.profile}) -> {', '.join(map(str, paths))}")
     return 0
 

@@ -105,7 +105,7 @@ rule claims:
     input:
         tables=expand(f"results/{PROFILE}/tables/{{grid}}.csv", grid=sorted(GRIDS)),
         figure5=[f"results/{PROFILE}/tables/figure5.csv"] if PARAMS.model.selection.method == "tpd" else [],  # rule figure5
-        code=source_files("report/claims.py"),
+        code=source_files("report/claims.py", "eval/paired.py"),  # and the runs' per-question scores, behind the tables
     output:
         markdown=report(f"results/{PROFILE}/claims.md", caption="../report/claims.rst", category="Claims"),
         json=f"results/{PROFILE}/claims.json",

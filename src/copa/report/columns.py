@@ -4,7 +4,8 @@
 or ``efficiency`` (results/<profile>/efficiency/<run>.json); ``paths`` are keys into that JSON,
 the first one present wins (training memory: the GPU allocator's peak where measured on a GPU,
 the bytes autograd saves on CPU). Captioning scores are fractions in their JSON and percentages
-here, as in the papers.
+here, as in the papers. ``per_example`` is where the JSON keeps each test example's score (a
+fraction, by example id) where the evaluation saves it, for paired differences between rows.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Column:
     digits: int = 1
     higher_is_better: bool = True
     count: tuple[str, ...] | None = None  # where the JSON says how many examples the value averages
+    per_example: tuple[str, ...] | None = None  # where the JSON maps each example's id to its score (0-1)
 
     def value(self, record: dict[str, Any]) -> float | None:
         """The column's value in ``record`` (the source's JSON); None where it was not measured
@@ -36,6 +38,11 @@ class Column:
         """How many test examples the value is a mean over (accuracies), for its standard error."""
         node = _lookup(record, self.count) if self.count else _MISSING
         return None if node is _MISSING or node is None else int(node)
+
+    def example_scores(self, record: dict[str, Any]) -> dict[str, float] | None:
+        """Each test example's score (0-1) by id; None where the result does not keep them."""
+        node = _lookup(record, self.per_example) if self.per_example else _MISSING
+        return None if node is _MISSING or node is None else {str(k): float(v) for k, v in node.items()}
 
 
 _MISSING = object()
@@ -55,7 +62,7 @@ def _caption(header: str, task: str, key: str) -> Column:
 
 
 COLUMNS: dict[str, Column] = {
-    "vqa": Column("VQA accuracy", "vqa", (("overall",),), digits=2, count=("questions",)),
+    "vqa": Column("VQA accuracy", "vqa", (("overall",),), digits=2, count=("questions",), per_example=("per_question",)),
     "gmacs": Column("FLOPs (GMACs)", "efficiency", (("flops", "gmacs", "total"),), digits=3, higher_is_better=False),
     "throughput": Column("throughput (pairs/s)", "efficiency", (("throughput", "pairs_per_s"),)),
     "latency_ms": Column("latency (ms)", "efficiency", (("latency", "median_ms"),), higher_is_better=False),

@@ -199,13 +199,15 @@ def vqa_record(answer: Callable[[Sequence[VQAExample]], dict[int, str]], train: 
     predictions = answer(test)
     truth = {e.question_id: (e.answers, e.answer_type) for e in test}
     accuracy = vqa_accuracy(predictions, truth)
-    accuracy.pop("per_question")
+    per_question = accuracy.pop("per_question")
     record = {"split": f"VQA v2 {split}", "image_size": image_size, "inference": inference, **accuracy, "baselines": majority_baselines(train, test)}
     if swapped_image_control:
         swapped = answer(swap_images(test))
         control = vqa_accuracy(swapped, truth)
         record["controls"] = {"swapped_image": {"overall": control["overall"], "per_answer_type": control["per_answer_type"],
                                                 "answers_changed": sum(swapped[q] != a for q, a in predictions.items()) / len(predictions)}}
+    # last, after the summary numbers: each question's accuracy (0-1) by id, for paired comparisons of runs (copa.eval.paired)
+    record["per_question"] = {str(qid): round(score, 6) for qid, score in sorted(per_question.items())}
     types = ", ".join(f"{t} {v:.1f}" for t, v in accuracy["per_answer_type"].items())
     summary = (f"VQA accuracy {accuracy['overall']:.2f} ({types}); majority answer "
                f"{record['baselines']['majority_answer']['overall']:.2f}")
