@@ -188,7 +188,7 @@ def mlp_grads(tpd: TextAwarePatchDetector) -> list[torch.Tensor | None]:
 @pytest.mark.parametrize("use_detector", [True, False])
 def test_pta_loss_reaches_tpd_mlp(use_detector):
     model = encoder("tpd")
-    scores = model(images(), text(), use_detector=use_detector)["scores"]
+    scores = model(images(), text(), use_detector=use_detector, need_scores=True)["scores"]
     labels = (torch.rand_like(scores) > 0.5).float()
     torch.nn.functional.binary_cross_entropy(scores, labels).backward()  # COPA eq. (3)
     assert all(g is not None and g.abs().sum() > 0 for g in mlp_grads(model.selector))
@@ -217,12 +217,25 @@ def test_fused_token_gives_grad_and_kept_tokens_give_none():
 def test_tpd_without_detector_is_cls_attention_at_the_same_place(timm_vit):
     tpd = encoder("tpd", timm_model=timm_vit)
     cls = encoder("cls_attention", timm_model=timm_vit)
-    warm = tpd(images(), text(), use_detector=False)
+    warm = tpd(images(), text(), use_detector=False, need_scores=True)
     reference = cls(images())
     assert torch.equal(warm["kept"], reference["kept"])
     assert torch.allclose(warm["tokens"], reference["tokens"])
-    assert warm["scores"].shape == (2, 16)
-    assert tpd(images(), use_detector=False)["scores"] is None
+    assert warm["scores"].shape == (2, 16)  # for PTA in the warm-up
+    assert tpd(images(), text(), use_detector=False)["scores"] is None  # not asked: the detector does not run
+    assert tpd(images(), use_detector=False, need_scores=True)["scores"] is None  # no text to score with
+
+
+@torch.no_grad()
+def test_tpd_keeping_everything_costs_nothing_unless_scores_are_asked():
+    """COPA's "w/o TPD" (PTA kept, no selection): at inference the detector MLP must not run."""
+    model = encoder("tpd", keep_ratio=1.0)
+    calls = []
+    model.selector.mlp.register_forward_hook(lambda *_: calls.append(1))
+    model.selector.mlp[1].register_forward_hook(lambda *_: calls.append(1))
+    out = model(images(), text())
+    assert out["scores"] is None and out["tokens"].shape == (2, 1 + 16, D) and not calls
+    assert model(images(), text(), need_scores=True)["scores"].shape == (2, 16) and calls  # PTA still trains it
 
 
 def test_text_guided_selectors_need_text():

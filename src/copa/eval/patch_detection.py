@@ -84,7 +84,7 @@ def checkpoint_counts(model, dataset: ReferencePairDataset, batch_size: int, pro
     for batch in tqdm(loader, desc="pairs", disable=not progress):
         labels = batch["patch_labels"]
         text_cls = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))[:, 0]
-        out = model.encode_image(batch["image"].to(device), text_cls, use_detector=True)
+        out = model.encode_image(batch["image"].to(device), text_cls, use_detector=True, need_scores=True)
         counts["kept"].append(pair_counts(kept_mask(out["kept"], labels.shape[1]).cpu(), labels))
         counts["score_above_0.5"].append(pair_counts(detected_patches(out["scores"]).cpu(), labels))
     return {name: np.concatenate(parts) for name, parts in counts.items()}

@@ -76,7 +76,7 @@ def patch_detection(model: CopaModel, tokenizer, objects: HeldoutObjects, image_
         labels = batch["patch_labels"]  # (B, n)
         n = labels.shape[1]
         text_cls = model.encode_text(batch["input_ids"], batch["attention_mask"])[:, 0]
-        out = model.encode_image(batch["image"], text_cls, use_detector=True)
+        out = model.encode_image(batch["image"], text_cls, use_detector=True, need_scores=True)
         kept = kept_mask(out["kept"], n)
         add("kept", mask_confusion(kept, labels))
         if model.text_guided:
@@ -84,7 +84,7 @@ def patch_detection(model: CopaModel, tokenizer, objects: HeldoutObjects, image_
             add("cls_attention_kept", mask_confusion(kept_mask(cls_kept, n), labels))
             # control: each image guided by the next sample's text (another box; the same class
             # now and then). Equal to "kept" = the selection does not read the text.
-            other = model.encode_image(batch["image"], text_cls.roll(1, dims=0), use_detector=True)
+            other = model.encode_image(batch["image"], text_cls.roll(1, dims=0), use_detector=True, need_scores=True)
             add("kept_other_text", mask_confusion(kept_mask(other["kept"], n), labels))
         if out["scores"] is not None:  # the TPD's
             add("score_above_0.5", mask_confusion(detected_patches(out["scores"]), labels))

@@ -84,11 +84,12 @@ class CopaModel(nn.Module):
         return self.text(input_ids, attention_mask)  # (B, L, H)
 
     def encode_image(self, images: Tensor, text_cls: Tensor | None = None, use_detector: bool = True,
-                     prefix: Tensor | None = None) -> dict[str, Tensor | None]:
+                     prefix: Tensor | None = None, need_scores: bool = False) -> dict[str, Tensor | None]:
         """``text_cls`` guides the selection (TPD, TRIPS); ``use_detector=False`` selects by image-[CLS]
         attention instead (COPA's warm-up, and the text-free uses: captioning, coarse retrieval);
-        ``prefix``: an earlier call's for the same images (see ``VisionEncoder.forward``)."""
-        return self.vision(images, text_cls if self.text_guided else None, use_detector, prefix)
+        ``prefix``: an earlier call's for the same images; ``need_scores``: the TPD's scores even
+        where the selection does not use them (see ``VisionEncoder.forward``)."""
+        return self.vision(images, text_cls if self.text_guided else None, use_detector, prefix, need_scores)
 
     def fuse(self, image_tokens: Tensor, text_states: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
         image_mask = torch.ones(image_tokens.shape[:2], dtype=text_mask.dtype, device=image_tokens.device)  # (B, Li)

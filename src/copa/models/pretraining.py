@@ -181,7 +181,7 @@ class CopaPretraining(nn.Module):
         The scores exist in warm-up too (selection then follows [CLS] attention)."""
         m = self.model
         text = m.encode_text(objects["input_ids"], objects["attention_mask"])
-        scores = m.encode_image(objects["images"], text[:, 0], use_detector)["scores"]
+        scores = m.encode_image(objects["images"], text[:, 0], use_detector, need_scores=True)["scores"]
         if scores is None:  # no detector (w/o PTA, the baselines): the term is left out
             return None, {}
         labels = objects["patch_labels"]

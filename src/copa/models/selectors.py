@@ -11,7 +11,8 @@ and (k+1)-th layer"), TRIPS acts inside the block, between self-attention and th
   unchanged when K = n, and (B, 1+K, D) with ``fusion="drop"``;
 - ``kept`` (B, K): positions of the kept patches among the n input patch tokens (None: no
   selection happened);
-- ``scores`` (B, n): TPD alignment scores a_i (None for every other selector).
+- ``scores`` (B, n): TPD alignment scores a_i (None for every other selector, and for the TPD
+  when the selection did not need them and the caller did not ask: ``need_scores``).
 
 Open choices of the papers, each a named option (defaults in the constructors):
 
@@ -160,7 +161,7 @@ class NoSelection(nn.Module):
         super().__init__()
 
     def forward(self, block: nn.Module, x: Tensor, text_cls: Tensor | None = None,
-                use_detector: bool = True) -> SelectorOutput:
+                use_detector: bool = True, need_scores: bool = False) -> SelectorOutput:
         return SelectorOutput(block(x), None, None)
 
 
@@ -181,7 +182,7 @@ class ClsAttentionSelector(Selector):
         self.inside_block = inside_block
 
     def forward(self, block: nn.Module, x: Tensor, text_cls: Tensor | None = None,
-                use_detector: bool = True) -> SelectorOutput:
+                use_detector: bool = True, need_scores: bool = False) -> SelectorOutput:
         x, weights, _ = attention_half(block, x)
         if self.inside_block:
             out = self.select(x, cls_attention_scores(weights))
@@ -228,23 +229,30 @@ class TextAwarePatchDetector(Selector):
         hidden = F.linear(patches, first.weight[:, :d]) + text_part.unsqueeze(1)  # (B, n, hidden)
         return torch.sigmoid(self.mlp[1:](hidden)).squeeze(-1)  # (B, n)   a_i
 
-    def select_text(self, x: Tensor, text_cls: Tensor) -> SelectorOutput:
-        """Score the patches of a layer-k output x (B, 1+n, D) and select by the scores."""
+    def select_text(self, x: Tensor, text_cls: Tensor, need_scores: bool = False) -> SelectorOutput:
+        """Score the patches of a layer-k output x (B, 1+n, D) and select by the scores. With
+        nothing to drop (keep_ratio 1: COPA's "w/o TPD") the detector runs only when its scores
+        are wanted (PTA, probes), so at inference it costs nothing."""
+        n = x.shape[1] - 1
+        if not need_scores and num_keep(n, self.keep_ratio, self.rounding) >= n:
+            return SelectorOutput(x, torch.arange(n, device=x.device).expand(x.shape[0], n), None)
         scores = self.score(x[:, 1:], text_cls)
         return self.select(x, scores)._replace(scores=scores)
 
+    def select_by_attention(self, x: Tensor, attention: Tensor, text_cls: Tensor | None, need_scores: bool) -> SelectorOutput:
+        """Warm-up / text-free: select by image-[CLS] ``attention`` (B, n); the TPD still scores
+        the full layer-k patches x when its scores are wanted (PTA trains it in the warm-up)."""
+        out = self.warmup.select(x, attention)
+        return out._replace(scores=self.score(x[:, 1:], text_cls)) if need_scores and text_cls is not None else out
+
     def forward(self, block: nn.Module, x: Tensor, text_cls: Tensor | None = None,
-                use_detector: bool = True) -> SelectorOutput:
+                use_detector: bool = True, need_scores: bool = False) -> SelectorOutput:
         if not use_detector:
-            # warm-up / text-free: image-[CLS] attention of layer k selects; the TPD still
-            # scores the full layer-k patches when there is a text, for the PTA loss
             x, weights, _ = attention_half(block, x)
-            x = mlp_half(block, x)
-            out = self.warmup.select(x, cls_attention_scores(weights))
-            return out if text_cls is None else out._replace(scores=self.score(x[:, 1:], text_cls))
+            return self.select_by_attention(mlp_half(block, x), cls_attention_scores(weights), text_cls, need_scores)
         if text_cls is None:
             raise ValueError("the TPD needs text_cls; pass use_detector=False for text-free use")
-        return self.select_text(block(x), text_cls)
+        return self.select_text(block(x), text_cls, need_scores)
 
 
 class TextAttentionSelector(Selector):
@@ -272,7 +280,7 @@ class TextAttentionSelector(Selector):
                                              inside_block=True)
 
     def forward(self, block: nn.Module, x: Tensor, text_cls: Tensor | None = None,
-                use_detector: bool = True) -> SelectorOutput:
+                use_detector: bool = True, need_scores: bool = False) -> SelectorOutput:
         if not use_detector:
             return self.fallback(block, x)
         if text_cls is None:

@@ -87,11 +87,12 @@ class VisionEncoder(nn.Module):
         self.apply(init_weights_vit_timm)
 
     def forward(self, images: Tensor, text_cls: Tensor | None = None,
-                use_detector: bool = True, prefix: Tensor | None = None) -> dict[str, Tensor | None]:
+                use_detector: bool = True, prefix: Tensor | None = None, need_scores: bool = False) -> dict[str, Tensor | None]:
         """Encode images (B, 3, H, W), guided by text_cls (B, D_text) where the selector uses it.
 
         Returns ``tokens`` (B, 1+K+1, D) after the final norm ((B, 1+n, D) without selection),
-        ``scores`` (B, n) TPD alignment scores of all n patches (None for other selectors),
+        ``scores`` (B, n) TPD alignment scores of all n patches (None for other selectors, and
+        where the selection did not need them unless ``need_scores``: PTA and the probes ask),
         ``kept`` (B, K) original patch indices of the kept patch tokens (-1: a token fused at
         an earlier selection layer; all n without selection), and ``prefix`` (B, 1+n, D), the
         tokens entering the first selection layer. ``use_detector=False``: text-guided
@@ -119,7 +120,7 @@ class VisionEncoder(nn.Module):
             if layer not in self.locations:
                 x = block(x)
                 continue
-            out = self.selector(block, x, text_cls, use_detector)
+            out = self.selector(block, x, text_cls, use_detector, need_scores)
             x = out.tokens
             scores = out.scores if out.scores is not None else scores
             if out.kept is not None:

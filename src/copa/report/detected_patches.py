@@ -58,7 +58,7 @@ def detect_patches(run: FinetunedRun, examples: Sequence[VQAExample], ratios: Se
     data = question_data(examples, run.tokenizer, params)
     batch = data.collate_fn([data[i] for i in range(len(examples))])
     text = model.encode_text(batch["input_ids"], batch["attention_mask"])
-    scores = model.encode_image(batch["image"], text[:, 0], use_detector=True)["scores"]  # (B, n)
+    scores = model.encode_image(batch["image"], text[:, 0], use_detector=True, need_scores=True)["scores"]  # (B, n)
     size, patch = vqa_image_size(params), params.patch_labels.patch_size
     side = size // patch
     order = scores.argsort(dim=1, descending=True, stable=True)

@@ -179,8 +179,8 @@ class SingleStreamModel(nn.Module):
             return selector.select(image, attention)
         query = self._tpd_query(x, input_ids, attention_mask, layer)
         if use_detector:
-            return selector.select_text(image, query)
-        return selector.warmup.select(image, attention)._replace(scores=selector.score(image[:, 1:], query))
+            return selector.select_text(image, query, need_scores=True)
+        return selector.select_by_attention(image, attention, query, need_scores=True)
 
     def _tpd_query(self, x: Tensor, input_ids: Tensor, attention_mask: Tensor, layer: int) -> Tensor:
         overall = x[:, 0]
