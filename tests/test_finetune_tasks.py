@@ -123,7 +123,11 @@ def test_grounding_end_to_end(fixture_world, fixture_pretraining_run, tmp_path) 
     assert list(record["splits"]) == list(params.evaluate.grounding.splits)
     for split, result in record["splits"].items():
         assert result["expressions"] == len(grounding_examples(DataLayout(fixture_world), split))
-        assert 0.0 <= result["acc@0.5"] <= 100.0 and 0.0 <= result["baselines"]["centre_box"] <= 100.0
+        assert 0.0 <= result["acc@0.5"] <= 100.0
+        for baseline in ("centre_box", "largest_box", "named_shape_box"):  # issue 19: the two annotated-box baselines
+            assert 0.0 <= result["baselines"][baseline] <= 100.0 and 0.0 <= result["baselines"][f"{baseline}_mean_iou"] <= 1.0
+        # the synthetic expressions name their shape and each image has 2+ of it: a random one is right often
+        assert result["baselines"]["named_shape_box"] > 0.0
     assert len(predictions) == sum(r["expressions"] for r in record["splits"].values())
     vocab = (tmp_path / "grounding" / "vocab" / "vocab.txt").read_text().splitlines()
     assert vocab[-1] == f"[coord_{params.finetune.grounding.coordinate_bins - 1}]"

@@ -46,6 +46,12 @@ def vqa_examples(layout: DataLayout, split: str, need_answers: bool = True) -> l
 
 
 @dataclass(frozen=True)
+class AnnotatedBox:
+    category: str  # the category's name in instances.json
+    box: Box  # xywh in image pixels
+
+
+@dataclass(frozen=True)
 class GroundingExample:
     ref_id: int
     image: Path
@@ -53,6 +59,7 @@ class GroundingExample:
     height: int
     sentence: str
     box: Box  # xywh in image pixels
+    objects: tuple[AnnotatedBox, ...]  # every annotated box of the image (the baselines pick from them)
 
 
 def grounding_examples(layout: DataLayout, split: str) -> list[GroundingExample]:
@@ -60,8 +67,13 @@ def grounding_examples(layout: DataLayout, split: str) -> list[GroundingExample]
     if split not in refcoco.SPLITS:
         raise ValueError(f"unknown RefCOCO+ split {split!r}: one of {', '.join(refcoco.SPLITS)}")
     data = refcoco.read_refcoco(layout.refcoco, layout.coco_images("train2014"), check_files=False)
-    images = data.instances.images
-    out = [GroundingExample(ref.ref_id, images[ref.image_id].path, images[ref.image_id].width, images[ref.image_id].height, sentence, ref.box)
+    images, categories = data.instances.images, data.instances.categories
+    objects: dict[int, list[AnnotatedBox]] = {}
+    for obj in data.instances.objects:
+        objects.setdefault(obj.image_id, []).append(AnnotatedBox(categories[obj.category_id].name, obj.box))
+    per_image = {image_id: tuple(boxes) for image_id, boxes in objects.items()}  # one tuple shared by the image's examples
+    out = [GroundingExample(ref.ref_id, images[ref.image_id].path, images[ref.image_id].width, images[ref.image_id].height, sentence, ref.box,
+                            per_image[ref.image_id])
            for ref in data.refs if ref.split == split for sentence in ref.sentences]
     if not out:
         raise FormatError(layout.refcoco_refs, f"no ref of the RefCOCO+ split {split}")

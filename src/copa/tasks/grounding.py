@@ -6,9 +6,11 @@ to the image side, is quantised into ``coordinate_bins`` bins;
 bin i is the token ``[coord_i]``, appended to the run's vocabulary (the decoder's embeddings and
 LM head grow by as many rows). Target: ``[CLS] x1 y1 x2 y2 [SEP]``, cross-entropy. Inference:
 greedy decoding restricted to the coordinate tokens, each bin read as its centre. Metric:
-acc@IoU>=0.5 per split, next to the centre-box baseline (a box of the mean training size in the
-middle of the image). ``head: regression`` is X-VLM's instead (for the X-VLM comparison): a
-sigmoid MLP on the fused text [CLS] predicts (cx, cy, w, h), trained with L1 + GIoU.
+acc@IoU>=0.5 per split, next to three baselines: the centre box (a box of the mean training size
+in the middle of the image), the image's largest annotated box, and a random annotated box of the
+shape the expression names (a model that reads the expression must beat the last). ``head:
+regression`` is X-VLM's instead (for the X-VLM comparison): a sigmoid MLP on the fused text [CLS]
+predicts (cx, cy, w, h), trained with L1 + GIoU.
 
 Images are resized to a square without crops or flips ("left" and "right" in the expressions
 must stay true), so relative coordinates carry over.
@@ -16,9 +18,11 @@ must stay true), so relative coordinates carry over.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
@@ -180,6 +184,24 @@ def centre_boxes(train: Sequence[GroundingExample], test: Sequence[GroundingExam
     return box.expand(len(test), 4)
 
 
+def largest_boxes(test: Sequence[GroundingExample]) -> Tensor:
+    """The largest annotated box of each expression's image, as xywh in pixels."""
+    return torch.tensor([max(e.objects, key=lambda o: o.box.area).box.as_list() for e in test], dtype=torch.float64)
+
+
+def named_shape_boxes(test: Sequence[GroundingExample], seed: int) -> Tensor:
+    """A random annotated box of the image whose category the expression names (as whole words),
+    or of any category where it names none in the image, as xywh in pixels; drawn in order from a
+    generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for e in test:
+        named = [o for o in e.objects if re.search(rf"\b{re.escape(o.category)}\b", e.sentence, re.IGNORECASE)]
+        candidates = named or e.objects
+        out.append(candidates[int(rng.integers(len(candidates)))].box.as_list())
+    return torch.tensor(out, dtype=torch.float64)
+
+
 def load_box_head(run: FinetunedRun) -> BoxHead | None:
     """The run's box head (regression runs); None for token runs."""
     if run.params.finetune.grounding.head != "regression":
@@ -191,7 +213,7 @@ def load_box_head(run: FinetunedRun) -> BoxHead | None:
 
 def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_root: Path,
                        split: str | None = None, batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict], str]:
-    """(acc@0.5 per split with the centre-box baseline, predicted boxes per expression, a summary)."""
+    """(acc@0.5 per split with the baselines, predicted boxes per expression, a summary)."""
     model, params, tokenizer = run.model, run.params, run.tokenizer
     layout = DataLayout(Path(data_root))
     box_head = load_box_head(run)
@@ -203,13 +225,16 @@ def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_ro
         sizes = torch.tensor([[e.width, e.height] for e in test])
         truth = torch.tensor([e.box.as_list() for e in test], dtype=torch.float64)
         boxes = to_pixels_xywh(predict_boxes(model, tokenizer, test, params, box_head, batch_size, progress), sizes)
-        centre = to_pixels_xywh(centre_boxes(train, test), sizes)
+        baselines = {"centre_box": to_pixels_xywh(centre_boxes(train, test), sizes), "largest_box": largest_boxes(test),
+                     "named_shape_box": named_shape_boxes(test, params.seed)}
         record["splits"][name] = {"expressions": len(test), "acc@0.5": grounding_accuracy(boxes, truth),
                                   "mean_iou": box_iou(boxes, truth).mean().item(),
-                                  "baselines": {"centre_box": grounding_accuracy(centre, truth),
-                                                "centre_box_mean_iou": box_iou(centre, truth).mean().item()}}
+                                  "baselines": {k: v for baseline, guess in baselines.items()
+                                                for k, v in ((baseline, grounding_accuracy(guess, truth)),
+                                                             (f"{baseline}_mean_iou", box_iou(guess, truth).mean().item()))}}
         predictions += [{"split": name, "ref_id": e.ref_id, "sentence": e.sentence, "box": [round(v, 2) for v in b.tolist()]}
                         for e, b in zip(test, boxes)]
-    summary = "grounding acc@0.5 " + ", ".join(f"{n} {r['acc@0.5']:.1f} (centre box {r['baselines']['centre_box']:.1f})"
-                                               for n, r in record["splits"].items())
+    summary = "grounding acc@0.5 " + ", ".join(
+        f"{n} {r['acc@0.5']:.1f} (centre box {r['baselines']['centre_box']:.1f}, largest box {r['baselines']['largest_box']:.1f}, "
+        f"random box of the named shape {r['baselines']['named_shape_box']:.1f})" for n, r in record["splits"].items())
     return record, predictions, summary

@@ -1,0 +1,50 @@
+"""The grounding baselines beside the model (issue 19): the largest annotated box of the image and
+a seeded random annotated box of the shape the expression names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from copa.data.downstream import AnnotatedBox, GroundingExample, grounding_examples
+from copa.data.formats.records import Box
+from copa.data.layout import DataLayout
+from copa.tasks.grounding import largest_boxes, named_shape_boxes
+
+CIRCLE_A, CIRCLE_B = AnnotatedBox("circle", Box(0, 0, 10, 10)), AnnotatedBox("circle", Box(50, 50, 12, 12))
+SEMICIRCLE, SQUARE = AnnotatedBox("semicircle", Box(20, 0, 30, 15)), AnnotatedBox("square", Box(0, 30, 40, 40))
+
+
+def _example(sentence: str, objects: tuple[AnnotatedBox, ...] = (CIRCLE_A, SEMICIRCLE, SQUARE, CIRCLE_B)) -> GroundingExample:
+    return GroundingExample(1, Path("x.jpg"), 100, 100, sentence, objects[0].box, objects)
+
+
+def _picked(boxes: torch.Tensor) -> set[tuple[float, ...]]:
+    return {tuple(b) for b in boxes.tolist()}
+
+
+def test_largest_box_is_the_image_s_largest_annotation() -> None:
+    assert largest_boxes([_example("red circle")]).tolist() == [[0.0, 30.0, 40.0, 40.0]]
+
+
+def test_named_shape_box_draws_only_boxes_of_the_named_shape_seeded() -> None:
+    circles = [_example("the red circle")] * 40  # "circle" must not match the semicircle
+    picked = named_shape_boxes(circles, seed=0)
+    assert _picked(picked) == {tuple(map(float, CIRCLE_A.box)), tuple(map(float, CIRCLE_B.box))}
+    assert torch.equal(picked, named_shape_boxes(circles, seed=0))  # seeded
+    assert not torch.equal(picked, named_shape_boxes(circles, seed=1))
+    assert _picked(named_shape_boxes([_example("the striped SEMICIRCLE")] * 10, seed=0)) == {tuple(map(float, SEMICIRCLE.box))}
+    # no shape of the image named: any annotated box of the image
+    assert len(_picked(named_shape_boxes([_example("the blue one")] * 60, seed=0))) == 4
+
+
+def test_examples_carry_their_image_s_annotations(fixture_world) -> None:
+    """Each expression's box is one of its image's annotated boxes, and the synthetic expressions name
+    their shape, so the named-shape baseline only draws boxes of the referred object's category."""
+    examples = grounding_examples(DataLayout(fixture_world), "train")
+    picked = named_shape_boxes(examples, seed=0).tolist()
+    for e, box in zip(examples, picked):
+        categories = {o.box: o.category for o in e.objects}
+        assert e.box in categories and len(e.objects) >= 2
+        assert categories[Box(*box)] == categories[e.box] and categories[e.box] in e.sentence
