@@ -168,3 +168,18 @@ def test_itc_contrasts_the_features_retrieval_ranks_with(monkeypatch):
         task(batch)
         text_free = task.model.encode_image(batch["pairs"]["images"], None, use_detector=False)["tokens"]  # as tasks.retrieval
     torch.testing.assert_close(features[0], text_free)
+
+
+@pytest.mark.parametrize("selector_lr", ["text", "vision"])
+def test_the_detector_trains_at_the_rate_params_name(selector_lr):
+    """Before: the TPD's new MLP always trained at the ViT's rate (1e-5 in the paper profile)."""
+    from copa.train.schedule import model_param_groups
+
+    task = _pretraining()
+    groups = model_param_groups(task, selector_lr, lr_vision=1e-5, lr_text=1e-4, weight_decay=0.02)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    detector = [lr_of[id(p)] for p in task.model.vision.selector.mlp.parameters()]
+    assert set(detector) == {1e-4 if selector_lr == "text" else 1e-5}
+    assert {lr_of[id(p)] for p in task.model.vision.blocks.parameters()} == {1e-5}  # the ViT itself
+    assert {lr_of[id(p)] for p in task.model.text.parameters()} == {1e-4}
+    assert len(lr_of) == sum(p.requires_grad for p in task.parameters())  # each trainable parameter once

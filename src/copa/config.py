@@ -146,6 +146,7 @@ class SelectionParams:
     method: Literal["none", "tpd", "cls_attention", "text_attention"]  # COPA: tpd; mPLUG: none; TRIPS: text_attention
     location: tuple[int, ...]  # after layer k (tpd, cls_attention: one k); inside layers (text_attention)
     keep_ratio: float
+    lr: Literal["text", "vision"]  # the selector's own parameters train at pretrain / finetune lr_text or lr_vision
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from copa.models.copa import CopaModel
 from copa.train.build import copa_spec
 from copa.train.engine import EngineConfig, epoch_length, train
 from copa.train.pretrain import VOCAB_DIR
-from copa.train.schedule import param_groups, warmup_cosine_lambda
+from copa.train.schedule import model_param_groups, warmup_cosine_lambda
 
 
 def extend_vocabulary(model: CopaModel, params: Params, out_dir: Path, new_tokens: Sequence[str], seed: int):
@@ -87,7 +87,7 @@ class FinetuneTask:
 
     def param_groups(self) -> list[dict]:
         s = self.settings
-        return param_groups(self.model.named_parameters(), ("model.vision.",), s.lr_vision, s.lr_text, s.weight_decay)
+        return model_param_groups(self.model, self.params.model.selection.lr, s.lr_vision, s.lr_text, s.weight_decay)
 
     def steps_per_epoch(self, world_size: int) -> int:
         s = self.settings

@@ -26,7 +26,7 @@ from copa.models.pretraining import CopaPretraining
 from copa.train.build import build_pretraining
 from copa.train.encoder_init import INIT_DIR, VOCAB_DIR, initialise_encoders, train_contrastive_encoders
 from copa.train.engine import RESOLVED_FILE, EngineConfig, epoch_length, seed_everything, train
-from copa.train.schedule import param_groups, warmup_cosine_lambda
+from copa.train.schedule import model_param_groups, warmup_cosine_lambda
 
 
 class PairSource:
@@ -69,7 +69,7 @@ class PretrainTask:
 
     def param_groups(self) -> list[dict]:
         p = self.params.pretrain
-        return param_groups(self.model.named_parameters(), ("model.vision.",), p.lr_vision, p.lr_text, p.weight_decay)
+        return model_param_groups(self.model, self.params.model.selection.lr, p.lr_vision, p.lr_text, p.weight_decay)
 
     def steps_per_epoch(self, world_size: int) -> int:
         p = self.params.pretrain

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -26,6 +26,10 @@ def is_no_decay(name: str, param: Tensor, no_decay_names: Sequence[str] = ()) ->
     return param.dim() < 2 or name.endswith(".bias") or any(name.endswith(s) for s in no_decay_names)
 
 
+VISION_PREFIX = "model.vision."  # the ViT (and its selector) in the pretraining and fine-tuning modules
+SELECTOR_PREFIX = "model.vision.selector."  # the selector's own parameters (the TPD's MLP, TRIPS's text projection)
+
+
 def param_groups(
     named_parameters: Iterable[tuple[str, Tensor]],
     vision_prefixes: Sequence[str],
@@ -33,20 +37,21 @@ def param_groups(
     lr_text: float,
     weight_decay: float,
     no_decay_names: Sequence[str] = (),
+    other_prefixes: Sequence[str] = (),
 ) -> list[dict]:
     """AdamW groups: (vision | other) x (decay | no decay); frozen parameters left out.
 
-    A parameter is "vision" when its name starts with one of ``vision_prefixes`` (the ViT
-    and its TPD, at ``lr_vision``); everything else (BERT-initialised text encoder, fusion,
-    decoder, heads, temperature) gets ``lr_text``. Empty groups are dropped. Each group has a
-    ``name`` key for logging.
+    A parameter is "vision" when its name starts with one of ``vision_prefixes`` (the ViT, at
+    ``lr_vision``) and with none of ``other_prefixes``; everything else (BERT-initialised text
+    encoder, fusion, decoder, heads, temperature) gets ``lr_text``. Empty groups are dropped.
+    Each group has a ``name`` key for logging.
     """
-    prefixes = tuple(vision_prefixes)
+    prefixes, others = tuple(vision_prefixes), tuple(other_prefixes)
     groups: dict[tuple[bool, bool], list[Tensor]] = {}
     for name, p in named_parameters:
         if not p.requires_grad:
             continue
-        key = (name.startswith(prefixes), is_no_decay(name, p, no_decay_names))
+        key = (name.startswith(prefixes) and not name.startswith(others), is_no_decay(name, p, no_decay_names))
         groups.setdefault(key, []).append(p)
     out = []
     for vision in (True, False):
@@ -60,6 +65,16 @@ def param_groups(
                     "weight_decay": 0.0 if no_decay else weight_decay,
                 })
     return out
+
+
+def model_param_groups(model: nn.Module, selector_lr: str, lr_vision: float, lr_text: float, weight_decay: float) -> list[dict]:
+    """:func:`param_groups` of a pretraining or fine-tuning module: the ViT at ``lr_vision``, its
+    selector at the rate ``selector_lr`` names (``model.selection.lr``: ``text`` puts it with
+    ``lr_text``, ``vision`` with the ViT), everything else at ``lr_text``."""
+    if selector_lr not in ("text", "vision"):
+        raise ValueError(f"selector_lr must be 'text' or 'vision', got {selector_lr!r}")
+    others = (SELECTOR_PREFIX,) if selector_lr == "text" else ()
+    return param_groups(model.named_parameters(), (VISION_PREFIX,), lr_vision, lr_text, weight_decay, other_prefixes=others)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, base_lr: float, min_lr: float) -> float:
