@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from timm.layers import QuickGELU
 from timm.models.vision_transformer import VisionTransformer
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from copa.config import load_params
 from copa.data.filtering import run_filter
@@ -50,28 +50,55 @@ def _weights(tmp_path: Path, params, vocab_size: int) -> tuple[Path, Path, Visio
     torch.manual_seed(3)
     vit = VisionTransformer(img_size=params.patch_labels.image_size, patch_size=params.patch_labels.patch_size, embed_dim=m.vision_dim,
                             depth=m.vision_depth, num_heads=m.vision_heads, num_classes=0)
-    bert = BertModel(BertConfig(vocab_size=vocab_size, hidden_size=m.text_dim, num_hidden_layers=m.text_layers + m.fusion_layers,
-                                num_attention_heads=m.text_heads, intermediate_size=m.text_intermediate,
-                                max_position_embeddings=m.max_text_length))
+    masked_lm = BertForMaskedLM(BertConfig(vocab_size=vocab_size, hidden_size=m.text_dim, num_hidden_layers=m.text_layers + m.fusion_layers,
+                                           num_attention_heads=m.text_heads, intermediate_size=m.text_intermediate,
+                                           max_position_embeddings=m.max_text_length))
     save_file(vit.state_dict(), tmp_path / "vit.safetensors")
-    torch.save({"bert." + k: v for k, v in bert.state_dict().items()}, tmp_path / "bert.bin")  # BertForPreTraining's layout
-    return tmp_path / "vit.safetensors", tmp_path / "bert.bin", vit, bert
+    torch.save(masked_lm.state_dict(), tmp_path / "bert.bin")  # the published layout: bert.* and cls.predictions.*
+    return tmp_path / "vit.safetensors", tmp_path / "bert.bin", vit, masked_lm
 
 
 def test_encoder_init_loads_vit_and_bert_checkpoints(tmp_path) -> None:
     probe = _fixture_params()
-    vision, text, vit, bert = _weights(tmp_path, probe, vocab_size=50)
+    vision, text, vit, masked_lm = _weights(tmp_path, probe, vocab_size=50)
+    bert = masked_lm.bert
     params = _fixture_params(vision_checkpoint=str(vision), text_checkpoint=str(text))
     torch.manual_seed(0)
     model = CopaModel(copa_spec(params, 50))
     loaded = initialise_encoders(model, pair_data=None, params=params, init_dir=tmp_path / "run")
     assert loaded["vision_checkpoint"] == str(vision) and loaded["fusion_parameters_not_in_bert"] > 0
+    assert loaded["decoder_parameters_not_in_bert"] > 0  # its cross-attention
     assert torch.equal(model.vision.blocks[1].mlp.fc2.weight, vit.blocks[1].mlp.fc2.weight)
     assert torch.equal(model.vision.pos_embed, vit.pos_embed)
     assert torch.equal(model.text.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
     last = params.model.text_layers + params.model.fusion_layers - 1  # BERT's last layer -> the last fusion layer
     bert_last = bert.encoder.layer[last].output.dense.weight
     assert any(torch.equal(p, bert_last) for p in model.fusion.layers[-1].parameters())
+
+
+def test_the_decoder_starts_from_bert_as_mplug_does(tmp_path) -> None:
+    """Before: the decoder stayed at its random initialisation whatever the checkpoints."""
+    probe = _fixture_params()
+    _, text, _, masked_lm = _weights(tmp_path, probe, vocab_size=50)
+    bert, decoders = masked_lm.bert, {}
+    for flag in ("true", "false"):
+        params = _fixture_params(text_checkpoint=str(text), decoder_from_text_checkpoint=flag)
+        torch.manual_seed(0)
+        model = CopaModel(copa_spec(params, 50))
+        initialise_encoders(model, None, params, tmp_path / flag)
+        decoders[flag] = model.decoder
+    loaded = decoders["true"]
+    n = len(loaded.layer)
+    assert n < len(bert.encoder.layer)  # the first n layers, as from_pretrained fills a smaller config
+    for i in range(n):
+        assert torch.equal(loaded.layer[i].attention.self.query.weight, bert.encoder.layer[i].attention.self.query.weight)
+        assert torch.equal(loaded.layer[i].output.dense.weight, bert.encoder.layer[i].output.dense.weight)
+        assert not torch.equal(loaded.layer[i].crossattention.self.query.weight, bert.encoder.layer[i].attention.self.query.weight)
+    assert torch.equal(loaded.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
+    assert torch.equal(loaded.head.decoder.weight, bert.embeddings.word_embeddings.weight)  # tied
+    assert torch.equal(loaded.head.transform.dense.weight, masked_lm.cls.predictions.transform.dense.weight)
+    assert torch.equal(loaded.head.decoder.bias, masked_lm.cls.predictions.bias)
+    assert not torch.equal(decoders["false"].layer[0].attention.self.query.weight, bert.encoder.layer[0].attention.self.query.weight)
 
 
 def test_encoder_init_errors_name_the_setting(tmp_path) -> None:

@@ -191,6 +191,7 @@ class EncoderInitParams:
     lr: float
     vision_checkpoint: str | None  # .safetensors or torch file; relative paths from the working directory
     text_checkpoint: str | None
+    decoder_from_text_checkpoint: bool  # mPLUG: the decoder starts from the same BERT (self-attention, FFN, embeddings)
 
 
 @dataclass(frozen=True)

@@ -112,10 +112,10 @@ class TextEncoder(nn.Module):
 
 
 # Non-persistent buffers of BertEmbeddings that older BERT checkpoints still carry.
-_BUFFER_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
+BERT_BUFFER_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
 
 
-def _strip_model_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def bert_model_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Accept a bare ``BertModel`` state dict or one nested under ``bert.`` (BertForPreTraining,
     BertForMaskedLM: the layout of the published bert-base checkpoints)."""
     if any(key.startswith("bert.") for key in state_dict):
@@ -155,7 +155,7 @@ def load_bert_weights(
     Returns the fusion parameter names that BERT has no weights for (the text-to-image
     cross-attention and the image projection), which keep their fresh initialisation.
     """
-    source = _strip_model_prefix(state_dict)
+    source = bert_model_keys(state_dict)
     layer_ids = {int(k.split(".")[2]) for k in source if k.startswith("encoder.layer.")}
     n_text, n_fusion = len(text_encoder.layer), len(fusion.layers)
     if layer_ids != set(range(n_text + n_fusion)):
@@ -167,7 +167,7 @@ def load_bert_weights(
     text_sd: dict[str, torch.Tensor] = {}
     fusion_sd: dict[str, torch.Tensor] = {}
     for key, value in source.items():
-        if key in _BUFFER_KEYS:
+        if key in BERT_BUFFER_KEYS:
             continue
         if key.startswith("embeddings."):
             text_sd[key] = value

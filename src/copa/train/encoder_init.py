@@ -32,6 +32,7 @@ from torch import nn
 
 from copa.config import Params
 from copa.models.copa import CopaModel
+from copa.models.decoder import load_bert_decoder_weights
 from copa.models.objectives import contrastive_loss
 from copa.models.text import load_bert_weights
 from copa.models.vit import load_timm_checkpoint
@@ -172,7 +173,7 @@ def initialise_encoders(model: CopaModel, pair_data, params: Params, init_dir: P
     if init.method == "none":
         return None
     if init.method == "checkpoints":
-        return load_encoder_checkpoints(model, init.vision_checkpoint, init.text_checkpoint)
+        return load_encoder_checkpoints(model, init.vision_checkpoint, init.text_checkpoint, init.decoder_from_text_checkpoint)
     if vocab_file is None:
         raise ValueError("the contrastive encoder init needs the run's vocabulary file")
     trained, metrics = train_contrastive_encoders(params, pair_data, vocab_file, init_dir)
@@ -180,9 +181,10 @@ def initialise_encoders(model: CopaModel, pair_data, params: Params, init_dir: P
     return metrics
 
 
-def load_encoder_checkpoints(model: CopaModel, vision: str | None, text: str | None) -> dict:
+def load_encoder_checkpoints(model: CopaModel, vision: str | None, text: str | None, decoder_from_text: bool = True) -> dict:
     """The ViT from a timm state dict, the text encoder and fusion from a BERT one (either may be
-    None, not both); returns what was loaded, with the fusion parameters BERT has no weights for."""
+    None, not both), and with ``decoder_from_text`` the decoder from the same BERT (mPLUG's); returns
+    what was loaded, with the parameters BERT has no weights for."""
     if not vision and not text:
         raise ValueError("pretrain.encoder_init.method is 'checkpoints' but neither vision_checkpoint nor text_checkpoint is set")
     loaded: dict = {}
@@ -190,6 +192,9 @@ def load_encoder_checkpoints(model: CopaModel, vision: str | None, text: str | N
         load_timm_checkpoint(model.vision, vision)
         loaded["vision_checkpoint"] = str(vision)
     if text:
-        fresh = load_bert_weights(model.text, model.fusion, read_state_dict(text))
+        bert = read_state_dict(text)
+        fresh = load_bert_weights(model.text, model.fusion, bert)
         loaded.update(text_checkpoint=str(text), fusion_parameters_not_in_bert=len(fresh))
+        if decoder_from_text:
+            loaded["decoder_parameters_not_in_bert"] = len(load_bert_decoder_weights(model.decoder, bert))
     return loaded
