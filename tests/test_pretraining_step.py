@@ -183,3 +183,18 @@ def test_the_detector_trains_at_the_rate_params_name(selector_lr):
     assert {lr_of[id(p)] for p in task.model.vision.blocks.parameters()} == {1e-5}  # the ViT itself
     assert {lr_of[id(p)] for p in task.model.text.parameters()} == {1e-4}
     assert len(lr_of) == sum(p.requires_grad for p in task.parameters())  # each trainable parameter once
+
+
+@pytest.mark.parametrize("fusion", ["softmax", "normalized"])
+def test_the_tpd_fusion_is_the_one_params_name(fusion):
+    """COPA eq. 1 (softmax of sigmoid scores: near-uniform weights) is the default; the other reading is an option."""
+    from conftest import PARAMS_DIR
+
+    from copa.config import load_params
+    from copa.single_stream.pretraining import single_stream_spec
+    from copa.train.build import copa_spec
+
+    params = load_params("fixture", [f"model.selection.tpd_fusion={fusion}"], params_dir=PARAMS_DIR)
+    assert load_params("paper", params_dir=PARAMS_DIR).model.selection.tpd_fusion == "softmax"
+    assert CopaModel(copa_spec(params, 40)).vision.selector.fusion == fusion
+    assert single_stream_spec(params, 40).tpd_fusion == fusion

@@ -147,6 +147,7 @@ class SelectionParams:
     location: tuple[int, ...]  # after layer k (tpd, cls_attention: one k); inside layers (text_attention)
     keep_ratio: float
     lr: Literal["text", "vision"]  # the selector's own parameters train at pretrain / finetune lr_text or lr_vision
+    tpd_fusion: Literal["softmax", "normalized"]  # the TPD's fused-token weights (COPA eq. 1: softmax of the scores)
 
 
 @dataclass(frozen=True)

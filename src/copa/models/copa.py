@@ -50,6 +50,7 @@ class CopaSpec:
     selection: str = "tpd"  # none | tpd | cls_attention | text_attention
     location: int | Sequence[int] = 6
     keep_ratio: float = 0.5
+    tpd_fusion: str = "softmax"  # the TPD's fused-token weights (COPA eq. 1); or "normalized"
     pad_id: int = 0
 
 
@@ -60,6 +61,8 @@ class CopaModel(nn.Module):
         options = {} if spec.selection == "none" else {"keep_ratio": spec.keep_ratio}
         if spec.selection in TEXT_GUIDED:
             options["text_dim"] = spec.text_dim
+        if spec.selection == "tpd":
+            options["fusion"] = spec.tpd_fusion
         self.vision = VisionEncoder(
             build_selector(spec.selection, spec.vision_dim, **options), spec.location, spec.image_size, spec.patch_size,
             spec.vision_dim, spec.vision_depth, spec.vision_heads,

@@ -68,6 +68,7 @@ class SingleStreamSpec:
     selection: str = "tpd"
     location: int | Sequence[int] = 6
     keep_ratio: float = 0.5
+    tpd_fusion: str = "softmax"  # the TPD's fused-token weights (COPA eq. 1); or "normalized"
     tpd_query: str = "overall_cls"
     pad_id: int = 0
 
@@ -121,7 +122,7 @@ class SingleStreamModel(nn.Module):
         d = spec.dim
         options = {} if spec.selection == "none" else {"keep_ratio": spec.keep_ratio}
         if spec.selection == "tpd":
-            options["text_dim"] = d * (2 if spec.tpd_query == "overall_and_text_cls" else 1)
+            options.update(text_dim=d * (2 if spec.tpd_query == "overall_and_text_cls" else 1), fusion=spec.tpd_fusion)
         self.vision = VisionEncoder(build_selector(spec.selection, d, **options), spec.location, spec.image_size, spec.patch_size,
                                     d, spec.depth, spec.heads, pre_norm=spec.pre_norm, activation=spec.activation,
                                     pos_init=spec.pos_init)

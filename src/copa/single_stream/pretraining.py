@@ -44,7 +44,7 @@ def single_stream_spec(params: Params, vocab_size: int) -> SingleStreamSpec:
             vocab_size=vocab_size, image_size=params.patch_labels.image_size, patch_size=params.patch_labels.patch_size,
             dim=m.vision_dim, depth=m.vision_depth, heads=m.vision_heads, pre_norm=m.vision_pre_norm,
             activation=m.vision_activation, pos_init=m.vision_pos_init, max_text_length=m.max_text_length,
-            selection=selection.method, location=selection.location, keep_ratio=selection.keep_ratio,
+            selection=selection.method, location=selection.location, keep_ratio=selection.keep_ratio, tpd_fusion=selection.tpd_fusion,
             tpd_query=params.single_stream.tpd_query,
         )
     except ValueError as exc:  # a selection the single-stream model does not take

@@ -22,6 +22,7 @@ def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
         selection=selection.method,
         location=selection.location,
         keep_ratio=selection.keep_ratio,
+        tpd_fusion=selection.tpd_fusion,
     )
 
 
