@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import pandas as pd
 import pytest
 
 from copa.config import ParamsError, load_params
+from copa.eval.efficiency import measure_efficiency
 from copa.report.claims import FAILS, HOLDS, UNMEASURABLE, Tables, check_claims, standard_error, write_claims
 from copa.report.columns import COLUMNS
 from copa.report.grid_figures import FIGURES
-from copa.report.grids import available_grids, load_grid, profile_location, profile_resolution, result_path, row_run
+from copa.report.grids import available_grids, load_grid, profile_location, profile_resolution, result_path, row_result, row_run
 from copa.report.tables import NOT_TRAINED, grid_inputs, write_table
 
 REPO = Path(__file__).parents[1]
@@ -138,29 +140,61 @@ def test_several_seeds_give_mean_and_standard_deviation(params_dir, tmp_path):
 
 
 def test_rows_at_a_resolution_read_their_own_fine_tune_and_costs(params_dir, tmp_path):
-    """Table 5: the paper's px scaled to the profile (demo pretrains at 128 = the paper's 256), a
-    result of its own unless it is the profile's VQA / efficiency-protocol resolution."""
-    _write(params_dir, "mine", GOOD.replace("keep: 0.5,", "keep: 0.5, resolution: 384,").replace("keep: 1.0,", "keep: 1.0, resolution: 256,"))
+    """Table 5: the paper's px scaled to the profile, the VQA fine-tuning by the pretraining
+    resolution (demo 128 = the paper's 256), the costs by the efficiency protocol's (224 = Table
+    4's: the paper's px); a result of its own unless it is the profile's VQA / protocol resolution."""
+    _write(params_dir, "mine", GOOD.replace("keep: 0.5,", "keep: 0.5, resolution: 384,").replace("keep: 1.0,", "keep: 1.0, resolution: 224,"))
     grid, demo = load_grid("mine", params_dir), load_params("demo", params_dir=params_dir)
     results = tmp_path / "results"
     a, b = row_run(grid.row("a"), demo, 0), row_run(grid.row("b"), demo, 0)
     assert grid_inputs(grid, demo, results, [0]) == sorted([
-        result_path(results, "vqa", a, 192), result_path(results, "efficiency", a, 192), result_path(results, "efficiency", b, 128)])
+        result_path(results, "vqa", a, 192), result_path(results, "efficiency", a, 384), result_path(results, "efficiency", b)])
     assert result_path(results, "vqa", a, 192).name == "vqa-192px.json"
     paper = load_params("paper", params_dir=params_dir)  # fine-tunes VQA at 384 px: that row is its own VQA run
     assert result_path(results, "vqa", row_run(grid.row("a"), paper, 0)) in grid_inputs(grid, paper, results, [0])
     _result(results, "vqa", a, {"overall": 50.0, "questions": 10}, 192)
-    _result(results, "efficiency", a, _efficiency(0.3), 192)
-    _result(results, "efficiency", b, _efficiency(0.2), 128)
+    _result(results, "efficiency", a, _efficiency(0.3), 384)
+    _result(results, "efficiency", b, _efficiency(0.2))
     paths, cells, _ = write_table(grid, demo, results, [0], tmp_path / "t")
     assert cells["a"]["vqa"].mean == 50.0 and cells["a"]["gmacs"].mean == 0.3 and cells["b"]["gmacs"].mean == 0.2
-    assert pd.read_csv(paths[0]).set_index("row").at["a", "image_size"] == 192
+    frame = pd.read_csv(paths[0]).set_index("row")
+    assert frame.at["a", "vqa_image_size"] == 192 and frame.at["a", "efficiency_image_size"] == 384
+    caption = paths[1].read_text().splitlines()[0]  # the mapping, in the Markdown's (and LaTeX's) caption
+    assert "VQA fine-tuning runs at px x 128/256" in caption
+    assert "112, 192 px for 224, 384" in caption and "px x 224/224" in caption and "the paper's px, so a model" in caption
 
 
 @pytest.mark.parametrize("px, expected", [(224, 112), (256, 128), (304, 160), (384, 192), (464, 240), (512, 256)])
 def test_profile_resolution_scales_the_papers_px_to_the_patch_grid(px, expected):
     assert profile_resolution(px, load_params("demo")) == expected
     assert profile_resolution(px, load_params("paper")) == px  # the paper profile pretrains at 256: as is
+    for profile in ("demo", "paper"):  # costs: Table 4's protocol is 224 px in every profile
+        assert profile_resolution(px, load_params(profile), "efficiency") == px
+    assert profile_resolution(px, load_params("demo", ["efficiency.image_size=112"]), "efficiency") == expected
+
+
+SHARED_ROW = {"table4": "COPA", "table5": "COPA 224"}  # COPA (TPD at layer 6, keeping 50%) at the paper's 224 px
+
+
+@pytest.mark.parametrize("profile", ["demo", "fixture", "paper"])
+def test_table5_224_px_row_and_table4_read_one_cost(profile):
+    """Issue 19: Table 5's COPA 224 and Table 4's COPA are one model at one resolution: one result file."""
+    params = load_params(profile)
+    paths = {grid: row_result(load_grid(grid).row(label), "efficiency", params, Path("results") / profile, 0)
+             for grid, label in SHARED_ROW.items()}
+    assert paths["table5"] == paths["table4"]
+
+
+def test_table5_224_px_row_costs_what_table4_shows():
+    """Issue 19 (demo: 0.107 vs 0.315 GMACs): each table's cost of the shared row, measured from the
+    params as rule efficiency does (a -<px>px result sets efficiency.image_size), is the same."""
+    demo = load_params("demo")
+    gmacs = {}
+    for grid, label in SHARED_ROW.items():
+        tag = re.search(r"-(\d+)px\.json$", row_result(load_grid(grid).row(label), "efficiency", demo, Path("results/demo"), 0).name)
+        sized = load_params("demo", [f"efficiency.image_size={tag.group(1)}"] if tag else [])
+        gmacs[grid] = measure_efficiency(sized, sized.model.vocab_size, sized.efficiency, parts=("flops",))["flops"]["gmacs"]["total"]
+    assert gmacs["table5"] == gmacs["table4"], gmacs
 
 
 def test_a_missing_result_is_an_error_naming_it(params_dir, tmp_path):

@@ -5,8 +5,8 @@
 # pretraining is needed: every cell of a grid gets its cost, trained or not. The tables ask for
 # results by path, e.g.
 #   results/demo/efficiency/tpd-loc3-keep0.5-seed0.json
-# or, at another resolution than the protocol's (COPA Table 5), ...-seed0-192px.json; a
-# single-stream model's (COPA Table 6) is single-<method>-loc...json.
+# or, at another resolution than the protocol's (COPA Table 5's rows, the paper's px in every
+# profile), ...-seed0-384px.json; a single-stream model's (COPA Table 6) is single-<method>-loc...json.
 # Timings are only as good as the machine is quiet: other jobs running beside this one slow it.
 
 

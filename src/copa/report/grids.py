@@ -15,12 +15,16 @@ A row's ``architecture`` is ``dual_stream`` (COPA, mPLUG) unless it says ``singl
 Table 6's COPA-S and ViLT: ``copa.single_stream``); a single-stream run's name starts with
 ``single-``.
 
-A row may fix its VQA fine-tuning ``resolution`` (COPA Table 5, in the paper's px): a profile
-that pretrains at S px takes px * S / 256 (the paper pretrains at 256), to a multiple of the
-patch size (the demo's 224 ... 512 -> 112 ... 256). Such a row's VQA result and its costs are
-measured at that resolution: ``vqa-<px>px.json`` and ``<run>-<px>px.json`` unless it is the
-profile's VQA resolution (``finetune.vqa.image_size``) or efficiency protocol's
-(``efficiency.image_size``), so that rows of the same fine-tune share one result.
+A row may fix its VQA fine-tuning ``resolution`` (COPA Table 5, in the paper's px). A profile
+scales the paper's px for each result by the resolution that stands for the paper's
+(``profile_resolution``), to a multiple of the patch size: the VQA fine-tuning by its pretraining
+resolution S against the paper's 256 (px * S / 256: the demo's 224 ... 512 -> 112 ... 256), the
+costs by its efficiency protocol's resolution E against Table 4's 224 (px * E / 224; E is 224 in
+every profile, so the costs are the paper's px). The paper measures Table 5's costs "as Table 4
+except for the image resolution": a model at the paper's 224 px has Table 4's cost, one result
+file. Such a row's results are ``vqa-<px>px.json`` and ``<run>-<px>px.json`` unless that px is
+the profile's VQA resolution (``finetune.vqa.image_size``) or efficiency protocol's
+(``efficiency.image_size``), so that rows of the same fine-tune or cost share one result.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from copa.report.columns import COLUMNS
 
 GRIDS_DIR = "grids"
 PAPER_DEPTH = 12  # ViT-B/16
-PAPER_PRETRAIN_SIZE = 256  # px (COPA Appendix D)
+PAPER_PRETRAIN_SIZE = 256  # px (COPA Appendix D): a profile's VQA fine-tuning resolutions scale with its pretraining's
+PAPER_PROTOCOL_SIZE = 224  # px (COPA Table 4): a profile's cost resolutions scale with its efficiency protocol's
 
 
 @dataclass(frozen=True)
@@ -187,10 +192,15 @@ def row_selection(row: GridRow, depth: int = PAPER_DEPTH) -> tuple[str, str]:
     return ", ".join(str(profile_location(k, depth)) for k in row.location), f"{100 * row.keep:g}%"
 
 
-def profile_resolution(px: int, params: Params) -> int:
-    """The paper's resolution ``px`` in the profile of ``params`` (halves rounded up)."""
+def profile_resolution(px: int, params: Params, source: str = "vqa") -> int:
+    """The paper's resolution ``px`` in the profile of ``params`` for the result of ``source``
+    (the VQA fine-tuning, or "efficiency": the costs), to the patch grid (halves rounded up)."""
     patch = params.patch_labels.patch_size
-    return patch * max(1, math.floor(px * params.patch_labels.image_size / PAPER_PRETRAIN_SIZE / patch + 0.5))
+    if source == "efficiency":  # the paper's 224 px (Table 4) is the profile's efficiency.image_size
+        size, paper = params.efficiency.image_size, PAPER_PROTOCOL_SIZE
+    else:  # the paper's 256 px pretraining is the profile's patch_labels.image_size
+        size, paper = params.patch_labels.image_size, PAPER_PRETRAIN_SIZE
+    return patch * max(1, math.floor(px * size / paper / patch + 0.5))
 
 
 def result_path(results: Path, source: str, run: str, image_size: int | None = None) -> Path:
@@ -204,6 +214,6 @@ def result_path(results: Path, source: str, run: str, image_size: int | None = N
 
 def row_result(row: GridRow, source: str, params: Params, results: Path, seed: int) -> Path:
     """The result file of ``source`` for ``row`` in the profile of ``params``."""
-    size = None if row.resolution is None else profile_resolution(row.resolution, params)
+    size = None if row.resolution is None else profile_resolution(row.resolution, params, source)
     default = params.efficiency.image_size if source == "efficiency" else vqa_image_size(params)
     return result_path(results, source, row_run(row, params, seed), None if size == default else size)

@@ -19,7 +19,8 @@ import pandas as pd
 
 from copa.config import Params
 from copa.report.columns import COLUMNS
-from copa.report.grids import Grid, GridRow, profile_resolution, row_result, row_run, row_selection
+from copa.report.grids import (PAPER_PRETRAIN_SIZE, PAPER_PROTOCOL_SIZE, Grid, GridRow, profile_resolution, row_result, row_run,
+                               row_selection)
 
 NOT_TRAINED = "not trained"
 NOT_MEASURED = "not measured"  # (not "n/a": pandas reads that back as NaN)
@@ -110,8 +111,9 @@ def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], s
     for row in grid.rows:
         line: dict = {"row": row.label, "run": row_run(row, params, seeds[0]) if len(seeds) == 1 else "",
                       "method": row.method, "trained": row.label in grid.trained[params.profile]}
-        if row.resolution is not None:  # Table 5: the VQA fine-tuning's and the costs' px in this profile
-            line["image_size"] = profile_resolution(row.resolution, params)
+        if row.resolution is not None:  # Table 5: the px of the VQA fine-tuning and of the costs in this profile
+            line["vqa_image_size"] = profile_resolution(row.resolution, params, "vqa")
+            line["efficiency_image_size"] = profile_resolution(row.resolution, params, "efficiency")
         if grid.selection_columns:  # Table 6: the architecture, detection location (profile layers) and keeping ratio
             line["architecture"] = row.architecture
             line["location"], line["keep"] = row_selection(row, params.model.vision_depth)
@@ -167,8 +169,30 @@ def measured_note(params: Params, seeds: Sequence[int], device_names: Sequence[s
     return f"Measured here: {', '.join(parts)}"
 
 
-def caption(grid: Grid, note: str) -> str:
-    return f"{grid.title}. {note}. \"(paper)\" columns: the paper's numbers, for reference only (its scale, data and hardware)"
+def resolution_note(grid: Grid, params: Params) -> str:
+    """How the rows' resolutions (COPA Table 5, the paper's px) map onto the profile of ``params``,
+    for the VQA fine-tuning and for the costs (``profile_resolution``); "" for a grid without."""
+    paper = sorted({row.resolution for row in grid.rows if row.resolution is not None})
+    if not paper:
+        return ""
+    sources = {COLUMNS[c].source for c in grid.columns}
+    scales = (("vqa", "the VQA fine-tuning runs at", params.patch_labels.image_size, PAPER_PRETRAIN_SIZE, "pretraining"),
+              ("efficiency", f"FLOPs and throughput are measured as in Table 4 ({params.efficiency.text_length} text tokens) at",
+               params.efficiency.image_size, PAPER_PROTOCOL_SIZE, "Table 4"))
+    parts = []
+    for source, what, size, paper_size, reference in scales:
+        if source in sources:
+            mapped = [profile_resolution(px, params, source) for px in paper]
+            where = "the paper's px" if mapped == paper else f"{', '.join(map(str, mapped))} px for {', '.join(map(str, paper))}"
+            parts.append(f"{what} px x {size}/{paper_size} (its {reference} resolution against the paper's): {where}")
+    shared = f", so a model at the paper's {PAPER_PROTOCOL_SIZE} px costs what Table 4 shows" if "efficiency" in sources else ""
+    return "Resolutions are the paper's px. In this profile " + "; ".join(parts) + shared
+
+
+def caption(grid: Grid, note: str, resolutions: str = "") -> str:
+    """The table's caption: its title, what was measured here, how its resolutions map (``resolution_note``)."""
+    mapped = f" {resolutions}." if resolutions else ""
+    return f"{grid.title}. {note}.{mapped} \"(paper)\" columns: the paper's numbers, for reference only (its scale, data and hardware)"
 
 
 def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], caption_text: str) -> str:
@@ -218,7 +242,7 @@ def write_table(grid: Grid, params: Params, results: Path, seeds: Sequence[int],
     the cells and the note on what was measured (for a figure of the same grid)."""
     cells, devices = measure(grid, params, results, seeds)
     note = measured_note(params, seeds, devices)
-    text = caption(grid, note)
+    text = caption(grid, note, resolution_note(grid, params))
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv, md, tex, js = (stem.with_name(stem.name + s) for s in SUFFIXES)
     table_frame(grid, params, cells, seeds).to_csv(csv, index=False, float_format="%.6g")
