@@ -65,7 +65,8 @@ def test_warm_up_selects_without_the_detector():
     model = CopaModel(CopaSpec(**TINY, selection="tpd", location=2)).eval()
     images, ids, mask = _batch()
     text = model.encode_text(ids, mask)
-    warm = model.encode_image(images, text[:, 0], use_detector=False)
+    warm = model.encode_image(images, text[:, 0], use_detector=False, need_scores=True)
     other = model.encode_image(images, torch.randn_like(text[:, 0]), use_detector=False)
     assert torch.equal(warm["kept"], other["kept"])  # [CLS] attention ignores the text...
-    assert warm["scores"] is not None  # ...while the detector still scores, for PTA
+    assert warm["scores"] is not None  # ...while the detector still scores when asked, for PTA
+    assert other["scores"] is None  # and not otherwise
