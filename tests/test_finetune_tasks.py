@@ -73,6 +73,10 @@ def test_vqa_at_another_resolution_than_the_pretraining(fixture_world, fixture_p
     assert main(BASE + ["detected-patches", "--run", str(tmp_path / "vqa"), "--root", str(fixture_world), "--figure", str(figure),
                         "--questions", "2"]) == 0
     assert figure.with_suffix(".png").stat().st_size > 0 and figure.with_suffix(".pdf").stat().st_size > 0
+    # the paired panel: each pair two questions of one image, about different objects (the world's referents.json)
+    paired = json.loads(figure.with_suffix(".json").read_text())
+    assert len(paired["pairs"]) == 2 and paired["ratio"] == params.model.selection.keep_ratio
+    assert all(len(set(p["question_ids"])) == 2 and 0.0 <= p["iou"] <= 1.0 and p["kept"] == 18 for p in paired["pairs"])
 
 
 def test_vqa_resolution_off_the_patch_grid_is_refused(fixture_world, fixture_pretraining_run, tmp_path, capsys) -> None:

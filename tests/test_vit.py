@@ -316,7 +316,8 @@ def test_bad_options():
 @pytest.mark.parametrize("use_detector", [True, False])
 def test_every_selector_forward_backward(name, use_detector):
     model = encoder(name, location=[2]).train()
-    out = model(images(size=80), text(), use_detector=use_detector)  # 5 x 5 grid, resampled
+    targets = torch.arange(25).expand(2, 25) % 3 == 0  # the oracle's: the patches the text refers to
+    out = model(images(size=80), text(), use_detector=use_detector, targets=targets)  # 5 x 5 grid, resampled
     assert out["tokens"].shape[0] == 2 and out["tokens"].shape[-1] == D
     assert out["tokens"].shape[1] == 1 + out["kept"].shape[1] + (name != "none")
     out["tokens"].mean().backward()

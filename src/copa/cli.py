@@ -192,9 +192,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     import json
 
-    from copa.data.heldout import heldout_object_samples, karpathy_retrieval_set
+    from copa.data.heldout import heldout_attributes, heldout_object_samples, karpathy_retrieval_set
     from copa.data.layout import DataLayout
     from copa.eval.pretraining import evaluate_checkpoints
+    from copa.eval.target_recall import target_questions
     from copa.report.pretrain_figure import pretraining_figure
     from copa.train.pretrain import run_checkpoints, run_params
 
@@ -204,10 +205,17 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     layout = DataLayout(Path(args.root or params.data.root))
     pairs = karpathy_retrieval_set(layout, "coco", args.split)
     objects = heldout_object_samples(layout, params.filter, args.split)
-    probes = evaluate_checkpoints(run_checkpoints(run, args.checkpoints), pairs, objects, args.batch_size, progress=not args.quiet)
+    labels = params.patch_labels
+    # what each question is about: the synthetic world's sidecar only (real data has none)
+    questions = (target_questions(layout, params.evaluate.vqa.split, labels.image_size, labels.patch_size, labels.min_overlap)
+                 if layout.referents.is_file() else None)
+    probes = evaluate_checkpoints(run_checkpoints(run, args.checkpoints), pairs, objects, heldout_attributes(layout, objects), args.batch_size,
+                                  progress=not args.quiet, target_questions=questions)
     out = Path(args.json or f"results/{params.profile}/pretrain/{run.name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"run": run.name, "profile": params.profile, "heldout": f"COCO Karpathy {args.split} split", "checkpoints": probes}
+    if questions is None:
+        result["target_recall"] = {"note": f"not measured: {layout.referents} (the synthetic world's referent boxes) is not there"}
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     warm_up = params.pretrain.warm_up
     switch = warm_up.steps if warm_up.rule == "steps" and params.model.selection.method != "none" else None
@@ -219,6 +227,11 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     if detection:
         summary += (f"; kept patches precision {detection['precision']:.3f} (base rate {last['patch_detection']['base_rate']:.3f}), "
                     f"recall {detection['recall']:.3f} (kept fraction {last['patch_detection']['keep_fraction']:.3f})")
+    summary += (f"; ITM balanced accuracy hard {last['itm']['hard']['balanced']:.3f}, random {last['itm']['random']['balanced']:.3f} "
+                f"(constant {last['itm']['constant']:.1f})")
+    if "contrast" in last["same_image_contrast"]:
+        contrast = last["same_image_contrast"]["contrast"]
+        summary += f"; same-image AP contrast {contrast['estimate']:+.3f} [{contrast['low']:+.3f}, {contrast['high']:+.3f}]"
     print(f"{summary} -> {out}; figure {figure}.png")
     return 0
 
@@ -327,26 +340,37 @@ def cmd_claims(args: argparse.Namespace) -> int:
 def cmd_detected_patches(args: argparse.Namespace) -> int:
     from copa.data.downstream import vqa_examples
     from copa.data.layout import DataLayout
-    from copa.report.detected_patches import detect_patches, detected_patches_figure, pick_questions
+    from copa.data.formats.referents import read_referents
+    from copa.report.detected_patches import (detect_patches, detected_patches_figure, pair_summary, pick_question_pairs,
+                                              pick_questions)
     from copa.report.figures import save_figure
     from copa.train.finetune import load_finetuned
 
     _dual_stream_only(Path(args.run), "detected-patches")
     run = load_finetuned(Path(args.run))
     settings = load_params(args.profile or run.params.profile, args.set, args.params_dir).evaluate.vqa
-    examples = pick_questions(vqa_examples(DataLayout(Path(args.root)), settings.split), args.questions)
+    layout = DataLayout(Path(args.root))
+    questions = vqa_examples(layout, settings.split)
+    examples = pick_questions(questions, args.questions)
     if not examples:
         raise FileNotFoundError(f"{args.root}: no questions in the VQA split {settings.split}")
+    selection = run.params.model.selection
+    pairs = pick_question_pairs(questions, args.pairs, read_referents(layout.referents) if layout.referents.is_file() else None)
     try:
         detections = detect_patches(run, examples, args.ratios, settings)
+        paired = detect_patches(run, [e for pair in pairs for e in pair], [selection.keep_ratio], settings) if pairs else []
     except ValueError as exc:  # not a TPD run
         print(f"copa detected-patches: error: {exc}", file=sys.stderr)
         return 2
-    selection = run.params.model.selection
+    paired_detections = list(zip(paired[::2], paired[1::2]))
     title = (f"Figure 4: patches the TPD keeps for VQA questions (run {Path(args.run).parent.name}, "
              f"{run.params.profile} profile, TPD after layer {selection.location[0]}; dimmed: fused)")
-    paths = save_figure(detected_patches_figure(detections, selection.keep_ratio, title), Path(args.figure))
-    print(f"{len(detections)} questions x {len(args.ratios)} ratios -> {', '.join(map(str, paths))}")
+    figure = Path(args.figure)
+    paths = save_figure(detected_patches_figure(detections, selection.keep_ratio, title, paired_detections), figure)
+    data = figure.with_name(figure.name + ".json")  # the paired panel's numbers
+    data.write_text(json.dumps(pair_summary(paired_detections, selection.keep_ratio), indent=2) + "\n", encoding="utf-8")
+    print(f"{len(detections)} questions x {len(args.ratios)} ratios, {len(paired_detections)} question pairs -> "
+          f"{', '.join(map(str, [*paths, data]))}")
     return 0
 
 
@@ -491,7 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="data root (default: the profile's data.root)")
     p.set_defaults(func=cmd_encoder_init)
 
-    p = sub.add_parser("pretrain-eval", help="held-out probes of a pretraining run (ITC retrieval, patch detection) per checkpoint, and its figure")
+    p = sub.add_parser("pretrain-eval", help="held-out probes of a pretraining run (ITC retrieval, patch detection, ITM accuracy, "
+                                             "same-image TPD contrast, linear probes; on the synthetic world, target-patch "
+                                             "recall on evaluate.vqa.split's questions) per checkpoint, and its figure")
     p.add_argument("--run", required=True, help="the run folder (copa pretrain --out)")
     p.add_argument("--root", help="data root (default: the one the run was trained on)")
     p.add_argument("--checkpoints", choices=("epochs", "last"), default="epochs", help="every per-epoch checkpoint, or the last one (default: %(default)s)")
@@ -581,9 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("detected-patches", help="COPA Figure 4: the patches a VQA run's TPD keeps for a few test questions, at several ratios")
     p.add_argument("--run", required=True, help="a fine-tuned VQA run (runs/<profile>/finetune/<run>/vqa)")
     p.add_argument("--root", required=True, help="data root (its VQA split of evaluate.vqa.split)")
-    p.add_argument("--figure", required=True, help="figure stem: <stem>.png and <stem>.pdf")
+    p.add_argument("--figure", required=True, help="figure stem: <stem>.png, <stem>.pdf and <stem>.json (the paired panel's numbers)")
     p.add_argument("--questions", type=int, default=4, help="how many questions, one per image (default 4)")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7], help="keeping ratios (default 0.1 0.3 0.5 0.7)")
+    p.add_argument("--pairs", type=int, default=2, help="paired panel: how many images, each under two questions (default 2); "
+                   "the kept-set IoU per pair in <figure>.json")
     p.set_defaults(func=cmd_detected_patches)
 
     p = sub.add_parser("stage-times", help="wall time per rule from the workflow's Snakemake benchmark files, as a Markdown table")

@@ -143,7 +143,8 @@ class PatchLabelParams:
 
 @dataclass(frozen=True)
 class SelectionParams:
-    method: Literal["none", "tpd", "cls_attention", "text_attention"]  # COPA: tpd; mPLUG: none; TRIPS: text_attention
+    method: Literal["none", "tpd", "cls_attention", "text_attention", "oracle", "random"]  # COPA: tpd; mPLUG: none; TRIPS: text_attention;
+    # oracle (the patches of the boxes the text refers to; needs the synthetic world's referents) and random: references
     location: tuple[int, ...]  # after layer k (tpd, cls_attention: one k); inside layers (text_attention)
     keep_ratio: float
     lr: Literal["text", "vision"]  # the selector's own parameters train at pretrain / finetune lr_text or lr_vision
@@ -213,6 +214,11 @@ class LossWeights:
     pta: float
 
 
+# pretrain.itm_guidance (copa.models.pretraining): the text that guides the selection of an ITM pair's image
+ItmGuidance = Literal["pair_text", "own_caption"]
+ITM_GUIDANCES: tuple[str, ...] = typing.get_args(ItmGuidance)
+
+
 @dataclass(frozen=True)
 class PretrainParams:
     epochs: int
@@ -232,7 +238,7 @@ class PretrainParams:
     mlm_probability: float
     loss_weights: LossWeights  # COPA eq. 4: equal weights
     itc_image: Literal["paired_text", "text_free"]
-    itm_guidance: Literal["pair_text", "own_caption"]
+    itm_guidance: ItmGuidance
     warm_up: WarmUpParams
     encoder_init: EncoderInitParams
     checkpoint_every: int  # steps
@@ -324,7 +330,7 @@ class VQAEvalParams(DecodingParams):
     inference: Literal["generate", "rank"]  # beam search, or ranking a candidate answer list (ALBEF)
     answer_list_size: int  # rank: the most frequent training answers
     rank_k: int  # rank: candidates kept by first-token probability, then scored whole (ALBEF: 128)
-    swapped_image_control: bool  # also answer each question about another question's image (a second inference pass)
+    swapped_image_control: bool  # also answer each question about the image of another question of its type (a second pass)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,18 @@
 # protocol (224 px, 40 text tokens) and the memory of one pretraining step (Figure 3); settings in
 # params section `efficiency`, conventions in src/copa/eval/efficiency.py. None of it depends on
 # the weights, so the model is built from the parameters (vocabulary: model.vocab_size) and no
-# pretraining is needed: every cell of a grid gets its cost, trained or not. The tables ask for
+# pretraining is needed: every cell of a grid gets its cost, trained or not. The memory is measured
+# under each ITM encoding (pretrain.itm_guidance), the run's as the headline. The tables ask for
 # results by path, e.g.
 #   results/demo/efficiency/tpd-loc3-keep0.5-seed0.json
 # or, at another resolution than the protocol's (COPA Table 5's rows, the paper's px in every
 # profile), ...-seed0-384px.json; a single-stream model's (COPA Table 6) is single-<method>-loc...json.
 # Timings are only as good as the machine is quiet: other jobs running beside this one slow it.
+
+# What the memory's pretraining step computes beside the model (rerun triggers, passed on): the ITM
+# encoding of the headline (the record has each), the image ITC contrasts, the ITC queue. Not the
+# training knobs: a learning rate does not change the step.
+MEMORY_STEP_OPTIONS = ("itm_guidance", "itc_image", "queue_size")
 
 
 rule efficiency:
@@ -19,7 +25,9 @@ rule efficiency:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         efficiency=section_json("efficiency"),  # rerun triggers: the measurement protocol and the model
         model=with_single_stream(section_json("model"), single_stream_json),
-        copa=with_single_stream(lambda w: copa_cli("efficiency", "model", "patch_labels") + size_override(w, "efficiency"), single_stream_cli),
+        pretrain=lambda w: json.dumps({k: PARAMS.to_dict()["pretrain"][k] for k in MEMORY_STEP_OPTIONS}, sort_keys=True),
+        copa=with_single_stream(lambda w: copa_cli("efficiency", "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS))
+                                + size_override(w, "efficiency"), single_stream_cli),
         location=lambda w: ", ".join(w.location.split("-")),
     log:
         f"logs/{PROFILE}/efficiency/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.log",

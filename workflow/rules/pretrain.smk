@@ -10,11 +10,11 @@
 
 wildcard_constraints:
     stream=r"(single-)?",  # a single-stream model's run (COPA Table 6: COPA-S, ViLT)
-    method="none|tpd|cls_attention|text_attention",
+    method="none|tpd|cls_attention|text_attention|oracle|random",
     location=r"\d+(-\d+)*",
     keep=r"[01](\.\d+)?",
     seed=r"\d+",
-    run=r"(single-)?(none|tpd|cls_attention|text_attention)-loc\d+(-\d+)*-keep[01](\.\d+)?-seed\d+",
+    run=r"(single-)?(none|tpd|cls_attention|text_attention|oracle|random)-loc\d+(-\d+)*-keep[01](\.\d+)?-seed\d+",
 
 
 rule encoder_init:

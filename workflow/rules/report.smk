@@ -82,10 +82,11 @@ rule figure4:
     input:
         metrics=f"runs/{PROFILE}/finetune/{DEFAULT_RUN}/vqa/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("report/detected_patches.py", "report/figures.py", "tasks/vqa.py"),
+        code=source_files("report/detected_patches.py", "report/figures.py", "tasks/vqa.py", "data/formats/referents.py"),
     output:
         png=report(f"figures/{PROFILE}/figure4.png", caption="../report/figure4.rst", category="Figures"),
         pdf=f"figures/{PROFILE}/figure4.pdf",
+        data=f"figures/{PROFILE}/figure4.json",  # the paired panel: kept-set IoU of one image under two questions
     params:
         copa=copa_cli("evaluate.vqa"),  # the split and the decoding of the answers shown
         run_dir=lambda w, input: os.path.dirname(input.metrics),

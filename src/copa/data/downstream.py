@@ -22,6 +22,7 @@ class VQAExample:
     question: str
     answers: tuple[str, ...]  # the 10 human answers; () where the split has no annotations
     answer_type: str  # yes/no | number | other; "" without annotations
+    question_type: str = ""  # the annotations' question_type: the question's first words ("what color is the"); "" without
 
 
 def vqa_examples(layout: DataLayout, split: str, need_answers: bool = True) -> list[VQAExample]:
@@ -39,7 +40,8 @@ def vqa_examples(layout: DataLayout, split: str, need_answers: bool = True) -> l
     for q in data.questions:
         answers = data.answers[q.question_id] if data.answers is not None else None
         out.append(VQAExample(q.question_id, image_dir / coco.file_name(split, q.image_id), q.question,
-                              answers.answers if answers else (), answers.answer_type if answers else ""))
+                              answers.answers if answers else (), answers.answer_type if answers else "",
+                              answers.question_type if answers else ""))
     if not out:
         raise FormatError(path, f"the VQA split {split} has no questions")
     return out

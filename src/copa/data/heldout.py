@@ -6,7 +6,9 @@ do the same), so these images can measure what a pretrained checkpoint learnt:
   (COCO or Flickr30K, the downstream retrieval sets);
 - :func:`heldout_object_samples`: the COCO boxes of the same images, passed through the filter
   stage's rules (COPA Appendix A) and worded with its template, each box an example, for the
-  detector's patch precision / recall against patch labels (PTA's targets).
+  detector's patch precision / recall against patch labels (PTA's targets);
+- :func:`heldout_attributes`: what the linear probes (copa.eval.linear_probe) predict of those
+  images and boxes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from copa.data.filtering import ImageChecker, coco_groups, filter_group
 from copa.data.formats import karpathy
 from copa.data.formats.records import FormatError
 from copa.data.layout import COCO_ANNOTATED_SPLITS, DataLayout
-from copa.data.pretrain_data import ObjectElem, ObjectImage, Pair
+from copa.data.formats.records import load_json
+from copa.data.pretrain_data import ObjectElem, ObjectImage, Pair, text_key
+from copa.data.synth.world import POOLS, scene_of
 
 HELDOUT_SPLITS = ("val", "test")
 TRAIN_SPLITS = ("train", "restval")  # Karpathy's training images (restval: COCO val2014 images beyond val/test)
@@ -77,6 +81,7 @@ class HeldoutObjects:
     samples: list[ObjectImage]  # one per image, with its kept boxes as elems (each one is an example)
     records: int  # boxes of the split's images in the instance files
     dropped: dict[str, int]  # reason -> count (the filter stage's reasons)
+    coco_ids: tuple[tuple[str, int], ...]  # (COCO split, image id) of each sample
 
 
 def heldout_object_samples(layout: DataLayout, params: FilterParams, split: str = "test") -> HeldoutObjects:
@@ -84,7 +89,7 @@ def heldout_object_samples(layout: DataLayout, params: FilterParams, split: str 
     text from the filter's template ("This is a {label}.")."""
     wanted = {im.path for im in _karpathy_images(layout, "coco", split)}
     checker = ImageChecker(layout.root, params.image_check)
-    samples, records, dropped = [], 0, Counter()
+    samples, coco_ids, records, dropped = [], [], 0, Counter()
     for coco_split in COCO_ANNOTATED_SPLITS:
         if not layout.coco_instances(coco_split).exists():
             continue
@@ -97,6 +102,49 @@ def heldout_object_samples(layout: DataLayout, params: FilterParams, split: str 
             dropped.update(reason for _, reason in rejected)
             if kept:
                 samples.append(ObjectImage(path, group.width, group.height, tuple(ObjectElem("coco_objects", e.id, e.text, e.box) for e in kept)))
+                coco_ids.append((coco_split, group.image_id))
     if not samples:
         raise ValueError(f"{layout.root}: no COCO box on the Karpathy {split!r} images (instances_*.json)")
-    return HeldoutObjects(samples, records, dict(sorted(dropped.items())))
+    return HeldoutObjects(samples, records, dict(sorted(dropped.items())), tuple(coco_ids))
+
+
+@dataclass(frozen=True)
+class HeldoutAttributes:
+    """Labels of the held-out images and boxes for the linear probes, aligned with
+    ``HeldoutObjects.samples``: ``objects[i][j]`` of sample i's elem j, ``images[i]`` of image i."""
+
+    source: str  # where the labels come from (see heldout_attributes)
+    objects: tuple[dict[str, str], ...]  # per sample: a tuple of per-box dicts (attribute -> value)
+    images: tuple[dict[str, str], ...]
+
+
+def heldout_attributes(layout: DataLayout, objects: HeldoutObjects) -> HeldoutAttributes:
+    """What the world says of each held-out box and image.
+
+    Every data root: a box's ``shape`` is its COCO category (as its text, the filter's template of
+    the category, "This is a circle."), an image's ``objects`` the number of its kept boxes. The synthetic world
+    also gives a box's ``colour`` and an image's ``background``: its scenes are drawn again from
+    the manifest's seed (copa.data.synth.world.scene_of) and each box matched to the scene's
+    object with that exact box, as copa.data.synth.ambiguity checks the files against the scenes.
+    """
+    manifest = load_json(layout.manifest) if layout.manifest.is_file() else None
+    per_image, per_box = [], []
+    for sample, (split, image_id) in zip(objects.samples, objects.coco_ids):
+        boxes = [{"shape": text_key(elem.text)} for elem in sample.elems]
+        image = {"objects": str(len(sample.elems))}
+        if manifest is not None:
+            scene = _scene(manifest["params"], f"coco_{split}", image_id)
+            by_box = {obj.box: obj for obj in scene.objects}
+            for labels, elem in zip(boxes, sample.elems):
+                if elem.box not in by_box:
+                    raise ValueError(f"{layout.manifest}: COCO {split} image {image_id} has a box {elem.box} that its scene does not draw")
+                labels["colour"] = by_box[elem.box].colour
+            image["background"] = scene.background
+        per_box.append(tuple(boxes))
+        per_image.append(image)
+    source = "COCO categories + synthetic scenes (manifest)" if manifest is not None else "COCO categories"
+    return HeldoutAttributes(source, tuple(per_box), tuple(per_image))
+
+
+def _scene(params: dict, pool: str, image_id: int):
+    return scene_of(params["seed"], tuple(params["image_side"]), tuple(params["objects_per_image"]), pool, image_id - POOLS[pool][0])

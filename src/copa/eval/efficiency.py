@@ -17,7 +17,10 @@ Conventions (``CONVENTIONS`` below is written into every record):
 - **Latency**: the median wall time of batch-1 forwards, in ms, after warm-up.
 - **Training memory** (Figure 3): one pretraining step of ``CopaPretraining`` (forward + backward,
   no optimiser state, train mode, the detector on as after the warm-up) on a synthetic batch
-  (single-stream: ``SingleStreamPretraining``'s ITM + MLM + PTA). On
+  (single-stream: ``SingleStreamPretraining``'s ITM + MLM + PTA). Dual-stream: the step under
+  each ITM encoding (``pretrain.itm_guidance``: ``own_caption`` reuses the image's own-caption
+  selection for the negatives, ``pair_text`` re-encodes each negative under its text), each from
+  the same seeded model and batch; the run's encoding is the record's headline. On
   any device: the bytes of the tensors autograd saves for backward (unique storages, parameters
   and buffers excluded and reported apart); deterministic, a proxy of the activation memory. On a
   GPU also ``torch.cuda.max_memory_allocated`` of the step.
@@ -45,7 +48,7 @@ from torch import Tensor, nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from copa.config import EfficiencyParams, Params
+from copa.config import ITM_GUIDANCES, EfficiencyParams, Params
 from copa.data.tokenizer import SPECIAL_TOKENS
 from copa.models.copa import CopaModel, CopaSpec
 from copa.single_stream.model import SingleStreamModel, SingleStreamSpec
@@ -61,7 +64,8 @@ CONVENTIONS = {
     "latency": "median ms of batch-1 forwards, after warm-up",
     "training_memory": "one CopaPretraining step (forward + backward, no optimiser state, detector on) on a "
                        "synthetic batch: bytes of the unique storages autograd saves for backward, parameters "
-                       "and buffers excluded; on a GPU also torch.cuda.max_memory_allocated of the step",
+                       "and buffers excluded; on a GPU also torch.cuda.max_memory_allocated of the step; under the "
+                       "run's ITM encoding (itm_guidance), and under each encoding in by_itm_guidance",
     "weights": "fresh seeded initialisation at the protocol sizes (costs do not depend on weight values)",
 }
 
@@ -317,40 +321,51 @@ def saved_for_backward(step: Callable[[], Tensor], exclude: Iterable[Tensor] = (
 
 
 def training_memory(params: Params, vocab_size: int, settings: EfficiencyParams, device: torch.device) -> dict:
-    """Memory of one pretraining step of the run's ``CopaPretraining`` at the ``memory`` settings."""
+    """Memory of one pretraining step of the run's ``CopaPretraining`` at the ``memory`` settings.
+    Dual-stream: the step under each ITM encoding (``ITM_GUIDANCES``; the same seeded model and
+    batch) in ``by_itm_guidance``, the run's (``pretrain.itm_guidance``) also at the top level."""
     m = settings.memory
     sized = dataclasses.replace(
         params,
         patch_labels=dataclasses.replace(params.patch_labels, image_size=m.image_size),
         model=dataclasses.replace(params.model, max_text_length=max(params.model.max_text_length, m.text_length)),
     )
-    torch.manual_seed(params.seed)
-    single = params.architecture == "single_stream"
-    build = build_single_stream_pretraining if single else build_pretraining
-    model = build(sized, _Vocabulary(vocab_size)).to(device).train()
-    model.detector_on.fill_(True)  # after the warm-up: the TPD selects (as in most of the run)
     batch = pretraining_batch(m.batch_size, m.object_batch_size, m.image_size, m.text_length,
                               params.patch_labels.patch_size, vocab_size, device, params.seed)
+    sizes = {"batch_size": m.batch_size, "object_batch_size": m.object_batch_size, "image_size": m.image_size, "text_length": m.text_length}
+    if params.architecture == "single_stream":
+        step_sizes, memory = _step_memory(sized, vocab_size, batch, device)
+        return {"step": "SingleStreamPretraining forward + backward (ITM + MLM + PTA), detector on, no optimiser state",
+                **sizes, **step_sizes, **memory}
+    by_encoding = {}
+    for encoding in ITM_GUIDANCES:
+        encoded = dataclasses.replace(sized, pretrain=dataclasses.replace(sized.pretrain, itm_guidance=encoding))
+        step_sizes, by_encoding[encoding] = _step_memory(encoded, vocab_size, batch, device)
+    return {"step": "CopaPretraining forward + backward (PTA + ITC + ITM + MLM + PrefixLM), detector on, no optimiser state",
+            **sizes, "itm_guidance": params.pretrain.itm_guidance, "itc_image": params.pretrain.itc_image,
+            **step_sizes, **by_encoding[params.pretrain.itm_guidance], "by_itm_guidance": by_encoding}
+
+
+def _step_memory(params: Params, vocab_size: int, batch: dict, device: torch.device) -> tuple[dict, dict]:
+    """(the sizes of the step module ``params`` build, fresh and seeded; the memory of its step on
+    ``batch`` with the detector on, as after the warm-up: the TPD selects for most of the run)."""
+    torch.manual_seed(params.seed)
+    build = build_single_stream_pretraining if params.architecture == "single_stream" else build_pretraining
+    model = build(params, _Vocabulary(vocab_size)).to(device).train()
+    model.detector_on.fill_(True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     state = [p for p in model.parameters() if not p.requires_grad] + list(model.buffers())
-    # what a step computes, and (dual-stream) how often it encodes the images
-    step = ({"step": "SingleStreamPretraining forward + backward (ITM + MLM + PTA), detector on, no optimiser state"} if single else
-            {"step": "CopaPretraining forward + backward (PTA + ITC + ITM + MLM + PrefixLM), detector on, no optimiser state"})
-    record: dict[str, Any] = {
-        **step,
-        "batch_size": m.batch_size, "object_batch_size": m.object_batch_size,
-        "image_size": m.image_size, "text_length": m.text_length,
-        **({} if single else {"itm_guidance": params.pretrain.itm_guidance, "itc_image": params.pretrain.itc_image}),
+    sizes = {
         "trainable_parameters": sum(p.numel() for p in trainable),
         "parameter_bytes": sum(p.numel() * p.element_size() for p in trainable),
         "other_state_bytes": sum(t.numel() * t.element_size() for t in state),  # momentum encoders, queue, buffers
-        "out_of_memory": False,
     }
+    memory: dict[str, Any] = {"out_of_memory": False}
     try:
         loss, saved = saved_for_backward(lambda: model(batch)["loss"], [*trainable, *state])
         loss.backward()
         del loss
-        record.update(saved, saved_mib=saved["saved_bytes"] / MIB)
+        memory.update(saved, saved_mib=saved["saved_bytes"] / MIB)
         if device.type == "cuda":  # the same step again (the first one warmed up the kernels), measured by the allocator
             model.zero_grad(set_to_none=True)
             gc.collect()
@@ -361,11 +376,11 @@ def training_memory(params: Params, vocab_size: int, settings: EfficiencyParams,
             model(batch)["loss"].backward()
             torch.cuda.synchronize(device)
             peak = torch.cuda.max_memory_allocated(device)
-            record.update(cuda_allocated_before_bytes=before, cuda_max_allocated_bytes=peak, cuda_max_allocated_mib=peak / MIB,
+            memory.update(cuda_allocated_before_bytes=before, cuda_max_allocated_bytes=peak, cuda_max_allocated_mib=peak / MIB,
                           cuda_max_reserved_bytes=torch.cuda.max_memory_reserved(device))
     except torch.cuda.OutOfMemoryError:  # the step does not fit on this GPU: say so, measure the rest
-        record["out_of_memory"] = True
-    return record
+        memory["out_of_memory"] = True
+    return sizes, memory
 
 
 # --------------------------------------------------------------------------- everything
@@ -443,6 +458,10 @@ def summary_line(record: dict) -> str:
             text += f"saves {m['saved_mib']:.0f} MiB for backward + {m['parameter_bytes'] / MIB:.0f} MiB parameters"
         if "cuda_max_allocated_mib" in m:
             text += f", peak allocated {m['cuda_max_allocated_mib']:.0f} MiB"
+        if "by_itm_guidance" in m:
+            each = ", ".join(f"{name} out of GPU memory" if e["out_of_memory"] else f"{name} {e['saved_mib']:.0f} MiB"
+                             for name, e in m["by_itm_guidance"].items())
+            text += f" under ITM {m['itm_guidance']} (saved by ITM encoding: {each})"
         out.append(text)
     device = record["device"]
     where = device.get("gpu") or f"{device['cpu']}, {device['threads']} threads"

@@ -19,10 +19,15 @@ def box_iou(pred: Tensor, target: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
 
 
-def grounding_accuracy(pred: Tensor, target: Tensor, threshold: float = 0.5) -> float:
-    """Percent of predictions with IoU >= ``threshold``."""
+def grounding_hits(pred: Tensor, target: Tensor, threshold: float = 0.5) -> Tensor:
+    """Each prediction's hit (N,) bool: IoU with its ground truth >= ``threshold``."""
     if pred.shape != target.shape or pred.ndim != 2 or pred.shape[1] != 4:
         raise ValueError(f"boxes must both be (N, 4) xywh, got {tuple(pred.shape)} and {tuple(target.shape)}")
     if len(pred) == 0:
         raise ValueError("no boxes to score")
-    return 100.0 * (box_iou(pred, target) >= threshold).double().mean().item()
+    return box_iou(pred, target) >= threshold
+
+
+def grounding_accuracy(pred: Tensor, target: Tensor, threshold: float = 0.5) -> float:
+    """Percent of predictions with IoU >= ``threshold``."""
+    return 100.0 * grounding_hits(pred, target, threshold).double().mean().item()

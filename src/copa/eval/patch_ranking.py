@@ -43,12 +43,10 @@ def chance_average_precision(positives: Tensor, n: int) -> Tensor:
     return (n - k) / (n - 1) * harmonic / n + (k - 1) / (n - 1)
 
 
-def annotation_references(labels: Tensor, images: Sequence[str], texts: Sequence[str], seed: int = 0) -> dict[str, float]:
-    """Mean AP of the three references of the module docstring over boxes with a positive patch.
-
-    ``labels`` (B, n): each box's patch labels; ``images``/``texts``: its image and its text, so
-    that the boxes of one image (all of the image's held-out boxes) can stand in for a detector.
-    """
+def reference_tiers(labels: Tensor, images: Sequence[str], texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """(B, n) float64 0/1 tiers of each box's row: ``any_box``, the patches of every box of its
+    image; ``same_text``, those of the boxes of its image with its text (``labels`` (B, n): each
+    box's patch labels; ``images``/``texts``: its image and text)."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, image in enumerate(images):
         groups[image].append(i)
@@ -59,7 +57,22 @@ def annotation_references(labels: Tensor, images: Sequence[str], texts: Sequence
         for i in members:
             any_box[i] = union
             same_text[i] = labels[[j for j in members if texts[j] == texts[i]]].amax(0).double()
-    jitter = torch.rand(labels.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.5
+    return any_box, same_text
+
+
+def tie_jitter(shape: torch.Size, seed: int) -> Tensor:
+    """Seeded random order inside a tier: added to 0/1 tiers, it never crosses a tier (< 0.5)."""
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.5
+
+
+def annotation_references(labels: Tensor, images: Sequence[str], texts: Sequence[str], seed: int = 0) -> dict[str, float]:
+    """Mean AP of the three references of the module docstring over boxes with a positive patch.
+
+    ``labels`` (B, n): each box's patch labels; ``images``/``texts``: its image and its text, so
+    that the boxes of one image (all of the image's held-out boxes) can stand in for a detector.
+    """
+    any_box, same_text = reference_tiers(labels, images, texts)
+    jitter = tie_jitter(labels.shape, seed)
     has_positive = labels.sum(1) > 0
     rows = {
         "chance": chance_average_precision(labels.sum(1), labels.shape[1]),

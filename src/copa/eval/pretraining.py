@@ -16,6 +16,9 @@ Karpathy test images that pretraining never sees (copa.data.heldout).
   with another box's text, next to chance and to what the annotations allow a text-free and a
   text-aware detector (copa.eval.patch_ranking): the kept-patch precision is capped by the
   keeping ratio, AP is not.
+- **ITM accuracy** (copa.eval.itm_accuracy), the **same-image contrast** of the TPD's scores
+  under two texts of one image (copa.eval.same_image_contrast) and **linear probes** of the
+  frozen ViT features (copa.eval.linear_probe).
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from copa.data.heldout import HeldoutObjects, RetrievalSet
+from copa.data.heldout import HeldoutAttributes, HeldoutObjects, RetrievalSet
 from copa.data.pretrain_data import ObjectDataset
+from copa.eval.itm_accuracy import itm_accuracy
+from copa.eval.linear_probe import linear_probes
 from copa.eval.patch_ranking import annotation_references, average_precision
 from copa.eval.retrieval import chance_recalls, retrieval_recall
+from copa.eval.same_image_contrast import tpd_contrast
+from copa.eval.target_recall import TargetQuestions, target_recall
 from copa.models.copa import CopaModel
 from copa.models.objectives import PatchCounts, detected_patches, kept_mask, mask_confusion, metrics_from_counts
 from copa.tasks.retrieval import encode_retrieval_set
@@ -112,17 +119,25 @@ def patch_detection(model: CopaModel, tokenizer, objects: HeldoutObjects, image_
     }
 
 
-def evaluate_checkpoints(checkpoints: list[Path], pairs: RetrievalSet, objects: HeldoutObjects, batch_size: int = 64,
-                         progress: bool = True) -> list[dict]:
-    """Both probes on every checkpoint, in the order given."""
+def evaluate_checkpoints(checkpoints: list[Path], pairs: RetrievalSet, objects: HeldoutObjects, attributes: HeldoutAttributes,
+                         batch_size: int = 64, progress: bool = True, target_questions: TargetQuestions | None = None) -> list[dict]:
+    """Every probe on every checkpoint, in the order given (``attributes``: the linear probes' labels;
+    ``target_questions``: target-patch recall, copa.eval.target_recall, where given)."""
     results = []
     for path in checkpoints:
         model, params, tokenizer, state = load_pretraining_checkpoint(path)
         m, size, length = model.model, params.patch_labels.image_size, params.model.max_text_length
+        patch, overlap = params.patch_labels.patch_size, params.patch_labels.min_overlap
         results.append({
             "checkpoint": path.name, **state,
             "retrieval": itc_retrieval(m, tokenizer, pairs, size, length, batch_size, progress),
-            "patch_detection": patch_detection(m, tokenizer, objects, size, params.patch_labels.patch_size, length,
-                                               params.patch_labels.min_overlap, params.pretrain.pta_labels, batch_size, progress),
+            "patch_detection": patch_detection(m, tokenizer, objects, size, patch, length, overlap, params.pretrain.pta_labels, batch_size, progress),
+            "itm": itm_accuracy(m, tokenizer, pairs, size, length, params.pretrain.itm_guidance, bool(model.detector_on), batch_size,
+                                params.seed, progress),
+            "same_image_contrast": tpd_contrast(m, tokenizer, objects, size, patch, length, overlap, params.pretrain.pta_labels, batch_size,
+                                                params.seed, progress),
+            "linear_probes": linear_probes(m, tokenizer, objects, attributes, size, patch, length, batch_size, params.seed, progress),
+            **({"target_recall": target_recall(m, tokenizer, target_questions, length, batch_size=batch_size, seed=params.seed,
+                                               progress=progress)} if target_questions is not None else {}),
         })
     return results

@@ -16,12 +16,10 @@ RECALL_KS = (1, 5, 10)
 
 
 @torch.no_grad()
-def retrieval_recall(sim: Tensor, text_image: Sequence[int] | Tensor, ks: Sequence[int] = RECALL_KS,
-                     sim_t2i: Tensor | None = None) -> dict[str, float]:
-    """``sim`` (n_images, n_texts), ``text_image[j]``: the image of text j; ``sim_t2i``: other
-    scores of the same shape for the text -> image direction (two-stage ranking re-scores each
-    side's candidates). Returns percentages ``tr_r{k}``, ``ir_r{k}`` and ``r_mean`` (their mean,
-    the papers' "RSUM / 6" column)."""
+def query_hits(sim: Tensor, text_image: Sequence[int] | Tensor, ks: Sequence[int] = RECALL_KS,
+               sim_t2i: Tensor | None = None) -> dict[str, Tensor]:
+    """Each query's hit (bool) at every K: ``tr_r{k}`` (n_images,) for the image queries,
+    ``ir_r{k}`` (n_texts,) for the text queries; arguments as :func:`retrieval_recall`'s."""
     sim_t2i = sim if sim_t2i is None else sim_t2i
     if sim_t2i.shape != sim.shape:
         raise ValueError(f"sim_t2i has shape {tuple(sim_t2i.shape)}, sim {tuple(sim.shape)}")
@@ -31,14 +29,24 @@ def retrieval_recall(sim: Tensor, text_image: Sequence[int] | Tensor, ks: Sequen
         raise ValueError(f"text_image has {gt.numel()} entries for {n_texts} texts")
     if n_texts and (gt.min() < 0 or gt.max() >= n_images):
         raise ValueError(f"text_image must index the {n_images} images, got values in [{int(gt.min())}, {int(gt.max())}]")
-    out: dict[str, float] = {}
+    out: dict[str, Tensor] = {}
     for k in ks:
         top_texts = sim.topk(min(k, n_texts), dim=1).indices  # (n_images, k)
-        tr_hits = (gt[top_texts] == torch.arange(n_images, device=sim.device)[:, None]).any(dim=1)
+        out[f"tr_r{k}"] = (gt[top_texts] == torch.arange(n_images, device=sim.device)[:, None]).any(dim=1)
         top_images = sim_t2i.t().topk(min(k, n_images), dim=1).indices  # (n_texts, k)
-        ir_hits = (top_images == gt[:, None]).any(dim=1)
-        out[f"tr_r{k}"] = 100.0 * tr_hits.float().mean().item()
-        out[f"ir_r{k}"] = 100.0 * ir_hits.float().mean().item()
+        out[f"ir_r{k}"] = (top_images == gt[:, None]).any(dim=1)
+    return out
+
+
+@torch.no_grad()
+def retrieval_recall(sim: Tensor, text_image: Sequence[int] | Tensor, ks: Sequence[int] = RECALL_KS,
+                     sim_t2i: Tensor | None = None) -> dict[str, float]:
+    """``sim`` (n_images, n_texts), ``text_image[j]``: the image of text j; ``sim_t2i``: other
+    scores of the same shape for the text -> image direction (two-stage ranking re-scores each
+    side's candidates). Returns percentages ``tr_r{k}``, ``ir_r{k}`` and ``r_mean`` (their mean,
+    the papers' "RSUM / 6" column)."""
+    hits = query_hits(sim, text_image, ks, sim_t2i)
+    out = {key: 100.0 * hit.float().mean().item() for key, hit in hits.items()}
     out["r_mean"] = sum(out.values()) / len(out)
     return out
 

@@ -47,24 +47,29 @@ class CopaSpec:
     decoder_layers: int = 12
     max_text_length: int = 512
     embed_dim: int = 256  # ITC projection width (ALBEF)
-    selection: str = "tpd"  # none | tpd | cls_attention | text_attention
+    selection: str = "tpd"  # none | tpd | cls_attention | text_attention | oracle | random
     location: int | Sequence[int] = 6
     keep_ratio: float = 0.5
     tpd_fusion: str = "softmax"  # the TPD's fused-token weights (COPA eq. 1); or "normalized"
     pad_id: int = 0
 
 
+def spec_selector(spec: CopaSpec) -> nn.Module:
+    """The selector ``spec`` describes (a fresh one: target recall builds it at other keep ratios)."""
+    options = {} if spec.selection == "none" else {"keep_ratio": spec.keep_ratio}
+    if spec.selection in TEXT_GUIDED:
+        options["text_dim"] = spec.text_dim
+    if spec.selection == "tpd":
+        options["fusion"] = spec.tpd_fusion
+    return build_selector(spec.selection, spec.vision_dim, **options)
+
+
 class CopaModel(nn.Module):
     def __init__(self, spec: CopaSpec):
         super().__init__()
         self.spec = spec
-        options = {} if spec.selection == "none" else {"keep_ratio": spec.keep_ratio}
-        if spec.selection in TEXT_GUIDED:
-            options["text_dim"] = spec.text_dim
-        if spec.selection == "tpd":
-            options["fusion"] = spec.tpd_fusion
         self.vision = VisionEncoder(
-            build_selector(spec.selection, spec.vision_dim, **options), spec.location, spec.image_size, spec.patch_size,
+            spec_selector(spec), spec.location, spec.image_size, spec.patch_size,
             spec.vision_dim, spec.vision_depth, spec.vision_heads,
             pre_norm=spec.vision_pre_norm, activation=spec.vision_activation, pos_init=spec.vision_pos_init,
         )
@@ -87,12 +92,13 @@ class CopaModel(nn.Module):
         return self.text(input_ids, attention_mask)  # (B, L, H)
 
     def encode_image(self, images: Tensor, text_cls: Tensor | None = None, use_detector: bool = True,
-                     prefix: Tensor | None = None, need_scores: bool = False) -> dict[str, Tensor | None]:
+                     prefix: Tensor | None = None, need_scores: bool = False, targets: Tensor | None = None) -> dict[str, Tensor | None]:
         """``text_cls`` guides the selection (TPD, TRIPS); ``use_detector=False`` selects by image-[CLS]
         attention instead (COPA's warm-up, and the text-free uses: captioning, coarse retrieval);
         ``prefix``: an earlier call's for the same images; ``need_scores``: the TPD's scores even
-        where the selection does not use them (see ``VisionEncoder.forward``)."""
-        return self.vision(images, text_cls if self.text_guided else None, use_detector, prefix, need_scores)
+        where the selection does not use them; ``targets`` (B, n): the patches each text refers to,
+        which the oracle selector keeps and the others ignore (see ``VisionEncoder.forward``)."""
+        return self.vision(images, text_cls if self.text_guided else None, use_detector, prefix, need_scores, targets)
 
     def fuse(self, image_tokens: Tensor, text_states: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
         image_mask = torch.ones(image_tokens.shape[:2], dtype=text_mask.dtype, device=image_tokens.device)  # (B, Li)

@@ -11,11 +11,13 @@ constructor options (params/ names them):
 - MLM and PrefixLM: the selection is guided by the text each objective sees (the masked caption,
   the prefix), never by the whole caption, whose words the kept patches would otherwise carry.
   Each text-guided pass reuses the layers before the selection.
-- ``itm_guidance``: the text that guides the selection for an ITM pair. ``pair_text``: every
-  (image, text) pair is encoded with that text, as COPA's ITM re-ranking re-extracts image
-  features per candidate text (Appendix E); ``own_caption``: negatives reuse the image
-  tokens selected by the image's own caption (one pass, but the selection then carries a trace
-  of the positive caption).
+- ``itm_guidance``: the text that guides the selection for an ITM pair. ``own_caption``
+  (default): negatives reuse the image tokens selected by the image's own caption, as Algorithm 1
+  (line 10) runs one forward for ITC, ITM, MLM and PrefixLM and Figure 3 finds the memory
+  independent of the detection location (the selection then carries a trace of the positive
+  caption); ``pair_text``: every negative pair is re-encoded with its text after the layers
+  before the selection, as COPA's ITM re-ranking re-extracts image features per candidate text
+  at retrieval inference (Appendix E): its memory grows with the layers after the selection.
 - the warm-up (§3.3): images are selected by image-[CLS] attention until the detector takes
   over, after ``switch_steps`` steps or once the running PTA loss is under ``switch_pta_loss``.
 """
@@ -66,7 +68,7 @@ class CopaPretraining(nn.Module):
         mlm_probability: float = 0.15,
         loss_weights: Mapping[str, float] | None = None,
         itc_image: Literal["paired_text", "text_free"] = "text_free",
-        itm_guidance: Literal["pair_text", "own_caption"] = "pair_text",
+        itm_guidance: Literal["pair_text", "own_caption"] = "own_caption",
         switch_rule: Literal["steps", "pta_loss"] = "steps",
         switch_steps: int = 1000,
         switch_pta_loss: float = 0.3,

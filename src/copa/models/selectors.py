@@ -1,8 +1,10 @@
-"""Token selectors for the visual encoder: none, COPA's TPD, image-[CLS] attention, TRIPS.
+"""Token selectors for the visual encoder: none, COPA's TPD, image-[CLS] attention, TRIPS, and
+two references that bracket them: the oracle (the patches of what the text refers to) and random.
 
 A selector is called by ``VisionEncoder`` at each of its selection layers with the timm
-``Block`` of that layer, the block's input ``x`` (B, 1+n, D) ([CLS] first) and the text [CLS]
-``text_cls`` (B, D_text) or None; it runs the block itself, because where the selection sits
+``Block`` of that layer, the block's input ``x`` (B, 1+n, D) ([CLS] first), the text [CLS]
+``text_cls`` (B, D_text) or None, and ``targets`` (B, n), the patches each example's text refers
+to (read by the oracle only; None elsewhere); it runs the block itself, because where the selection sits
 differs: the TPD and ``cls_attention`` act on the block's output (COPA §3.2: "between the k-th
 and (k+1)-th layer"), TRIPS acts inside the block, between self-attention and the FFN (TRIPS
 §3.2). It returns ``SelectorOutput(tokens, kept, scores)``:
@@ -22,7 +24,8 @@ Open choices of the papers, each a named option (defaults in the constructors):
 - ``keep_order``: kept patches in their spatial order (True) or by decreasing score.
 - ``fusion``, the weights of the fused token over the n-K dropped patches: "softmax" of their
   scores (COPA eq. 1), "normalized" (scores / their sum), "raw" (the scores themselves, not
-  renormalised: TRIPS eq. 3 and EViT) or "drop" (no fused token: TRIPS "w/o ITF").
+  renormalised: TRIPS eq. 3 and EViT), "uniform" (the mean of the dropped patches: the selectors
+  without scores, oracle and random) or "drop" (no fused token: TRIPS "w/o ITF").
 - ``use_detector=False`` (forward argument): the text-guided selectors fall back to image-[CLS]
   attention at the same place (COPA's warm-up and text-free uses; TRIPS "w/o TD-ATT").
 
@@ -61,6 +64,7 @@ FUSIONS: dict[str, Callable[[Tensor], Tensor] | None] = {
     "softmax": lambda s: s.softmax(dim=-1),  # COPA eq. (1)
     "normalized": lambda s: s / s.sum(dim=-1, keepdim=True).clamp_min(1e-12),
     "raw": lambda s: s,  # TRIPS eq. (3), EViT
+    "uniform": lambda s: torch.full_like(s, 1.0 / s.shape[-1]),  # no scores to weigh by: oracle, random
     "drop": None,  # TRIPS "w/o ITF"
 }
 
@@ -161,7 +165,7 @@ class NoSelection(nn.Module):
         super().__init__()
 
     def forward(self, block: nn.Module, x: Tensor, text_cls: Tensor | None = None,
-                use_detector: bool = True, need_scores: bool = False) -> SelectorOutput:
+                use_detector: bool = True, need_scores: bool = False, targets: Tensor | None = None) -> SelectorOutput:
         return SelectorOutput(block(x), None, None)
 
 
@@ -182,7 +186,7 @@ class ClsAttentionSelector(Selector):
         self.inside_block = inside_block
 
     def forward(self, block: nn.Module, x: Tensor, text_cls: Tensor | None = None,
-                use_detector: bool = True, need_scores: bool = False) -> SelectorOutput:
+                use_detector: bool = True, need_scores: bool = False, targets: Tensor | None = None) -> SelectorOutput:
         x, weights, _ = attention_half(block, x)
         if self.inside_block:
             out = self.select(x, cls_attention_scores(weights))
@@ -246,7 +250,7 @@ class TextAwarePatchDetector(Selector):
         return out._replace(scores=self.score(x[:, 1:], text_cls)) if need_scores and text_cls is not None else out
 
     def forward(self, block: nn.Module, x: Tensor, text_cls: Tensor | None = None,
-                use_detector: bool = True, need_scores: bool = False) -> SelectorOutput:
+                use_detector: bool = True, need_scores: bool = False, targets: Tensor | None = None) -> SelectorOutput:
         if not use_detector:
             x, weights, _ = attention_half(block, x)
             return self.select_by_attention(mlp_half(block, x), cls_attention_scores(weights), text_cls, need_scores)
@@ -280,7 +284,7 @@ class TextAttentionSelector(Selector):
                                              inside_block=True)
 
     def forward(self, block: nn.Module, x: Tensor, text_cls: Tensor | None = None,
-                use_detector: bool = True, need_scores: bool = False) -> SelectorOutput:
+                use_detector: bool = True, need_scores: bool = False, targets: Tensor | None = None) -> SelectorOutput:
         if not use_detector:
             return self.fallback(block, x)
         if text_cls is None:
@@ -300,12 +304,70 @@ class TextAttentionSelector(Selector):
         return out._replace(tokens=mlp_half(block, out.tokens))
 
 
+class OracleSelector(Selector):
+    """The patches the text refers to (``targets`` (B, n), e.g. rasterised referent boxes): the
+    best any selector keeping K can do for them, so an upper reference for the others.
+
+    K is ``num_keep`` as for every selector, so the cost at a keep ratio is theirs: the targets
+    first, then the other patches, each group in raster order (top-left first); with more targets
+    than K, the first K targets in raster order. The fused token is the mean of the dropped
+    patches (fusion "uniform": there are no scores to weigh them by). Acts on the block's output, as
+    the TPD. ``use_detector=False`` (warm-up, text-free uses: no text, so no targets) selects by
+    image-[CLS] attention at the same place, as the TPD does. No parameters.
+    """
+
+    max_locations = 1
+
+    def __init__(self, embed_dim: int, keep_ratio: float = 0.5, rounding: str = "round",
+                 keep_order: bool = True, fusion: str = "uniform"):
+        super().__init__(keep_ratio, rounding, keep_order, fusion)
+        self.warmup = ClsAttentionSelector(embed_dim, keep_ratio, rounding, keep_order)
+
+    def forward(self, block: nn.Module, x: Tensor, text_cls: Tensor | None = None,
+                use_detector: bool = True, need_scores: bool = False, targets: Tensor | None = None) -> SelectorOutput:
+        if not use_detector:
+            return self.warmup(block, x)
+        if targets is None:
+            raise ValueError("the oracle selector needs targets (B, n), the patches each text refers to; "
+                             "pass use_detector=False for text-free use")
+        n = x.shape[1] - 1
+        if targets.shape != (x.shape[0], n):
+            raise ValueError(f"oracle targets must be (batch, patches) = {(x.shape[0], n)}, got {tuple(targets.shape)}")
+        # score 1 for a target, 0 otherwise: the stable top-K takes the targets, then the rest, by index
+        return self.select(block(x), targets.to(x.dtype))
+
+
+class RandomSelector(Selector):
+    """K patches drawn uniformly at random (K = ``num_keep``, the others' cost): the lower
+    reference, whose expected target-patch recall is K / n.
+
+    A fresh draw per example and call from torch's global generator (on the tokens' device), so
+    a training run draws anew each step and repeats itself under the engine's seeding, and an
+    evaluation is deterministic under ``torch.manual_seed``. The fused token is the mean of the
+    dropped patches (fusion "uniform"). Acts on the block's output, as the TPD; reads neither the
+    text nor ``use_detector`` (nothing to warm up). No parameters.
+    """
+
+    max_locations = 1
+
+    def __init__(self, embed_dim: int, keep_ratio: float = 0.5, rounding: str = "round",
+                 keep_order: bool = True, fusion: str = "uniform"):
+        super().__init__(keep_ratio, rounding, keep_order, fusion)
+
+    def forward(self, block: nn.Module, x: Tensor, text_cls: Tensor | None = None,
+                use_detector: bool = True, need_scores: bool = False, targets: Tensor | None = None) -> SelectorOutput:
+        x = block(x)
+        return self.select(x, torch.rand(x.shape[0], x.shape[1] - 1, device=x.device))
+
+
 #: Selectors by name. Every constructor takes ``embed_dim`` first, then keyword options.
 SELECTORS: dict[str, type[nn.Module]] = {
     "none": NoSelection,
     "tpd": TextAwarePatchDetector,
     "cls_attention": ClsAttentionSelector,
     "text_attention": TextAttentionSelector,
+    "oracle": OracleSelector,
+    "random": RandomSelector,
 }
 
 

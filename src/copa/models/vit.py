@@ -87,7 +87,8 @@ class VisionEncoder(nn.Module):
         self.apply(init_weights_vit_timm)
 
     def forward(self, images: Tensor, text_cls: Tensor | None = None,
-                use_detector: bool = True, prefix: Tensor | None = None, need_scores: bool = False) -> dict[str, Tensor | None]:
+                use_detector: bool = True, prefix: Tensor | None = None, need_scores: bool = False,
+                targets: Tensor | None = None) -> dict[str, Tensor | None]:
         """Encode images (B, 3, H, W), guided by text_cls (B, D_text) where the selector uses it.
 
         Returns ``tokens`` (B, 1+K+1, D) after the final norm ((B, 1+n, D) without selection),
@@ -99,7 +100,8 @@ class VisionEncoder(nn.Module):
         selectors select by image-[CLS] attention at the same place (COPA warm-up, captioning,
         coarse retrieval). ``prefix`` given (an earlier call's, for the same images): the layers
         before the selection, which no text changes, are not run again (the same images
-        encoded under other texts, as ITM's pairs are).
+        encoded under other texts, as ITM's pairs are). ``targets`` (B, n): the patches each
+        text refers to, for the ``oracle`` selector (the others ignore them).
         """
         first = min(self.locations)
         if prefix is None:
@@ -120,7 +122,7 @@ class VisionEncoder(nn.Module):
             if layer not in self.locations:
                 x = block(x)
                 continue
-            out = self.selector(block, x, text_cls, use_detector, need_scores)
+            out = self.selector(block, x, text_cls, use_detector, need_scores, targets)
             x = out.tokens
             scores = out.scores if out.scores is not None else scores
             if out.kept is not None:

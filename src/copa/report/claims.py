@@ -22,13 +22,12 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from statistics import fmean
 
 import pandas as pd
 
 from copa.config import DEFAULT_PARAMS_DIR, Params
 from copa.eval.paired import LEVEL, POWER, PairedDifference, paired_bootstrap
-from copa.report.columns import COLUMNS
+from copa.report.columns import COLUMNS, PERCENT
 from copa.report.grids import load_grid, row_result
 
 HOLDS, FAILS, UNMEASURABLE = "holds", "does not hold", "not measurable at this scale"
@@ -37,8 +36,6 @@ MIN_DETECTION = 0.01  # Figure 5: one point of patch accuracy / recall (fraction
 MIN_COST = 0.01  # FLOPs, memory: a relative difference of 1%
 MIN_SPEEDUP = 0.10  # throughput: 10% relative, beyond the timing variance of one measurement on a shared machine
 SPREAD_TOLERANCE = 0.05  # "independent of location": memory within 5% of its mean across locations
-PERCENT = 100.0  # per-example scores are fractions; the accuracy columns are percentages
-CONSISTENCY = 1e-3  # points: per-example scores must average to the result's own accuracy (rounding aside)
 _UNIT = PairedDifference.from_se(0.0, 1.0)  # in standard errors: the interval's half-width (high) and the MDD
 
 RULE = (
@@ -152,22 +149,13 @@ class Tables:
         if self.params is None or spec.per_example is None:
             return None
         grid_row = load_grid(grid, self.params_dir).row(row)
-        per_seed: list[dict[str, float]] = []
+        results = []
         for seed in self.params.report.seeds:
             path = row_result(grid_row, spec.source, self.params, self.results, seed)
             if not path.is_file():
                 return None
-            record = json.loads(path.read_text(encoding="utf-8"))
-            scores = spec.example_scores(record)
-            if scores is None:
-                return None
-            if not scores or abs(PERCENT * fmean(scores.values()) - spec.value(record)) > CONSISTENCY:
-                raise ValueError(f"{path}: key {'.'.join(spec.per_example)} does not average to the result's "
-                                 f"{'.'.join(spec.paths[0])} ({spec.value(record)})")
-            if per_seed and scores.keys() != per_seed[0].keys():
-                raise ValueError(f"{path}: other examples than seed {self.params.report.seeds[0]}'s result")
-            per_seed.append(scores)
-        return {k: fmean(s[k] for s in per_seed) for k in per_seed[0]}
+            results.append((path, json.loads(path.read_text(encoding="utf-8"))))
+        return spec.seed_mean_scores(results)
 
 
 def _number(value) -> float | None:

@@ -2,23 +2,28 @@
 
 Figure 1(a): VQA accuracy against the keeping ratio, one line per selector, the no-selection
 model as a horizontal line. Figure 3: pretraining-step memory against the keeping ratio and
-against the detection location, mPLUG (no selection) as a red line. x values are the rows'
-settings in the paper's terms (ratios, layers of 12), whatever the profile's depth.
+against the detection location, a line per ITM encoding (pretrain.itm_guidance), mPLUG (no
+selection) as a red line. x values are the rows' settings in the paper's terms (ratios, layers
+of 12), whatever the profile's depth.
 """
 
 from __future__ import annotations
 
+import textwrap
 from typing import Callable
 
 from matplotlib.figure import Figure
 
-from copa.report.columns import COLUMNS
+from copa.config import ITM_GUIDANCES
+from copa.report.columns import COLUMNS, MEMORY_HEADER, memory_column
 from copa.report.figures import new_figure
 from copa.report.grids import Grid, GridRow
 from copa.report.tables import Cell
 
-SELECTOR_NAMES = {"tpd": "TPD (COPA)", "cls_attention": "[CLS] attention", "text_attention": "text attention (TRIPS)"}
+SELECTOR_NAMES = {"tpd": "TPD (COPA)", "cls_attention": "[CLS] attention", "text_attention": "text attention (TRIPS)",
+                  "oracle": "oracle (referent boxes)", "random": "random"}
 Cells = dict[str, dict[str, Cell]]
+TITLE_WIDTH = 120  # characters a line of Figure 3's two-panel title holds at its font size
 
 
 def _points(rows: list[GridRow], cells: Cells, column: str, x: Callable[[GridRow], float]) -> tuple[list[float], list[float], list[float]]:
@@ -60,14 +65,15 @@ def memory_vs_keep_and_location(grid: Grid, cells: Cells, subtitle: str) -> Figu
               ("detection location (layer of 12)", [r for r in tpd if r.keep == 0.5], lambda r: r.location[0]))
     for i, (xlabel, rows, x) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, 2, i)
-        xs, ys, _ = _points(rows, cells, "memory_mib", x)
-        ax.plot(xs, ys, marker="o", label="COPA (TPD)")
-        _baseline(ax, baseline, cells, "memory_mib", "mPLUG", "red")
+        for encoding in ITM_GUIDANCES:  # a line per ITM encoding, each named
+            xs, ys, _ = _points(rows, cells, memory_column(encoding), x)
+            ax.plot(xs, ys, marker="o", label=f"COPA (TPD), ITM {encoding}")
+        _baseline(ax, baseline, cells, "memory_mib", "mPLUG (no selection: the encodings agree)", "red")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(COLUMNS["memory_mib"].header, fontsize=8)
+        ax.set_ylabel(MEMORY_HEADER, fontsize=8)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{grid.title}\n{subtitle}", fontsize=8)
+    fig.suptitle(textwrap.fill(grid.title, TITLE_WIDTH) + f"\n{subtitle}", fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -11,6 +11,12 @@ A profile's ViT of depth D takes the paper's location k as round(k * D / 12), ha
 up (the demo's depth 6: 4 / 6 / 8 -> 2 / 3 / 4). ``none`` (mPLUG) has no location or ratio:
 its runs are named with the profile's default location and ratio 1.0, so every grid shares one.
 
+``baseline`` names the row every other row is compared with on the same test examples: the
+tables add, beside each column that keeps per-example scores, each row's paired difference to it
+with its 95% bootstrap interval (copa.eval.paired). A grid's ``columns`` are those it names,
+each followed by its controls (copa.report.columns.CONTROLS: after VQA accuracy, the majority
+answer per question type and the swapped-image accuracy).
+
 A row's ``architecture`` is ``dual_stream`` (COPA, mPLUG) unless it says ``single_stream`` (COPA
 Table 6's COPA-S and ViLT: ``copa.single_stream``); a single-stream run's name starts with
 ``single-``.
@@ -38,7 +44,7 @@ from typing import Any, Literal
 import yaml
 
 from copa.config import DEFAULT_PARAMS_DIR, ParamsError, Params, available_profiles, validated_record, vqa_image_size
-from copa.report.columns import COLUMNS
+from copa.report.columns import COLUMNS, CONTROLS, with_controls
 
 GRIDS_DIR = "grids"
 PAPER_DEPTH = 12  # ViT-B/16
@@ -49,7 +55,7 @@ PAPER_PROTOCOL_SIZE = 224  # px (COPA Table 4): a profile's cost resolutions sca
 @dataclass(frozen=True)
 class GridRow:
     label: str
-    method: Literal["none", "tpd", "cls_attention", "text_attention"]
+    method: Literal["none", "tpd", "cls_attention", "text_attention", "oracle", "random"]
     location: tuple[int, ...]  # in the paper's 12-layer ViT
     keep: float
     paper: dict[str, float]  # the paper's values, by column
@@ -73,6 +79,7 @@ class Grid:
     trained: dict[str, list[str]]  # profile -> labels of the rows it trains
     reference: tuple[ReferenceRow, ...] = ()
     selection_columns: bool = False  # show each row's detection location and keeping ratio (COPA Table 6's EL, KR)
+    baseline: str | None = None  # the row the others' paired differences are taken against (a label of ``rows``)
     name: str = field(default="", compare=False)
 
     def row(self, label: str) -> GridRow:
@@ -112,7 +119,7 @@ def load_grid(name: str, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> Grid:
         raise ParamsError(f"{path}: unknown key 'name' (a grid is named by its file)")
     grid: Grid = validated_record(Grid, raw, str(path))
     _check(grid, path)
-    return dataclasses.replace(grid, name=name)
+    return dataclasses.replace(grid, name=name, columns=with_controls(grid.columns))
 
 
 def _normalised(raw: dict[str, Any], path: Path, profiles: list[str]) -> dict[str, Any]:
@@ -136,6 +143,11 @@ def _check(grid: Grid, path: Path) -> None:
     for column in grid.columns:
         if column not in COLUMNS:
             raise ParamsError(f"{path}: unknown column {column!r} in 'columns' (known: {', '.join(COLUMNS)})")
+        shown_after = [name for name, controls in CONTROLS.items() if column in controls]
+        if shown_after:
+            raise ParamsError(f"{path}: column {column!r} in 'columns' is a control, shown after {shown_after[0]!r} by itself")
+    if grid.baseline is not None and grid.baseline not in {r.label for r in grid.rows}:
+        raise ParamsError(f"{path}: key 'baseline' names no row: {grid.baseline!r}")
     labels = [r.label for r in grid.rows] + [r.label for r in grid.reference]
     duplicated = sorted({label for label in labels if labels.count(label) > 1})
     if duplicated:
@@ -149,9 +161,9 @@ def _check(grid: Grid, path: Path) -> None:
         if row.resolution is not None and (row.resolution <= 0 or other_tasks):
             raise ParamsError(f"{path}: key 'rows[{i}].resolution' must be a positive px count, for grids whose only "
                               f"fine-tuned column is VQA; got {row.resolution} with {', '.join(other_tasks) or 'VQA'}")
-        if row.architecture == "single_stream" and row.method == "text_attention":
-            raise ParamsError(f"{path}: key 'rows[{i}].method': text_attention (TRIPS) needs a dual-stream model's text encoder; "
-                              "a single_stream row selects with tpd, cls_attention or none")
+        if row.architecture == "single_stream" and row.method in ("text_attention", "oracle", "random"):
+            raise ParamsError(f"{path}: key 'rows[{i}].method': {row.method} is dual-stream only (text_attention reads the text "
+                              "encoder's [CLS]); a single_stream row selects with tpd, cls_attention or none")
         if not 0 < row.keep <= 1:
             raise ParamsError(f"{path}: key 'rows[{i}].keep' must be in (0, 1], got {row.keep}")
         if not row.location or not all(1 <= k <= PAPER_DEPTH for k in row.location):

@@ -1,5 +1,5 @@
 """The pretraining figure of a run: training losses per step (DVCLive's series) and the held-out
-probes per epoch (copa.eval.pretraining), each next to its chance level."""
+probes per epoch (copa.eval.pretraining), each next to its chance level or its bounds."""
 
 from __future__ import annotations
 
@@ -27,11 +27,12 @@ def read_live_series(live_dir: Path, names: Sequence[str], section: str = "train
 
 
 def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int | None, title: str, stem: Path) -> list[Path]:
-    """Four panels: (a) losses, (b) held-out patch selection, (c) held-out TPD score ranking (AP),
-    (d) held-out ITC retrieval R@1."""
+    """Six panels: (a) losses, (b) held-out patch selection, (c) held-out TPD score ranking (AP),
+    (d) held-out ITC retrieval R@1, (e) held-out ITM balanced accuracy, (f) the same-image
+    contrast of the TPD's AP under two texts (copa.eval.same_image_contrast)."""
     losses = read_live_series(live_dir, LOSS_TERMS)
-    fig = new_figure(20, 5.6)
-    ax_loss, ax_patch, ax_ap, ax_ret = fig.subplots(1, 4)
+    fig = new_figure(20, 11.5)
+    (ax_loss, ax_patch, ax_ap), (ax_ret, ax_itm, ax_contrast) = fig.subplots(2, 3)
 
     for name, series in losses.items():
         ax_loss.plot(series["step"], series["value"], label=name, linewidth=1.2)
@@ -82,9 +83,38 @@ def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int 
     ax_ret.set(xlabel="epoch", ylabel="recall (%)", title=f"(d) held-out ITC retrieval ({shape})")
     ax_ret.set_ylim(bottom=0)
     ax_ret.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
-    for ax in (ax_patch, ax_ap, ax_ret):
+    _itm_panel(ax_itm, epochs, [p["itm"] for p in probes])
+    _contrast_panel(ax_contrast, epochs, [p["same_image_contrast"] for p in probes])
+    for ax in (ax_patch, ax_ap, ax_ret, ax_itm, ax_contrast):
         ax.set_xticks(epochs)
 
     fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, stem)
+
+
+def _itm_panel(ax, epochs: Sequence[int], itm: Sequence[dict]) -> None:
+    for kind, color in (("hard", "C0"), ("random", "C1")):
+        ax.plot(epochs, [r[kind]["balanced"] for r in itm], marker="o", color=color, label=f"{kind} negatives")
+    if itm:
+        ax.axhline(itm[-1]["constant"], color="grey", linestyle=":", label="constant predictor")
+    n = f"{itm[0]['positives']} positives, {itm[0]['negatives_per_kind']} negatives per kind" if itm else ""
+    ax.set(xlabel="epoch", ylabel="balanced accuracy", title=f"(e) held-out ITM ({n})")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+
+
+def _contrast_panel(ax, epochs: Sequence[int], contrast: Sequence[dict]) -> None:
+    if not contrast or "contrast" not in contrast[0]:
+        ax.text(0.5, 0.5, contrast[0].get("note", "no contrast") if contrast else "no contrast", ha="center", va="center",
+                transform=ax.transAxes, wrap=True)
+    else:
+        estimate = [c["contrast"]["estimate"] for c in contrast]
+        errors = [[e - c["contrast"]["low"] for e, c in zip(estimate, contrast)], [c["contrast"]["high"] - e for e, c in zip(estimate, contrast)]]
+        ax.errorbar(epochs, estimate, yerr=errors, marker="o", color="C0", capsize=3, label="TPD: AP(A's text) - AP(B's text), 95% interval")
+        bounds = contrast[-1]["bounds"]
+        ax.axhline(bounds["text_aware"]["contrast"]["estimate"], color="C2", linestyle=":", label="text-aware best (annotations)")
+        ax.axhline(bounds["text_free"]["contrast"]["estimate"], color="C4", linestyle=":", label="any text-free scorer")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
+    n = f"{contrast[0]['images']} images, {contrast[0]['pairs']} pairs" if contrast and "pairs" in contrast[0] else ""
+    ax.set(xlabel="epoch", ylabel="AP difference, A's patches", title=f"(f) same-image contrast ({n})")

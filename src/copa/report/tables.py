@@ -2,13 +2,20 @@
 
 Each row of the grid gets, per column, the value measured in this profile (the mean over the
 seeds, with the standard deviation when there are several) and the paper's value in a separate,
-labelled column. A column that needs fine-tuning is empty ("not trained") for rows the profile
-does not train; FLOPs, throughput, latency and memory are measured for every row. Reference rows
-(models the harness does not implement) carry the paper's numbers only.
+labelled column (not for controls, which the paper does not report). A column that needs
+fine-tuning is empty ("not trained") for rows the profile does not train; FLOPs, throughput,
+latency and memory are measured for every row. Reference rows (models the harness does not
+implement) carry the paper's numbers only.
+
+In a grid with a ``baseline`` row, each column whose results keep per-example scores (VQA
+questions, retrieval queries, grounding expressions) is followed by every row's paired difference
+to the baseline row, in points, with its 95% interval: a paired bootstrap over the test examples
+both rows were scored on (copa.eval.paired; the per-example scores averaged over the seeds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from dataclasses import dataclass
@@ -18,12 +25,15 @@ from typing import Sequence
 import pandas as pd
 
 from copa.config import Params
-from copa.report.columns import COLUMNS
+from copa.eval.paired import LEVEL, RESAMPLES, PairedDifference, paired_bootstrap
+from copa.report.columns import COLUMNS, PERCENT
 from copa.report.grids import (PAPER_PRETRAIN_SIZE, PAPER_PROTOCOL_SIZE, Grid, GridRow, profile_resolution, row_result, row_run,
                                row_selection)
 
 NOT_TRAINED = "not trained"
 NOT_MEASURED = "not measured"  # (not "n/a": pandas reads that back as NaN)
+NOT_PAIRED = "not paired"  # a difference without both rows' per-example scores (the baseline not trained, older results)
+BASELINE = "baseline"
 SUFFIXES = (".csv", ".md", ".tex", ".json")
 
 
@@ -48,6 +58,7 @@ class Cell:
     n: int
     status: str = ""  # "" measured, NOT_TRAINED, NOT_MEASURED
     examples: int | None = None  # test examples behind each value (accuracies)
+    difference: PairedDifference | None = None  # to the grid's baseline row, in points, paired over the same examples
 
     def text(self, digits: int) -> str:
         if self.status:
@@ -74,9 +85,15 @@ def _read(path: Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
+def paired_columns(grid: Grid) -> list[str]:
+    """The grid's columns that get each row's paired difference to its baseline row."""
+    return [name for name in grid.columns if grid.baseline and COLUMNS[name].per_example]
+
+
 def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> tuple[dict[str, dict[str, Cell]], list[str]]:
-    """(label -> column -> Cell for the grid's rows in the profile of ``params``, the devices the
-    efficiency columns were measured on: one, normally); each result file is read once."""
+    """(label -> column -> Cell for the grid's rows in the profile of ``params``, with the paired
+    differences to the baseline row; the devices the efficiency columns were measured on: one,
+    normally); each result file is read once."""
     trained = grid.trained[params.profile]
     records: dict[Path, dict] = {}  # result file -> its JSON
 
@@ -86,6 +103,7 @@ def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> 
         return records[path]
 
     out: dict[str, dict[str, Cell]] = {}
+    scores: dict[str, dict[str, dict[str, float] | None]] = {}  # label -> paired column -> example id -> score
     for row in grid.rows:
         cells = {}
         for name in grid.columns:
@@ -93,11 +111,42 @@ def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> 
             if column.source != "efficiency" and row.label not in trained:
                 cells[name] = Cell(None, None, 0, NOT_TRAINED)
                 continue
-            read = [record(row_result(row, column.source, params, results, seed)) for seed in seeds]
-            cells[name] = _cell([column.value(r) for r in read], column.examples(read[0]))
+            read = [(path, record(path)) for path in (row_result(row, column.source, params, results, seed) for seed in seeds)]
+            cells[name] = _cell([column.value(r) for _, r in read], column.examples(read[0][1]))
+            if name in paired_columns(grid):
+                scores.setdefault(row.label, {})[name] = column.seed_mean_scores(read)
         out[row.label] = cells
+    for label, cells in out.items():
+        for name in paired_columns(grid):
+            first, second = scores.get(label, {}).get(name), scores.get(grid.baseline, {}).get(name)
+            if label != grid.baseline and first is not None and second is not None:
+                what = f"{grid.name}: rows {label!r} and {grid.baseline!r}, column {name!r}"
+                cells[name] = dataclasses.replace(cells[name], difference=paired_difference(first, second, what))
     devices = {_device_name(r.get("device", {})) for path, r in records.items() if path.parent.name == "efficiency"}
     return out, sorted(devices)
+
+
+def paired_difference(first: dict[str, float], second: dict[str, float], what: str) -> PairedDifference:
+    """first - second in points (per-example scores are fractions), paired over their examples,
+    which must be the same (``what`` names them in the error)."""
+    if first.keys() != second.keys():
+        raise ValueError(f"{what}: not evaluated on the same examples ({len(first.keys() ^ second.keys())} examples in only one)")
+    ids = sorted(first)
+    return paired_bootstrap([first[i] for i in ids], [second[i] for i in ids]).scaled(PERCENT)
+
+
+def difference_text(grid: Grid, label: str, cell: Cell, digits: int) -> str:
+    """A Δ column's cell: estimate [low, high]; "baseline" in the baseline's row."""
+    if label == grid.baseline:
+        return BASELINE
+    if cell.status:
+        return cell.status
+    d = cell.difference
+    return NOT_PAIRED if d is None else f"{d.estimate:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]"
+
+
+def difference_header(grid: Grid, name: str) -> str:
+    return f"{COLUMNS[name].header}: Δ vs {grid.baseline} [{100 * (1 - LEVEL):g}% CI]"
 
 
 def _device_name(info: dict) -> str:
@@ -121,6 +170,10 @@ def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], s
             cell = cells[row.label][name]
             line.update({name: cell.mean, f"{name}_std": cell.std, f"{name}_seeds": cell.n, f"{name}_examples": cell.examples,
                          f"{name}_status": cell.status or "measured", f"{name}_paper": row.paper.get(name)})
+            if name in paired_columns(grid):  # points, against the baseline row
+                d = cell.difference
+                line.update({f"{name}_vs_baseline{part}": None if d is None else getattr(d, field)
+                             for part, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))})
         lines.append(line)
     for ref in grid.reference:
         line = {"row": ref.label, "run": "", "method": "reference", "trained": False}
@@ -130,20 +183,24 @@ def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], s
         lines.append(line)
     frame = pd.DataFrame(lines)
     frame.insert(0, "profile", params.profile)
+    if grid.baseline:
+        frame["baseline"] = grid.baseline
     frame["seeds"] = " ".join(str(s) for s in seeds)
     return frame
 
 
 def _display(grid: Grid, cells: dict[str, dict[str, Cell]], params: Params) -> tuple[list[str], list[list[str]]]:
-    """Header and text cells shared by the Markdown and LaTeX tables: measured | paper per column
-    (with ``selection_columns``, first the detection location and keeping ratio: this profile's |
-    the paper's)."""
+    """Header and text cells shared by the Markdown and LaTeX tables: measured | paper (columns the
+    paper reports) | Δ vs the baseline row (columns with per-example scores) per column (with
+    ``selection_columns``, first the detection location and keeping ratio: this profile's | the
+    paper's)."""
     header = ["model"]
     if grid.selection_columns:
         header += [f"detection location (of {params.model.vision_depth} layers)", "detection location (paper, of 12)",
                    "keeping ratio", "keeping ratio (paper)"]
     for name in grid.columns:
-        header += [COLUMNS[name].header, f"{COLUMNS[name].header} (paper)"]
+        header += [COLUMNS[name].header] + [f"{COLUMNS[name].header} (paper)"] * COLUMNS[name].in_paper
+        header += [difference_header(grid, name)] * (name in paired_columns(grid))
     body = []
     for row in (*grid.rows, *grid.reference):
         line = [row.label]
@@ -155,7 +212,9 @@ def _display(grid: Grid, cells: dict[str, dict[str, Cell]], params: Params) -> t
             column = COLUMNS[name]
             measured = cells[row.label][name].text(column.digits) if row.label in cells else "paper only"
             paper = row.paper.get(name)
-            line += [measured, "" if paper is None else f"{paper:g}"]
+            line += [measured] + ["" if paper is None else f"{paper:g}"] * column.in_paper
+            if name in paired_columns(grid):
+                line.append(difference_text(grid, row.label, cells[row.label][name], column.digits) if row.label in cells else "")
         body.append(line)
     return header, body
 
@@ -190,9 +249,14 @@ def resolution_note(grid: Grid, params: Params) -> str:
 
 
 def caption(grid: Grid, note: str, resolutions: str = "") -> str:
-    """The table's caption: its title, what was measured here, how its resolutions map (``resolution_note``)."""
+    """The table's caption: its title, what was measured here, how its resolutions map
+    (``resolution_note``), what the paired differences are."""
     mapped = f" {resolutions}." if resolutions else ""
-    return f"{grid.title}. {note}.{mapped} \"(paper)\" columns: the paper's numbers, for reference only (its scale, data and hardware)"
+    paired = (f" \"Δ vs {grid.baseline}\": each row minus the {grid.baseline} row in points over the same test examples, "
+              f"with the {100 * (1 - LEVEL):g}% interval of a paired bootstrap ({RESAMPLES} resamples of the examples, "
+              "each drawing both rows' scores; per-example scores averaged over the seeds)." if paired_columns(grid) else "")
+    return (f"{grid.title}. {note}.{mapped}{paired} \"(paper)\" columns: the paper's numbers, for reference only "
+            "(its scale, data and hardware)")
 
 
 def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], caption_text: str) -> str:
@@ -207,7 +271,7 @@ def markdown(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str, p
 
 def _latex_escape(text: str) -> str:
     for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
-                          ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$")):
+                          ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$"), ("Δ", r"$\Delta$")):
         text = text.replace(char, escaped)
     return text
 
@@ -227,8 +291,9 @@ def latex_table(header: Sequence[str], body: Sequence[Sequence[str]], caption_te
 
 
 def latex(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str, params: Params) -> str:
-    columns = "l" + "rr" * (len(grid.columns) + 2 * grid.selection_columns)
-    return latex_table(*_display(grid, cells, params), caption_text, f"tab:{grid.name}", columns, len(grid.rows) if grid.reference else None)
+    header, body = _display(grid, cells, params)
+    return latex_table(header, body, caption_text, f"tab:{grid.name}", "l" + "r" * (len(header) - 1),
+                       len(grid.rows) if grid.reference else None)
 
 
 def metrics_json(grid: Grid, cells: dict[str, dict[str, Cell]]) -> dict:

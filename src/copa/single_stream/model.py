@@ -46,7 +46,7 @@ from copa.models.selectors import SelectorOutput, build_selector
 from copa.models.text import additive_mask, bert_config, init_bert_weights
 from copa.models.vit import VisionEncoder
 
-SELECTIONS = ("none", "tpd", "cls_attention")  # text_attention (TRIPS) reads a separate text encoder's [CLS]
+SELECTIONS = ("none", "tpd", "cls_attention")  # text_attention (TRIPS) reads a separate text encoder's [CLS]; oracle, random: dual-stream only
 TPD_QUERIES = ("overall_cls", "overall_and_text_cls")
 
 

@@ -19,6 +19,7 @@ must stay true), so relative coordinates carry over.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +33,7 @@ from copa.config import GroundingEvalParams, Params
 from copa.data.downstream import GroundingExample, grounding_examples
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
-from copa.eval.grounding import box_iou, grounding_accuracy
+from copa.eval.grounding import box_iou, grounding_accuracy, grounding_hits
 from copa.models.copa import CopaModel
 from copa.models.objectives import lm_loss
 from copa.tasks.base import FinetuneTask, extend_vocabulary, resized_pairs, run_finetuning
@@ -202,6 +203,16 @@ def named_shape_boxes(test: Sequence[GroundingExample], seed: int) -> Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
+def expression_ids(examples: Sequence[GroundingExample]) -> list[str]:
+    """Each expression's id: ``<ref_id>.<n>``, its n-th sentence of the ref (file order)."""
+    seen: Counter = Counter()
+    out = []
+    for e in examples:
+        out.append(f"{e.ref_id}.{seen[e.ref_id]}")
+        seen[e.ref_id] += 1
+    return out
+
+
 def load_box_head(run: FinetunedRun) -> BoxHead | None:
     """The run's box head (regression runs); None for token runs."""
     if run.params.finetune.grounding.head != "regression":
@@ -227,11 +238,14 @@ def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_ro
         boxes = to_pixels_xywh(predict_boxes(model, tokenizer, test, params, box_head, batch_size, progress), sizes)
         baselines = {"centre_box": to_pixels_xywh(centre_boxes(train, test), sizes), "largest_box": largest_boxes(test),
                      "named_shape_box": named_shape_boxes(test, params.seed)}
-        record["splits"][name] = {"expressions": len(test), "acc@0.5": grounding_accuracy(boxes, truth),
+        hits = grounding_hits(boxes, truth)
+        record["splits"][name] = {"expressions": len(test), "acc@0.5": 100.0 * hits.double().mean().item(),
                                   "mean_iou": box_iou(boxes, truth).mean().item(),
                                   "baselines": {k: v for baseline, guess in baselines.items()
                                                 for k, v in ((baseline, grounding_accuracy(guess, truth)),
-                                                             (f"{baseline}_mean_iou", box_iou(guess, truth).mean().item()))}}
+                                                             (f"{baseline}_mean_iou", box_iou(guess, truth).mean().item()))},
+                                  # each expression's hit (IoU >= 0.5: 0 / 1), for paired comparisons of runs (copa.eval.paired)
+                                  "per_expression": dict(zip(expression_ids(test), map(int, hits.tolist())))}
         predictions += [{"split": name, "ref_id": e.ref_id, "sentence": e.sentence, "box": [round(v, 2) for v in b.tolist()]}
                         for e, b in zip(test, boxes)]
     summary = "grounding acc@0.5 " + ", ".join(

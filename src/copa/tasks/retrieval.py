@@ -22,7 +22,7 @@ from copa.config import Params, RetrievalEvalParams
 from copa.data.heldout import RetrievalSet, karpathy_retrieval_set, karpathy_training_pairs
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import Pair, PairDataset
-from copa.eval.retrieval import chance_recalls, retrieval_recall, two_stage_scores
+from copa.eval.retrieval import chance_recalls, query_hits, retrieval_recall, two_stage_scores
 from copa.models.copa import CopaModel
 from copa.models.objectives import contrastive_loss, itm_loss, itm_pairs, sample_hard_negatives
 from copa.tasks.base import FinetuneTask, run_finetuning
@@ -118,10 +118,14 @@ def evaluate_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, k: int, 
 
     i2t, t2i = two_stage_scores(coarse, k, itm_scores)
     bar.close()
+    hits = query_hits(i2t, data.text_image, sim_t2i=t2i)
     result = {"images": len(images), "texts": len(states), "k_test": k,
               **retrieval_recall(i2t, data.text_image, sim_t2i=t2i),
               "coarse": retrieval_recall(coarse, data.text_image),
-              "chance": chance_recalls(len(images), len(states))}
+              "chance": chance_recalls(len(images), len(states)),
+              # last: each query's hit (0 / 1) at each K by its index in the set (TR: images, IR: texts), for paired
+              # comparisons of runs (copa.eval.paired)
+              "per_query": {key: {str(i): int(h) for i, h in enumerate(hit.tolist())} for key, hit in hits.items()}}
     top = min(10, len(images), len(states))
     rankings = {"image_to_texts": i2t.topk(top, dim=1).indices.tolist(), "text_to_images": t2i.topk(top, dim=1).indices.tolist()}
     return result, rankings

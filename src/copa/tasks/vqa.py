@@ -7,9 +7,10 @@
   candidate list (``rank``): the most frequent training answers, the ``rank_k`` most likely by
   their first token kept, then scored whole.
 - Metric: the official VQA accuracy (:mod:`copa.eval.vqa`), overall and per answer type, next to
-  the majority-answer baselines and (``evaluate.vqa.swapped_image_control``) the same model asked
-  each question about another question's image: accuracy that survives the swap comes from the
-  question alone. The answers also in the official result format.
+  the majority-answer baselines (overall, per question type, per answer type) and
+  (``evaluate.vqa.swapped_image_control``) the same model asked each question about the image of
+  another question of its question type: accuracy that survives the swap comes from the question
+  alone. The answers also in the official result format.
 
 Images are resized to ``finetune.vqa.image_size`` (COPA Table 5's sweep; by default the pretraining
 resolution) without crops or flips: a crop can remove the object a question counts, a flip swaps
@@ -146,27 +147,47 @@ def answer_questions(model: CopaModel, tokenizer, examples: Sequence[VQAExample]
 
 
 def swap_images(examples: Sequence[VQAExample]) -> list[VQAExample]:
-    """Each question paired with the image of the question half the list away (a control: what
-    the model answers when the image does not go with the question; the questions of one image
-    are adjacent in the file, so the swapped image is another one unless one image has them all)."""
-    half = len(examples) // 2
-    return [dataclasses.replace(e, image=examples[(i + half) % len(examples)].image) for i, e in enumerate(examples)]
+    """Each question asked about another image of a question of its question type (the
+    annotations' ``question_type``): a control of what the model answers when the image does not
+    go with the question, while the question's form and its answer prior stay the same. Within a
+    type, the questions sorted by image each take the image of the question half the type's list
+    away: no question keeps its own image unless one image holds more than half of its type's
+    questions (then as few keep it as can: the excess of that image over the others)."""
+    by_type: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_type.setdefault(e.question_type, []).append(i)
+    image_of = {}
+    for indices in by_type.values():
+        ordered = sorted(indices, key=lambda i: (str(examples[i].image), examples[i].question_id))
+        half = len(ordered) // 2
+        image_of.update((i, examples[ordered[(n + half) % len(ordered)]].image) for n, i in enumerate(ordered))
+    return [dataclasses.replace(e, image=image_of[i]) for i, e in enumerate(examples)]
+
+
+def _most_frequent_answer(examples: Sequence[VQAExample]) -> str:
+    """The most frequent of the questions' most frequent human answers (first seen on ties)."""
+    return Counter(Counter(e.answers).most_common(1)[0][0] for e in examples).most_common(1)[0][0]
 
 
 def majority_baselines(train: Sequence[VQAExample], test: Sequence[VQAExample]) -> dict:
-    """The trivial baselines: every question answered with the most frequent training answer, and
-    (an oracle of the answer type) with the most frequent training answer of its answer type."""
+    """The trivial baselines: every question answered with the most frequent training answer, with
+    the most frequent training answer of its question type (the annotations' ``question_type``,
+    the question's first words: what a model can learn from the question's form alone), and (an
+    oracle of the answer type) with the most frequent training answer of its answer type. A type
+    the training questions lack gets the overall majority answer."""
     truth = {e.question_id: (e.answers, e.answer_type) for e in test}
-    top = Counter(Counter(e.answers).most_common(1)[0][0] for e in train)
-    by_type: dict[str, Counter] = {}
-    for e in train:
-        by_type.setdefault(e.answer_type, Counter())[Counter(e.answers).most_common(1)[0][0]] += 1
-    majority = top.most_common(1)[0][0]
-    per_type = {t: c.most_common(1)[0][0] for t, c in by_type.items()}
-    overall = vqa_accuracy({e.question_id: majority for e in test}, truth)
-    typed = vqa_accuracy({e.question_id: per_type.get(e.answer_type, majority) for e in test}, truth)
-    return {"majority_answer": {"answer": majority, "overall": overall["overall"], "per_answer_type": overall["per_answer_type"]},
-            "majority_per_answer_type": {"answers": per_type, "overall": typed["overall"], "per_answer_type": typed["per_answer_type"]}}
+    majority = _most_frequent_answer(train)
+    out = {}
+    for name, key in (("majority_answer", None), ("majority_per_question_type", "question_type"),
+                      ("majority_per_answer_type", "answer_type")):
+        groups: dict[str, list[VQAExample]] = {}
+        for e in train if key else ():
+            groups.setdefault(getattr(e, key), []).append(e)
+        answers = {group: _most_frequent_answer(members) for group, members in groups.items()}
+        guess = vqa_accuracy({e.question_id: answers.get(getattr(e, key), majority) if key else majority for e in test}, truth)
+        out[name] = {**({"answers": answers} if key else {"answer": majority}), "overall": guess["overall"],
+                     "per_answer_type": guess["per_answer_type"]}
+    return out
 
 
 def evaluate_vqa(run: FinetunedRun, settings: VQAEvalParams, data_root: Path, split: str,
@@ -210,7 +231,8 @@ def vqa_record(answer: Callable[[Sequence[VQAExample]], dict[int, str]], train: 
     record["per_question"] = {str(qid): round(score, 6) for qid, score in sorted(per_question.items())}
     types = ", ".join(f"{t} {v:.1f}" for t, v in accuracy["per_answer_type"].items())
     summary = (f"VQA accuracy {accuracy['overall']:.2f} ({types}); majority answer "
-               f"{record['baselines']['majority_answer']['overall']:.2f}")
+               f"{record['baselines']['majority_answer']['overall']:.2f}, per question type "
+               f"{record['baselines']['majority_per_question_type']['overall']:.2f}")
     if "controls" in record:
         summary += f"; with swapped images {record['controls']['swapped_image']['overall']:.2f}"
     return record, official_result_file(predictions), summary

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from copa.config import Params
+from copa.config import Params, ParamsError
 from copa.models.copa import CopaModel, CopaSpec
 from copa.models.pretraining import CopaPretraining
 
@@ -29,6 +29,9 @@ def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
 def build_pretraining(params: Params, tokenizer) -> CopaPretraining:
     """Algorithm 1 for a profile; ``tokenizer`` gives the vocabulary and the special ids."""
     p = params.pretrain
+    if params.model.selection.method == "oracle":  # it keeps the patches a text refers to: nothing in pretraining says which
+        raise ParamsError("model.selection.method oracle: no pretraining objective passes the referent boxes it selects by; "
+                          "the oracle is a reference for copa pretrain-eval's target-patch recall")
     special = [tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens]
     model = CopaModel(copa_spec(params, len(tokenizer)))
     return CopaPretraining(

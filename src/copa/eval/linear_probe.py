@@ -1,0 +1,120 @@
+"""Linear probes on frozen ViT features: does the image encoder encode the world at all? (issue 19)
+
+On the held-out images (copa.data.heldout), with the labels of ``heldout_attributes``:
+- **patch tokens** -> the shape / colour of the object under the patch: the tokens entering the
+  first selection layer (the ``prefix`` of copa.models.vit.VisionEncoder: the ViT's patch tokens
+  after layer ``location - 1``, every patch of a text-free pass; later layers keep only the
+  selected ones), of the patches at least ``PATCH_INSIDE`` inside exactly one box (patches of
+  two boxes, or of none, are left out);
+- **image [CLS]** -> the image's attributes (number of objects; the background in the synthetic
+  world): the final, text-free [CLS] (selection by image-[CLS] attention), which ITC projects.
+
+The classifier is ridge regression onto one-hot classes (closed form) on standardised features,
+fitted on a seeded half of the images and tested on the other half (split by image, so no image
+gives examples to both), with its accuracy beside the majority class's (the training half's most
+frequent class, scored on the test half).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from copa.data.heldout import HeldoutAttributes, HeldoutObjects
+from copa.data.patch_labels import rasterise, resize_boxes
+from copa.data.pretrain_data import ObjectDataset
+from copa.models.copa import CopaModel
+
+PATCH_INSIDE = 0.5  # a patch belongs to a box when the box covers at least half of it
+RIDGE = 1e-2  # the ridge penalty per training example, on standardised features
+
+
+def image_split(n_images: int, seed: int) -> Tensor:
+    """(n_images,) bool: the images a probe is fitted on (a seeded half; the rest are tested)."""
+    train = torch.zeros(n_images, dtype=torch.bool)
+    train[torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))[: n_images // 2]] = True
+    return train
+
+
+def ridge_probe(train_x: Tensor, train_y: Sequence[str], test_x: Tensor, test_y: Sequence[str]) -> dict:
+    """Accuracy of a ridge classifier fitted on (train_x (N, D), train_y), tested on the rest, and
+    the majority class's; a note when a half is empty or the training half has one class."""
+    classes = sorted(set(train_y))
+    if len(test_y) == 0 or len(classes) < 2:
+        return {"train": len(train_y), "test": len(test_y), "note": "too few examples or classes to fit"}
+    x = train_x.double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # a bias column
+    index = {c: k for k, c in enumerate(classes)}
+    targets = torch.nn.functional.one_hot(torch.tensor([index[y] for y in train_y]), len(classes)).double()
+    penalty = RIDGE * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
+    weights = torch.linalg.solve(x.t() @ x + penalty, x.t() @ targets)  # (D + 1, classes)
+    t = (test_x.double() - mean) / std
+    predicted = (torch.cat([t, torch.ones(len(t), 1, dtype=t.dtype)], 1) @ weights).argmax(1)
+    accuracy = float(np.mean([classes[p] == y for p, y in zip(predicted.tolist(), test_y)]))
+    majority = Counter(train_y).most_common(1)[0][0]
+    return {"accuracy": accuracy, "majority": float(np.mean([y == majority for y in test_y])), "classes": len(classes),
+            "train": len(train_y), "test": len(test_y)}
+
+
+def single_box_patches(sample, image_size: int, patch_size: int) -> tuple[Tensor, Tensor]:
+    """(patch indices, box index) of the patches at least PATCH_INSIDE inside exactly one box of
+    ``sample`` (an ObjectImage) after the square resize."""
+    boxes = resize_boxes(np.array([e.box.as_list() for e in sample.elems]), np.full(len(sample.elems), sample.width),
+                         np.full(len(sample.elems), sample.height), image_size)
+    inside = torch.from_numpy(rasterise(boxes, image_size, patch_size, PATCH_INSIDE).reshape(len(boxes), -1))  # (K, n)
+    patches = (inside.sum(0) == 1).nonzero().squeeze(1)
+    return patches, inside[:, patches].float().argmax(0)
+
+
+def probe_features(model: CopaModel, tokenizer, objects: HeldoutObjects, image_size: int, patch_size: int, max_length: int,
+                   batch_size: int = 64, progress: bool = True) -> tuple[list[Tensor], Tensor]:
+    """Per image, the frozen features of its single-box patches (P_i, D) (in
+    :func:`single_box_patches`'s order), and the images' final text-free [CLS] (N, D)."""
+    dataset = ObjectDataset(objects.samples, tokenizer, image_size, patch_size, max_length, seed=0, train=False)
+    patch_feats, cls_feats = [], []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="probe features", disable=not progress):
+        indices = range(start, min(start + batch_size, len(dataset)))
+        out = model.encode_image(torch.stack([dataset[i]["image"] for i in indices]), None, use_detector=False)
+        cls_feats.append(out["tokens"][:, 0])
+        for row, i in enumerate(indices):
+            patches, _ = single_box_patches(objects.samples[i], image_size, patch_size)
+            patch_feats.append(out["prefix"][row, 1 + patches])
+    return patch_feats, torch.cat(cls_feats)
+
+
+def probe_accuracies(patch_feats: Sequence[Tensor], cls_feats: Tensor, objects: HeldoutObjects, attributes: HeldoutAttributes,
+                     image_size: int, patch_size: int, seed: int = 0) -> dict:
+    """Every probe of the module docstring on given features (per image: its single-box patches'
+    (P_i, D); (N, D) image [CLS]), with the labels of ``attributes``."""
+    if len(objects.samples) < 2:
+        return {"labels": attributes.source, "note": "fewer than 2 images: nothing to fit and test on"}
+    train = image_split(len(objects.samples), seed)
+    result = {"labels": attributes.source, "train_images": int(train.sum()), "test_images": int((~train).sum()), "patch_tokens": {}, "image_cls": {}}
+    boxes = [single_box_patches(sample, image_size, patch_size)[1] for sample in objects.samples]
+    for name in attributes.objects[0][0] if attributes.objects else ():
+        halves = {True: ([], []), False: ([], [])}
+        for i, (features, box) in enumerate(zip(patch_feats, boxes)):
+            xs, ys = halves[bool(train[i])]
+            xs.append(features)
+            ys += [attributes.objects[i][k][name] for k in box.tolist()]
+        result["patch_tokens"][name] = ridge_probe(torch.cat(halves[True][0]), halves[True][1], torch.cat(halves[False][0]), halves[False][1])
+    for name in attributes.images[0] if attributes.images else ():
+        ys = [image[name] for image in attributes.images]
+        result["image_cls"][name] = ridge_probe(cls_feats[train], [y for y, t in zip(ys, train) if t],
+                                                cls_feats[~train], [y for y, t in zip(ys, train) if not t])
+    return result
+
+
+@torch.no_grad()
+def linear_probes(model: CopaModel, tokenizer, objects: HeldoutObjects, attributes: HeldoutAttributes, image_size: int,
+                  patch_size: int, max_length: int, batch_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
+    """:func:`probe_accuracies` on the model's frozen features of the held-out images."""
+    patch_feats, cls_feats = probe_features(model, tokenizer, objects, image_size, patch_size, max_length, batch_size, progress)
+    return {"patch_layer": f"tokens entering ViT layer {min(model.vision.locations)} (before the selection)",
+            **probe_accuracies(patch_feats, cls_feats, objects, attributes, image_size, patch_size, seed)}
