@@ -16,7 +16,7 @@ from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.eval.target_recall import KEEP_RATIOS, target_questions, target_recall
 from copa.models.copa import CopaModel
 from copa.models.objectives import kept_mask
-from copa.models.selectors import ClsAttentionSelector, build_selector, num_keep
+from copa.models.selectors import build_selector, num_keep
 from copa.models.vit import VisionEncoder
 from copa.single_stream.pretraining import single_stream_spec
 from copa.train.build import copa_spec

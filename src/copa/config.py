@@ -273,6 +273,10 @@ class VQAFinetuneParams(FinetuneSchedule):
 
     train_splits: tuple[Literal["train2014", "val2014"], ...]  # COPA: train2014 + val2014 (+ VG QA, not here)
     image_size: int | None  # fine-tuning and answering resolution (COPA Table 5); None: the pretraining's
+    # the selector fine-tuned and answered with (issue 19's references: oracle, random), at the
+    # pretraining run's location and keep ratio; None: the pretraining run's own (and for runs
+    # resolved before this option)
+    selection: Literal["none", "tpd", "cls_attention", "text_attention", "oracle", "random"] | None = None
 
 
 @dataclass(frozen=True)

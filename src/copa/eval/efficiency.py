@@ -95,11 +95,14 @@ def flop_counter_mode() -> FlopCounterMode:
 def understanding_forward(model: CopaModel, images: Tensor, input_ids: Tensor, attention_mask: Tensor,
                           part: Callable[[str], Any] = lambda name: nullcontext()) -> Tensor:
     """The VQA-style forward (B pairs): text, image guided by the text [CLS], fusion -> fused text
-    (B, L, H). ``part(name)`` is a context entered around each of text / vision / fusion."""
+    (B, L, H). ``part(name)`` is a context entered around each of text / vision / fusion. The oracle
+    gets targets of no patch: it keeps K all the same, at any selector's cost."""
+    grid = images.shape[-1] // model.spec.patch_size
+    targets = images.new_zeros(images.shape[0], grid * grid, dtype=torch.bool) if model.spec.selection == "oracle" else None
     with part("text"):
         text = model.encode_text(input_ids, attention_mask)  # (B, L, H)
     with part("vision"):
-        image = model.encode_image(images, text[:, 0], use_detector=True)["tokens"]  # (B, 1+K+1, D)
+        image = model.encode_image(images, text[:, 0], use_detector=True, targets=targets)["tokens"]  # (B, 1+K+1, D)
     with part("fusion"):
         _, fused = model.fuse(image, text, attention_mask)
     return fused

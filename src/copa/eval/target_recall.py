@@ -59,29 +59,40 @@ class TargetQuestions:
     patch_size: int
 
 
-def target_questions(layout: DataLayout, split: str, image_size: int, patch_size: int, min_overlap: float = 0.0) -> TargetQuestions:
-    """Each question's referent boxes, square-resized to ``image_size`` as the model's input and
-    rasterised on its patch grid; ``layout.referents`` must name every question of the split."""
+def referent_targets(layout: DataLayout, examples: Sequence[VQAExample], image_size: int, patch_size: int,
+                     min_overlap: float = 0.0) -> Tensor:
+    """(Q, n) bool, row q: the patches question q refers to, its referent boxes square-resized to
+    ``image_size`` as the model's input and rasterised on its patch grid; all False for a question
+    that refers to no box. ``layout.referents`` must name every question."""
     referents = read_referents(layout.referents).questions
     sizes: dict = {}
-    examples, targets, skipped = [], [], 0
-    for example in vqa_examples(layout, split, need_answers=False):
+    n = (image_size // patch_size) ** 2
+    targets = []
+    for example in examples:
         referred = referents.get(example.question_id)
         if referred is None:
-            raise FormatError(layout.referents, f"VQA {split} question {example.question_id} is not in it")
+            raise FormatError(layout.referents, f"VQA question {example.question_id} ({example.image.name}) is not in it")
         if not referred.boxes:
-            skipped += 1
+            targets.append(np.zeros(n, dtype=bool))
             continue
         if example.image not in sizes:
             with Image.open(example.image) as im:  # the header only
                 sizes[example.image] = im.size
         width, height = sizes[example.image]
         boxes = resize_boxes([b.box.as_list() for b in referred.boxes], np.array([width]), np.array([height]), image_size)
-        examples.append(example)
         targets.append(rasterise(boxes, image_size, patch_size, min_overlap).any(axis=0).reshape(-1))
-    if not examples:
+    return torch.from_numpy(np.stack(targets)) if targets else torch.zeros(0, n, dtype=torch.bool)
+
+
+def target_questions(layout: DataLayout, split: str, image_size: int, patch_size: int, min_overlap: float = 0.0) -> TargetQuestions:
+    """The questions of ``split`` with a target patch (``referent_targets``) and theirs."""
+    examples = vqa_examples(layout, split, need_answers=False)
+    targets = referent_targets(layout, examples, image_size, patch_size, min_overlap)
+    referring = targets.any(dim=1)
+    if not referring.any():
         raise FormatError(layout.referents, f"no question of VQA {split} refers to a box")
-    return TargetQuestions(split, tuple(examples), torch.from_numpy(np.stack(targets)), skipped, image_size, patch_size)
+    kept = tuple(e for e, r in zip(examples, referring.tolist()) if r)
+    return TargetQuestions(split, kept, targets[referring], len(examples) - len(kept), image_size, patch_size)
 
 
 @contextmanager

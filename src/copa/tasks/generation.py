@@ -29,11 +29,13 @@ class Conditioning(NamedTuple):
         return Conditioning(self.image[rows], self.text[rows], self.text_mask[rows])
 
 
-def condition(model: CopaModel, images: Tensor, input_ids: Tensor, attention_mask: Tensor, guided: bool) -> Conditioning:
+def condition(model: CopaModel, images: Tensor, input_ids: Tensor, attention_mask: Tensor, guided: bool,
+              targets: Tensor | None = None) -> Conditioning:
     """Encode the text, the image with the TPD guided by the text [CLS] (``guided``) or selected by
-    image-[CLS] attention (captioning: no text to guide), and fuse them."""
+    image-[CLS] attention (captioning: no text to guide), and fuse them; ``targets`` (B, n): the
+    patches each text refers to, for the oracle selector."""
     text = model.encode_text(input_ids, attention_mask)
-    image = model.encode_image(images, text[:, 0], use_detector=guided)["tokens"]
+    image = model.encode_image(images, text[:, 0], use_detector=guided, targets=targets)["tokens"]
     fused_image, fused_text = model.fuse(image, text, attention_mask)
     return Conditioning(fused_image, fused_text, attention_mask)
 

@@ -12,6 +12,13 @@
   another question of its question type: accuracy that survives the swap comes from the question
   alone. The answers also in the official result format.
 
+With ``finetune.vqa.selection`` oracle (issue 19's upper reference), the selector keeps the
+patches of the boxes each question refers to (the synthetic world's ``referents.json``), at the
+VQA resolution, in training and in answering; a question that refers to no box keeps none of its
+own (its mask is all False). In the swapped-image control a question keeps the patches of its own
+referents, which are not in the other image: the oracle answers from the patches the question
+as asked is about, wherever they fall in that image.
+
 Images are resized to ``finetune.vqa.image_size`` (COPA Table 5's sweep; by default the pretraining
 resolution) without crops or flips: a crop can remove the object a question counts, a flip swaps
 "left of" and "right of".
@@ -22,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +40,7 @@ from copa.data.downstream import VQAExample, vqa_examples
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
 from copa.data.tokenizer import missing_pieces
+from copa.eval.target_recall import referent_targets
 from copa.eval.vqa import official_result_file, vqa_accuracy
 from copa.models.copa import CopaModel
 from copa.tasks.base import FinetuneTask, extend_vocabulary, resized_pairs, run_finetuning
@@ -47,9 +55,10 @@ class VQAFinetuning(nn.Module):
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         """``batch``: images, input_ids / attention_mask (questions), answer_ids / answer_mask (one row
-        per distinct answer), answer_question (each answer's question row) and answer_weight."""
+        per distinct answer), answer_question (each answer's question row) and answer_weight; with the
+        oracle selector, targets (B, n), each question's target patches."""
         m = self.model
-        cond = condition(m, batch["images"], batch["input_ids"], batch["attention_mask"], guided=True)
+        cond = condition(m, batch["images"], batch["input_ids"], batch["attention_mask"], guided=True, targets=batch.get("targets"))
         logp = sequence_log_probs(m, cond.select(batch["answer_question"]), batch["answer_ids"], batch["answer_mask"])
         loss = -(batch["answer_weight"] * logp).sum() / batch["images"].shape[0]
         return {"loss": loss, "answers_per_question": torch.tensor(len(logp) / batch["images"].shape[0])}
@@ -67,6 +76,28 @@ def question_data(examples: Sequence[VQAExample], tokenizer, params: Params) -> 
                          vqa_image_size(params))
 
 
+def oracle_targets(model: CopaModel, params: Params, layout: DataLayout, examples: Sequence[VQAExample]) -> dict[int, Tensor] | None:
+    """question id -> the patches (n,) the question refers to at the VQA resolution, for a model
+    that selects with the oracle (None for any other selector)."""
+    if model.spec.selection != "oracle":
+        return None
+    if not layout.referents.is_file():
+        raise FileNotFoundError(f"{layout.referents}: not found; the oracle selector (model.selection.method / finetune.vqa.selection "
+                                "oracle) keeps the patches of the boxes each question refers to, which only the synthetic world's "
+                                "referents.json names")
+    labels = params.patch_labels
+    masks = referent_targets(layout, examples, vqa_image_size(params), labels.patch_size, labels.min_overlap)
+    without = int((~masks.any(dim=1)).sum())
+    if without:
+        print(f"vqa: {without} of {len(examples)} questions refer to no box: the oracle keeps none of their own patches")
+    return {e.question_id: mask for e, mask in zip(examples, masks)}
+
+
+def batch_targets(targets: Mapping[int, Tensor] | None, examples: Sequence[VQAExample]) -> Tensor | None:
+    """(B, n) the target patches of ``examples`` (by question id), or None without targets."""
+    return None if targets is None else torch.stack([targets[e.question_id] for e in examples])
+
+
 class VQATask(FinetuneTask):
     name = "vqa"
 
@@ -74,6 +105,7 @@ class VQATask(FinetuneTask):
         model, self.params, tokenizer = start_from(start_run, params, out_dir, self.name)
         layout = DataLayout(Path(data_root))
         self.examples = [e for split in self.settings.train_splits for e in vqa_examples(layout, split)]
+        self.targets = oracle_targets(model, self.params, layout, self.examples)
         # answers the pretraining vocabulary cannot spell (the demo's lacks "0") would be [UNK]
         pieces = missing_pieces(tokenizer, {a for e in self.examples for a in e.answers})
         if pieces:
@@ -95,9 +127,10 @@ class VQATask(FinetuneTask):
                 rows.append(row)
                 weights.append(weight)
         answer_ids, answer_mask = tokenize(self.tokenizer, answers, self.params.model.max_text_length)
+        targets = batch_targets(self.targets, [self.examples[i] for i in indices])
         return {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                 "answer_ids": answer_ids, "answer_mask": answer_mask, "answer_question": torch.tensor(rows),
-                "answer_weight": torch.tensor(weights)}
+                "answer_weight": torch.tensor(weights), **({} if targets is None else {"targets": targets})}
 
 
 def run_vqa_finetuning(params: Params, start_run: Path, data_root: Path, out_dir: Path, resume: bool = True) -> dict:
@@ -130,14 +163,16 @@ def rank_answers(model: CopaModel, cond, tokenizer, candidates: Sequence[str], k
 
 @torch.no_grad()
 def answer_questions(model: CopaModel, tokenizer, examples: Sequence[VQAExample], params: Params, settings: VQAEvalParams,
-                     candidates: Sequence[str] | None = None, batch_size: int = 64, progress: bool = True) -> dict[int, str]:
-    """question id -> predicted answer."""
+                     candidates: Sequence[str] | None = None, batch_size: int = 64, progress: bool = True,
+                     targets: Mapping[int, Tensor] | None = None) -> dict[int, str]:
+    """question id -> predicted answer; ``targets`` (``oracle_targets``): the oracle's patches by question id."""
     data = question_data(examples, tokenizer, params)
     out: dict[int, str] = {}
     for start in tqdm(range(0, len(examples), batch_size), desc="VQA answers", disable=not progress):
         idx = range(start, min(start + batch_size, len(examples)))
         batch = data.collate_fn([data[i] for i in idx])
-        cond = condition(model, batch["image"], batch["input_ids"], batch["attention_mask"], guided=True)
+        cond = condition(model, batch["image"], batch["input_ids"], batch["attention_mask"], guided=True,
+                         targets=batch_targets(targets, [examples[i] for i in idx]))
         if settings.inference == "rank":
             answers = rank_answers(model, cond, tokenizer, candidates, settings.rank_k, params.model.max_text_length)
         else:
@@ -196,9 +231,10 @@ def evaluate_vqa(run: FinetunedRun, settings: VQAEvalParams, data_root: Path, sp
     model, params, tokenizer = run.model, run.params, run.tokenizer
     train, test = vqa_splits(params, data_root, split)
     candidates = answer_list(train, settings.answer_list_size) if settings.inference == "rank" else None
+    targets = oracle_targets(model, params, DataLayout(Path(data_root)), test)  # by question id: a swapped question keeps its own
 
     def answer(examples: Sequence[VQAExample]) -> dict[int, str]:
-        return answer_questions(model, tokenizer, examples, params, settings, candidates, batch_size, progress)
+        return answer_questions(model, tokenizer, examples, params, settings, candidates, batch_size, progress, targets)
 
     return vqa_record(answer, train, test, split, vqa_image_size(params), settings.inference, settings.swapped_image_control)
 

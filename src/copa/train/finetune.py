@@ -6,19 +6,24 @@ A fine-tuning run folder holds the engine's checkpoints of the task module (its 
 attribute is the :class:`CopaModel`), ``vocab/`` (the pretraining run's, copied) and
 ``pretrained.json`` (which checkpoint it started from). Its resolved parameters are the
 pretraining run's (the model) with the task's ``finetune`` section and the seed of the current
-params.
+params; a task section's ``selection`` (VQA: the oracle and random references, issue 19), where
+set, replaces ``model.selection.method`` there, so everything that rebuilds the fine-tuned model
+from its parameters (``load_finetuned``, the vocabulary growth, ``copa efficiency``) builds it
+with that selector.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
+from torch import nn
 
-from copa.config import Params, params_from_dict
+from copa.config import Params, ParamsError, params_from_dict
 from copa.data.formats.records import FormatError
 from copa.data.tokenizer import load_tokenizer
 from copa.models.copa import CopaModel
@@ -53,11 +58,34 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str, build: Call
     merged = earlier.to_dict()
     merged["finetune"][task] = current.to_dict()["finetune"][task]
     merged["seed"] = current.seed
+    selection = merged["finetune"][task].get("selection")  # None: the run's own
+    if selection is not None:
+        merged["model"]["selection"]["method"] = selection
     params = params_from_dict(merged, f"{checkpoint} + the current finetune.{task} parameters")
+    if model.spec.selection != params.model.selection.method:
+        try:
+            model = with_selection(model, params.model.selection.method, params.seed)
+        except ValueError as exc:  # a selector the architecture or the run's location does not take
+            raise ParamsError(f"finetune.{task}.selection {selection} for the run {run}: {exc}") from None
     (out_dir / VOCAB_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / VOCAB_DIR / "vocab.txt", out_dir / VOCAB_DIR / "vocab.txt")
     (out_dir / PRETRAINED_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return model.train(), params, tokenizer
+
+
+def with_selection(model: nn.Module, method: str, seed: int) -> nn.Module:
+    """``model`` (a CopaModel, or a single-stream model, which refuses the dual-stream-only
+    selectors) selecting with ``method`` at the same location(s) and keep ratio: every weight but
+    the old selector's is kept; a selector with weights of its own starts fresh (drawn with
+    ``seed``), a parameter-free one (oracle, random, cls_attention, none) has none."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        switched = type(model)(dataclasses.replace(model.spec, selection=method))
+    prefix = "vision.selector."
+    state = switched.state_dict()
+    state.update({k: v for k, v in model.state_dict().items() if not k.startswith(prefix)})
+    switched.load_state_dict(state)
+    return switched.to(next(model.parameters()).device).train(model.training)
 
 
 class FinetunedRun(NamedTuple):
