@@ -198,3 +198,14 @@ def test_the_tpd_fusion_is_the_one_params_name(fusion):
     assert load_params("paper", params_dir=PARAMS_DIR).model.selection.tpd_fusion == "softmax"
     assert CopaModel(copa_spec(params, 40)).vision.selector.fusion == fusion
     assert single_stream_spec(params, 40).tpd_fusion == fusion
+
+
+def test_the_vit_position_embeddings_and_cls_token_take_no_weight_decay():
+    """timm's no_weight_decay() (ALBEF / mPLUG's optimiser): before, both were decayed toward zero."""
+    from copa.train.schedule import model_param_groups
+
+    task = _pretraining()
+    decay_of = {id(p): g["weight_decay"] for g in model_param_groups(task, "text", 1e-5, 1e-4, 0.02) for p in g["params"]}
+    vision = task.model.vision
+    assert decay_of[id(vision.pos_embed)] == decay_of[id(vision.cls_token)] == 0.0
+    assert decay_of[id(vision.blocks[0].attn.qkv.weight)] == 0.02

@@ -1,7 +1,8 @@
 """Linear probes on frozen ViT features: does the image encoder encode the world at all? (issue 19)
 
 On the held-out images (copa.data.heldout), with the labels of ``heldout_attributes``:
-- **patch tokens** -> the shape / colour of the object under the patch: the tokens entering the
+- **patch tokens** -> the shape / colour of the object under the patch, and the patch's own row and
+  column (whether the tokens still carry the position embeddings' information): the tokens entering the
   first selection layer (the ``prefix`` of copa.models.vit.VisionEncoder: the ViT's patch tokens
   after layer ``location - 1``, every patch of a text-free pass; later layers keep only the
   selected ones), of the patches at least ``PATCH_INSIDE`` inside exactly one box (patches of
@@ -96,14 +97,23 @@ def probe_accuracies(patch_feats: Sequence[Tensor], cls_feats: Tensor, objects: 
         return {"labels": attributes.source, "note": "fewer than 2 images: nothing to fit and test on"}
     train = image_split(len(objects.samples), seed)
     result = {"labels": attributes.source, "train_images": int(train.sum()), "test_images": int((~train).sum()), "patch_tokens": {}, "image_cls": {}}
-    boxes = [single_box_patches(sample, image_size, patch_size)[1] for sample in objects.samples]
-    for name in attributes.objects[0][0] if attributes.objects else ():
+    located = [single_box_patches(sample, image_size, patch_size) for sample in objects.samples]  # (patches, box) per image
+    grid = image_size // patch_size
+
+    def patch_probe(label_of) -> dict:
+        """``label_of(i, patch, box)``: the label of image i's single-box patch."""
         halves = {True: ([], []), False: ([], [])}
-        for i, (features, box) in enumerate(zip(patch_feats, boxes)):
+        for i, (features, (patches, box)) in enumerate(zip(patch_feats, located)):
             xs, ys = halves[bool(train[i])]
             xs.append(features)
-            ys += [attributes.objects[i][k][name] for k in box.tolist()]
-        result["patch_tokens"][name] = ridge_probe(torch.cat(halves[True][0]), halves[True][1], torch.cat(halves[False][0]), halves[False][1])
+            ys += [label_of(i, p, k) for p, k in zip(patches.tolist(), box.tolist())]
+        return ridge_probe(torch.cat(halves[True][0]), halves[True][1], torch.cat(halves[False][0]), halves[False][1])
+
+    for name in attributes.objects[0][0] if attributes.objects else ():
+        result["patch_tokens"][name] = patch_probe(lambda i, p, k: attributes.objects[i][k][name])
+    # the token's own place: grounding and spatial questions need it, and only the position embeddings give it
+    result["patch_tokens"]["row"] = patch_probe(lambda i, p, k: p // grid)
+    result["patch_tokens"]["column"] = patch_probe(lambda i, p, k: p % grid)
     for name in attributes.images[0] if attributes.images else ():
         ys = [image[name] for image in attributes.images]
         result["image_cls"][name] = ridge_probe(cls_feats[train], [y for y, t in zip(ys, train) if t],

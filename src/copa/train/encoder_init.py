@@ -39,6 +39,7 @@ from copa.models.vit import load_timm_checkpoint
 from copa.models.weights import read_state_dict
 from copa.train.build import copa_spec
 from copa.train.engine import EngineConfig, changed_params, seed_everything, train
+from copa.train.schedule import VIT_NO_DECAY, param_groups
 
 INIT_DIR = "encoder_init"
 VOCAB_DIR = "vocab"
@@ -69,9 +70,8 @@ class ContrastiveInitTask:
         self.model, self.pair_data, self.params = ContrastiveEncoders(model), pair_data, params
 
     def param_groups(self) -> list[dict]:
-        init = self.params.pretrain.encoder_init
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": init.lr,
-                 "weight_decay": self.params.pretrain.weight_decay, "name": "encoders"}]
+        init = self.params.pretrain.encoder_init  # one rate; decay as in pretraining (none on biases, norms, VIT_NO_DECAY)
+        return param_groups(self.model.named_parameters(), (), init.lr, init.lr, self.params.pretrain.weight_decay, VIT_NO_DECAY)
 
     def steps_per_epoch(self, world_size: int) -> int:
         return self.params.pretrain.encoder_init.steps

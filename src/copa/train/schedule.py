@@ -28,6 +28,9 @@ def is_no_decay(name: str, param: Tensor, no_decay_names: Sequence[str] = ()) ->
 
 VISION_PREFIX = "model.vision."  # the ViT (and its selector) in the pretraining and fine-tuning modules
 SELECTOR_PREFIX = "model.vision.selector."  # the selector's own parameters (the TPD's MLP, TRIPS's text projection)
+# timm's VisionTransformer.no_weight_decay(), which ALBEF / mPLUG's optimiser factory honours: decayed,
+# the position embeddings shrink toward zero while the patch embeddings grow
+VIT_NO_DECAY = ("pos_embed", "cls_token")
 
 
 def param_groups(
@@ -70,11 +73,12 @@ def param_groups(
 def model_param_groups(model: nn.Module, selector_lr: str, lr_vision: float, lr_text: float, weight_decay: float) -> list[dict]:
     """:func:`param_groups` of a pretraining or fine-tuning module: the ViT at ``lr_vision``, its
     selector at the rate ``selector_lr`` names (``model.selection.lr``: ``text`` puts it with
-    ``lr_text``, ``vision`` with the ViT), everything else at ``lr_text``."""
+    ``lr_text``, ``vision`` with the ViT), everything else at ``lr_text``; no weight decay on the
+    ViT's position embeddings and [CLS] token (``VIT_NO_DECAY``) nor on biases and norms."""
     if selector_lr not in ("text", "vision"):
         raise ValueError(f"selector_lr must be 'text' or 'vision', got {selector_lr!r}")
     others = (SELECTOR_PREFIX,) if selector_lr == "text" else ()
-    return param_groups(model.named_parameters(), (VISION_PREFIX,), lr_vision, lr_text, weight_decay, other_prefixes=others)
+    return param_groups(model.named_parameters(), (VISION_PREFIX,), lr_vision, lr_text, weight_decay, VIT_NO_DECAY, others)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, base_lr: float, min_lr: float) -> float:
