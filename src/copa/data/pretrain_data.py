@@ -254,9 +254,9 @@ class PairDataset(_Base):
         return {"image": self.to_tensor(geometry.image(image)), **self.tokens(pair.text), "index": i}
 
 
-def elem_index(n: int, choice: float) -> int:
-    """The elem a uniform ``choice`` in [0, 1) picks among ``n``."""
-    return min(int(choice * n), n - 1)
+def elem_index(n, choice) -> np.ndarray:
+    """The elem a uniform ``choice`` in [0, 1) picks among ``n`` (numbers, or arrays of both)."""
+    return np.minimum((np.asarray(choice) * n).astype(np.int64), np.asarray(n) - 1)
 
 
 class ObjectDataset(_Base):
@@ -287,7 +287,7 @@ class ObjectDataset(_Base):
 
     def __getitem__(self, k: int) -> dict:
         rng = self.rng(k)
-        i, j = (k, elem_index(len(self.objects[k].elems), rng.random())) if self.elem_pairs is None else self.elem_pairs[k]
+        i, j = (k, int(elem_index(len(self.objects[k].elems), rng.random()))) if self.elem_pairs is None else self.elem_pairs[k]
         return self.example(i, j, rng)
 
     def example(self, i: int, j: int, rng: np.random.Generator) -> dict:

@@ -60,6 +60,7 @@ class PretrainTask:
         size, patch, length = params.patch_labels.image_size, params.patch_labels.patch_size, params.model.max_text_length
         self.object_data = ObjectDataset(objects, self.tokenizer, size, patch, length, params.seed, params.patch_labels.min_overlap,
                                          labels=p.pta_labels)
+        self.elem_counts = np.array([len(o.elems) for o in objects], dtype=np.int64)  # (images,)
         self.model = self.build_model()
 
     def build_model(self) -> nn.Module:
@@ -108,27 +109,28 @@ class PretrainTask:
         images = np.take(object_order, range(step * b, (step + 1) * b), mode="wrap")
         draw = np.random.default_rng([self.params.seed, epoch, step])
         choices, geometry_seeds = draw.random(b), draw.integers(2**63, size=b)
-        elems = np.array([elem_index(len(self.object_data.objects[i].elems), u) for i, u in zip(images, choices)], dtype=np.int64)
-        return images, elems, geometry_seeds
+        return images, elem_index(self.elem_counts[images], choices), geometry_seeds
 
     def summary(self) -> dict[str, float]:
         """What PTA's object stream covered over the whole run (the same draws as ``batches``):
         how many (image, object, text) examples it saw, and how many of its texts fit several
         boxes of their image (labelled as one under ``pta_labels: chosen_box``: ambiguous)."""
         p, objects = self.params.pretrain, self.object_data.objects
-        seen: set[tuple[int, int]] = set()
+        first_elem = np.concatenate([[0], np.cumsum(self.elem_counts)[:-1]])  # (images,) each image's first global elem
+        shares_text = np.array([len(labelled_elems(o, e, "same_text")) > 1 for o in objects for e in o.elems], dtype=bool)
+        seen = np.zeros(len(shares_text), dtype=bool)
         shared = draws = 0
         for epoch in range(p.epochs):
             _, order = self._orders(epoch)
             for step in range(self.steps_per_epoch(1)):
                 images, elems, _ = self.object_draws(order, epoch, step)
-                for i, j in zip(images.tolist(), elems.tolist()):
-                    seen.add((i, j))
-                    shared += len(labelled_elems(objects[i], objects[i].elems[j], "same_text")) > 1
-                    draws += 1
+                drawn = first_elem[images] + elems
+                seen[drawn] = True
+                shared += int(shares_text[drawn].sum())
+                draws += len(drawn)
         ambiguous = shared if p.pta_labels == "chosen_box" else 0
-        return {"pta/object_images": len(objects), "pta/objects": sum(len(o.elems) for o in objects), "pta/draws": draws,
-                "pta/distinct_examples": len(seen), "pta/shared_text_share": shared / max(draws, 1),
+        return {"pta/object_images": len(objects), "pta/objects": len(shares_text), "pta/draws": draws,
+                "pta/distinct_examples": int(seen.sum()), "pta/shared_text_share": shared / max(draws, 1),
                 "pta/ambiguous_label_share": ambiguous / max(draws, 1)}
 
     def after_step(self, model, step: int) -> None:
