@@ -25,13 +25,13 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from copa.config import ITM_GUIDANCES
 from copa.data.heldout import RetrievalSet
 from copa.data.pretrain_data import text_key
 from copa.models.copa import CopaModel
 from copa.tasks.retrieval import encode_retrieval_set
 
 NEGATIVE_KINDS = ("hard", "random")
-ITM_GUIDANCE = ("pair_text", "own_caption")
 
 
 def positive_texts(text_image: Sequence[int], n_images: int) -> Tensor:
@@ -85,8 +85,8 @@ def balanced_accuracy(predicted: Tensor, labels: Tensor) -> dict[str, float]:
 def itm_accuracy(model: CopaModel, tokenizer, data: RetrievalSet, image_size: int, max_length: int, guidance: str,
                  use_detector: bool, batch_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
     """Balanced ITM accuracy on the held-out pairs of the module docstring, per negative kind."""
-    if guidance not in ITM_GUIDANCE:
-        raise ValueError(f"itm_guidance must be one of {', '.join(ITM_GUIDANCE)}, got {guidance!r}")
+    if guidance not in ITM_GUIDANCES:
+        raise ValueError(f"itm_guidance must be one of {', '.join(ITM_GUIDANCES)}, got {guidance!r}")
     images, image_feats, states, masks, text_feats = encode_retrieval_set(model, tokenizer, data, image_size, max_length, batch_size, progress)
     n = len(images)
     positive = positive_texts(data.text_image, n)
