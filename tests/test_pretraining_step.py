@@ -209,3 +209,16 @@ def test_the_vit_position_embeddings_and_cls_token_take_no_weight_decay():
     vision = task.model.vision
     assert decay_of[id(vision.pos_embed)] == decay_of[id(vision.cls_token)] == 0.0
     assert decay_of[id(vision.blocks[0].attn.qkv.weight)] == 0.02
+
+
+def test_keeping_every_patch_encodes_the_pairs_once(monkeypatch):
+    """w/o TPD (keep 100%): no text changes the tokens, so MLM, PrefixLM and ITC reuse the one pass."""
+    model = CopaModel(CopaSpec(**TINY, selection="tpd", location=2, keep_ratio=1.0))
+    task = CopaPretraining(model, vocab_size=40, mask_id=4, special_ids=SPECIAL, queue_size=10)
+    task.detector_on.fill_(True)
+    calls = []
+    encode = model.encode_image
+    monkeypatch.setattr(model, "encode_image", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    with torch.no_grad():
+        task(_batch())
+    assert len(calls) == 2  # the pairs once, the objects (PTA) once

@@ -121,11 +121,14 @@ class CopaPretraining(nn.Module):
         encoded = m.encode_image(images, text[:, 0], use_detector)
         image = encoded["tokens"]  # (B, Li, D): the selection guided by the caption
 
+        drops = encoded["kept"].shape[1] < encoded["prefix"].shape[1] - 1  # keeping every patch ("w/o TPD"): no text matters
+
         def image_under(text_cls: Tensor | None) -> Tensor:
             """The images' tokens with the selection guided by ``text_cls`` (None: image-[CLS]
             attention), from the layers before the selection that no text changes (run once,
-            above). Without a text-read selection (no detector, the warm-up) that is ``image``."""
-            if not (m.text_guided and use_detector):
+            above). Without a text-read selection that drops patches (no detector, the warm-up,
+            keep 100%) that is ``image``."""
+            if not (m.text_guided and use_detector and drops):
                 return image
             return m.encode_image(images, text_cls, use_detector=text_cls is not None, prefix=encoded["prefix"])["tokens"]
 
