@@ -46,7 +46,7 @@ def test_oracle_vqa_keeps_the_target_patches_in_training_and_answers(fixture_wor
     assert (kept[fits] & targets[fits]).eq(targets[fits]).all()  # every target patch kept where K allows...
     assert (kept[~fits] & targets[~fits]).eq(kept[~fits]).all()  # ...and only target patches where it does not
     # the targets are the questions' referent patches at the VQA resolution
-    from copa.eval.target_recall import referent_targets  # (not at 653847d: imported here, so that each test fails alone there)
+    from copa.data.downstream import referent_targets  # (not at 653847d: imported here, so that each test fails alone there)
 
     masks = referent_targets(DataLayout(fixture_world), task.examples, params.patch_labels.image_size, params.patch_labels.patch_size)
     assert {tuple(row.tolist()) for row in targets} <= {tuple(row.tolist()) for row in masks}

@@ -18,7 +18,7 @@ rule finetune:
         pretrained=finetune_start,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         code=with_single_stream(source_files("tasks/*.py", "train/*.py", "models/*.py", "eval/cider.py", "data/pretrain_data.py",
-                                             "data/heldout.py", "data/downstream.py", "data/tokenizer.py"),
+                                             "data/heldout.py", "data/downstream.py", "data/tokenizer.py", "data/formats/referents.py"),
                                 single_stream_code),
     output:
         f"runs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}/metrics.json",
@@ -50,7 +50,7 @@ rule evaluate:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         # the metrics the tasks import (not eval/*.py: a new probe elsewhere in eval/ must not rerun every evaluation)
         code=with_single_stream(source_files("tasks/*.py", *(f"eval/{m}.py" for m in ("captioning", "cider", "grounding", "retrieval", "vqa")),
-                                             "data/heldout.py", "data/downstream.py"),
+                                             "data/heldout.py", "data/downstream.py", "data/formats/referents.py"),
                                 single_stream_code),
     output:
         metrics=f"results/{PROFILE}/finetune/{{run}}/{{task}}{{size}}.json",

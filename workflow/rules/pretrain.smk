@@ -44,7 +44,7 @@ rule encoder_init:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.gpu}{params.copa} --set seed={wildcards.seed} encoder-init --root {input.root} --out {params.run_dir} > {log} 2>&1"
+        "{params.gpu}{params.copa} --set seed={wildcards.seed:q} encoder-init --root {input.root:q} --out {params.run_dir:q} > {log:q} 2>&1"
 
 
 rule pretrain:
@@ -65,9 +65,9 @@ rule pretrain:
         pretrain=section_json("pretrain"),
         patch_labels=section_json("patch_labels"),  # the pretraining resolution and patch size
         copa=with_single_stream(copa_cli("model", "pretrain", "patch_labels"), single_stream_cli),
-        location=lambda w: ", ".join(w.location.split("-")),
+        location=lambda w: f"model.selection.location=[{', '.join(w.location.split('-'))}]",
         run_dir=lambda w, output: os.path.dirname(output[0]),
-        encoder_init=lambda w, input: f"--encoder-init {os.path.dirname(input.encoder_init[0])}" if input.encoder_init else "",
+        encoder_init=lambda w, input: ["--encoder-init", os.path.dirname(input.encoder_init[0])] if input.encoder_init else [],
     log:
         f"logs/{PROFILE}/pretrain/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.log",
     benchmark:
@@ -80,9 +80,9 @@ rule pretrain:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.gpu}{params.copa} --set model.selection.method={wildcards.method} --set 'model.selection.location=[{params.location}]'"
-        " --set model.selection.keep_ratio={wildcards.keep} --set seed={wildcards.seed}"
-        " pretrain --root {input.root} --annotations {input.annotations} --out {params.run_dir} {params.encoder_init} > {log} 2>&1"
+        "{params.gpu}{params.copa} --set model.selection.method={wildcards.method:q} --set {params.location:q}"
+        " --set model.selection.keep_ratio={wildcards.keep:q} --set seed={wildcards.seed:q}"
+        " pretrain --root {input.root:q} --annotations {input.annotations:q} --out {params.run_dir:q} {params.encoder_init:q} > {log:q} 2>&1"
 
 
 rule pretrain_eval:
@@ -92,7 +92,8 @@ rule pretrain_eval:
         metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         code=source_files("eval/pretraining.py", "eval/patch_ranking.py", "eval/retrieval.py", "tasks/retrieval.py", "data/heldout.py",
-                          "report/pretrain_figure.py"),
+                          "report/pretrain_figure.py", "eval/itm_accuracy.py", "eval/same_image_contrast.py", "eval/linear_probe.py",
+                          "eval/target_recall.py", "eval/paired.py", "data/downstream.py", "data/formats/referents.py"),
     output:
         json=f"results/{PROFILE}/pretrain/{{run}}.json",
         figure=multiext(f"figures/{PROFILE}/pretrain/{{run}}", ".png", ".pdf"),
@@ -113,5 +114,5 @@ rule pretrain_eval:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.gpu}{params.copa} pretrain-eval --run {params.run_dir} --root {input.root} --json {output.json}"
-        " --figure {params.figure_stem} --quiet > {log} 2>&1"
+        "{params.gpu}{params.copa} pretrain-eval --run {params.run_dir:q} --root {input.root:q} --json {output.json:q}"
+        " --figure {params.figure_stem:q} --quiet > {log:q} 2>&1"

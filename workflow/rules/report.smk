@@ -7,7 +7,7 @@ from copa.report.grid_figures import FIGURES
 TABLES = sorted(name for name in GRIDS if name not in FIGURES)
 
 
-REPORT_CODE = ("report/grids.py", "report/columns.py", "report/tables.py")
+REPORT_CODE = ("report/grids.py", "report/columns.py", "report/tables.py", "eval/paired.py")
 
 
 localrules:

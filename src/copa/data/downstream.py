@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
 
 from copa.data.formats import coco, refcoco, vqa
 from copa.data.formats.records import Box, FormatError
+from copa.data.formats.referents import read_referents
 from copa.data.layout import VQA_SPLITS, DataLayout
+from copa.data.patch_labels import rasterise, resize_boxes
 
 
 @dataclass(frozen=True)
@@ -80,3 +88,28 @@ def grounding_examples(layout: DataLayout, split: str) -> list[GroundingExample]
     if not out:
         raise FormatError(layout.refcoco_refs, f"no ref of the RefCOCO+ split {split}")
     return out
+
+
+def referent_targets(layout: DataLayout, examples: Sequence[VQAExample], image_size: int, patch_size: int,
+                     min_overlap: float = 0.0) -> Tensor:
+    """(Q, n) bool, row q: the patches question q refers to, its referent boxes square-resized to
+    ``image_size`` as the model's input and rasterised on its patch grid; all False for a question
+    that refers to no box. ``layout.referents`` must name every question."""
+    referents = read_referents(layout.referents).questions
+    sizes: dict = {}
+    n = (image_size // patch_size) ** 2
+    targets = []
+    for example in examples:
+        referred = referents.get(example.question_id)
+        if referred is None:
+            raise FormatError(layout.referents, f"VQA question {example.question_id} ({example.image.name}) is not in it")
+        if not referred.boxes:
+            targets.append(np.zeros(n, dtype=bool))
+            continue
+        if example.image not in sizes:
+            with Image.open(example.image) as im:  # the header only
+                sizes[example.image] = im.size
+        width, height = sizes[example.image]
+        boxes = resize_boxes([b.box.as_list() for b in referred.boxes], np.array([width]), np.array([height]), image_size)
+        targets.append(rasterise(boxes, image_size, patch_size, min_overlap).any(axis=0).reshape(-1))
+    return torch.from_numpy(np.stack(targets)) if targets else torch.zeros(0, n, dtype=torch.bool)

@@ -25,18 +25,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from copa.data.downstream import VQAExample, vqa_examples
+from copa.data.downstream import VQAExample, referent_targets, vqa_examples
 from copa.data.formats.records import FormatError
-from copa.data.formats.referents import read_referents
 from copa.data.layout import DataLayout
-from copa.data.patch_labels import rasterise, resize_boxes
 from copa.data.pretrain_data import Pair, PairDataset
 from copa.models.copa import CopaModel, spec_selector
 from copa.models.objectives import kept_mask
@@ -57,31 +53,6 @@ class TargetQuestions:
     skipped: int  # questions of the split that refer to no box
     image_size: int
     patch_size: int
-
-
-def referent_targets(layout: DataLayout, examples: Sequence[VQAExample], image_size: int, patch_size: int,
-                     min_overlap: float = 0.0) -> Tensor:
-    """(Q, n) bool, row q: the patches question q refers to, its referent boxes square-resized to
-    ``image_size`` as the model's input and rasterised on its patch grid; all False for a question
-    that refers to no box. ``layout.referents`` must name every question."""
-    referents = read_referents(layout.referents).questions
-    sizes: dict = {}
-    n = (image_size // patch_size) ** 2
-    targets = []
-    for example in examples:
-        referred = referents.get(example.question_id)
-        if referred is None:
-            raise FormatError(layout.referents, f"VQA question {example.question_id} ({example.image.name}) is not in it")
-        if not referred.boxes:
-            targets.append(np.zeros(n, dtype=bool))
-            continue
-        if example.image not in sizes:
-            with Image.open(example.image) as im:  # the header only
-                sizes[example.image] = im.size
-        width, height = sizes[example.image]
-        boxes = resize_boxes([b.box.as_list() for b in referred.boxes], np.array([width]), np.array([height]), image_size)
-        targets.append(rasterise(boxes, image_size, patch_size, min_overlap).any(axis=0).reshape(-1))
-    return torch.from_numpy(np.stack(targets)) if targets else torch.zeros(0, n, dtype=torch.bool)
 
 
 def target_questions(layout: DataLayout, split: str, image_size: int, patch_size: int, min_overlap: float = 0.0) -> TargetQuestions:

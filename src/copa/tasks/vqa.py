@@ -36,11 +36,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from copa.config import Params, VQAEvalParams, vqa_image_size
-from copa.data.downstream import VQAExample, vqa_examples
+from copa.data.downstream import VQAExample, referent_targets, vqa_examples
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
 from copa.data.tokenizer import missing_pieces
-from copa.eval.target_recall import referent_targets
 from copa.eval.vqa import official_result_file, vqa_accuracy
 from copa.models.copa import CopaModel
 from copa.tasks.base import FinetuneTask, extend_vocabulary, resized_pairs, run_finetuning
