@@ -12,8 +12,8 @@ from copa.cli import main
 from copa.config import load_params
 from copa.data.heldout import karpathy_retrieval_set, karpathy_training_pairs
 from copa.data.layout import DataLayout
-from copa.eval.retrieval import retrieval_recall
-from copa.tasks.retrieval import RetrievalFinetuning, encode_retrieval_set, evaluate_retrieval
+from copa.eval.retrieval import encode_retrieval_set, retrieval_recall
+from copa.tasks.retrieval import RetrievalFinetuning, evaluate_retrieval
 from copa.train.finetune import start_from
 
 PARAMS_DIR = Path(__file__).parents[1] / "params"

@@ -83,7 +83,7 @@ def test_vqa_resolution_off_the_patch_grid_is_refused(fixture_world, fixture_pre
     args = BASE + ["--set", "finetune.vqa.image_size=100", "finetune", "--task", "vqa", "--pretrained", str(fixture_pretraining_run),
                    "--root", str(fixture_world), "--out", str(tmp_path / "vqa")]
     assert main(args) == 2
-    assert "finetune.vqa.image_size 100: not a multiple of the patch size 16" in capsys.readouterr().err
+    assert "--set: key 'finetune.vqa.image_size' = 100: must be a multiple of patch_labels.patch_size (16)" in capsys.readouterr().err
 
 
 def test_swapped_images_go_with_other_questions(fixture_world) -> None:

@@ -4,6 +4,7 @@ the label-preserving augmentation, and the ``patch-labels`` stage end to end on 
 
 from __future__ import annotations
 
+import json
 import math
 import zipfile
 from collections import defaultdict
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
+from copa.cli import main
 from copa.config import load_params
 from copa.data.formats import coco, xvlm
 from copa.data.formats.records import Box
@@ -309,19 +311,20 @@ def filtered_folder(world: Path, out: Path) -> dict[str, int]:
     return counts
 
 
-def test_run_patch_labels_end_to_end(fixture_world, tmp_path):
+def test_patch_labels_stage_end_to_end(fixture_world, tmp_path):
+    """``copa patch-labels``: the data layer labels and picks the panels, the CLI draws them."""
     params = load_params("fixture", params_dir=PARAMS_DIR).patch_labels
     counts = filtered_folder(fixture_world, tmp_path / "filtered")
-    summaries = [
-        run_patch_labels(tmp_path / "filtered", tmp_path / run / "labels.npz", params, fixture_world, tmp_path / run / "fig", seed=3)
-        for run in ("a", "b")
-    ]
-    summary = summaries[0]
-    assert summaries[1] == summary
+    for run in ("a", "b"):
+        outputs = ["--out", str(tmp_path / run / "labels.npz"), "--summary", str(tmp_path / run / "summary.json"),
+                   "--figure", str(tmp_path / run / "fig")]
+        assert main(["--profile", "fixture", "--params-dir", str(PARAMS_DIR), "patch-labels", "--annotations", str(tmp_path / "filtered"),
+                     "--root", str(fixture_world), "--workers", "1", *outputs]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["boxes"] == sum(counts.values()) and summary["grid"] == params.image_size // params.patch_size
     assert {k: v["boxes"] for k, v in summary["per_source"].items()} == counts
     assert 0 < summary["mean_positive_fraction"] <= 1
-    for name in ("labels.npz", "fig.png", "fig.pdf"):
+    for name in ("labels.npz", "summary.json", "fig.png", "fig.pdf"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), f"{name} differs between runs"
     # Every stored row is the rasterised, resized box of its record.
     store = PatchLabelStore.load(tmp_path / "a" / "labels.npz")
@@ -343,4 +346,4 @@ def test_build_store_names_a_missing_field(tmp_path):
     xvlm.write_xvlm(tmp_path / "coco_objects.jsonl", [])
     assert len(build_store(tmp_path, params)) == 0
     with pytest.raises(ValueError, match="hold no boxes"):
-        run_patch_labels(tmp_path, tmp_path / "labels.npz", params, tmp_path, None, seed=0)
+        run_patch_labels(tmp_path, tmp_path / "labels.npz", params, tmp_path, seed=0)

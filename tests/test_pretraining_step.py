@@ -191,8 +191,7 @@ def test_the_tpd_fusion_is_the_one_params_name(fusion):
     from conftest import PARAMS_DIR
 
     from copa.config import load_params
-    from copa.single_stream.pretraining import single_stream_spec
-    from copa.train.build import copa_spec
+    from copa.train.build import copa_spec, single_stream_spec
 
     params = load_params("fixture", [f"model.selection.tpd_fusion={fusion}"], params_dir=PARAMS_DIR)
     assert load_params("paper", params_dir=PARAMS_DIR).model.selection.tpd_fusion == "softmax"

@@ -14,11 +14,12 @@ from copa.cli import main
 from copa.config import ParamsError, load_params
 from copa.eval.efficiency import measure_efficiency
 from copa.models.selectors import attention_half, cls_attention_scores
+from copa.models.single_stream import SingleStreamModel, SingleStreamSpec, cls_attention_to
+from copa.models.single_stream_pretraining import SingleStreamPretraining
 from copa.models.text import additive_mask
 from copa.report.grids import load_grid, row_run, run_name
-from copa.single_stream.model import SingleStreamModel, SingleStreamSpec, cls_attention_to
-from copa.single_stream.pretraining import SingleStreamPretraining, single_stream_spec
-from copa.single_stream.vqa import soft_score
+from copa.tasks.single_stream_vqa import soft_score
+from copa.train.build import single_stream_spec
 
 PARAMS_DIR = Path(__file__).parents[1] / "params"
 BASE = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR)]

@@ -18,8 +18,7 @@ from copa.models.copa import CopaModel
 from copa.models.objectives import kept_mask
 from copa.models.selectors import build_selector, num_keep
 from copa.models.vit import VisionEncoder
-from copa.single_stream.pretraining import single_stream_spec
-from copa.train.build import copa_spec
+from copa.train.build import copa_spec, single_stream_spec
 
 from conftest import PARAMS_DIR
 

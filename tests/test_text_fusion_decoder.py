@@ -10,6 +10,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from copa.data.tokenizer import SPECIAL_TOKENS, load_tokenizer, train_wordpiece
+from copa.models.bert_init import load_bert_weights
 from copa.models.decoder import Decoder
 from copa.models.fusion import (
     CoAttentionLayer,
@@ -17,7 +18,7 @@ from copa.models.fusion import (
     SkipConnectedFusion,
     is_connected_layer,
 )
-from copa.models.text import TextEncoder, load_bert_weights
+from copa.models.text import TextEncoder
 
 VOCAB, HIDDEN, HEADS, FFN = 50, 32, 4, 64
 IMAGE_DIM = 48  # != HIDDEN: exercises the image projection

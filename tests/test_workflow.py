@@ -22,14 +22,18 @@ REPO = Path(__file__).parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow", "params", "src")
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
+def copy_workflow(dest: Path) -> Path:
     for name in WORKFLOW_FILES:
         if (REPO / name).is_dir():
-            shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
-            shutil.copy2(REPO / name, tmp_path / name)
-    return tmp_path
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return copy_workflow(tmp_path)
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -279,3 +283,135 @@ def test_pretrain_rule_is_parameterised_by_run(workdir):
     assert single.returncode == 0 and "copa --profile fixture --set architecture=single_stream --set model.selection.method=tpd" in single.stdout
     bad = snakemake(workdir, "runs/fixture/pretrain/magic-loc2-keep0.5-seed0/metrics.json", "-n", "--cores", "1", "--config", "profile=fixture")
     assert bad.returncode != 0 and "MissingRuleException" in bad.stdout
+
+
+# The rules' copa sources (copa.sources via common.smk's `sources`): each rule's code inputs are the
+# closure of the modules its `copa` subcommand calls into, and dvc.yaml's stages list the same files.
+RULE_COMMANDS = {  # the function of src/copa/cli.py behind each rule's `copa` subcommand
+    "synth": "cmd_synth", "validate_data": "cmd_validate_data", "filter_annotations": "cmd_filter", "patch_labels": "cmd_patch_labels",
+    "encoder_init": "cmd_encoder_init", "pretrain": "cmd_pretrain", "pretrain_eval": "cmd_pretrain_eval", "finetune": "cmd_finetune",
+    "evaluate": "cmd_evaluate", "efficiency": "cmd_efficiency", "reference_boxes": "cmd_reference_boxes",
+    "patch_detection": "cmd_patch_detection", "figure5": "cmd_figure5", "table": "cmd_table", "figure": "cmd_table",
+    "figure4": "cmd_detected_patches", "claims": "cmd_claims",
+}
+DVC_STAGE_RULES = {  # the rules whose jobs each DVC stage's `snakemake` target runs beyond the earlier stages'
+    "data": ("synth", "validate_data"), "filter": ("filter_annotations",), "patch_labels": ("patch_labels",),
+    "runs": ("encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency"),
+    "tables": ("table",), "figures": ("figure",), "figure4": ("figure4",), "figure5": ("reference_boxes", "patch_detection", "figure5"),
+    "claims": ("claims",),
+}
+
+
+def _job_sources(dry_run_output: str) -> list[tuple[str, str, set[str]]]:
+    """(rule, first output, src/ inputs) of each job a dry run lists."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule:
+            inputs = re.search(r"^    input: (.*)$", block, flags=re.MULTILINE)
+            output = re.search(r"^    output: ([^,\n]*)", block, flags=re.MULTILINE)
+            jobs.append((rule[1], output[1] if output else "",
+                         {p for p in (inputs[1].split(", ") if inputs else []) if p.startswith("src/")}))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def demo_jobs(tmp_path_factory) -> list[tuple[str, str, set[str]]]:
+    """Every job of the demo DAG (the profile dvc.yaml runs), from a dry run in a copy of the workflow."""
+    run = snakemake(copy_workflow(tmp_path_factory.mktemp("demo")), "-n", "--cores", "2")
+    assert run.returncode == 0, run.stdout
+    return _job_sources(run.stdout)
+
+
+def _closure(*entries: str) -> set[str]:
+    from copa.sources import module_sources
+
+    return {Path(p).relative_to(REPO).as_posix() for p in module_sources(entries, REPO / "src")}
+
+
+def _command_imports(function: str) -> set[str]:
+    """The copa modules a function of cli.py imports, with those of the cli.py helpers it calls."""
+    import ast
+
+    functions = {node.name: node for node in ast.parse((REPO / "src" / "copa" / "cli.py").read_text()).body if isinstance(node, ast.FunctionDef)}
+    modules, pending, seen = set(), [function], set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(functions[name]):
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("copa."):
+                modules.add(node.module)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
+                pending.append(node.func.id)
+    return modules
+
+
+def test_rule_inputs_hold_what_their_subcommand_runs(demo_jobs):
+    """Each rule's code inputs (over its jobs: a single-stream run's add its own) hold the closure of
+    every module its `copa` subcommand imports."""
+    by_rule = {}
+    for rule, _, code in demo_jobs:
+        by_rule.setdefault(rule, set()).update(code)
+    assert set(RULE_COMMANDS) == {rule for rule, code in by_rule.items() if code}  # every rule with code inputs is named
+    for rule, function in RULE_COMMANDS.items():
+        missing = _closure(*_command_imports(function)) - by_rule[rule]
+        assert not missing, f"rule {rule} (cli.py {function}): its inputs lack {sorted(missing)}: name the module in its sources(...)"
+    pretrain = {output: code for rule, output, code in demo_jobs if rule == "pretrain"}
+    dual = [code for output, code in pretrain.items() if "/single-" not in output]
+    single = [code for output, code in pretrain.items() if "/single-" in output]
+    assert dual and single
+    # pretraining runs the models and the engine; a dual-stream run's triggers are its own closure,
+    # a single-stream run's add its entry's
+    assert {"src/copa/models/vit.py", "src/copa/train/engine.py"} <= dual[0] and all(code == _closure("copa.train.pretrain") for code in dual)
+    assert all(code > dual[0] for code in single)
+
+
+def test_new_module_imported_lazily_is_an_input(workdir):
+    """A module added to the package and imported only inside a function of a stage's entry module
+    becomes an input (a rerun trigger) of that stage's jobs, without touching the rules."""
+    package = workdir / "src" / "copa"
+    (package / "train" / "added_helper.py").write_text("def helper():\n    return 1\n")
+    entry = package / "train" / "pretrain.py"
+    entry.write_text(entry.read_text() + "\n\ndef _uses_added_helper():\n    from copa.train.added_helper import helper\n\n    return helper()\n")
+    dry = snakemake(workdir, "runs/fixture/pretrain/tpd-loc2-keep0.5-seed0/metrics.json", "-n", "--cores", "2", "--config", "profile=fixture")
+    assert dry.returncode == 0, dry.stdout
+    inputs = {rule: code for rule, _, code in _job_sources(dry.stdout)}
+    assert "src/copa/train/added_helper.py" in inputs["pretrain"] and "src/copa/train/added_helper.py" in inputs["encoder_init"]
+    assert "src/copa/train/added_helper.py" not in inputs["filter_annotations"]
+
+
+def _files_under(dep: str) -> set[str]:
+    """A dvc.yaml dep's files (a folder: every file in it, as DVC hashes them; .dvcignore drops __pycache__)."""
+    path = REPO / dep
+    if not path.is_dir():
+        return {dep}
+    return {f.relative_to(REPO).as_posix() for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts}
+
+
+def _as_deps(files: set[str]) -> list[str]:
+    """`files` as dvc.yaml deps: a folder where every file in it is one of them, else the files."""
+    folders = {str(Path(f).parent) for f in files}
+    folders |= {str(parent) for folder in folders for parent in Path(folder).parents if parent.parts[:2] == ("src", "copa")}
+    covered = sorted(d for d in folders if _files_under(d) <= files)
+    top = [d for d in covered if not any(Path(d).is_relative_to(other) and d != other for other in covered)]
+    return sorted(top + [f for f in files if not any(Path(f).is_relative_to(d) for d in top)])
+
+
+def test_dvc_source_deps_are_the_rules_sources(demo_jobs):
+    """dvc.yaml's src/ deps of each stage cover exactly the code inputs of the jobs it runs (a
+    folder dep only where each of its files is one); the failure message says what to write."""
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert {rule for rule, _, code in demo_jobs if code} == {r for rules in DVC_STAGE_RULES.values() for r in rules}
+    differences = []
+    for stage, rules in DVC_STAGE_RULES.items():
+        listed = [d for d in (stages[stage].get("do") or stages[stage])["deps"] if d.startswith("src/")]
+        derived = set().union(*(code for rule, _, code in demo_jobs if rule in rules))
+        covered = set().union(*map(_files_under, listed))
+        if covered != derived:
+            differences.append(f"stage {stage}: {sorted(covered - derived)} are not its sources, {sorted(derived - covered)} are missing;"
+                               " its src deps:\n" + "".join(f"      - {d}\n" for d in _as_deps(derived)))
+    assert not differences, "dvc.yaml:\n" + "\n".join(differences)

@@ -20,6 +20,15 @@ from copa.data.formats.records import FormatError
 from copa.tasks.registry import TASKS
 
 
+class CommandError(Exception):
+    """A user error a subcommand met in a library call (no CUDA, a result file that does not parse):
+    ``main`` reports it as it reports the others."""
+
+
+# What ``main`` reports as one line and exit status 2 (``--debug``: the traceback instead).
+USER_ERRORS = (ParamsError, FormatError, FileNotFoundError, FileExistsError, CommandError)
+
+
 def _params(args: argparse.Namespace) -> Params:
     return load_params(args.profile, args.set, args.params_dir)
 
@@ -81,6 +90,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 def cmd_patch_labels(args: argparse.Namespace) -> int:
     from copa.data.patch_labels import run_patch_labels
+    from copa.report.figures import patch_label_figure, save_figure
 
     params = _params(args)
     annotations = Path(args.annotations) if args.annotations else _filtered_annotations(params)
@@ -89,7 +99,8 @@ def cmd_patch_labels(args: argparse.Namespace) -> int:
     figure = Path(args.figure or f"figures/{params.profile}/patch_labels")
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.parent.mkdir(parents=True, exist_ok=True)
-    summary = run_patch_labels(annotations, out, params.patch_labels, Path(args.root or params.data.root), figure, params.seed, args.workers)
+    summary, examples = run_patch_labels(annotations, out, params.patch_labels, Path(args.root or params.data.root), params.seed, args.workers)
+    save_figure(patch_label_figure(examples, params.patch_labels.patch_size), figure)
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=1) + "\n")
     grid = summary["grid"]
@@ -103,7 +114,7 @@ def cmd_patch_labels(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     params = _params(args)
     if params.architecture == "single_stream":  # COPA-S / ViLT (COPA Table 6)
-        from copa.single_stream.pretraining import run_single_stream_pretraining as run_pretraining
+        from copa.train.single_stream_pretrain import run_single_stream_pretraining as run_pretraining
     else:
         from copa.train.pretrain import run_pretraining
     annotations = Path(args.annotations) if args.annotations else _filtered_annotations(params)
@@ -153,7 +164,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     params = _params(args)
     if _single_stream(Path(args.start), args.task):
-        from copa.single_stream.vqa import run_vqa_finetuning as run
+        from copa.tasks.single_stream_vqa import run_vqa_finetuning as run
     else:
         run = resolve(TASKS[args.task].finetune)
     metrics = run(params, Path(args.start), Path(args.root or params.data.root), Path(args.out), resume=not args.restart)
@@ -168,7 +179,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     spec = TASKS[args.task]
     run = Path(args.run)
     if _single_stream(run, args.task):
-        from copa.single_stream.vqa import evaluate_vqa as evaluate, load_vqa_run
+        from copa.tasks.single_stream_vqa import evaluate_vqa as evaluate, load_vqa_run
 
         finetuned = load_vqa_run(run)
     else:
@@ -247,8 +258,7 @@ def cmd_reference_boxes(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         summary = run_reference_boxes(Path(args.root or params.data.root), params.reference_boxes, out, device, progress=not args.quiet)
     except (RuntimeError, ValueError) as exc:  # no CUDA; more pairs asked for than there are
-        print(f"copa reference-boxes: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps({"profile": params.profile, "file": str(out), **summary}, indent=2) + "\n", encoding="utf-8")
     print(f"reference boxes ({summary['source']}): {summary['boxes']:,} boxes on {summary['pairs']:,} pairs "
@@ -273,8 +283,7 @@ def cmd_patch_detection(args: argparse.Namespace) -> int:
         probes = evaluate_reference_pairs(run_checkpoints(run, args.checkpoints), pairs, root, args.batch_size, progress=not args.quiet,
                                           device=resolve_device(args.device))
     except (RuntimeError, ValueError) as exc:  # no CUDA; not a TPD run; an image of another size than the file says
-        print(f"copa patch-detection: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
     sources = sorted({p.source for p in pairs})
     reference = {"file": args.reference, "source": ", ".join(sources), "pairs": len(pairs), "boxes": sum(len(p.boxes) for p in pairs),
                  "pairs_without_boxes": sum(not p.boxes for p in pairs)}
@@ -298,8 +307,7 @@ def cmd_figure5(args: argparse.Namespace) -> int:
         paths = write_figure5(results / "pretrain" / f"{args.run}.json", results / "patch_detection" / f"{args.run}.json",
                               Path(args.out or results / "tables" / "figure5"), Path(args.figure or f"figures/{profile}/figure5"))
     except ValueError as exc:  # the two result files disagree on the checkpoints
-        print(f"copa figure5: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
     print(f"Figure 5 ({profile}, run {args.run}) -> {', '.join(map(str, paths))}")
     return 0
 
@@ -319,8 +327,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     try:
         paths, cells, note = write_table(grid, params, results, params.report.seeds, Path(args.out or results / "tables" / grid.name))
     except ValueError as exc:  # a result file that does not parse
-        print(f"copa {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
     if args.command == "figure":
         paths += save_figure(FIGURES[grid.name](grid, cells, note), Path(args.figure or f"figures/{params.profile}/{grid.name}"))
     print(f"{grid.title} ({params.profile}) -> {', '.join(map(str, paths))}")
@@ -360,8 +367,7 @@ def cmd_detected_patches(args: argparse.Namespace) -> int:
         detections = detect_patches(run, examples, args.ratios, settings)
         paired = detect_patches(run, [e for pair in pairs for e in pair], [selection.keep_ratio], settings) if pairs else []
     except ValueError as exc:  # not a TPD run
-        print(f"copa detected-patches: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
     paired_detections = list(zip(paired[::2], paired[1::2]))
     title = (f"Figure 4: patches the TPD keeps for VQA questions (run {Path(args.run).parent.name}, "
              f"{run.params.profile} profile, TPD after layer {selection.location[0]}; dimmed: fused)")
@@ -381,8 +387,7 @@ def cmd_stage_times(args: argparse.Namespace) -> int:
     try:
         print(stage_times_markdown(stage_times(folder)), end="")
     except ValueError as exc:  # a file that is not a benchmark table
-        print(f"copa stage-times: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
     return 0
 
 
@@ -395,8 +400,7 @@ def cmd_readme_results(args: argparse.Namespace) -> int:
     try:
         updated = replace_block(text, results_block(profile, readme.parent, args.params_dir), readme)
     except ValueError as exc:  # no marked section
-        print(f"copa readme-results: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
     if args.check:
         if updated != text:
             print(f"{readme}: its results section differs from results/{profile}/ (run `copa readme-results`)", file=sys.stderr)
@@ -439,8 +443,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
     except RuntimeError as exc:
-        print(f"copa efficiency: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(exc) from exc
     start = time.perf_counter()
     record = measure_efficiency(params, vocab_size, settings, device)
     record = {"name": name, "profile": params.profile, **source, **record, "wall_s": time.perf_counter() - start}
@@ -471,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default=None, help="scale profile: fixture | demo | paper (default: the one named in params/base.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one parameter, e.g. --set synth.seed=3 (repeatable)")
     parser.add_argument("--params-dir", default=str(DEFAULT_PARAMS_DIR), help="folder holding base.yaml and profiles/ (default: %(default)s)")
+    parser.add_argument("--debug", action="store_true", help="on an error, its traceback instead of the one-line message")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("params", help="print the resolved parameters as YAML")
@@ -636,8 +640,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ParamsError, FormatError, FileNotFoundError, FileExistsError) as exc:
-        print(f"copa {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        message = " ".join(line.strip() for line in str(exc).splitlines())  # one line (YAML errors span several)
+        print(f"copa {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -11,9 +11,6 @@ from snakemake.utils import validate
 
 from copa.config import ParamsError, load_params
 from copa.report.grids import available_grids, load_grid, run_name
-from copa.report.tables import grid_inputs
-from copa.tasks.registry import TASKS
-from copa.train.encoder_init import encoder_init_params
 
 # `config` holds run control only (profile, overrides); experiment parameters live in params/.
 validate(config, "../schemas/config.schema.yaml")
@@ -25,6 +22,12 @@ try:
     GRIDS = {name: load_grid(name) for name in available_grids()}  # params/grids/: the tables and figures
 except ParamsError as exc:
     raise WorkflowError(f"bad parameters: {exc}") from None
+
+# Imported after the check, so that a bad value is refused before torch loads (encoder_init's).
+from copa.report.tables import grid_inputs
+from copa.sources import module_sources
+from copa.tasks.registry import TASKS
+from copa.train.encoder_init import encoder_init_params
 PROFILE = PARAMS.profile  # without --config profile=..., the one named in params/base.yaml
 SYNTHETIC = PARAMS.data.source == "synthetic"
 # Threads of a training / evaluation job: 2, so that on the 2-core machines of the demo one job at
@@ -75,9 +78,9 @@ def section_json(name):
 
 
 # COPA Table 6's single-stream models (COPA-S, ViLT): runs named single-<method>-loc..., built by
-# copa.single_stream and trained by the same rules. What a single-stream job reads beyond a
-# dual-stream one is added to its inputs and rerun triggers only, so that the dual-stream jobs'
-# triggers do not change.
+# the single-stream modules (SINGLE_STREAM_* below) and trained by the same rules. What a
+# single-stream job reads beyond a dual-stream one is added to its inputs and rerun triggers only,
+# so that the dual-stream jobs' triggers do not change.
 SINGLE_STREAM_PREFIX = "single-"
 
 
@@ -95,10 +98,6 @@ def with_single_stream(value, extra):
     return resolve
 
 
-def single_stream_code(wildcards):
-    return source_files("single_stream/*.py")
-
-
 def single_stream_json(wildcards):
     """The single_stream section after a section's JSON: a single-stream run's rerun trigger."""
     return f" {section_json('single_stream')(wildcards)}"
@@ -109,15 +108,31 @@ def single_stream_cli(wildcards):
     return f" --set architecture=single_stream{copa_cli('single_stream').removeprefix(copa_cli())}"
 
 
-def source_files(*patterns):
-    """Files of the copa package to list as inputs: Snakemake's code trigger does not see imports."""
-    files = []
-    for pattern in patterns:
-        matches = sorted(str(p) for p in Path("src/copa").glob(pattern))
-        if not matches:  # a moved module must not silently drop its rerun trigger
-            raise WorkflowError(f"no file matches src/copa/{pattern} (run from the repository root)")
-        files += matches
-    return files
+# The copa sources of a rule: its inputs, since Snakemake's code trigger sees a rule's command, not
+# what the modules it calls import. A rule names its entries, the modules that its `copa`
+# subcommand (cmd_<x> in src/copa/cli.py) calls into to do the work, and its inputs are every file
+# they run (copa.sources: their imports, transitively, lazy ones and the task registry's
+# "module:function" references included). cli.py itself is no rule's input: it parses arguments and
+# dispatches, what it passes on is the rule's command line and params (triggers themselves), and as
+# it imports every stage, listing it would rerun every job, trainings included, for an edit of any
+# subcommand. So a stage's computation belongs in its entry modules, not in cli.py.
+def sources(*entries):
+    try:
+        return module_sources(entries, "src")
+    except ValueError as exc:  # a moved module must not silently drop its rerun trigger
+        raise WorkflowError(f"copa sources of a rule: {exc} (run from the repository root)") from None
+
+
+# The entries a single-stream run's jobs run instead of the dual-stream ones (COPA-S, ViLT).
+SINGLE_STREAM_PRETRAINING = "copa.train.single_stream_pretrain"
+SINGLE_STREAM_VQA = "copa.tasks.single_stream_vqa"
+
+
+def sources_by_stream(*entries, single_stream):
+    """A rule's code input: the sources of `entries`; a single-stream run's job adds those of its
+    entry `single_stream`, so that a dual-stream job's triggers are its own closure only."""
+    dual, single = sources(*entries), sources(*entries, single_stream)
+    return lambda wildcards: single if is_single_stream(wildcards) else dual
 
 
 def pretrained_files():

@@ -9,7 +9,7 @@ if SYNTHETIC:
         # and reach the files inside through the CLI (copa.data.layout); declaring those files
         # as outputs too is impossible (Snakemake forbids outputs inside a directory output).
         input:
-            code=source_files("data/synth/*.py", "data/formats/*.py", "data/layout.py"),
+            code=sources("copa.data.synth.world"),
         output:
             root=directory(PARAMS.data.root),
         params:
@@ -34,7 +34,7 @@ rule validate_data:
     # (--require-all); a real root may lack some, which are then reported as absent.
     input:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("data/validate.py", "data/annotation_checks.py", "data/formats/*.py", "data/layout.py"),
+        code=sources("copa.data.validate"),
     output:
         f"results/{PROFILE}/data_validation.json",
     params:
@@ -59,7 +59,7 @@ rule filter_annotations:
     # source, plus dropped.tsv listing every dropped record and its reason) and the report.
     input:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("data/filtering.py", "data/annotation_checks.py", "data/formats/*.py", "data/layout.py", "report/filter_table.py"),
+        code=sources("copa.data.filtering", "copa.report.filter_table"),
     output:
         annotations=directory(f"data/processed/{PROFILE}/annotations"),
         report=f"results/{PROFILE}/filter_report.json",
@@ -87,7 +87,7 @@ rule patch_labels:
     input:
         annotations=rules.filter_annotations.output.annotations,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,  # images for the figure
-        code=source_files("data/patch_labels.py", "data/formats/xvlm.py", "report/figures.py"),
+        code=sources("copa.data.patch_labels", "copa.report.figures"),
     output:
         labels=f"data/processed/{PROFILE}/patch_labels.npz",
         summary=f"results/{PROFILE}/patch_labels.json",

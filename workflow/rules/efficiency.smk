@@ -18,7 +18,7 @@ MEMORY_STEP_OPTIONS = ("itm_guidance", "itc_image", "queue_size")
 
 rule efficiency:
     input:
-        code=with_single_stream(source_files("eval/efficiency.py", "models/*.py", "train/build.py"), single_stream_code),
+        code=sources("copa.eval.efficiency", "copa.data.tokenizer", "copa.report.grids", "copa.train.distributed", "copa.train.pretrain"),
     output:
         f"results/{PROFILE}/efficiency/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.json",
     params:

@@ -10,8 +10,7 @@ rule reference_boxes:
     input:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         model=[PARAMS.reference_boxes.model] if os.path.isdir(PARAMS.reference_boxes.model) else [],  # a local copy
-        code=source_files("data/reference_boxes.py", "data/grounding_dino.py", "data/formats/reference_boxes.py",
-                          "data/formats/web_pairs.py"),
+        code=sources("copa.data.reference_boxes", "copa.train.distributed"),
     output:
         boxes=f"data/processed/{PROFILE}/reference_boxes.jsonl",
         summary=f"results/{PROFILE}/reference_boxes.json",
@@ -40,7 +39,7 @@ rule patch_detection:
         metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
         reference=rules.reference_boxes.output.boxes,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("eval/patch_detection.py", "data/reference_boxes.py"),
+        code=sources("copa.eval.patch_detection", "copa.data.formats.reference_boxes", "copa.train.distributed", "copa.train.pretrain"),
     output:
         f"results/{PROFILE}/patch_detection/{{run}}.json",
     params:
@@ -67,7 +66,7 @@ rule figure5:
     input:
         in_domain=f"results/{PROFILE}/pretrain/{DEFAULT_RUN}.json",
         out_of_domain=f"results/{PROFILE}/patch_detection/{DEFAULT_RUN}.json",
-        code=source_files("report/figure5.py", "report/figures.py", "report/tables.py"),
+        code=sources("copa.report.figure5"),
     output:
         csv=report(f"results/{PROFILE}/tables/figure5.csv", caption="../report/figure5.rst", category="Tables"),
         data=multiext(f"results/{PROFILE}/tables/figure5", ".md", ".tex", ".json"),

@@ -5,7 +5,7 @@
 # pretraining run). As for pretraining, only metrics.json is declared, so an interrupted
 # fine-tune resumes. A VQA fine-tune at another resolution than the profile's (COPA Table 5) is
 # the task with a size tag, e.g. results/demo/finetune/tpd-loc3-keep0.5-seed0/vqa-192px.json. A
-# single-stream run (single-..., COPA Table 6) fine-tunes VQA only (copa.single_stream.vqa).
+# single-stream run (single-..., COPA Table 6) fine-tunes VQA only (SINGLE_STREAM_VQA).
 
 
 wildcard_constraints:
@@ -17,9 +17,7 @@ rule finetune:
     input:
         pretrained=finetune_start,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=with_single_stream(source_files("tasks/*.py", "train/*.py", "models/*.py", "eval/cider.py", "data/pretrain_data.py",
-                                             "data/heldout.py", "data/downstream.py", "data/tokenizer.py", "data/formats/referents.py"),
-                                single_stream_code),
+        code=sources_by_stream("copa.tasks.registry", single_stream=SINGLE_STREAM_VQA),  # every task's module: the registry names them
     output:
         f"runs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}/metrics.json",
     params:
@@ -48,10 +46,7 @@ rule evaluate:
     input:
         metrics=f"runs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        # the metrics the tasks import (not eval/*.py: a new probe elsewhere in eval/ must not rerun every evaluation)
-        code=with_single_stream(source_files("tasks/*.py", *(f"eval/{m}.py" for m in ("captioning", "cider", "grounding", "retrieval", "vqa")),
-                                             "data/heldout.py", "data/downstream.py", "data/formats/referents.py"),
-                                single_stream_code),
+        code=sources_by_stream("copa.tasks.registry", "copa.train.finetune", single_stream=SINGLE_STREAM_VQA),
     output:
         metrics=f"results/{PROFILE}/finetune/{{run}}/{{task}}{{size}}.json",
         predictions=f"results/{PROFILE}/finetune/{{run}}/{{task}}{{size}}_predictions.json",

@@ -2,7 +2,7 @@
 # rules (the ablation grids) ask for the runs they need by path, e.g.
 #   runs/demo/pretrain/tpd-loc3-keep0.5-seed0/metrics.json
 # `location` is one layer or several joined by '-' (TRIPS: 5-10); a run named single-... is a
-# single-stream model's (COPA-S, ViLT: copa.single_stream). Only metrics.json is declared:
+# single-stream model's (COPA-S, ViLT: SINGLE_STREAM_PRETRAINING). Only metrics.json is declared:
 # the checkpoints beside it are not outputs, so Snakemake does not delete them and an
 # interrupted run resumes from its last checkpoint when the rule runs again.
 # pretrain_eval probes every epoch's checkpoint on held-out images (results/, figures/).
@@ -22,8 +22,7 @@ rule encoder_init:
     # selection-free, so one node per seed that every run of the grids starts from.
     input:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("models/*.py", *(f"train/{name}.py" for name in ("build", "distributed", "encoder_init", "engine", "pretrain")),
-                          "data/pretrain_data.py", "data/tokenizer.py", "data/transforms.py"),
+        code=sources("copa.train.pretrain"),
     output:
         f"runs/{PROFILE}/encoder_init/seed{{seed}}/metrics.json",
     params:
@@ -52,10 +51,7 @@ rule pretrain:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         annotations=rules.filter_annotations.output.annotations,
         encoder_init=encoder_init_input,
-        code=with_single_stream(
-            source_files("models/*.py", *(f"train/{name}.py" for name in ("build", "distributed", "encoder_init", "engine", "pretrain", "schedule")),
-                         "data/pretrain_data.py", "data/tokenizer.py", "data/transforms.py", "data/patch_labels.py"),
-            single_stream_code),
+        code=sources_by_stream("copa.train.pretrain", single_stream=SINGLE_STREAM_PRETRAINING),
         pretrained=pretrained_files(),
     output:
         f"runs/{PROFILE}/pretrain/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}/metrics.json",
@@ -91,9 +87,8 @@ rule pretrain_eval:
     input:
         metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("eval/pretraining.py", "eval/patch_ranking.py", "eval/retrieval.py", "tasks/retrieval.py", "data/heldout.py",
-                          "report/pretrain_figure.py", "eval/itm_accuracy.py", "eval/same_image_contrast.py", "eval/linear_probe.py",
-                          "eval/target_recall.py", "eval/paired.py", "data/downstream.py", "data/formats/referents.py"),
+        code=sources("copa.eval.pretraining", "copa.eval.target_recall", "copa.data.heldout", "copa.data.layout", "copa.report.pretrain_figure",
+                     "copa.train.pretrain"),
     output:
         json=f"results/{PROFILE}/pretrain/{{run}}.json",
         figure=multiext(f"figures/{PROFILE}/pretrain/{{run}}", ".png", ".pdf"),

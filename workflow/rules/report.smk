@@ -6,8 +6,8 @@ from copa.report.grid_figures import FIGURES
 
 TABLES = sorted(name for name in GRIDS if name not in FIGURES)
 
-
-REPORT_CODE = ("report/grids.py", "report/columns.py", "report/tables.py", "eval/paired.py")
+# `copa table` and `copa figure` are one subcommand function (cli.py's cmd_table), with one closure.
+GRID_CODE = sources("copa.report.grids", "copa.report.tables", "copa.report.grid_figures", "copa.report.figures")
 
 
 localrules:
@@ -29,7 +29,7 @@ rule table:
         grid="|".join(TABLES),
     input:
         results=lambda w: grid_results(w.grid),
-        code=source_files(*REPORT_CODE),
+        code=GRID_CODE,
     output:
         csv=report(f"results/{PROFILE}/tables/{{grid}}.csv", caption="../report/table.rst", category="Tables"),
         other=multiext(f"results/{PROFILE}/tables/{{grid}}", ".md", ".tex", ".json"),
@@ -54,7 +54,7 @@ rule figure:
         grid="|".join(FIGURES),
     input:
         results=lambda w: grid_results(w.grid),
-        code=source_files(*REPORT_CODE, "report/grid_figures.py", "report/figures.py"),
+        code=GRID_CODE,
     output:
         csv=report(f"results/{PROFILE}/tables/{{grid}}.csv", caption="../report/table.rst", category="Tables"),
         data=multiext(f"results/{PROFILE}/tables/{{grid}}", ".md", ".tex", ".json"),
@@ -82,7 +82,8 @@ rule figure4:
     input:
         metrics=f"runs/{PROFILE}/finetune/{DEFAULT_RUN}/vqa/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=source_files("report/detected_patches.py", "report/figures.py", "tasks/vqa.py", "data/formats/referents.py"),
+        code=sources("copa.report.detected_patches", "copa.report.figures", "copa.data.downstream", "copa.data.layout", "copa.data.formats.referents",
+                     "copa.train.finetune"),
     output:
         png=report(f"figures/{PROFILE}/figure4.png", caption="../report/figure4.rst", category="Figures"),
         pdf=f"figures/{PROFILE}/figure4.pdf",
@@ -106,7 +107,7 @@ rule claims:
     input:
         tables=expand(f"results/{PROFILE}/tables/{{grid}}.csv", grid=sorted(GRIDS)),
         figure5=[f"results/{PROFILE}/tables/figure5.csv"] if PARAMS.model.selection.method == "tpd" else [],  # rule figure5
-        code=source_files("report/claims.py", "eval/paired.py"),  # and the runs' per-question scores, behind the tables
+        code=sources("copa.report.claims"),  # and the runs' per-question scores, behind the tables
     output:
         markdown=report(f"results/{PROFILE}/claims.md", caption="../report/claims.rst", category="Claims"),
         json=f"results/{PROFILE}/claims.json",

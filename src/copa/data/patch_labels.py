@@ -314,22 +314,16 @@ class LabelledImage:
 
 
 def run_patch_labels(
-    filtered_dir: Path, out_path: Path, params: PatchLabelParams, data_root: Path, figure_stem: Path | None, seed: int, workers: int = 1
-) -> dict:
-    """Build and save the store, draw ``<figure_stem>.{png,pdf}``; returns :func:`summarise`'s dict
-    (no paths in it, so the JSON the CLI writes is the same on every machine)."""
+    filtered_dir: Path, out_path: Path, params: PatchLabelParams, data_root: Path, seed: int, workers: int = 1
+) -> tuple[dict, list[LabelledImage]]:
+    """Build and save the store; returns :func:`summarise`'s dict (no paths in it, so the JSON the
+    CLI writes is the same on every machine) and the panels of the check figure, which the caller
+    draws (``copa.report.figures.patch_label_figure``: the data layer draws nothing)."""
     store = build_store(filtered_dir, params, workers)
     if not len(store):
         raise ValueError(f"{filtered_dir}: the filtered files hold no boxes")
     store.save(out_path)
-    summary = summarise(store)
-    if figure_stem is not None:
-        # matplotlib is imported here only: training code that reads the store does not need it.
-        from copa.report.figures import patch_label_figure, save_figure
-
-        examples = figure_examples(store, filtered_dir, data_root, params.figure_examples, seed)
-        save_figure(patch_label_figure(examples, params.patch_size), figure_stem)
-    return summary
+    return summarise(store), figure_examples(store, filtered_dir, data_root, params.figure_examples, seed)
 
 
 def figure_examples(store: PatchLabelStore, filtered_dir: Path, data_root: Path, count: int, seed: int) -> list[LabelledImage]:

@@ -51,9 +51,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from copa.config import ITM_GUIDANCES, EfficiencyParams, Params
 from copa.data.tokenizer import SPECIAL_TOKENS
 from copa.models.copa import CopaModel, CopaSpec
-from copa.single_stream.model import SingleStreamModel, SingleStreamSpec
-from copa.single_stream.pretraining import build_single_stream_pretraining, single_stream_spec
-from copa.train.build import build_pretraining, copa_spec
+from copa.models.single_stream import SingleStreamModel, SingleStreamSpec
+from copa.train.build import build_pretraining, build_single_stream_pretraining, copa_spec, single_stream_spec
 
 CONVENTIONS = {
     "flops": "torch.utils.flop_counter over one image-text pair's forward: text encoder, ViT with the selector "

@@ -28,8 +28,8 @@ from torch import Tensor
 from copa.config import ITM_GUIDANCES
 from copa.data.heldout import RetrievalSet
 from copa.data.pretrain_data import text_key
+from copa.eval.retrieval import encode_retrieval_set
 from copa.models.copa import CopaModel
-from copa.tasks.retrieval import encode_retrieval_set
 
 NEGATIVE_KINDS = ("hard", "random")
 

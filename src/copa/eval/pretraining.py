@@ -35,12 +35,11 @@ from copa.data.pretrain_data import ObjectDataset
 from copa.eval.itm_accuracy import itm_accuracy
 from copa.eval.linear_probe import linear_probes
 from copa.eval.patch_ranking import annotation_references, average_precision
-from copa.eval.retrieval import chance_recalls, retrieval_recall
+from copa.eval.retrieval import chance_recalls, encode_retrieval_set, retrieval_recall
 from copa.eval.same_image_contrast import tpd_contrast
 from copa.eval.target_recall import TargetQuestions, target_recall
 from copa.models.copa import CopaModel
 from copa.models.objectives import PatchCounts, detected_patches, kept_mask, mask_confusion, metrics_from_counts
-from copa.tasks.retrieval import encode_retrieval_set
 from copa.train.pretrain import load_pretraining_checkpoint
 
 

@@ -3,6 +3,9 @@
 TR@K (image -> text): an image is a hit when any of its ground-truth captions is among its K
 most similar texts. IR@K (text -> image): a text is a hit when its image is among its K most
 similar images. Tied similarities are ranked in ``torch.topk``'s order.
+
+:func:`encode_retrieval_set` is the model's side of every retrieval measurement (the retrieval
+task's two-stage inference, the pretraining instruments' ITC retrieval and ITM accuracy).
 """
 
 from __future__ import annotations
@@ -11,6 +14,11 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
+
+from copa.data.heldout import RetrievalSet
+from copa.data.pretrain_data import Pair, PairDataset
+from copa.models.copa import CopaModel
 
 RECALL_KS = (1, 5, 10)
 
@@ -89,3 +97,18 @@ def two_stage_scores(coarse: Tensor, k: int, rerank: Callable[[Tensor, Tensor], 
     i2t = one_side(coarse, lambda q, c: (q, c))
     t2i = one_side(coarse.t(), lambda q, c: (c, q))  # text queries: candidates are images
     return i2t, t2i.t().contiguous()
+
+
+@torch.no_grad()
+def encode_retrieval_set(model: CopaModel, tokenizer, data: RetrievalSet, image_size: int, max_length: int,
+                         batch_size: int = 64, progress: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Images (n_images, 3, S, S), text-free image features (n_images, E), text states (n_texts, L, H),
+    text masks (n_texts, L) and text features (n_texts, E) of a retrieval set."""
+    images_only = PairDataset([Pair(path, "", "karpathy") for path in data.images], tokenizer, image_size, max_length, seed=0, train=False)
+    images = torch.stack([images_only[i]["image"] for i in tqdm(range(len(images_only)), desc="images", disable=not progress)])
+    image_feats = torch.cat([model.image_feature(model.encode_image(images[i:i + batch_size], None, use_detector=False)["tokens"])
+                             for i in range(0, len(images), batch_size)])
+    enc = tokenizer(list(data.texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    states = torch.cat([model.encode_text(enc["input_ids"][i:i + batch_size], enc["attention_mask"][i:i + batch_size])
+                        for i in range(0, len(data.texts), batch_size)])
+    return images, image_feats, states, enc["attention_mask"], model.text_feature(states)

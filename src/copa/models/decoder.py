@@ -10,8 +10,6 @@ prefix, so a decoding loop can call it step by step on growing ``input_ids``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 from transformers import BertConfig
@@ -21,7 +19,7 @@ from transformers.models.bert.modeling_bert import (
     BertPredictionHeadTransform,
 )
 
-from copa.models.text import BERT_BUFFER_KEYS, additive_mask, bert_config, bert_model_keys, init_bert_weights
+from copa.models.text import additive_mask, bert_config, init_bert_weights
 
 
 class LMHead(nn.Module):
@@ -115,28 +113,3 @@ class Decoder(nn.Module):
                 encoder_attention_mask=cross_mask,
             )
         return self.head(hidden)  # (B, L, V)
-
-
-def load_bert_decoder_weights(decoder: Decoder, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """mPLUG's decoder initialisation from a BERT checkpoint (its decoder is a BertLMHeadModel loaded
-    from bert-base): the embeddings, layer i's self-attention and FFN into decoder layer i for the
-    first ``len(decoder.layer)`` layers (as ``from_pretrained`` fills a smaller config), and the MLM
-    head's transform and bias (``cls.predictions``) into the LM head where the checkpoint has them.
-    Returns the decoder parameters BERT has no weights for (the cross-attention to the fused states,
-    decoder layers beyond the checkpoint's), which keep their fresh initialisation."""
-    target: dict[str, torch.Tensor] = {}
-    for key, value in bert_model_keys(state_dict).items():
-        if key.startswith("embeddings.") and key not in BERT_BUFFER_KEYS:
-            target[key] = value
-        elif key.startswith("encoder.layer.") and int(key.split(".")[2]) < len(decoder.layer):
-            target[key.removeprefix("encoder.")] = value
-    for key, value in state_dict.items():
-        if key.startswith("cls.predictions.transform."):
-            target["head." + key.removeprefix("cls.predictions.")] = value
-        elif key == "cls.predictions.bias":
-            target["head.decoder.bias"] = value
-    result = decoder.load_state_dict(target, strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"BERT keys with no place in the decoder: {result.unexpected_keys}")
-    tied = decoder.head.decoder.weight is decoder.embeddings.word_embeddings.weight  # loaded with the embeddings
-    return [k for k in result.missing_keys if not (tied and k == "head.decoder.weight")]

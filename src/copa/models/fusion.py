@@ -13,7 +13,7 @@ stacks ``num_layers`` layers; layer ``n`` is
 (>= num_layers: pure co-attention) for retrieval.
 
 Every block is built from ``transformers`` BERT submodules under BERT's names (``attention``,
-``intermediate``, ``output``) so ``text.load_bert_weights`` can copy BERT layers 7-12 in; the
+``intermediate``, ``output``) so ``bert_init.load_bert_weights`` can copy BERT layers 7-12 in; the
 ``crossattention`` blocks (mPLUG's name) have no BERT counterpart and start fresh.
 """
 

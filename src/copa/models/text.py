@@ -1,24 +1,18 @@
-"""Text encoder (COPA section 3.1: BERT-base layers 1-6) and BERT checkpoint loading.
+"""Text encoder (COPA section 3.1: BERT-base layers 1-6).
 
 Every transformer block here is a `transformers` ``BertLayer`` (or its submodules), so parameter
 names match a ``BertModel`` state dict and loading a BERT checkpoint is a thin key mapping
-(``load_bert_weights``). Masks are built here, once, as additive float masks, and passed to the
+(``copa.models.bert_init``). Masks are built here, once, as additive float masks, and passed to the
 layers explicitly: we never rely on ``BertModel``'s mask helpers or on the attention backends'
 implicit ``is_causal``, whose behaviour changed across transformers versions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
-
-if TYPE_CHECKING:  # fusion.py imports this module; avoid the cycle at run time
-    from copa.models.fusion import SkipConnectedFusion
 
 
 def bert_config(
@@ -111,18 +105,6 @@ class TextEncoder(nn.Module):
         return hidden
 
 
-# Non-persistent buffers of BertEmbeddings that older BERT checkpoints still carry.
-BERT_BUFFER_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
-
-
-def bert_model_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept a bare ``BertModel`` state dict or one nested under ``bert.`` (BertForPreTraining,
-    BertForMaskedLM: the layout of the published bert-base checkpoints)."""
-    if any(key.startswith("bert.") for key in state_dict):
-        return {k.removeprefix("bert."): v for k, v in state_dict.items() if k.startswith("bert.")}
-    return dict(state_dict)
-
-
 def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
     """BERT's initialisation (``BertPreTrainedModel._init_weights``, initializer_range 0.02), for
     modules built from BERT's parts without BertModel, which is what applies it: PyTorch's defaults
@@ -137,50 +119,3 @@ def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
     if isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def load_bert_weights(
-    text_encoder: TextEncoder,
-    fusion: SkipConnectedFusion,
-    state_dict: Mapping[str, torch.Tensor],
-) -> list[str]:
-    """Initialise the text encoder and the fusion text branch from a BERT checkpoint.
-
-    COPA section 4.1: "The text encoder is initialized using the first 6 layers of the BERT_base
-    model and the skip-connected network is initialized using the last 6 layers". With
-    ``T = len(text_encoder.layer)`` and ``F = len(fusion.layers)``, BERT layers ``0..T-1`` go to the
-    text encoder (with the embeddings) and layers ``T..T+F-1`` to the fusion layers' self-attention
-    and FFN; the checkpoint must have exactly ``T + F`` layers. The pooler is dropped.
-
-    Returns the fusion parameter names that BERT has no weights for (the text-to-image
-    cross-attention and the image projection), which keep their fresh initialisation.
-    """
-    source = bert_model_keys(state_dict)
-    layer_ids = {int(k.split(".")[2]) for k in source if k.startswith("encoder.layer.")}
-    n_text, n_fusion = len(text_encoder.layer), len(fusion.layers)
-    if layer_ids != set(range(n_text + n_fusion)):
-        raise ValueError(
-            f"BERT checkpoint has encoder layers {sorted(layer_ids)}; text encoder ({n_text}) + "
-            f"fusion ({n_fusion}) need exactly layers 0..{n_text + n_fusion - 1}"
-        )
-
-    text_sd: dict[str, torch.Tensor] = {}
-    fusion_sd: dict[str, torch.Tensor] = {}
-    for key, value in source.items():
-        if key in BERT_BUFFER_KEYS:
-            continue
-        if key.startswith("embeddings."):
-            text_sd[key] = value
-        elif key.startswith("encoder.layer."):
-            _, _, idx, rest = key.split(".", 3)
-            i = int(idx)
-            if i < n_text:
-                text_sd[f"layer.{i}.{rest}"] = value
-            else:
-                fusion_sd[f"layers.{i - n_text}.{rest}"] = value
-    # strict: every text-encoder parameter must come from the checkpoint, and nothing may be left.
-    text_encoder.load_state_dict(text_sd, strict=True)
-    result = fusion.load_state_dict(fusion_sd, strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"BERT keys with no place in the fusion network: {result.unexpected_keys}")
-    return list(result.missing_keys)

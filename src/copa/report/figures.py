@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-if TYPE_CHECKING:
-    from copa.data.patch_labels import LabelledImage
+from copa.data.patch_labels import LabelledImage
 
 # None drops a metadata field. matplotlib 3.11 writes a PDF /CreationDate of the current time (the
 # only bytes that differ between two runs) and a PNG "Software" chunk naming its version (stable

@@ -18,7 +18,7 @@ each followed by its controls (copa.report.columns.CONTROLS: after VQA accuracy,
 answer per question type and the swapped-image accuracy).
 
 A row's ``architecture`` is ``dual_stream`` (COPA, mPLUG) unless it says ``single_stream`` (COPA
-Table 6's COPA-S and ViLT: ``copa.single_stream``); a single-stream run's name starts with
+Table 6's COPA-S and ViLT: ``copa.models.single_stream``); a single-stream run's name starts with
 ``single-``.
 
 A row may fix its VQA fine-tuning ``resolution`` (COPA Table 5, in the paper's px). A profile
@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import yaml
 
-from copa.config import DEFAULT_PARAMS_DIR, ParamsError, Params, available_profiles, validated_record, vqa_image_size
+from copa.config import DEFAULT_PARAMS_DIR, KeepRatio, ParamsError, Params, available_profiles, validated_record, vqa_image_size
 from copa.report.columns import COLUMNS, CONTROLS, with_controls
 
 GRIDS_DIR = "grids"
@@ -57,7 +57,7 @@ class GridRow:
     label: str
     method: Literal["none", "tpd", "cls_attention", "text_attention", "oracle", "random"]
     location: tuple[int, ...]  # in the paper's 12-layer ViT
-    keep: float
+    keep: KeepRatio  # refused out of range as model.selection.keep_ratio is
     paper: dict[str, float]  # the paper's values, by column
     resolution: int | None = None  # px of the VQA fine-tuning and the costs (Table 5); None: the profile's
     architecture: Literal["dual_stream", "single_stream"] = "dual_stream"  # COPA Table 6: COPA-S and ViLT are single_stream
@@ -164,8 +164,6 @@ def _check(grid: Grid, path: Path) -> None:
         if row.architecture == "single_stream" and row.method in ("text_attention", "oracle", "random"):
             raise ParamsError(f"{path}: key 'rows[{i}].method': {row.method} is dual-stream only (text_attention reads the text "
                               "encoder's [CLS]); a single_stream row selects with tpd, cls_attention or none")
-        if not 0 < row.keep <= 1:
-            raise ParamsError(f"{path}: key 'rows[{i}].keep' must be in (0, 1], got {row.keep}")
         if not row.location or not all(1 <= k <= PAPER_DEPTH for k in row.location):
             raise ParamsError(f"{path}: key 'rows[{i}].location' must be layers 1..{PAPER_DEPTH} of the paper's ViT, got {list(row.location)}")
     for profile, chosen in grid.trained.items():

@@ -21,8 +21,8 @@ from tqdm import tqdm
 from copa.config import Params, RetrievalEvalParams
 from copa.data.heldout import RetrievalSet, karpathy_retrieval_set, karpathy_training_pairs
 from copa.data.layout import DataLayout
-from copa.data.pretrain_data import Pair, PairDataset
-from copa.eval.retrieval import chance_recalls, query_hits, retrieval_recall, two_stage_scores
+from copa.data.pretrain_data import PairDataset
+from copa.eval.retrieval import chance_recalls, encode_retrieval_set, query_hits, retrieval_recall, two_stage_scores
 from copa.models.copa import CopaModel
 from copa.models.objectives import contrastive_loss, itm_loss, itm_pairs, sample_hard_negatives
 from copa.tasks.base import FinetuneTask, run_finetuning
@@ -81,21 +81,6 @@ def run_retrieval_finetuning(params: Params, pretrain_run: Path, data_root: Path
 
 
 # ------------------------------------------------------------------------------------ inference
-@torch.no_grad()
-def encode_retrieval_set(model: CopaModel, tokenizer, data: RetrievalSet, image_size: int, max_length: int,
-                         batch_size: int = 64, progress: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Images (n_images, 3, S, S), text-free image features (n_images, E), text states (n_texts, L, H),
-    text masks (n_texts, L) and text features (n_texts, E) of a retrieval set."""
-    images_only = PairDataset([Pair(path, "", "karpathy") for path in data.images], tokenizer, image_size, max_length, seed=0, train=False)
-    images = torch.stack([images_only[i]["image"] for i in tqdm(range(len(images_only)), desc="images", disable=not progress)])
-    image_feats = torch.cat([model.image_feature(model.encode_image(images[i:i + batch_size], None, use_detector=False)["tokens"])
-                             for i in range(0, len(images), batch_size)])
-    enc = tokenizer(list(data.texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    states = torch.cat([model.encode_text(enc["input_ids"][i:i + batch_size], enc["attention_mask"][i:i + batch_size])
-                        for i in range(0, len(data.texts), batch_size)])
-    return images, image_feats, states, enc["attention_mask"], model.text_feature(states)
-
-
 @torch.no_grad()
 def evaluate_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, k: int, image_size: int, max_length: int,
                        batch_size: int = 64, progress: bool = True) -> tuple[dict, dict]:

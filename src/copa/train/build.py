@@ -1,10 +1,13 @@
-"""Parameters -> the COPA model and its pretraining step (the one place that reads params for them)."""
+"""Parameters -> the models and their pretraining steps, dual-stream (COPA, mPLUG) and single-stream
+(COPA-S, ViLT): the one place that reads params for them."""
 
 from __future__ import annotations
 
 from copa.config import Params, ParamsError
 from copa.models.copa import CopaModel, CopaSpec
 from copa.models.pretraining import CopaPretraining
+from copa.models.single_stream import SingleStreamModel, SingleStreamSpec
+from copa.models.single_stream_pretraining import SingleStreamPretraining
 
 
 def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
@@ -49,5 +52,34 @@ def build_pretraining(params: Params, tokenizer) -> CopaPretraining:
         itm_guidance=p.itm_guidance,
         switch_rule=p.warm_up.rule,
         switch_steps=p.warm_up.steps,
+        switch_pta_loss=p.warm_up.pta_loss,
+    )
+
+
+def single_stream_spec(params: Params, vocab_size: int) -> SingleStreamSpec:
+    """The single-stream model of a profile: the ViT's sizes (``model.vision_*``) at the pretraining
+    resolution, the run's selection, ``single_stream.tpd_query``."""
+    m, selection = params.model, params.model.selection
+    try:
+        return SingleStreamSpec(
+            vocab_size=vocab_size, image_size=params.patch_labels.image_size, patch_size=params.patch_labels.patch_size,
+            dim=m.vision_dim, depth=m.vision_depth, heads=m.vision_heads, pre_norm=m.vision_pre_norm,
+            activation=m.vision_activation, pos_init=m.vision_pos_init, max_text_length=m.max_text_length,
+            selection=selection.method, location=selection.location, keep_ratio=selection.keep_ratio, tpd_fusion=selection.tpd_fusion,
+            tpd_query=params.single_stream.tpd_query,
+        )
+    except ValueError as exc:  # a selection the single-stream model does not take
+        raise ParamsError(f"architecture single_stream, params model.selection: {exc}") from None
+
+
+def build_single_stream_pretraining(params: Params, tokenizer) -> SingleStreamPretraining:
+    """The single-stream pretraining step of a profile (``build_pretraining``'s counterpart)."""
+    p = params.pretrain
+    return SingleStreamPretraining(
+        SingleStreamModel(single_stream_spec(params, len(tokenizer))),
+        vocab_size=len(tokenizer), mask_id=tokenizer.mask_token_id,
+        special_ids=[tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens],
+        mlm_probability=p.mlm_probability, itm_swap_probability=params.single_stream.itm_swap_probability,
+        loss_weights=vars(p.loss_weights), switch_rule=p.warm_up.rule, switch_steps=p.warm_up.steps,
         switch_pta_loss=p.warm_up.pta_loss,
     )

@@ -31,10 +31,9 @@ import torch
 from torch import nn
 
 from copa.config import Params
+from copa.models.bert_init import load_bert_decoder_weights, load_bert_weights
 from copa.models.copa import CopaModel
-from copa.models.decoder import load_bert_decoder_weights
 from copa.models.objectives import contrastive_loss
-from copa.models.text import load_bert_weights
 from copa.models.vit import load_timm_checkpoint
 from copa.models.weights import read_state_dict
 from copa.train.build import copa_spec

@@ -28,6 +28,11 @@ Where the TPD selects by [CLS] attention (the warm-up of Algorithm 1) and for ``
 (the single-stream "w/o PTA"), the scores are the overall [CLS]'s head-mean attention to the
 patches in layer k, padding masked. ``none`` is ViLT. With keep ratio 1.0 nothing is dropped and
 COPA-S computes exactly what ViLT computes with the same weights (tests/test_single_stream.py).
+
+The rest of the single-stream extension sits beside its dual-stream analogue, one layer each: the
+pretraining losses in ``copa.models.single_stream_pretraining``, the builders from params in
+``copa.train.build``, the pretraining run in ``copa.train.single_stream_pretrain`` and the VQA
+task in ``copa.tasks.single_stream_vqa`` (``architecture: single_stream``; run names ``single-...``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Pretraining of the single-stream models (COPA §4.7): ViLT's ITM and MLM on the image-text
 pairs, plus COPA's PTA on the object mini-batch for COPA-S (Algorithm 1's object batch, eq. 3),
 summed (eq. 4) for one backward and one update; driven by the same engine and data as
-``copa.train.pretrain`` (:class:`SingleStreamPretrainTask` is its task with another model).
+``copa.train.pretrain`` (``copa.train.single_stream_pretrain``: its task with another model; built
+from params by ``copa.train.build.build_single_stream_pretraining``).
 
 What a single-stream model cannot have: ITC (no unimodal encoders to contrast) and PrefixLM (no
 decoder). Choices (ViLT's where it gives them):
@@ -20,35 +21,14 @@ decoder). Choices (ViLT's where it gives them):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from copa.config import Params, ParamsError
 from copa.models.objectives import itm_loss, mask_tokens, mlm_loss, patch_precision_recall, pretrain_loss, pta_loss
 from copa.models.pretraining import advance_warm_up
-from copa.single_stream.model import SingleStreamModel, SingleStreamSpec
-from copa.train.encoder_init import INIT_DIR, train_contrastive_encoders
-from copa.train.engine import seed_everything
-from copa.train.pretrain import PretrainTask, train_pretraining
-
-
-def single_stream_spec(params: Params, vocab_size: int) -> SingleStreamSpec:
-    """The single-stream model of a profile: the ViT's sizes (``model.vision_*``) at the pretraining
-    resolution, the run's selection, ``single_stream.tpd_query``."""
-    m, selection = params.model, params.model.selection
-    try:
-        return SingleStreamSpec(
-            vocab_size=vocab_size, image_size=params.patch_labels.image_size, patch_size=params.patch_labels.patch_size,
-            dim=m.vision_dim, depth=m.vision_depth, heads=m.vision_heads, pre_norm=m.vision_pre_norm,
-            activation=m.vision_activation, pos_init=m.vision_pos_init, max_text_length=m.max_text_length,
-            selection=selection.method, location=selection.location, keep_ratio=selection.keep_ratio, tpd_fusion=selection.tpd_fusion,
-            tpd_query=params.single_stream.tpd_query,
-        )
-    except ValueError as exc:  # a selection the single-stream model does not take
-        raise ParamsError(f"architecture single_stream, params model.selection: {exc}") from None
+from copa.models.single_stream import SingleStreamModel
 
 
 class SingleStreamPretraining(nn.Module):
@@ -108,56 +88,3 @@ class SingleStreamPretraining(nn.Module):
     def after_step(self, step: int, pta: float | None = None) -> None:
         """The warm-up switch (COPA §3.3) as in the dual-stream step; no momentum encoder here."""
         advance_warm_up(self, step, self.last_pta if pta is None else pta)
-
-
-def build_single_stream_pretraining(params: Params, tokenizer) -> SingleStreamPretraining:
-    """The single-stream pretraining step of a profile (``build_pretraining``'s counterpart)."""
-    p = params.pretrain
-    return SingleStreamPretraining(
-        SingleStreamModel(single_stream_spec(params, len(tokenizer))),
-        vocab_size=len(tokenizer), mask_id=tokenizer.mask_token_id,
-        special_ids=[tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens],
-        mlm_probability=p.mlm_probability, itm_swap_probability=params.single_stream.itm_swap_probability,
-        loss_weights=vars(p.loss_weights), switch_rule=p.warm_up.rule, switch_steps=p.warm_up.steps,
-        switch_pta_loss=p.warm_up.pta_loss,
-    )
-
-
-class SingleStreamPretrainTask(PretrainTask):
-    """Algorithm 1's task (the same pairs, object samples, batches and schedule), another model."""
-
-    def build_model(self) -> nn.Module:
-        seed_everything(self.params.seed)
-        return build_single_stream_pretraining(self.params, self.tokenizer)
-
-
-def initialise_vit(model: SingleStreamModel, params: Params, pair_data, vocab_file: Path, init_dir: Path) -> dict | None:
-    """Start the transformer from ViT weights, as ViLT does: ``pretrain.encoder_init``'s contrastive
-    stage (its ViT; shared with the dual-stream runs of the profile and seed) or ``checkpoints``'
-    ``vision_checkpoint`` (a timm ViT). The text embeddings and heads start fresh (ViLT)."""
-    init = params.pretrain.encoder_init
-    if init.method == "none":
-        return None
-    if init.method == "checkpoints":
-        if not init.vision_checkpoint:
-            raise ParamsError("pretrain.encoder_init.method is 'checkpoints' but vision_checkpoint is not set: a single-stream "
-                              "model starts from a ViT")
-        from copa.models.vit import load_timm_checkpoint
-
-        load_timm_checkpoint(model.vision, init.vision_checkpoint)
-        return {"vision_checkpoint": init.vision_checkpoint}
-    trained, metrics = train_contrastive_encoders(params, pair_data, vocab_file, init_dir)
-    missing, unexpected = model.vision.load_state_dict(trained.vision.state_dict(), strict=False)
-    if unexpected or any(not key.startswith("selector.") for key in missing):
-        raise ValueError(f"encoder init: its ViT does not fit the single-stream model (missing {missing}, unexpected {unexpected})")
-    return metrics
-
-
-def run_single_stream_pretraining(params: Params, data_root: Path, annotations: Path, out_dir: Path, resume: bool = True,
-                                  init_dir: Path | None = None) -> dict:
-    """COPA-S / ViLT pretraining into ``out_dir`` (``copa pretrain`` with ``architecture: single_stream``)."""
-    task = SingleStreamPretrainTask(params, data_root, annotations, out_dir)
-    init_dir = Path(init_dir) if init_dir is not None else Path(out_dir) / INIT_DIR
-    initialise_vit(task.model.model, params, task.pair_data, task.vocab_file, init_dir)
-    return train_pretraining(task, params, out_dir, resume)
-

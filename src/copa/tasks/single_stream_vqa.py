@@ -26,11 +26,11 @@ from copa.config import Params, VQAEvalParams, params_from_dict, vqa_image_size
 from copa.data.downstream import VQAExample, vqa_examples
 from copa.data.layout import DataLayout
 from copa.data.tokenizer import load_tokenizer
+from copa.models.single_stream import SingleStreamModel
 from copa.models.text import init_bert_weights
-from copa.single_stream.model import SingleStreamModel
-from copa.single_stream.pretraining import build_single_stream_pretraining, single_stream_spec
 from copa.tasks.base import FinetuneTask, run_finetuning
 from copa.tasks.vqa import answer_list, question_data, vqa_record, vqa_splits
+from copa.train.build import build_single_stream_pretraining, single_stream_spec
 from copa.train.finetune import CheckpointMismatch, start_from
 from copa.train.pretrain import VOCAB_DIR, run_checkpoints
 
