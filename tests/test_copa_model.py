@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from copa.models.copa import CopaModel, CopaSpec
-from copa.models.objectives import itm_loss, lm_loss, pta_loss
+from copa.models.objectives.itm import itm_loss
+from copa.models.objectives.language import lm_loss
+from copa.models.objectives.pta import pta_loss
 
 TINY = dict(
     vocab_size=50, image_size=64, patch_size=16, vision_dim=32, vision_depth=4, vision_heads=2,

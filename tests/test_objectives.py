@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from copa.models import objectives as obj
+from copa.models.objectives import itc, itm, language, pta
 from copa.train.schedule import (
     param_groups,
     warmup_cosine,
@@ -32,7 +33,7 @@ def _rows(start: int, n: int, dim: int = 4) -> torch.Tensor:
 
 
 def test_queue_any_batch_size_keeps_last_size_in_order() -> None:
-    q = obj.FeatureQueue(dim=4, size=10, with_ids=True)
+    q = itc.FeatureQueue(dim=4, size=10, with_ids=True)
     assert len(q) == 0 and q.contents()[0].shape == (0, 4)
     seen = 0
     for n in (3, 5, 7, 13, 0, 1):
@@ -49,7 +50,7 @@ def test_queue_any_batch_size_keeps_last_size_in_order() -> None:
 @settings(max_examples=40, deadline=None)
 @given(size=st.integers(1, 12), batches=st.lists(st.integers(0, 30), max_size=8))
 def test_queue_property_last_rows_in_order(size: int, batches: list[int]) -> None:
-    q = obj.FeatureQueue(dim=2, size=size)
+    q = itc.FeatureQueue(dim=2, size=size)
     seen = 0
     for n in batches:
         q.enqueue(_rows(seen, n, 2), _rows(seen, n, 2))
@@ -58,20 +59,20 @@ def test_queue_property_last_rows_in_order(size: int, batches: list[int]) -> Non
 
 
 def test_queue_state_dict_roundtrip_and_shape_errors() -> None:
-    q = obj.FeatureQueue(dim=2, size=4)
+    q = itc.FeatureQueue(dim=2, size=4)
     q.enqueue(_rows(0, 6, 2), _rows(0, 6, 2))
-    q2 = obj.FeatureQueue(dim=2, size=4)
+    q2 = itc.FeatureQueue(dim=2, size=4)
     q2.load_state_dict(q.state_dict())
     assert torch.equal(q2.contents()[0], q.contents()[0]) and q2.contents()[2] is None
     with pytest.raises(ValueError, match=r"\(n, 2\)"):
         q.enqueue(torch.zeros(3, 5), torch.zeros(3, 5))
     with pytest.raises(ValueError, match="ids"):
-        obj.FeatureQueue(2, 4, with_ids=True).enqueue(torch.zeros(1, 2), torch.zeros(1, 2))
+        itc.FeatureQueue(2, 4, with_ids=True).enqueue(torch.zeros(1, 2), torch.zeros(1, 2))
 
 
 def test_gather_features_is_noop_without_distributed() -> None:
     t = torch.randn(3, 4)
-    assert obj.gather_features(t) is t
+    assert itc.gather_features(t) is t
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed")
@@ -79,7 +80,7 @@ def test_gather_features_single_rank_gloo(tmp_path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         t = torch.randn(3, 4, requires_grad=True)
-        out = obj.gather_features(t)
+        out = itc.gather_features(t)
         assert torch.equal(out, t.detach()) and not out.requires_grad
     finally:
         dist.destroy_process_group()
@@ -92,7 +93,7 @@ def _feats(b: int = 6, d: int = 8, seed: int = 0) -> list[torch.Tensor]:
 
 def test_itc_alpha0_equals_plain_cross_entropy() -> None:
     i, t, _, _ = _feats()
-    out = obj.itc_loss(i, t, i, t, queue=None, temperature=0.07, alpha=0.0)
+    out = itc.itc_loss(i, t, i, t, queue=None, temperature=0.07, alpha=0.0)
     target = torch.arange(6)
     expect = (F.cross_entropy(out.sim_i2t, target) + F.cross_entropy(out.sim_t2i, target)) / 2
     torch.testing.assert_close(out.loss, expect)
@@ -102,27 +103,27 @@ def test_itc_alpha0_equals_plain_cross_entropy() -> None:
 
 def test_itc_with_queue_distillation_and_ids() -> None:
     i, t, i_m, t_m = _feats()
-    q = obj.FeatureQueue(dim=8, size=16, with_ids=True)
+    q = itc.FeatureQueue(dim=8, size=16, with_ids=True)
     q.enqueue(*_feats(b=5, seed=1)[:2], ids=torch.arange(100, 105))
-    temp = obj.Temperature()
+    temp = itc.Temperature()
     i.requires_grad_(True)
-    out = obj.itc_loss(i, t, i_m, t_m, queue=q, temperature=temp(), alpha=0.4)
+    out = itc.itc_loss(i, t, i_m, t_m, queue=q, temperature=temp(), alpha=0.4)
     assert out.sim_i2t.shape == (6, 11) and torch.isfinite(out.loss)
     out.loss.backward()
     assert torch.isfinite(i.grad).all() and temp.temp.grad is not None
     ids = torch.tensor([0, 0, 1, 2, 3, 4])  # two captions of one image: two positives
-    out_ids = obj.itc_loss(i, t, i_m, t_m, queue=q, temperature=0.07, alpha=0.0, ids=ids)
+    out_ids = itc.itc_loss(i, t, i_m, t_m, queue=q, temperature=0.07, alpha=0.0, ids=ids)
     logp = F.log_softmax(out_ids.sim_i2t.detach(), 1)
     assert torch.isclose(-(logp[0, 0] + logp[0, 1]) / 2, -(logp[0, :2].mean()))
     assert torch.isfinite(out_ids.loss)
     with pytest.raises(ValueError, match="with_ids"):
-        q2 = obj.FeatureQueue(dim=8, size=4)
+        q2 = itc.FeatureQueue(dim=8, size=4)
         q2.enqueue(i_m, t_m)
-        obj.itc_loss(i, t, i_m, t_m, queue=q2, ids=ids)
+        itc.itc_loss(i, t, i_m, t_m, queue=q2, ids=ids)
 
 
 def test_temperature_clamped() -> None:
-    temp = obj.Temperature(0.07)
+    temp = itc.Temperature(0.07)
     with torch.no_grad():
         temp.temp.fill_(5.0)
     assert temp().item() == 0.5
@@ -133,17 +134,17 @@ def test_temperature_clamped() -> None:
 
 def test_momentum_update_and_copy() -> None:
     a, b = nn.Linear(3, 2), nn.Linear(3, 2)
-    obj.copy_to_momentum(a, b)
+    itc.copy_to_momentum(a, b)
     assert all(torch.equal(p, q) and not q.requires_grad for p, q in zip(a.parameters(), b.parameters()))
     with torch.no_grad():
         for p in a.parameters():
             p.add_(1.0)
     before = [q.clone() for q in b.parameters()]
-    obj.momentum_update(a, b, m=0.9)
+    itc.momentum_update(a, b, m=0.9)
     for p, q, q0 in zip(a.parameters(), b.parameters(), before):
         torch.testing.assert_close(q, 0.9 * q0 + 0.1 * p.detach())
     with pytest.raises(ValueError, match="differ"):
-        obj.momentum_update(a, list(b.parameters())[:1])
+        itc.momentum_update(a, list(b.parameters())[:1])
 
 
 # ----------------------------------------------------------------------------------- ITM
@@ -156,7 +157,7 @@ def test_hard_negatives_never_positive_and_follow_similarity() -> None:
     sim_t2i = torch.randn(b, b + 5, generator=g)
     counts = torch.zeros(b, b)
     for _ in range(100):
-        neg_t, neg_i = obj.sample_hard_negatives(sim, sim_t2i, generator=g)
+        neg_t, neg_i = itm.sample_hard_negatives(sim, sim_t2i, generator=g)
         ar = torch.arange(b)
         assert (neg_t != ar).all() and (neg_i != ar).all()
         assert ((neg_t >= 0) & (neg_t < b)).all()
@@ -172,7 +173,7 @@ def test_hard_negatives_ids_exclude_duplicates() -> None:
     sim[0, 1] = sim[2, 3] = 100.0  # the same-image duplicate is the most similar
     g = torch.Generator().manual_seed(1)
     for _ in range(50):
-        neg_t, neg_i = obj.sample_hard_negatives(sim, sim, generator=g, ids=ids)
+        neg_t, neg_i = itm.sample_hard_negatives(sim, sim, generator=g, ids=ids)
         assert (ids[neg_t] != ids).all() and (ids[neg_i] != ids).all()
 
 
@@ -191,37 +192,37 @@ def test_hard_negatives_ids_exclude_duplicates() -> None:
 def test_hard_negatives_valid_on_extreme_values(sim: torch.Tensor) -> None:
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
-        neg_t, neg_i = obj.sample_hard_negatives(sim, sim, generator=g)
+        neg_t, neg_i = itm.sample_hard_negatives(sim, sim, generator=g)
         assert (neg_t != torch.arange(4)).all() and ((neg_t >= 0) & (neg_t < 4)).all()
         assert (neg_i != torch.arange(4)).all()
-    w, has = obj.negative_weights(sim)
+    w, has = itm.negative_weights(sim)
     assert torch.isfinite(w).all() and has.all() and (w.diagonal() == 0).all()
 
 
 def test_hard_negatives_all_equal_is_uniform() -> None:
-    w, _ = obj.negative_weights(torch.zeros(5, 5))
+    w, _ = itm.negative_weights(torch.zeros(5, 5))
     p = w / w.sum(1, keepdim=True)
     off = p[~torch.eye(5, dtype=torch.bool)]
     torch.testing.assert_close(off, torch.full_like(off, 0.25))
 
 
 def test_hard_negatives_batch_one_and_itm_pairs() -> None:
-    neg_t, neg_i = obj.sample_hard_negatives(torch.randn(1, 9), torch.randn(1, 9))
-    assert neg_t.tolist() == [obj.NO_NEGATIVE] and neg_i.tolist() == [obj.NO_NEGATIVE]
-    image_idx, text_idx, labels = obj.itm_pairs(neg_t, neg_i)
+    neg_t, neg_i = itm.sample_hard_negatives(torch.randn(1, 9), torch.randn(1, 9))
+    assert neg_t.tolist() == [itm.NO_NEGATIVE] and neg_i.tolist() == [itm.NO_NEGATIVE]
+    image_idx, text_idx, labels = itm.itm_pairs(neg_t, neg_i)
     assert image_idx.tolist() == [0] and text_idx.tolist() == [0] and labels.tolist() == [1]
     # all rows share one id: no negatives at all
-    neg_t, _ = obj.sample_hard_negatives(torch.randn(3, 3), torch.randn(3, 3), ids=torch.zeros(3))
-    assert (neg_t == obj.NO_NEGATIVE).all()
+    neg_t, _ = itm.sample_hard_negatives(torch.randn(3, 3), torch.randn(3, 3), ids=torch.zeros(3))
+    assert (neg_t == itm.NO_NEGATIVE).all()
 
 
 def test_itm_pairs_order_and_loss() -> None:
-    image_idx, text_idx, labels = obj.itm_pairs(torch.tensor([1, 0, -1]), torch.tensor([2, -1, 0]))
+    image_idx, text_idx, labels = itm.itm_pairs(torch.tensor([1, 0, -1]), torch.tensor([2, -1, 0]))
     assert image_idx.tolist() == [0, 1, 2, 2, 0, 0, 1]
     assert text_idx.tolist() == [0, 1, 2, 0, 2, 1, 0]
     assert labels.tolist() == [1, 1, 1, 0, 0, 0, 0]
     logits = torch.randn(7, 2)
-    torch.testing.assert_close(obj.itm_loss(logits, labels), F.cross_entropy(logits, labels))
+    torch.testing.assert_close(itm.itm_loss(logits, labels), F.cross_entropy(logits, labels))
 
 
 # ----------------------------------------------------------------------------------- MLM
@@ -244,9 +245,9 @@ def _captions(b: int, length: int, seed: int = 0) -> tuple[torch.Tensor, torch.T
 def test_mask_tokens_rates_specials_and_determinism() -> None:
     ids, mask = _captions(4000, 40)
     g = torch.Generator().manual_seed(0)
-    out, labels = obj.mask_tokens(ids, mask, VOCAB, MASK, [CLS, SEP, PAD], generator=g)
+    out, labels = language.mask_tokens(ids, mask, VOCAB, MASK, [CLS, SEP, PAD], generator=g)
     eligible = mask.bool() & (ids != CLS) & (ids != SEP)
-    masked = labels != obj.IGNORE_INDEX
+    masked = labels != language.IGNORE_INDEX
     assert not (masked & ~eligible).any()  # specials and padding never masked
     assert torch.equal(out[~eligible], ids[~eligible])
     assert torch.equal(labels[masked], ids[masked])
@@ -262,15 +263,15 @@ def test_mask_tokens_rates_specials_and_determinism() -> None:
     assert abs(to_random.sum().item() / n - 0.1) < 0.015
     assert not torch.isin(out[to_random], torch.tensor([CLS, SEP, PAD, MASK])).any()
     assert masked.any(1)[eligible.any(1)].all()  # at least one per sequence
-    again = obj.mask_tokens(ids, mask, VOCAB, MASK, [CLS, SEP, PAD], generator=torch.Generator().manual_seed(0))
+    again = language.mask_tokens(ids, mask, VOCAB, MASK, [CLS, SEP, PAD], generator=torch.Generator().manual_seed(0))
     assert torch.equal(again[0], out) and torch.equal(again[1], labels)
 
 
 def test_mask_tokens_no_eligible_token_and_loss() -> None:
     ids = torch.tensor([[CLS, SEP, PAD]])
-    out, labels = obj.mask_tokens(ids, torch.tensor([[1, 1, 0]]), VOCAB, MASK, [CLS, SEP, PAD])
-    assert torch.equal(out, ids) and (labels == obj.IGNORE_INDEX).all()
-    loss = obj.mlm_loss(torch.randn(1, 3, VOCAB, requires_grad=True), labels)
+    out, labels = language.mask_tokens(ids, torch.tensor([[1, 1, 0]]), VOCAB, MASK, [CLS, SEP, PAD])
+    assert torch.equal(out, ids) and (labels == language.IGNORE_INDEX).all()
+    loss = language.mlm_loss(torch.randn(1, 3, VOCAB, requires_grad=True), labels)
     assert loss.item() == 0.0  # nothing masked: 0, not NaN
     loss.backward()
 
@@ -281,7 +282,7 @@ def test_mask_tokens_no_eligible_token_and_loss() -> None:
 def test_prefix_split_reconstructs_caption() -> None:
     ids, mask = _captions(200, 12, seed=3)
     g = torch.Generator().manual_seed(0)
-    split = obj.prefix_lm_split(ids, mask, generator=g)
+    split = language.prefix_lm_split(ids, mask, generator=g)
     ks = []
     for r in range(ids.shape[0]):
         caption = ids[r, mask[r].bool()].tolist()
@@ -294,26 +295,26 @@ def test_prefix_split_reconstructs_caption() -> None:
         ks.append(len(prefix) - 1)
     assert len(set(ks)) > 3  # random split points
     assert (split.prefix_ids[split.prefix_mask == 0] == PAD).all()
-    again = obj.prefix_lm_split(ids, mask, generator=torch.Generator().manual_seed(0))
+    again = language.prefix_lm_split(ids, mask, generator=torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(again, split))
 
 
 def test_prefix_split_short_and_bad_padding() -> None:
-    split = obj.prefix_lm_split(torch.tensor([[CLS, 7, SEP]]), torch.tensor([[1, 1, 1]]))
+    split = language.prefix_lm_split(torch.tensor([[CLS, 7, SEP]]), torch.tensor([[1, 1, 1]]))
     assert split.prefix_ids.tolist() == [[CLS]] and split.target_ids.tolist() == [[CLS, 7, SEP]]
     with pytest.raises(ValueError, match="right-padded"):
-        obj.prefix_lm_split(torch.tensor([[CLS, 7, SEP]]), torch.tensor([[1, 0, 1]]))
+        language.prefix_lm_split(torch.tensor([[CLS, 7, SEP]]), torch.tensor([[1, 0, 1]]))
 
 
 def test_lm_loss_shifted_and_ignores_padding() -> None:
     target = torch.tensor([[CLS, 5, 6, SEP], [CLS, 8, PAD, PAD]])
     tmask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     logits = torch.randn(2, 4, VOCAB, requires_grad=True)
-    loss = obj.lm_loss(logits, target, tmask)
+    loss = language.lm_loss(logits, target, tmask)
     pred = torch.cat([logits[0, :3], logits[1, :1]])
     expect = F.cross_entropy(pred, torch.tensor([5, 6, SEP, 8]))
     torch.testing.assert_close(loss, expect)
-    smooth = obj.lm_loss(logits, target, tmask, label_smoothing=0.1)
+    smooth = language.lm_loss(logits, target, tmask, label_smoothing=0.1)
     torch.testing.assert_close(smooth, F.cross_entropy(pred, torch.tensor([5, 6, SEP, 8]), label_smoothing=0.1))
 
 
@@ -324,11 +325,11 @@ def test_pta_equals_torch_bce() -> None:
     g = torch.Generator().manual_seed(0)
     scores = torch.rand(4, 9, generator=g).clamp(0.01, 0.99)
     labels = (torch.rand(4, 9, generator=g) > 0.5).float()
-    torch.testing.assert_close(obj.pta_loss(scores, labels), F.binary_cross_entropy(scores, labels))
+    torch.testing.assert_close(pta.pta_loss(scores, labels), F.binary_cross_entropy(scores, labels))
     logits = torch.logit(scores)
-    torch.testing.assert_close(obj.pta_loss_from_logits(logits, labels), F.binary_cross_entropy(scores, labels))
+    torch.testing.assert_close(pta.pta_loss_from_logits(logits, labels), F.binary_cross_entropy(scores, labels))
     # hand case: a = 0.5 everywhere -> log 2
-    assert obj.pta_loss(torch.full((2, 3), 0.5), labels[:2, :3]).item() == pytest.approx(math.log(2))
+    assert pta.pta_loss(torch.full((2, 3), 0.5), labels[:2, :3]).item() == pytest.approx(math.log(2))
 
 
 def test_pta_mask_reduces_per_sample_then_batch() -> None:
@@ -337,47 +338,47 @@ def test_pta_mask_reduces_per_sample_then_batch() -> None:
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
     bce = F.binary_cross_entropy(scores, labels, reduction="none")
     expect = (bce[0].mean() + bce[1, 0]) / 2
-    torch.testing.assert_close(obj.pta_loss(scores, labels, mask), expect)
-    empty = obj.pta_loss(scores, labels, torch.zeros(2, 3))
+    torch.testing.assert_close(pta.pta_loss(scores, labels, mask), expect)
+    empty = pta.pta_loss(scores, labels, torch.zeros(2, 3))
     assert empty.item() == 0.0
 
 
 def test_pta_finite_gradient_at_zero_and_one() -> None:
     scores = torch.tensor([[0.0, 1.0, 0.0, 1.0]], requires_grad=True)
     labels = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
-    loss = obj.pta_loss(scores, labels)
+    loss = pta.pta_loss(scores, labels)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(scores.grad).all()
     # two wrong at ~-log(1e-7) (1 - 1e-7 rounds in float32), two right at ~0: mean over 4
     assert loss.item() == pytest.approx(-math.log(1e-7) / 2, rel=0.02)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.isfinite(obj.pta_loss(scores.bfloat16(), labels))
+        assert torch.isfinite(pta.pta_loss(scores.bfloat16(), labels))
 
 
 def test_patch_precision_recall_hand_cases() -> None:
     labels = torch.tensor([[1, 1, 0, 0]])
-    all_det = obj.patch_precision_recall(torch.tensor([[0.9, 0.8, 0.7, 0.6]]), labels)
+    all_det = pta.patch_precision_recall(torch.tensor([[0.9, 0.8, 0.7, 0.6]]), labels)
     assert (all_det.precision.item(), all_det.recall.item(), all_det.accuracy.item()) == (0.5, 1.0, 0.5)
-    none = obj.patch_precision_recall(torch.tensor([[0.1, 0.2, 0.3, 0.5]]), labels)
+    none = pta.patch_precision_recall(torch.tensor([[0.1, 0.2, 0.3, 0.5]]), labels)
     assert (none.precision.item(), none.recall.item(), none.accuracy.item()) == (0.0, 0.0, 0.5)
     scores = torch.tensor([[0.9, 0.3, 0.6, 0.1]])
-    part = obj.patch_precision_recall(scores, labels)  # detects patches 0 and 2
+    part = pta.patch_precision_recall(scores, labels)  # detects patches 0 and 2
     assert (part.precision.item(), part.recall.item(), part.accuracy.item()) == (0.5, 0.5, 0.5)
     # top-K: K = round(4 * 0.25) = 1 -> patch 0 only, though 0.6 > 0.5 too
-    top = obj.patch_precision_recall(scores, labels, keep_ratio=0.25)
+    top = pta.patch_precision_recall(scores, labels, keep_ratio=0.25)
     assert (top.precision.item(), top.recall.item(), top.accuracy.item()) == (1.0, 0.5, 0.75)
-    top_all = obj.patch_precision_recall(scores, labels, keep_ratio=1.0)
+    top_all = pta.patch_precision_recall(scores, labels, keep_ratio=1.0)
     assert top_all.recall.item() == 1.0 and top_all.precision.item() == 0.5
     assert top.f1.item() == pytest.approx(2 / 3) and none.f1.item() == 0.0 and part.f1.item() == 0.5
-    counts = obj.patch_confusion(torch.cat([scores, scores]), torch.cat([labels, labels]))
+    counts = pta.patch_confusion(torch.cat([scores, scores]), torch.cat([labels, labels]))
     assert [int(c) for c in counts] == [2, 2, 2, 2]
 
 
 def test_kept_mask_marks_kept_patches_and_ignores_fused_slots() -> None:
     kept = torch.tensor([[3, 0, -1], [-1, -1, 2]])  # -1: a token fused at an earlier layer
-    mask = obj.kept_mask(kept, 4)
+    mask = pta.kept_mask(kept, 4)
     assert mask.tolist() == [[True, False, False, True], [False, False, True, False]]
-    counts = obj.mask_confusion(mask, torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]]))
+    counts = pta.mask_confusion(mask, torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]]))
     assert [int(c) for c in counts] == [2, 1, 2, 3]  # tp (0, 2), fp (3), fn (1, 3), tn
 
 
@@ -453,14 +454,14 @@ def test_scheduler_per_group_base_lr() -> None:
 
 def test_contrastive_loss_is_symmetric_infonce() -> None:
     same = torch.ones(4, 8)
-    assert obj.contrastive_loss(same, same).item() == pytest.approx(math.log(4), abs=1e-5)  # nothing to tell apart
+    assert itc.contrastive_loss(same, same).item() == pytest.approx(math.log(4), abs=1e-5)  # nothing to tell apart
     feats = torch.eye(4, 8)
-    assert obj.contrastive_loss(feats, feats, 0.05).item() < 1e-3  # each row matches only its pair
+    assert itc.contrastive_loss(feats, feats, 0.05).item() < 1e-3  # each row matches only its pair
     image, text = torch.randn(5, 8, requires_grad=True), torch.randn(5, 8, requires_grad=True)
-    obj.contrastive_loss(image, text).backward()
+    itc.contrastive_loss(image, text).backward()
     assert image.grad.abs().sum() > 0 and text.grad.abs().sum() > 0  # both sides learn (CLIP)
-    swapped = obj.contrastive_loss(text.detach(), image.detach())
-    assert swapped.item() == pytest.approx(obj.contrastive_loss(image.detach(), text.detach()).item())
+    swapped = itc.contrastive_loss(text.detach(), image.detach())
+    assert swapped.item() == pytest.approx(itc.contrastive_loss(image.detach(), text.detach()).item())
 
 
 def test_contrastive_loss_leaves_same_image_captions_out_of_the_negatives() -> None:
@@ -468,6 +469,6 @@ def test_contrastive_loss_leaves_same_image_captions_out_of_the_negatives() -> N
     ids = torch.tensor([0, 0, 1, 2])  # two captions of image 0
     # rows 0 and 1 each lose one negative: their terms are ln 3, the others ln 4
     expected = (2 * math.log(3) + 2 * math.log(4)) / 4
-    assert obj.contrastive_loss(same, same, 1.0, ids=ids).item() == pytest.approx(expected, abs=1e-5)
+    assert itc.contrastive_loss(same, same, 1.0, ids=ids).item() == pytest.approx(expected, abs=1e-5)
     image, text = torch.randn(4, 8), torch.randn(4, 8)
-    assert obj.contrastive_loss(image, text, ids=torch.arange(4)).item() == pytest.approx(obj.contrastive_loss(image, text).item())
+    assert itc.contrastive_loss(image, text, ids=torch.arange(4)).item() == pytest.approx(itc.contrastive_loss(image, text).item())

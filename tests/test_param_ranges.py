@@ -16,6 +16,7 @@ from conftest import HANG_GUARD_S, PARAMS_DIR
 from copa.cli import main
 from copa.config import Params, ParamsError, load_params
 from copa.report.grids import available_grids, load_grid, profile_location, profile_resolution
+from copa.train.architectures import architecture
 
 REPO = PARAMS_DIR.parent
 HUGE = "1" + "0" * 400  # 10**400: past any 64-bit integer (and any float)
@@ -101,7 +102,7 @@ def test_nothing_the_profiles_and_grids_ship_is_refused():
                 if row.resolution is not None:
                     sets += [f"finetune.vqa.image_size={profile_resolution(row.resolution, params)}",
                              f"efficiency.image_size={profile_resolution(row.resolution, params, 'efficiency')}"]
-                load_params(profile, sets, PARAMS_DIR)  # raises on a refusal
+                architecture(load_params(profile, sets, PARAMS_DIR))  # raises on a refusal (the registry's too: its selection)
 
 
 def test_a_grid_row_keep_out_of_range_is_refused_with_the_params_range(tmp_path):

@@ -181,9 +181,9 @@ def test_pretrain_vqa_and_evaluate_through_the_cli(fixture_world, fixture_pretra
 
     capsys.readouterr()
     refused = BASE + ["finetune", "--task", "captioning", "--pretrained", str(run), "--root", str(fixture_world), "--out", str(tmp_path / "c")]
-    assert main(refused) == 2 and "fine-tunes and evaluates VQA only" in capsys.readouterr().err
+    assert main(refused) == 2 and "is a single_stream run: it has no captioning head (it has: vqa)" in capsys.readouterr().err
     assert main(BASE + ["pretrain-eval", "--run", str(run), "--root", str(fixture_world)]) == 2
-    assert "`copa pretrain-eval` reads dual-stream COPA models" in capsys.readouterr().err
+    assert "`copa pretrain-eval` reads runs of the architectures dual_stream only" in capsys.readouterr().err
 
 
 def test_costs_of_the_single_stream_models():

@@ -44,6 +44,15 @@ def test_closure_follows_imports_of_every_kind(tmp_path):
                      "pkg/referenced.py", "pkg/sub/__init__.py", "pkg/sub/leaf.py"]
 
 
+
+def test_the_strings_of_an_unfollowed_registry_are_left_to_the_caller(tmp_path):
+    """A registry whose entries run one at a time (the architectures): its imports are followed, its
+    "module:function" strings are not (the rules add the modules of the entry a job runs)."""
+    src = write_tree(tmp_path / "src", PACKAGE)
+    found = [Path(p).relative_to(src).as_posix() for p in module_sources(["pkg.entry"], src, unfollowed=("pkg.lazy",))]
+    assert "pkg/lazy.py" in found and "pkg/referenced.py" not in found
+
+
 def test_a_new_lazily_imported_module_is_a_source(tmp_path):
     before = write_tree(tmp_path / "before", PACKAGE)
     after = write_tree(tmp_path / "after", {**PACKAGE, "pkg/added.py": "",

@@ -15,7 +15,7 @@ from copa.data.layout import DataLayout
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.eval.target_recall import KEEP_RATIOS, target_questions, target_recall
 from copa.models.copa import CopaModel
-from copa.models.objectives import kept_mask
+from copa.models.objectives.pta import kept_mask
 from copa.models.selectors import build_selector, num_keep
 from copa.models.vit import VisionEncoder
 from copa.train.build import copa_spec, single_stream_spec

@@ -300,7 +300,7 @@ def test_from_scratch_parts_start_with_berts_initialisation():
     import math
 
     from copa.models.decoder import Decoder
-    from copa.models.objectives import lm_loss
+    from copa.models.objectives.language import lm_loss
 
     torch.manual_seed(0)
     decoder = Decoder(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)

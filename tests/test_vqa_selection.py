@@ -12,7 +12,7 @@ import torch
 from copa.cli import main
 from copa.config import load_params
 from copa.data.layout import DataLayout
-from copa.models.objectives import kept_mask
+from copa.models.objectives.pta import kept_mask
 from copa.models.selectors import num_keep
 from copa.tasks.base import run_finetuning
 from copa.tasks.vqa import VQATask

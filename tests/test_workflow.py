@@ -323,10 +323,16 @@ def demo_jobs(tmp_path_factory) -> list[tuple[str, str, set[str]]]:
     return _job_sources(run.stdout)
 
 
+# the registries whose "module:function" strings a job follows for its run's architecture only (common.smk)
+REGISTRIES = ("copa.train.architectures", "copa.tasks.registry")
+RUN_RULES = {"pretrain": False, "pretrain_eval": False, "patch_detection": False, "efficiency": False, "finetune": True,
+             "evaluate": True}  # the rules whose jobs run one run's architecture: whether they run its heads
+
+
 def _closure(*entries: str) -> set[str]:
     from copa.sources import module_sources
 
-    return {Path(p).relative_to(REPO).as_posix() for p in module_sources(entries, REPO / "src")}
+    return {Path(p).relative_to(REPO).as_posix() for p in module_sources(entries, REPO / "src", REGISTRIES)}
 
 
 def _command_imports(function: str) -> set[str]:
@@ -349,8 +355,12 @@ def _command_imports(function: str) -> set[str]:
 
 
 def test_rule_inputs_hold_what_their_subcommand_runs(demo_jobs):
-    """Each rule's code inputs (over its jobs: a single-stream run's add its own) hold the closure of
-    every module its `copa` subcommand imports."""
+    """Each rule's code inputs hold the closure of every module its `copa` subcommand imports; a job
+    of a run adds the modules its run's architecture names (copa.train.architectures; fine-tuning and
+    evaluation, its heads': copa.tasks.registry.HEADS), and no other architecture's."""
+    from copa.tasks.registry import head_modules
+    from copa.train.architectures import architecture, architecture_of_run, code_modules
+
     by_rule = {}
     for rule, _, code in demo_jobs:
         by_rule.setdefault(rule, set()).update(code)
@@ -358,14 +368,22 @@ def test_rule_inputs_hold_what_their_subcommand_runs(demo_jobs):
     for rule, function in RULE_COMMANDS.items():
         missing = _closure(*_command_imports(function)) - by_rule[rule]
         assert not missing, f"rule {rule} (cli.py {function}): its inputs lack {sorted(missing)}: name the module in its sources(...)"
+    for rule, output, code in demo_jobs:
+        if rule in RUN_RULES:
+            arch = architecture_of_run(Path(output).parts[3])  # runs/<profile>/<stage>/<run>..., results/<profile>/<stage>/<run>...
+            own = _closure(*code_modules(arch), *(head_modules(arch.name) if RUN_RULES[rule] else ()))
+            assert own <= code, f"{rule} job {output}: its inputs lack {sorted(own - code)} ({arch.name}'s code)"
     pretrain = {output: code for rule, output, code in demo_jobs if rule == "pretrain"}
     dual = [code for output, code in pretrain.items() if "/single-" not in output]
     single = [code for output, code in pretrain.items() if "/single-" in output]
     assert dual and single
-    # pretraining runs the models and the engine; a dual-stream run's triggers are its own closure,
-    # a single-stream run's add its entry's
-    assert {"src/copa/models/vit.py", "src/copa/train/engine.py"} <= dual[0] and all(code == _closure("copa.train.pretrain") for code in dual)
-    assert all(code > dual[0] for code in single)
+    # pretraining runs the models and the engine; a dual-stream run's triggers are its own code,
+    # a single-stream run's add its architecture's own modules
+    assert {"src/copa/models/vit.py", "src/copa/train/engine.py"} <= dual[0]
+    assert all(code == _closure("copa.train.pretrain", *code_modules(architecture("dual_stream"))) for code in dual)
+    assert all(code > dual[0] for code in single) and all("src/copa/train/single_stream_pretrain.py" not in code for code in dual)
+    finetune = [code for rule, output, code in demo_jobs if rule == "finetune" and "/single-" not in output]
+    assert finetune and all("src/copa/tasks/single_stream_vqa.py" not in code for code in finetune)
 
 
 def test_new_module_imported_lazily_is_an_input(workdir):

@@ -18,6 +18,7 @@ import yaml
 from copa.config import DEFAULT_PARAMS_DIR, Params, ParamsError, load_params
 from copa.data.formats.records import FormatError
 from copa.tasks.registry import TASKS
+from copa.train.architectures import ARCHITECTURES, Architecture, architecture, architecture_of_run, resolve
 
 
 class CommandError(Exception):
@@ -30,7 +31,9 @@ USER_ERRORS = (ParamsError, FormatError, FileNotFoundError, FileExistsError, Com
 
 
 def _params(args: argparse.Namespace) -> Params:
-    return load_params(args.profile, args.set, args.params_dir)
+    params = load_params(args.profile, args.set, args.params_dir)
+    architecture(params)  # a registered one, whose selection fits: refused before any work
+    return params
 
 
 def _filtered_annotations(params: Params) -> Path:
@@ -112,11 +115,9 @@ def cmd_patch_labels(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from copa.train.pretrain import run_pretraining
+
     params = _params(args)
-    if params.architecture == "single_stream":  # COPA-S / ViLT (COPA Table 6)
-        from copa.train.single_stream_pretrain import run_single_stream_pretraining as run_pretraining
-    else:
-        from copa.train.pretrain import run_pretraining
     annotations = Path(args.annotations) if args.annotations else _filtered_annotations(params)
     init_dir = Path(args.encoder_init) if args.encoder_init else None
     metrics = run_pretraining(params, Path(args.root or params.data.root), annotations, Path(args.out), resume=not args.restart,
@@ -134,56 +135,44 @@ def cmd_encoder_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _architecture(run: Path) -> str:
+def _architecture(run: Path) -> Architecture:
     """A run folder's architecture, from its resolved parameters; a folder without them is left to
-    the dual-stream loaders, whose errors name what is missing."""
+    the loaders of the architecture its name says, whose errors name what is missing."""
     from copa.train.engine import RESOLVED_FILE
     from copa.train.pretrain import run_params
 
-    return run_params(run).architecture if (run / RESOLVED_FILE).is_file() else "dual_stream"
+    return architecture(run_params(run)) if (run / RESOLVED_FILE).is_file() else architecture_of_run(run.name)
 
 
-def _single_stream(run: Path, task: str) -> bool:
-    """Whether ``run`` (a pretraining or fine-tuning run folder) is a single-stream model's, which
-    fine-tunes and evaluates on VQA only (COPA Table 6)."""
-    if _architecture(run) != "single_stream":
-        return False
-    if task != "vqa":
-        raise ParamsError(f"{run} is a single-stream run (architecture single_stream): it fine-tunes and evaluates VQA only, not {task}")
-    return True
+def _head(run: Path, task: str):
+    """The head (copa.tasks.registry.HEADS) of ``task`` for the architecture of ``run`` (a
+    pretraining or fine-tuning run folder); refused where it has none."""
+    from copa.tasks.registry import head
+
+    return head(_architecture(run).name, task, run)
 
 
-def _dual_stream_only(run: Path, command: str) -> None:
-    if _architecture(run) == "single_stream":
-        raise ParamsError(f"{run} is a single-stream run (architecture single_stream): `copa {command}` reads dual-stream COPA models; "
-                          "a single-stream run is fine-tuned and evaluated on VQA (COPA Table 6)")
+def _instrumented(run: Path, command: str) -> None:
+    """Refuse a run whose architecture the probes of ``copa <command>`` do not read."""
+    arch = _architecture(run)
+    if not arch.instruments:
+        readable = ", ".join(a.name for a in ARCHITECTURES.values() if a.instruments)
+        raise ParamsError(f"{run} is a {arch.name} run: `copa {command}` reads runs of the architectures {readable} only")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from copa.tasks.registry import resolve
-
     params = _params(args)
-    if _single_stream(Path(args.start), args.task):
-        from copa.tasks.single_stream_vqa import run_vqa_finetuning as run
-    else:
-        run = resolve(TASKS[args.task].finetune)
+    run = resolve(_head(Path(args.start), args.task).finetune)
     metrics = run(params, Path(args.start), Path(args.root or params.data.root), Path(args.out), resume=not args.restart)
     print(f"{args.task} fine-tuning done: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from copa.tasks.registry import resolve
-    from copa.train.finetune import load_finetuned
-
     spec = TASKS[args.task]
     run = Path(args.run)
-    if _single_stream(run, args.task):
-        from copa.tasks.single_stream_vqa import evaluate_vqa as evaluate, load_vqa_run
-
-        finetuned = load_vqa_run(run)
-    else:
-        finetuned, evaluate = load_finetuned(run), resolve(spec.evaluate)  # the run's model, data and fine-tuning settings
+    head = _head(run, args.task)
+    finetuned, evaluate = resolve(head.load)(run), resolve(head.evaluate)  # the run's model, data and fine-tuning settings
     params = finetuned.params
     # inference settings: the current params of the run's profile (or of --profile)
     settings = getattr(load_params(args.profile or params.profile, args.set, args.params_dir).evaluate, spec.settings)
@@ -211,7 +200,7 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     from copa.train.pretrain import run_checkpoints, run_params
 
     run = Path(args.run)
-    _dual_stream_only(run, "pretrain-eval")
+    _instrumented(run, "pretrain-eval")
     params = run_params(run)  # the run's own data root and filter rules, whatever --profile says
     layout = DataLayout(Path(args.root or params.data.root))
     pairs = karpathy_retrieval_set(layout, "coco", args.split)
@@ -273,7 +262,7 @@ def cmd_patch_detection(args: argparse.Namespace) -> int:
     from copa.train.pretrain import run_checkpoints, run_params
 
     run = Path(args.run)
-    _dual_stream_only(run, "patch-detection")
+    _instrumented(run, "patch-detection")
     params = run_params(run)
     root = Path(args.root or params.data.root)
     pairs = read_reference_boxes(Path(args.reference), root)
@@ -353,7 +342,7 @@ def cmd_detected_patches(args: argparse.Namespace) -> int:
     from copa.report.figures import save_figure
     from copa.train.finetune import load_finetuned
 
-    _dual_stream_only(Path(args.run), "detected-patches")
+    _instrumented(Path(args.run), "detected-patches")
     run = load_finetuned(Path(args.run))
     settings = load_params(args.profile or run.params.profile, args.set, args.params_dir).evaluate.vqa
     layout = DataLayout(Path(args.root))

@@ -189,9 +189,14 @@ class PatchLabelParams:
     figure_examples: Count  # images drawn in the patch-label figure
 
 
+# model.selection.method (copa.models.selectors); an architecture takes some of them (copa.train.architectures)
+SelectionMethod = Literal["none", "tpd", "cls_attention", "text_attention", "oracle", "random"]
+SELECTION_METHODS: tuple[str, ...] = typing.get_args(SelectionMethod)
+
+
 @dataclass(frozen=True)
 class SelectionParams:
-    method: Literal["none", "tpd", "cls_attention", "text_attention", "oracle", "random"]  # COPA: tpd; mPLUG: none; TRIPS: text_attention;
+    method: SelectionMethod  # COPA: tpd; mPLUG: none; TRIPS: text_attention;
     # oracle (the patches of the boxes the text refers to; needs the synthetic world's referents) and random: references
     location: tuple[PositiveInt, ...]  # after layer k (tpd, cls_attention: one k); inside layers (text_attention)
     keep_ratio: KeepRatio
@@ -324,7 +329,7 @@ class VQAFinetuneParams(FinetuneSchedule):
     # the selector fine-tuned and answered with (issue 19's references: oracle, random), at the
     # pretraining run's location and keep ratio; None: the pretraining run's own (and for runs
     # resolved before this option)
-    selection: Literal["none", "tpd", "cls_attention", "text_attention", "oracle", "random"] | None = None
+    selection: SelectionMethod | None = None
 
 
 @dataclass(frozen=True)
@@ -484,7 +489,7 @@ class ReportParams:
 class Params:
     profile: str
     seed: Seed
-    architecture: Literal["dual_stream", "single_stream"]  # COPA / mPLUG, or COPA-S / ViLT (COPA Table 6)
+    architecture: str  # a name of copa.train.architectures (COPA / mPLUG, COPA-S / ViLT...): checked there, by who starts work
     data: DataParams
     synth: SynthParams
     filter: FilterParams
@@ -565,7 +570,7 @@ def _validated(merged: dict[str, Any], provenance: dict[str, str]) -> Params:
 # same way): TRIPS' text attention selects inside layer k (1..depth), every other method after it
 # (1..depth - 1; none too: the ViT checks the location whatever the selector). These take one layer:
 SELECTS_INSIDE_A_LAYER = ("text_attention",)
-ONE_LOCATION = ("tpd", "oracle", "random")  # and every single-stream model
+ONE_LOCATION = ("tpd", "oracle", "random")  # an architecture may take fewer: copa.train.architectures
 
 
 def _check_relations(params: Params) -> None:
@@ -591,8 +596,8 @@ def _check_relations(params: Params) -> None:
     if location[-1] > last:
         refuse(key, location, f"layers in 1..{last}: {selection.method} selects {'inside' if inside else 'after'} layer k "
                               f"of model.vision_depth {model.vision_depth}")
-    if len(location) > 1 and (selection.method in ONE_LOCATION or params.architecture == "single_stream"):
-        refuse(key, location, f"one layer for {selection.method}" + (" in a single-stream model" * (params.architecture == "single_stream")))
+    if len(location) > 1 and selection.method in ONE_LOCATION:
+        refuse(key, location, f"one layer for {selection.method}")
     synth = params.synth
     for name in ("image_side", "objects_per_image"):
         low, high = getattr(synth, name)

@@ -7,7 +7,9 @@ Followed: module-level and function-level (lazy) imports, relative imports, ``fr
 b`` where ``b`` is a submodule, the packages' ``__init__.py`` on each module's path (importing a
 module runs them), and string literals ``"pkg.module:function"`` naming a module of the package
 (the task registry's references, imported on use). Not followed: imports under ``if
-TYPE_CHECKING:`` (they never run), and modules of other distributions.
+TYPE_CHECKING:`` (they never run), modules of other distributions, and the strings of the modules
+a caller names ``unfollowed`` (registries whose entries run one at a time: the caller adds the
+modules of the entry a job runs, e.g. its run's architecture).
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ from pathlib import Path
 REFERENCE = re.compile(r"(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):[A-Za-z_]\w*")  # "module:function"
 
 
-def module_sources(entries: tuple[str, ...] | list[str], src: Path | str) -> list[str]:
+def module_sources(entries: tuple[str, ...] | list[str], src: Path | str, unfollowed: tuple[str, ...] = ()) -> list[str]:
     """Sorted paths (``src``/pkg/...py, as ``src`` is given) of the files that ``entries`` (dotted
     module names, e.g. "copa.train.pretrain") run, through their imports within their top-level
-    package. ``src`` is the folder holding the package (the repository's src/).
+    package. ``src`` is the folder holding the package (the repository's src/). The
+    "module:function" strings of the modules in ``unfollowed`` are not followed (their imports are).
 
     Raises ValueError naming an entry, or an import inside the package, that is no module under ``src``.
     """
-    return sorted({str(path) for entry in entries for path in _closure(entry, str(src))})
+    return sorted({str(path) for entry in entries for path in _closure(entry, str(src), tuple(unfollowed))})
 
 
 @lru_cache(maxsize=None)
-def _closure(entry: str, src: str) -> frozenset[Path]:
+def _closure(entry: str, src: str, unfollowed: tuple[str, ...]) -> frozenset[Path]:
     package = entry.split(".")[0]
     if _module_file(entry, src) is None:
         raise ValueError(f"entry module {entry!r} is not a module under {src}/ (a .py file or a package)")
@@ -43,7 +46,7 @@ def _closure(entry: str, src: str) -> frozenset[Path]:
             continue
         seen.add(name)
         parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
-        pending += parents + list(_imports(name, package, src, False))
+        pending += parents + list(_imports(name, package, src, False, name not in unfollowed))
     return frozenset(_module_file(name, src) for name in seen)
 
 
@@ -63,7 +66,7 @@ def direct_imports(name: str, src: Path | str, type_checking: bool = False) -> f
     the layering test: a type-only import still ties two modules together)."""
     if _module_file(name, str(src)) is None:
         raise ValueError(f"module {name!r} is not a module under {src}/ (a .py file or a package)")
-    return _imports(name, name.split(".")[0], str(src), type_checking)
+    return _imports(name, name.split(".")[0], str(src), type_checking, True)
 
 
 def package_modules(package: str, src: Path | str) -> list[str]:
@@ -76,8 +79,9 @@ def package_modules(package: str, src: Path | str) -> list[str]:
 
 
 @lru_cache(maxsize=None)
-def _imports(name: str, package: str, src: str, type_checking: bool) -> frozenset[str]:
-    """The modules of ``package`` that module ``name``'s source imports or names as "module:function"."""
+def _imports(name: str, package: str, src: str, type_checking: bool, references: bool) -> frozenset[str]:
+    """The modules of ``package`` that module ``name``'s source imports or, with ``references``,
+    names as "module:function"."""
     path = _module_file(name, src)
     is_package = path.name == "__init__.py"
     found: set[str] = set()
@@ -106,7 +110,7 @@ def _imports(name: str, package: str, src: str, type_checking: bool) -> frozense
             for alias in node.names:  # `from pkg.a import b`: b may be a submodule
                 if base.split(".")[0] == package and _module_file(f"{base}.{alias.name}", src) is not None:
                     found.add(f"{base}.{alias.name}")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        elif references and isinstance(node, ast.Constant) and isinstance(node.value, str):
             reference = REFERENCE.fullmatch(node.value)
             if reference and reference["module"].split(".")[0] == package and _module_file(reference["module"], src) is not None:
                 found.add(reference["module"])

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -9,16 +10,18 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from copa.config import ParamsError, load_params
+from copa.config import SELECTION_METHODS, ParamsError, load_params
 from copa.report.grids import available_grids, load_grid, run_name
+from copa.train.architectures import ARCHITECTURES, architecture, architecture_of_run, code_modules
 
 # `config` holds run control only (profile, overrides); experiment parameters live in params/.
 validate(config, "../schemas/config.schema.yaml")
 
-# Resolved once, at parse time: a bad params file or override stops the run before any job,
-# with copa.config's message naming the file and the key.
+# Resolved once, at parse time: a bad params file or override (an unregistered architecture
+# included) stops the run before any job, with a message naming the file and the key.
 try:
     PARAMS = load_params(config.get("profile"), config["set"])
+    architecture(PARAMS)
     GRIDS = {name: load_grid(name) for name in available_grids()}  # params/grids/: the tables and figures
 except ParamsError as exc:
     raise WorkflowError(f"bad parameters: {exc}") from None
@@ -26,7 +29,7 @@ except ParamsError as exc:
 # Imported after the check, so that a bad value is refused before torch loads (encoder_init's).
 from copa.report.tables import grid_inputs
 from copa.sources import module_sources
-from copa.tasks.registry import TASKS
+from copa.tasks.registry import TASKS, head_modules
 from copa.train.encoder_init import encoder_init_params
 PROFILE = PARAMS.profile  # without --config profile=..., the one named in params/base.yaml
 SYNTHETIC = PARAMS.data.source == "synthetic"
@@ -77,35 +80,41 @@ def section_json(name):
     return lambda wildcards: text
 
 
-# COPA Table 6's single-stream models (COPA-S, ViLT): runs named single-<method>-loc..., built by
-# the single-stream modules (SINGLE_STREAM_* below) and trained by the same rules. What a
-# single-stream job reads beyond a dual-stream one is added to its inputs and rerun triggers only,
-# so that the dual-stream jobs' triggers do not change.
-SINGLE_STREAM_PREFIX = "single-"
+# The architectures (copa.train.architectures): a run's is the one its name's prefix says
+# (single-<method>-loc...: COPA Table 6's COPA-S, ViLT), trained by the same rules. What a job of
+# an architecture with a params section of its own reads beyond the others is added to its rerun
+# triggers only, so that the other jobs' triggers do not change.
+RUN_PREFIX = "|".join(re.escape(a.run_prefix) for a in sorted(ARCHITECTURES.values(), key=lambda a: -len(a.run_prefix)))
+SELECTION_METHOD = "|".join(SELECTION_METHODS)
 
 
-def is_single_stream(wildcards):
-    """Whether a job's run is a single-stream model's (wildcard `stream`, or the run name)."""
-    return bool(wildcards.get("stream")) or wildcards.get("run", "").startswith(SINGLE_STREAM_PREFIX)
+def run_architecture(wildcards):
+    """The architecture of a job's run (wildcard `stream`: its name's prefix, or the run name)."""
+    return architecture_of_run(wildcards.get("stream") or wildcards.get("run", ""))
 
 
-def with_single_stream(value, extra):
-    """A rule's input or param function: `value` (a function of the wildcards, or a constant), plus
-    `extra(wildcards)` for a single-stream run."""
+def with_architecture_section(value):
+    """A rule's param function: `value(wildcards)`, then the JSON of the params section of the run's
+    architecture where it has one (single_stream): a rerun trigger of its jobs only."""
     def resolve(wildcards):
-        base = value(wildcards) if callable(value) else value
-        return base + extra(wildcards) if is_single_stream(wildcards) else base
+        section = run_architecture(wildcards).params_section
+        return value(wildcards) + (f" {section_json(section)(wildcards)}" if section else "")
     return resolve
 
 
-def single_stream_json(wildcards):
-    """The single_stream section after a section's JSON: a single-stream run's rerun trigger."""
-    return f" {section_json('single_stream')(wildcards)}"
-
-
-def single_stream_cli(wildcards):
-    """What a single-stream job's `copa` adds: the architecture and the section's overrides."""
-    return f" --set architecture=single_stream{copa_cli('single_stream').removeprefix(copa_cli())}"
+def with_architecture_cli(value):
+    """A rule's `copa` param: `value` (a function of the wildcards, or a constant), then for a run of
+    another architecture than the profile's `--set architecture=<name>`, and the overrides of its
+    architecture's params section."""
+    def resolve(wildcards):
+        arch = run_architecture(wildcards)
+        text = value(wildcards) if callable(value) else value
+        if arch.name != PARAMS.architecture:
+            text += f" --set architecture={arch.name}"
+        if arch.params_section:
+            text += copa_cli(arch.params_section).removeprefix(copa_cli())
+        return text
+    return resolve
 
 
 # The copa sources of a rule: its inputs, since Snakemake's code trigger sees a rule's command, not
@@ -115,24 +124,25 @@ def single_stream_cli(wildcards):
 # "module:function" references included). cli.py itself is no rule's input: it parses arguments and
 # dispatches, what it passes on is the rule's command line and params (triggers themselves), and as
 # it imports every stage, listing it would rerun every job, trainings included, for an edit of any
-# subcommand. So a stage's computation belongs in its entry modules, not in cli.py.
+# subcommand. So a stage's computation belongs in its entry modules, not in cli.py. The registries'
+# "module:function" strings name every architecture's code and every head's: a job follows those
+# of its run's architecture only (run_sources), so that editing one architecture's code does not
+# rerun another's jobs.
+REGISTRIES = ("copa.train.architectures", "copa.tasks.registry")
+
+
 def sources(*entries):
     try:
-        return module_sources(entries, "src")
+        return module_sources(entries, "src", REGISTRIES)
     except ValueError as exc:  # a moved module must not silently drop its rerun trigger
         raise WorkflowError(f"copa sources of a rule: {exc} (run from the repository root)") from None
 
 
-# The entries a single-stream run's jobs run instead of the dual-stream ones (COPA-S, ViLT).
-SINGLE_STREAM_PRETRAINING = "copa.train.single_stream_pretrain"
-SINGLE_STREAM_VQA = "copa.tasks.single_stream_vqa"
-
-
-def sources_by_stream(*entries, single_stream):
-    """A rule's code input: the sources of `entries`; a single-stream run's job adds those of its
-    entry `single_stream`, so that a dual-stream job's triggers are its own closure only."""
-    dual, single = sources(*entries), sources(*entries, single_stream)
-    return lambda wildcards: single if is_single_stream(wildcards) else dual
+def run_sources(*entries, heads=False):
+    """The code input of the jobs that each run one run's architecture (its rule's): the sources of `entries` and
+    of the modules the architecture's entry names (with `heads`, also its downstream heads')."""
+    by_name = {a.name: sources(*entries, *code_modules(a), *(head_modules(a.name) if heads else ())) for a in ARCHITECTURES.values()}
+    return lambda wildcards: by_name[run_architecture(wildcards).name]
 
 
 def pretrained_files():
@@ -146,7 +156,8 @@ def pretrained_files():
 
 
 # the run of the profile's own parameters (COPA's default: TPD after the middle layer keeping 50%)
-DEFAULT_RUN = run_name(PARAMS.model.selection.method, PARAMS.model.selection.location, PARAMS.model.selection.keep_ratio, PARAMS.seed)
+DEFAULT_RUN = run_name(PARAMS.model.selection.method, PARAMS.model.selection.location, PARAMS.model.selection.keep_ratio, PARAMS.seed,
+                       PARAMS.architecture)
 
 
 def finetune_start(wildcards):

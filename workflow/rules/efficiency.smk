@@ -7,7 +7,8 @@
 # results by path, e.g.
 #   results/demo/efficiency/tpd-loc3-keep0.5-seed0.json
 # or, at another resolution than the protocol's (COPA Table 5's rows, the paper's px in every
-# profile), ...-seed0-384px.json; a single-stream model's (COPA Table 6) is single-<method>-loc...json.
+# profile), ...-seed0-384px.json; a run's name starts with its architecture's prefix (COPA Table 6's
+# single-stream models: single-<method>-loc...json).
 # Timings are only as good as the machine is quiet: other jobs running beside this one slow it.
 
 # What the memory's pretraining step computes beside the model (rerun triggers, passed on): the ITM
@@ -18,16 +19,16 @@ MEMORY_STEP_OPTIONS = ("itm_guidance", "itc_image", "queue_size")
 
 rule efficiency:
     input:
-        code=sources("copa.eval.efficiency", "copa.data.tokenizer", "copa.report.grids", "copa.train.distributed", "copa.train.pretrain"),
+        code=run_sources("copa.eval.efficiency", "copa.data.tokenizer", "copa.report.grids", "copa.train.distributed", "copa.train.pretrain"),
     output:
         f"results/{PROFILE}/efficiency/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.json",
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         efficiency=section_json("efficiency"),  # rerun triggers: the measurement protocol and the model
-        model=with_single_stream(section_json("model"), single_stream_json),
+        model=with_architecture_section(section_json("model")),
         pretrain=lambda w: json.dumps({k: PARAMS.to_dict()["pretrain"][k] for k in MEMORY_STEP_OPTIONS}, sort_keys=True),
-        copa=with_single_stream(lambda w: copa_cli("efficiency", "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS))
-                                + size_override(w, "efficiency"), single_stream_cli),
+        copa=with_architecture_cli(lambda w: copa_cli("efficiency", "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS))
+                                   + size_override(w, "efficiency")),
         location=lambda w: ", ".join(w.location.split("-")),
     log:
         f"logs/{PROFILE}/efficiency/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.log",

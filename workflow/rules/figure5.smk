@@ -39,7 +39,7 @@ rule patch_detection:
         metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
         reference=rules.reference_boxes.output.boxes,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=sources("copa.eval.patch_detection", "copa.data.formats.reference_boxes", "copa.train.distributed", "copa.train.pretrain"),
+        code=run_sources("copa.eval.patch_detection", "copa.data.formats.reference_boxes", "copa.train.distributed", "copa.train.pretrain"),
     output:
         f"results/{PROFILE}/patch_detection/{{run}}.json",
     params:

@@ -5,7 +5,8 @@
 # pretraining run). As for pretraining, only metrics.json is declared, so an interrupted
 # fine-tune resumes. A VQA fine-tune at another resolution than the profile's (COPA Table 5) is
 # the task with a size tag, e.g. results/demo/finetune/tpd-loc3-keep0.5-seed0/vqa-192px.json. A
-# single-stream run (single-..., COPA Table 6) fine-tunes VQA only (SINGLE_STREAM_VQA).
+# run fine-tunes the tasks its architecture has a head for (copa.tasks.registry.HEADS: a
+# single-stream run, single-..., COPA Table 6, VQA only).
 
 
 wildcard_constraints:
@@ -17,12 +18,12 @@ rule finetune:
     input:
         pretrained=finetune_start,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=sources_by_stream("copa.tasks.registry", single_stream=SINGLE_STREAM_VQA),  # every task's module: the registry names them
+        code=run_sources("copa.tasks.registry", heads=True),  # the modules of the heads of the run's architecture
     output:
         f"runs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}/metrics.json",
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
-        finetune=with_single_stream(task_section_json("finetune"), single_stream_json),  # rerun trigger: the task's fine-tuning settings
+        finetune=with_architecture_section(task_section_json("finetune")),  # rerun trigger: the task's fine-tuning settings
         copa=lambda w: copa_cli(f"finetune.{w.task}", "seed") + size_override(w, f"finetune.{w.task}"),  # that task's overrides, and a Table 5 resolution
         pretrained=lambda w, input: os.path.dirname(input.pretrained),
         run_dir=lambda w, output: os.path.dirname(output[0]),
@@ -46,7 +47,7 @@ rule evaluate:
     input:
         metrics=f"runs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=sources_by_stream("copa.tasks.registry", "copa.train.finetune", single_stream=SINGLE_STREAM_VQA),
+        code=run_sources("copa.tasks.registry", "copa.train.finetune", heads=True),
     output:
         metrics=f"results/{PROFILE}/finetune/{{run}}/{{task}}{{size}}.json",
         predictions=f"results/{PROFILE}/finetune/{{run}}/{{task}}{{size}}_predictions.json",

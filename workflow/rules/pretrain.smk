@@ -1,20 +1,20 @@
 # COPA pretraining (Algorithm 1), one run per (selector, location, keeping ratio, seed). Later
 # rules (the ablation grids) ask for the runs they need by path, e.g.
 #   runs/demo/pretrain/tpd-loc3-keep0.5-seed0/metrics.json
-# `location` is one layer or several joined by '-' (TRIPS: 5-10); a run named single-... is a
-# single-stream model's (COPA-S, ViLT: SINGLE_STREAM_PRETRAINING). Only metrics.json is declared:
+# `location` is one layer or several joined by '-' (TRIPS: 5-10); a run's name starts with its
+# architecture's prefix (single-...: COPA-S, ViLT; copa.train.architectures). Only metrics.json is declared:
 # the checkpoints beside it are not outputs, so Snakemake does not delete them and an
 # interrupted run resumes from its last checkpoint when the rule runs again.
 # pretrain_eval probes every epoch's checkpoint on held-out images (results/, figures/).
 
 
 wildcard_constraints:
-    stream=r"(single-)?",  # a single-stream model's run (COPA Table 6: COPA-S, ViLT)
-    method="none|tpd|cls_attention|text_attention|oracle|random",
+    stream=f"({RUN_PREFIX})",  # the run's architecture (single-: COPA Table 6's COPA-S, ViLT)
+    method=SELECTION_METHOD,
     location=r"\d+(-\d+)*",
     keep=r"[01](\.\d+)?",
     seed=r"\d+",
-    run=r"(single-)?(none|tpd|cls_attention|text_attention|oracle|random)-loc\d+(-\d+)*-keep[01](\.\d+)?-seed\d+",
+    run=rf"({RUN_PREFIX})({SELECTION_METHOD})-loc\d+(-\d+)*-keep[01](\.\d+)?-seed\d+",
 
 
 rule encoder_init:
@@ -51,16 +51,16 @@ rule pretrain:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         annotations=rules.filter_annotations.output.annotations,
         encoder_init=encoder_init_input,
-        code=sources_by_stream("copa.train.pretrain", single_stream=SINGLE_STREAM_PRETRAINING),
+        code=run_sources("copa.train.pretrain"),
         pretrained=pretrained_files(),
     output:
         f"runs/{PROFILE}/pretrain/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}/metrics.json",
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
-        model=with_single_stream(section_json("model"), single_stream_json),  # rerun triggers: the model and its training
+        model=with_architecture_section(section_json("model")),  # rerun triggers: the model and its training
         pretrain=section_json("pretrain"),
         patch_labels=section_json("patch_labels"),  # the pretraining resolution and patch size
-        copa=with_single_stream(copa_cli("model", "pretrain", "patch_labels"), single_stream_cli),
+        copa=with_architecture_cli(copa_cli("model", "pretrain", "patch_labels")),
         location=lambda w: f"model.selection.location=[{', '.join(w.location.split('-'))}]",
         run_dir=lambda w, output: os.path.dirname(output[0]),
         encoder_init=lambda w, input: ["--encoder-init", os.path.dirname(input.encoder_init[0])] if input.encoder_init else [],
@@ -87,8 +87,8 @@ rule pretrain_eval:
     input:
         metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
-        code=sources("copa.eval.pretraining", "copa.eval.target_recall", "copa.data.heldout", "copa.data.layout", "copa.report.pretrain_figure",
-                     "copa.train.pretrain"),
+        code=run_sources("copa.eval.pretraining", "copa.eval.target_recall", "copa.data.heldout", "copa.data.layout", "copa.report.pretrain_figure",
+                         "copa.train.pretrain"),
     output:
         json=f"results/{PROFILE}/pretrain/{{run}}.json",
         figure=multiext(f"figures/{PROFILE}/pretrain/{{run}}", ".png", ".pdf"),

@@ -2,10 +2,11 @@
 
 Conventions (``CONVENTIONS`` below is written into every record):
 
-- **FLOPs** of one image-text pair's understanding forward, the VQA / ITM path: text encoder, ViT
-  with its selector guided by the text [CLS] (the TPD on), fusion; no decoder. A single-stream
-  model (COPA-S, ViLT: ``architecture: single_stream``): its one transformer over [text; image],
-  the TPD guided by the overall [CLS]; no head. Counted by
+- **FLOPs** of one image-text pair's forward, the architecture's ``cost_forward``
+  (copa.train.architectures): dual-stream, the understanding forward, the VQA / ITM path: text
+  encoder, ViT with its selector guided by the text [CLS] (the TPD on), fusion; no decoder. A
+  single-stream model (COPA-S, ViLT): its one transformer over [text; image], the TPD guided by the
+  overall [CLS]; no head. Counted by
   ``torch.utils.flop_counter`` (matmuls, linears, the patch convolution and attention; not norms,
   softmax, activations, gathers), which reports FLOPs = 2 x multiply-accumulates: both are given.
   PyTorch's counter has no formula for the CPU attention kernel
@@ -15,9 +16,10 @@ Conventions (``CONVENTIONS`` below is written into every record):
   largest batch found by doubling from 1 up to ``max_batch`` (on a GPU also stopping at the first
   out-of-memory; on a CPU the cap decides), after warm-up forwards.
 - **Latency**: the median wall time of batch-1 forwards, in ms, after warm-up.
-- **Training memory** (Figure 3): one pretraining step of ``CopaPretraining`` (forward + backward,
-  no optimiser state, train mode, the detector on as after the warm-up) on a synthetic batch
-  (single-stream: ``SingleStreamPretraining``'s ITM + MLM + PTA). Dual-stream: the step under
+- **Training memory** (Figure 3): one step of the architecture's pretraining module (forward +
+  backward, no optimiser state, train mode, the detector on as after the warm-up) on a synthetic
+  batch (dual-stream ``CopaPretraining``, single-stream ``SingleStreamPretraining``). Dual-stream
+  (``memory_by_itm_guidance``): the step under
   each ITM encoding (``pretrain.itm_guidance``: ``own_caption`` reuses the image's own-caption
   selection for the negatives, ``pair_text`` re-encodes each negative under its text), each from
   the same seeded model and batch; the run's encoding is the record's headline. On
@@ -39,7 +41,7 @@ import statistics
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,28 +52,21 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from copa.config import ITM_GUIDANCES, EfficiencyParams, Params
 from copa.data.tokenizer import SPECIAL_TOKENS
-from copa.models.copa import CopaModel, CopaSpec
-from copa.models.single_stream import SingleStreamModel, SingleStreamSpec
-from copa.train.build import build_pretraining, build_single_stream_pretraining, copa_spec, single_stream_spec
+from copa.train.architectures import Architecture, architecture, resolve
 
+# the FLOPs convention: what the architecture's forward runs (Architecture.cost_forward_text) goes in {forward}
+FLOPS_CONVENTION = ("torch.utils.flop_counter over one image-text pair's forward: {forward}; matmuls, linears, convolutions and "
+                    "attention (sdpa) counted, norms / softmax / activations not; GFLOPs = 2 x GMACs")
 CONVENTIONS = {
-    "flops": "torch.utils.flop_counter over one image-text pair's forward: text encoder, ViT with the selector "
-             "guided by the text [CLS] (detector on), fusion; matmuls, linears, convolutions and attention "
-             "(sdpa) counted, norms / softmax / activations not; GFLOPs = 2 x GMACs",
     "throughput": "image-text pairs/s of the same forward (eval, no grad, float32) at the largest batch of the "
                   "doubling search (cap max_batch; on a GPU also the first out-of-memory), after warm-up",
     "latency": "median ms of batch-1 forwards, after warm-up",
-    "training_memory": "one CopaPretraining step (forward + backward, no optimiser state, detector on) on a "
-                       "synthetic batch: bytes of the unique storages autograd saves for backward, parameters "
-                       "and buffers excluded; on a GPU also torch.cuda.max_memory_allocated of the step; under the "
-                       "run's ITM encoding (itm_guidance), and under each encoding in by_itm_guidance",
+    "training_memory": "one step of the architecture's pretraining module (forward + backward, no optimiser state, "
+                       "detector on) on a synthetic batch: bytes of the unique storages autograd saves for backward, "
+                       "parameters and buffers excluded; on a GPU also torch.cuda.max_memory_allocated of the step; "
+                       "dual-stream: under the run's ITM encoding (itm_guidance), and under each encoding in by_itm_guidance",
     "weights": "fresh seeded initialisation at the protocol sizes (costs do not depend on weight values)",
 }
-
-# the FLOPs convention of a single-stream model's record (the other conventions are the same)
-SINGLE_STREAM_FLOPS = ("torch.utils.flop_counter over one image-text pair's forward of the single-stream transformer over "
-                       "[text; image] tokens, the selector guided by the overall [CLS] (detector on), no head; matmuls, linears, "
-                       "convolutions and attention (sdpa) counted, norms / softmax / activations not; GFLOPs = 2 x GMACs")
 
 GIGA = 1e9
 MIB = 2**20
@@ -91,32 +86,9 @@ def flop_counter_mode() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=extra)
 
 
-def understanding_forward(model: CopaModel, images: Tensor, input_ids: Tensor, attention_mask: Tensor,
-                          part: Callable[[str], Any] = lambda name: nullcontext()) -> Tensor:
-    """The VQA-style forward (B pairs): text, image guided by the text [CLS], fusion -> fused text
-    (B, L, H). ``part(name)`` is a context entered around each of text / vision / fusion. The oracle
-    gets targets of no patch: it keeps K all the same, at any selector's cost."""
-    grid = images.shape[-1] // model.spec.patch_size
-    targets = images.new_zeros(images.shape[0], grid * grid, dtype=torch.bool) if model.spec.selection == "oracle" else None
-    with part("text"):
-        text = model.encode_text(input_ids, attention_mask)  # (B, L, H)
-    with part("vision"):
-        image = model.encode_image(images, text[:, 0], use_detector=True, targets=targets)["tokens"]  # (B, 1+K+1, D)
-    with part("fusion"):
-        _, fused = model.fuse(image, text, attention_mask)
-    return fused
-
-
-def single_stream_forward(model: nn.Module, images: Tensor, input_ids: Tensor, attention_mask: Tensor,
-                          part: Callable[[str], Any] = lambda name: nullcontext()) -> Tensor:
-    """A single-stream model's forward (B pairs): the joint states (B, L + image tokens, D)."""
-    with part("transformer"):
-        return model(images, input_ids, attention_mask)["states"]
-
-
-def forward_flops(model: nn.Module, images: Tensor, input_ids: Tensor, attention_mask: Tensor,
-                  forward: Callable = understanding_forward) -> dict[str, int]:
-    """FLOPs (2 x MACs) of ``forward`` per part (text, vision, fusion) and in total."""
+def forward_flops(model: nn.Module, images: Tensor, input_ids: Tensor, attention_mask: Tensor, forward: Callable) -> dict[str, int]:
+    """FLOPs (2 x MACs) of ``forward`` (an architecture's ``cost_forward``) per part (e.g. text,
+    vision, fusion) and in total."""
     counts: dict[str, int] = {}
 
     @contextmanager
@@ -131,31 +103,23 @@ def forward_flops(model: nn.Module, images: Tensor, input_ids: Tensor, attention
 
 
 # --------------------------------------------------------------------------- models and inputs
-def protocol_spec(params: Params, vocab_size: int, image_size: int, text_length: int) -> CopaSpec | SingleStreamSpec:
-    """The run's model (``copa_spec``, or ``single_stream_spec``) at another resolution, with room
-    for ``text_length`` tokens."""
-    spec = single_stream_spec(params, vocab_size) if params.architecture == "single_stream" else copa_spec(params, vocab_size)
+def protocol_spec(params: Params, vocab_size: int, image_size: int, text_length: int) -> Any:
+    """The run's model spec (its architecture's ``spec``) at another resolution, with room for
+    ``text_length`` tokens."""
+    spec = resolve(architecture(params).spec)(params, vocab_size)
     return dataclasses.replace(spec, image_size=image_size, max_text_length=max(spec.max_text_length, text_length))
 
 
 def protocol_model(params: Params, vocab_size: int, settings: EfficiencyParams) -> tuple[nn.Module, Callable, dict]:
     """The model whose costs are measured (fresh, seeded, at the protocol's sizes), its forward
-    (``understanding_forward`` or ``single_stream_forward``) and its description for the record."""
+    (the architecture's ``cost_forward``) and its description for the record."""
+    arch = architecture(params)
     spec = protocol_spec(params, vocab_size, settings.image_size, settings.text_length)
     torch.manual_seed(params.seed)
-    description = {"selection": spec.selection, "location": list(params.model.selection.location), "keep_ratio": spec.keep_ratio}
-    if params.architecture == "single_stream":
-        model = SingleStreamModel(spec)
-        description.update(architecture="single_stream", transformer=f"dim {spec.dim}, depth {spec.depth}, heads {spec.heads}, "
-                           f"patch {spec.patch_size}", tpd_query=spec.tpd_query, vocab_size=vocab_size,
-                           parameters={"transformer": _parameters(model.vision), "all": _parameters(model)})
-        return model, single_stream_forward, description
-    model = CopaModel(spec)
-    description.update(vision=f"ViT dim {spec.vision_dim}, depth {spec.vision_depth}, heads {spec.vision_heads}, patch {spec.patch_size}",
-                       text_layers=spec.text_layers, fusion_layers=spec.fusion_layers, text_dim=spec.text_dim, vocab_size=vocab_size,
-                       parameters={"vision": _parameters(model.vision), "text": _parameters(model.text),
-                                   "fusion": _parameters(model.fusion), "all": _parameters(model)})
-    return model, understanding_forward, description
+    model = resolve(arch.model)(spec)
+    description = {"architecture": arch.name, "selection": spec.selection, "location": list(params.model.selection.location),
+                   "keep_ratio": spec.keep_ratio, **resolve(arch.describe)(model)}
+    return model, resolve(arch.cost_forward), description
 
 
 def pair_inputs(batch: int, image_size: int, text_length: int, vocab_size: int, device: torch.device,
@@ -259,7 +223,7 @@ def _fits_on(device: torch.device, run: Callable[[int], Any]) -> Callable[[int],
 
 
 def throughput_and_latency(model: nn.Module, settings: EfficiencyParams, vocab_size: int, device: torch.device,
-                           model_forward: Callable = understanding_forward) -> dict:
+                           model_forward: Callable) -> dict:
     """Pairs/s at the largest batch of the search, and batch-1 latency (ms), of ``model_forward``."""
     size, length, t, lat = settings.image_size, settings.text_length, settings.throughput, settings.latency
 
@@ -323,9 +287,11 @@ def saved_for_backward(step: Callable[[], Tensor], exclude: Iterable[Tensor] = (
 
 
 def training_memory(params: Params, vocab_size: int, settings: EfficiencyParams, device: torch.device) -> dict:
-    """Memory of one pretraining step of the run's ``CopaPretraining`` at the ``memory`` settings.
-    Dual-stream: the step under each ITM encoding (``ITM_GUIDANCES``; the same seeded model and
-    batch) in ``by_itm_guidance``, the run's (``pretrain.itm_guidance``) also at the top level."""
+    """Memory of one step of the run's pretraining module at the ``memory`` settings. An
+    architecture with ``memory_by_itm_guidance`` (dual-stream): the step under each ITM encoding
+    (``ITM_GUIDANCES``; the same seeded model and batch) in ``by_itm_guidance``, the run's
+    (``pretrain.itm_guidance``) also at the top level."""
+    arch = architecture(params)
     m = settings.memory
     sized = dataclasses.replace(
         params,
@@ -335,25 +301,32 @@ def training_memory(params: Params, vocab_size: int, settings: EfficiencyParams,
     batch = pretraining_batch(m.batch_size, m.object_batch_size, m.image_size, m.text_length,
                               params.patch_labels.patch_size, vocab_size, device, params.seed)
     sizes = {"batch_size": m.batch_size, "object_batch_size": m.object_batch_size, "image_size": m.image_size, "text_length": m.text_length}
-    if params.architecture == "single_stream":
-        step_sizes, memory = _step_memory(sized, vocab_size, batch, device)
-        return {"step": "SingleStreamPretraining forward + backward (ITM + MLM + PTA), detector on, no optimiser state",
-                **sizes, **step_sizes, **memory}
+    if not arch.memory_by_itm_guidance:
+        step, step_sizes, memory = _step_memory(arch, sized, vocab_size, batch, device)
+        return {"step": _step_text(step, arch), **sizes, **step_sizes, **memory}
     by_encoding = {}
     for encoding in ITM_GUIDANCES:
         encoded = dataclasses.replace(sized, pretrain=dataclasses.replace(sized.pretrain, itm_guidance=encoding))
-        step_sizes, by_encoding[encoding] = _step_memory(encoded, vocab_size, batch, device)
-    return {"step": "CopaPretraining forward + backward (PTA + ITC + ITM + MLM + PrefixLM), detector on, no optimiser state",
-            **sizes, "itm_guidance": params.pretrain.itm_guidance, "itc_image": params.pretrain.itc_image,
+        step, step_sizes, by_encoding[encoding] = _step_memory(arch, encoded, vocab_size, batch, device)
+    return {"step": _step_text(step, arch), **sizes, "itm_guidance": params.pretrain.itm_guidance, "itc_image": params.pretrain.itc_image,
             **step_sizes, **by_encoding[params.pretrain.itm_guidance], "by_itm_guidance": by_encoding}
 
 
-def _step_memory(params: Params, vocab_size: int, batch: dict, device: torch.device) -> tuple[dict, dict]:
-    """(the sizes of the step module ``params`` build, fresh and seeded; the memory of its step on
-    ``batch`` with the detector on, as after the warm-up: the TPD selects for most of the run)."""
+OBJECTIVE_NAMES = {"itc": "ITC", "itm": "ITM", "mlm": "MLM", "prefix": "PrefixLM", "pta": "PTA"}  # as the paper writes them
+
+
+def _step_text(step: str, arch: Architecture) -> str:
+    """What the record says the measured step is: the module and its objectives."""
+    objectives = " + ".join(OBJECTIVE_NAMES.get(name, name) for name in arch.objectives)
+    return f"{step} forward + backward ({objectives}), detector on, no optimiser state"
+
+
+def _step_memory(arch: Architecture, params: Params, vocab_size: int, batch: dict, device: torch.device) -> tuple[str, dict, dict]:
+    """(the class of the step module ``arch`` builds from ``params``, fresh and seeded; its sizes;
+    the memory of its step on ``batch`` with the detector on, as after the warm-up: the TPD selects
+    for most of the run)."""
     torch.manual_seed(params.seed)
-    build = build_single_stream_pretraining if params.architecture == "single_stream" else build_pretraining
-    model = build(params, _Vocabulary(vocab_size)).to(device).train()
+    model = resolve(arch.build_pretraining)(params, _Vocabulary(vocab_size)).to(device).train()
     model.detector_on.fill_(True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     state = [p for p in model.parameters() if not p.requires_grad] + list(model.buffers())
@@ -382,7 +355,7 @@ def _step_memory(params: Params, vocab_size: int, batch: dict, device: torch.dev
                           cuda_max_reserved_bytes=torch.cuda.max_memory_reserved(device))
     except torch.cuda.OutOfMemoryError:  # the step does not fit on this GPU: say so, measure the rest
         memory["out_of_memory"] = True
-    return sizes, memory
+    return type(model).__name__, sizes, memory
 
 
 # --------------------------------------------------------------------------- everything
@@ -406,10 +379,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def measure_efficiency(params: Params, vocab_size: int, settings: EfficiencyParams, device: torch.device | str = "cpu",
                        parts: tuple[str, ...] = ("flops", "speed", "memory")) -> dict:
     """FLOPs, throughput, latency and training memory of the model ``params`` describe (with a
@@ -419,7 +388,7 @@ def measure_efficiency(params: Params, vocab_size: int, settings: EfficiencyPara
     model = model.to(device).eval()
     grid = settings.image_size // params.patch_labels.patch_size
     record: dict[str, Any] = {
-        "conventions": {**CONVENTIONS, "flops": SINGLE_STREAM_FLOPS} if params.architecture == "single_stream" else CONVENTIONS,
+        "conventions": {"flops": FLOPS_CONVENTION.format(forward=architecture(params).cost_forward_text), **CONVENTIONS},
         "device": device_info(device),
         "settings": dataclasses.asdict(settings),
         "model": description,

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from copa.data.formats.reference_boxes import ReferencePair
-from copa.models.objectives import PatchCounts, detected_patches, kept_mask, mask_confusion, metrics_from_counts
+from copa.models.objectives.pta import PatchCounts, detected_patches, kept_mask, mask_confusion, metrics_from_counts
 
 if TYPE_CHECKING:
     from copa.data.reference_boxes import ReferencePairDataset

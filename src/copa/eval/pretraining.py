@@ -39,7 +39,7 @@ from copa.eval.retrieval import chance_recalls, encode_retrieval_set, retrieval_
 from copa.eval.same_image_contrast import tpd_contrast
 from copa.eval.target_recall import TargetQuestions, target_recall
 from copa.models.copa import CopaModel
-from copa.models.objectives import PatchCounts, detected_patches, kept_mask, mask_confusion, metrics_from_counts
+from copa.models.objectives.pta import PatchCounts, detected_patches, kept_mask, mask_confusion, metrics_from_counts
 from copa.train.pretrain import load_pretraining_checkpoint
 
 

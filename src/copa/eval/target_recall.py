@@ -35,7 +35,7 @@ from copa.data.formats.records import FormatError
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import Pair, PairDataset
 from copa.models.copa import CopaModel, spec_selector
-from copa.models.objectives import kept_mask
+from copa.models.objectives.pta import kept_mask
 from copa.models.selectors import build_selector
 from copa.models.vit import VisionEncoder
 

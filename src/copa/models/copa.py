@@ -2,13 +2,15 @@
 decoder, and the heads the pretraining objectives read (ITC projections, ITM, MLM).
 
 A composition of the parts in this package, tensors in and tensors out; the objectives
-(objectives.py) and Algorithm 1 (the pretraining engine) use the methods below.
+(copa.models.objectives) and Algorithm 1 (the pretraining engine) use the methods below.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +18,7 @@ from torch.nn import functional as F
 
 from copa.models.decoder import Decoder, LMHead
 from copa.models.fusion import SkipConnectedFusion
-from copa.models.objectives import Temperature
+from copa.models.objectives.itc import Temperature
 from copa.models.selectors import build_selector
 from copa.models.text import TextEncoder, bert_config, init_bert_weights
 from copa.models.vit import VisionEncoder
@@ -121,3 +123,29 @@ class CopaModel(nn.Module):
         states = torch.cat([fused_image, fused_text], dim=1)  # (B, Li + Lt, H)
         image_mask = torch.ones(fused_image.shape[:2], dtype=text_mask.dtype, device=fused_image.device)
         return self.decoder(input_ids, attention_mask, states, torch.cat([image_mask, text_mask], dim=1))
+
+
+def understanding_forward(model: CopaModel, images: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                          part: Callable[[str], Any] = lambda name: nullcontext()) -> Tensor:
+    """The VQA-style forward (B pairs) whose costs copa.eval.efficiency counts: text, image guided
+    by the text [CLS], fusion -> fused text (B, L, H). ``part(name)`` is a context entered around
+    each of text / vision / fusion. The oracle gets targets of no patch: it keeps K all the same, at
+    any selector's cost."""
+    grid = images.shape[-1] // model.spec.patch_size
+    targets = images.new_zeros(images.shape[0], grid * grid, dtype=torch.bool) if model.spec.selection == "oracle" else None
+    with part("text"):
+        text = model.encode_text(input_ids, attention_mask)  # (B, L, H)
+    with part("vision"):
+        image = model.encode_image(images, text[:, 0], use_detector=True, targets=targets)["tokens"]  # (B, 1+K+1, D)
+    with part("fusion"):
+        _, fused = model.fuse(image, text, attention_mask)
+    return fused
+
+
+def describe(model: CopaModel) -> dict:
+    """What an efficiency record says of the model: its sizes and parameter counts."""
+    spec = model.spec
+    return {"vision": f"ViT dim {spec.vision_dim}, depth {spec.vision_depth}, heads {spec.vision_heads}, patch {spec.patch_size}",
+            "text_layers": spec.text_layers, "fusion_layers": spec.fusion_layers, "text_dim": spec.text_dim, "vocab_size": spec.vocab_size,
+            "parameters": {name: sum(p.numel() for p in part.parameters())
+                           for name, part in (("vision", model.vision), ("text", model.text), ("fusion", model.fusion), ("all", model))}}

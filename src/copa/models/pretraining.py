@@ -32,23 +32,11 @@ import torch
 from torch import Tensor, nn
 
 from copa.models.copa import CopaModel
-from copa.models.objectives import (
-    FeatureQueue,
-    copy_to_momentum,
-    gather_features,
-    itc_loss,
-    itm_loss,
-    itm_pairs,
-    lm_loss,
-    mask_tokens,
-    mlm_loss,
-    momentum_update,
-    patch_precision_recall,
-    prefix_lm_split,
-    pretrain_loss,
-    pta_loss,
-    sample_hard_negatives,
-)
+from copa.models.objectives import pretrain_loss
+from copa.models.objectives.itc import FeatureQueue, copy_to_momentum, gather_features, itc_loss, momentum_update
+from copa.models.objectives.itm import itm_loss, itm_pairs, sample_hard_negatives
+from copa.models.objectives.language import lm_loss, mask_tokens, mlm_loss, prefix_lm_split
+from copa.models.objectives.pta import patch_precision_recall, pta_loss
 
 MOMENTUM_PARTS = ("vision", "text", "vision_proj", "text_proj")  # ALBEF: the unimodal encoders + projections
 

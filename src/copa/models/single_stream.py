@@ -31,14 +31,17 @@ COPA-S computes exactly what ViLT computes with the same weights (tests/test_sin
 
 The rest of the single-stream extension sits beside its dual-stream analogue, one layer each: the
 pretraining losses in ``copa.models.single_stream_pretraining``, the builders from params in
-``copa.train.build``, the pretraining run in ``copa.train.single_stream_pretrain`` and the VQA
-task in ``copa.tasks.single_stream_vqa`` (``architecture: single_stream``; run names ``single-...``).
+``copa.train.build``, its ViT initialisation in ``copa.train.single_stream_pretrain`` and the VQA
+head in ``copa.tasks.single_stream_vqa``; the registry ``copa.train.architectures`` names them
+(``architecture: single_stream``; run names ``single-...``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -206,3 +209,18 @@ class SingleStreamModel(nn.Module):
 
     def mlm_logits(self, states: Tensor, text_length: int) -> Tensor:
         return self.mlm_head(states[:, :text_length])  # (B, L, V)
+
+
+def single_stream_forward(model: SingleStreamModel, images: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                          part: Callable[[str], Any] = lambda name: nullcontext()) -> Tensor:
+    """The forward (B pairs) whose costs copa.eval.efficiency counts: the joint states (B, L + image tokens, D)."""
+    with part("transformer"):
+        return model(images, input_ids, attention_mask)["states"]
+
+
+def describe(model: SingleStreamModel) -> dict:
+    """What an efficiency record says of the model: its sizes and parameter counts."""
+    spec = model.spec
+    return {"transformer": f"dim {spec.dim}, depth {spec.depth}, heads {spec.heads}, patch {spec.patch_size}", "tpd_query": spec.tpd_query,
+            "vocab_size": spec.vocab_size,
+            "parameters": {name: sum(p.numel() for p in part.parameters()) for name, part in (("transformer", model.vision), ("all", model))}}

@@ -26,7 +26,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from copa.models.objectives import itm_loss, mask_tokens, mlm_loss, patch_precision_recall, pretrain_loss, pta_loss
+from copa.models.objectives import pretrain_loss
+from copa.models.objectives.itm import itm_loss
+from copa.models.objectives.language import mask_tokens, mlm_loss
+from copa.models.objectives.pta import patch_precision_recall, pta_loss
 from copa.models.pretraining import advance_warm_up
 from copa.models.single_stream import SingleStreamModel
 

@@ -17,9 +17,10 @@ with its 95% bootstrap interval (copa.eval.paired). A grid's ``columns`` are tho
 each followed by its controls (copa.report.columns.CONTROLS: after VQA accuracy, the majority
 answer per question type and the swapped-image accuracy).
 
-A row's ``architecture`` is ``dual_stream`` (COPA, mPLUG) unless it says ``single_stream`` (COPA
-Table 6's COPA-S and ViLT: ``copa.models.single_stream``); a single-stream run's name starts with
-``single-``.
+A row's ``architecture`` is ``dual_stream`` (COPA, mPLUG) unless it names another of
+``copa.train.architectures`` (COPA Table 6's COPA-S and ViLT: ``single_stream``); a run's name
+starts with its architecture's ``run_prefix`` (``single-``), and its selector must be one the
+architecture takes.
 
 A row may fix its VQA fine-tuning ``resolution`` (COPA Table 5, in the paper's px). A profile
 scales the paper's px for each result by the resolution that stands for the paper's
@@ -39,12 +40,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from copa.config import DEFAULT_PARAMS_DIR, KeepRatio, ParamsError, Params, available_profiles, validated_record, vqa_image_size
+from copa.config import (DEFAULT_PARAMS_DIR, KeepRatio, ParamsError, Params, SelectionMethod, available_profiles, validated_record,
+                         vqa_image_size)
 from copa.report.columns import COLUMNS, CONTROLS, with_controls
+from copa.train.architectures import architecture
 
 GRIDS_DIR = "grids"
 PAPER_DEPTH = 12  # ViT-B/16
@@ -55,12 +58,12 @@ PAPER_PROTOCOL_SIZE = 224  # px (COPA Table 4): a profile's cost resolutions sca
 @dataclass(frozen=True)
 class GridRow:
     label: str
-    method: Literal["none", "tpd", "cls_attention", "text_attention", "oracle", "random"]
+    method: SelectionMethod  # one its architecture takes (copa.train.architectures)
     location: tuple[int, ...]  # in the paper's 12-layer ViT
     keep: KeepRatio  # refused out of range as model.selection.keep_ratio is
     paper: dict[str, float]  # the paper's values, by column
     resolution: int | None = None  # px of the VQA fine-tuning and the costs (Table 5); None: the profile's
-    architecture: Literal["dual_stream", "single_stream"] = "dual_stream"  # COPA Table 6: COPA-S and ViLT are single_stream
+    architecture: str = "dual_stream"  # a name of copa.train.architectures (COPA Table 6: COPA-S and ViLT are single_stream)
 
 
 @dataclass(frozen=True)
@@ -161,9 +164,13 @@ def _check(grid: Grid, path: Path) -> None:
         if row.resolution is not None and (row.resolution <= 0 or other_tasks):
             raise ParamsError(f"{path}: key 'rows[{i}].resolution' must be a positive px count, for grids whose only "
                               f"fine-tuned column is VQA; got {row.resolution} with {', '.join(other_tasks) or 'VQA'}")
-        if row.architecture == "single_stream" and row.method in ("text_attention", "oracle", "random"):
-            raise ParamsError(f"{path}: key 'rows[{i}].method': {row.method} is dual-stream only (text_attention reads the text "
-                              "encoder's [CLS]); a single_stream row selects with tpd, cls_attention or none")
+        try:
+            arch = architecture(row.architecture)
+        except ParamsError as exc:
+            raise ParamsError(f"{path}: rows[{i}]: {exc}") from None
+        if row.method not in arch.selection_methods:
+            raise ParamsError(f"{path}: key 'rows[{i}].method': {row.method}: a {arch.name} row selects with "
+                              f"{', '.join(arch.selection_methods)}")
         if not row.location or not all(1 <= k <= PAPER_DEPTH for k in row.location):
             raise ParamsError(f"{path}: key 'rows[{i}].location' must be layers 1..{PAPER_DEPTH} of the paper's ViT, got {list(row.location)}")
     for profile, chosen in grid.trained.items():
@@ -177,13 +184,10 @@ def profile_location(k: int, depth: int) -> int:
     return max(1, math.floor(k * depth / PAPER_DEPTH + 0.5))
 
 
-SINGLE_STREAM_PREFIX = "single-"  # a single-stream model's run name starts with it (COPA-S, ViLT)
-
-
-def run_name(method: str, location: tuple[int, ...] | list[int], keep: float, seed: int, architecture: str = "dual_stream") -> str:
-    """A pretraining run's folder name, as the workflow's wildcards spell it."""
-    prefix = SINGLE_STREAM_PREFIX if architecture == "single_stream" else ""
-    return f"{prefix}{method}-loc{'-'.join(str(k) for k in location)}-keep{keep}-seed{seed}"
+def run_name(method: str, location: tuple[int, ...] | list[int], keep: float, seed: int, arch: str = "dual_stream") -> str:
+    """A pretraining run's folder name, as the workflow's wildcards spell it: the ``run_prefix`` of
+    architecture ``arch`` first."""
+    return f"{architecture(arch).run_prefix}{method}-loc{'-'.join(str(k) for k in location)}-keep{keep}-seed{seed}"
 
 
 def row_run(row: GridRow, params: Params, seed: int) -> str:

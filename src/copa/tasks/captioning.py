@@ -32,7 +32,7 @@ from copa.data.pretrain_data import PairDataset
 from copa.eval.captioning import caption_metrics
 from copa.eval.cider import CiderD
 from copa.models.copa import CopaModel
-from copa.models.objectives import lm_loss
+from copa.models.objectives.language import lm_loss
 from copa.tasks.base import FinetuneTask, resized_pairs, run_finetuning
 from copa.tasks.generation import condition, decode_text, generate, sample, sequence_log_probs, tokenize
 from copa.train.finetune import FinetunedRun, start_from

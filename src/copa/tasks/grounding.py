@@ -35,7 +35,7 @@ from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
 from copa.eval.grounding import box_iou, grounding_accuracy, grounding_hits
 from copa.models.copa import CopaModel
-from copa.models.objectives import lm_loss
+from copa.models.objectives.language import lm_loss
 from copa.tasks.base import FinetuneTask, extend_vocabulary, resized_pairs, run_finetuning
 from copa.tasks.generation import condition
 from copa.train.finetune import FinetunedRun, start_from

@@ -1,35 +1,64 @@
-"""The downstream tasks by name: how each is fine-tuned, what it starts from, and how it is
-evaluated. The CLI and the Snakemake rules go through this table only."""
+"""The downstream tasks by name (what each one is: its settings, split, what it starts from) and
+the heads that implement them per architecture (copa.train.architectures): how a run of that
+architecture is fine-tuned on the task, loaded and evaluated. The CLI and the Snakemake rules go
+through these tables only."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+
+from copa.config import ParamsError
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    finetune: str  # "module:function" (params, start_run, data_root, out_dir, resume) -> final metrics
-    evaluate: str  # "module:function" (finetuned run (copa.train.finetune.FinetunedRun), settings,
-                   # data_root, split, batch_size, progress) -> (record, predictions, summary line)
     settings: str  # its section of params.evaluate
     default_split: str | None  # None: the evaluate section's own split(s)
     starts_from: str | None = None  # another task whose fine-tuned run it continues; None: a pretraining run
 
 
 TASKS = {
-    "retrieval": TaskSpec("copa.tasks.retrieval:run_retrieval_finetuning", "copa.tasks.retrieval:evaluate_retrieval_task", "retrieval", "test"),
-    "vqa": TaskSpec("copa.tasks.vqa:run_vqa_finetuning", "copa.tasks.vqa:evaluate_vqa", "vqa", None),
-    "captioning": TaskSpec("copa.tasks.captioning:run_captioning_finetuning", "copa.tasks.captioning:evaluate_captioning", "captioning", None),
-    "captioning_cider": TaskSpec("copa.tasks.captioning:run_cider_optimisation", "copa.tasks.captioning:evaluate_captioning", "captioning", None,
-                                 starts_from="captioning"),
-    "grounding": TaskSpec("copa.tasks.grounding:run_grounding_finetuning", "copa.tasks.grounding:evaluate_grounding", "grounding", None),
+    "retrieval": TaskSpec("retrieval", "test"),
+    "vqa": TaskSpec("vqa", None),
+    "captioning": TaskSpec("captioning", None),
+    "captioning_cider": TaskSpec("captioning", None, starts_from="captioning"),
+    "grounding": TaskSpec("grounding", None),
 }
 
 
-def resolve(target: str) -> Callable:
-    """Import ``module:function`` on use: each task pulls in only its own dependencies."""
-    import importlib
+@dataclass(frozen=True)
+class Head:
+    finetune: str  # "module:function" (params, start_run, data_root, out_dir, resume) -> final metrics
+    evaluate: str  # "module:function" (the loaded run, settings, data_root, split, batch_size, progress)
+                   # -> (record, predictions, summary line)
+    load: str = "copa.train.finetune:load_finetuned"  # "module:function" (run folder) -> the run evaluate reads (.params, .state)
 
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
+
+# (architecture, task) -> its head; "module:function" strings, imported on use (copa.train.architectures.resolve)
+HEADS = {
+    ("dual_stream", "retrieval"): Head("copa.tasks.retrieval:run_retrieval_finetuning", "copa.tasks.retrieval:evaluate_retrieval_task"),
+    ("dual_stream", "vqa"): Head("copa.tasks.vqa:run_vqa_finetuning", "copa.tasks.vqa:evaluate_vqa"),
+    ("dual_stream", "captioning"): Head("copa.tasks.captioning:run_captioning_finetuning", "copa.tasks.captioning:evaluate_captioning"),
+    ("dual_stream", "captioning_cider"): Head("copa.tasks.captioning:run_cider_optimisation", "copa.tasks.captioning:evaluate_captioning"),
+    ("dual_stream", "grounding"): Head("copa.tasks.grounding:run_grounding_finetuning", "copa.tasks.grounding:evaluate_grounding"),
+    # COPA Table 6: ViLT's VQA classifier (a single-stream model has no decoder)
+    ("single_stream", "vqa"): Head("copa.tasks.single_stream_vqa:run_vqa_finetuning", "copa.tasks.single_stream_vqa:evaluate_vqa",
+                                   "copa.tasks.single_stream_vqa:load_vqa_run"),
+}
+
+
+def heads_of(architecture: str) -> list[str]:
+    """The tasks an architecture fine-tunes."""
+    return [task for arch, task in HEADS if arch == architecture]
+
+
+def head_modules(architecture: str) -> tuple[str, ...]:
+    """The modules an architecture's heads name (the rules' per-architecture rerun triggers)."""
+    return tuple(sorted({ref.split(":")[0] for (arch, _), h in HEADS.items() if arch == architecture for ref in vars(h).values()}))
+
+
+def head(architecture: str, task: str, run: object) -> Head:
+    """The head of ``task`` for a run of ``architecture``; refused, naming the run, where it has none."""
+    if (architecture, task) not in HEADS:
+        raise ParamsError(f"{run} is a {architecture} run: it has no {task} head (it has: {', '.join(heads_of(architecture)) or 'none'})")
+    return HEADS[(architecture, task)]

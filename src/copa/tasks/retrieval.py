@@ -24,7 +24,8 @@ from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
 from copa.eval.retrieval import chance_recalls, encode_retrieval_set, query_hits, retrieval_recall, two_stage_scores
 from copa.models.copa import CopaModel
-from copa.models.objectives import contrastive_loss, itm_loss, itm_pairs, sample_hard_negatives
+from copa.models.objectives.itc import contrastive_loss
+from copa.models.objectives.itm import itm_loss, itm_pairs, sample_hard_negatives
 from copa.tasks.base import FinetuneTask, run_finetuning
 from copa.train.finetune import FinetunedRun, start_from
 

@@ -30,7 +30,7 @@ from copa.models.single_stream import SingleStreamModel
 from copa.models.text import init_bert_weights
 from copa.tasks.base import FinetuneTask, run_finetuning
 from copa.tasks.vqa import answer_list, question_data, vqa_record, vqa_splits
-from copa.train.build import build_single_stream_pretraining, single_stream_spec
+from copa.train.build import single_stream_spec
 from copa.train.finetune import CheckpointMismatch, start_from
 from copa.train.pretrain import VOCAB_DIR, run_checkpoints
 
@@ -65,7 +65,7 @@ class SingleStreamVQATask(FinetuneTask):
     name = "vqa"
 
     def __init__(self, params: Params, start_run: Path, data_root: Path, out_dir: Path):
-        model, self.params, self.tokenizer = start_from(start_run, params, out_dir, self.name, build_single_stream_pretraining)
+        model, self.params, self.tokenizer = start_from(start_run, params, out_dir, self.name)
         layout = DataLayout(Path(data_root))
         self.examples = [e for split in self.settings.train_splits for e in vqa_examples(layout, split)]
         self.answers = answer_list(self.examples, self.params.single_stream.vqa_answers)

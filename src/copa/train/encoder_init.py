@@ -33,7 +33,8 @@ from torch import nn
 from copa.config import Params
 from copa.models.bert_init import load_bert_decoder_weights, load_bert_weights
 from copa.models.copa import CopaModel
-from copa.models.objectives import contrastive_loss
+from copa.models.objectives.itc import contrastive_loss
+from copa.models.pretraining import CopaPretraining
 from copa.models.vit import load_timm_checkpoint
 from copa.models.weights import read_state_dict
 from copa.train.build import copa_spec
@@ -177,6 +178,15 @@ def initialise_encoders(model: CopaModel, pair_data, params: Params, init_dir: P
         raise ValueError("the contrastive encoder init needs the run's vocabulary file")
     trained, metrics = train_contrastive_encoders(params, pair_data, vocab_file, init_dir)
     copy_encoders(trained, model)
+    return metrics
+
+
+def initialise_copa(step: CopaPretraining, params: Params, pair_data, vocab_file: Path, init_dir: Path) -> dict | None:
+    """The dual-stream architecture's start before Algorithm 1 (copa.train.architectures):
+    ``pretrain.encoder_init`` for its model, then the momentum encoders as copies of the result."""
+    metrics = initialise_encoders(step.model, pair_data, params, init_dir, vocab_file)
+    if metrics is not None:
+        step.sync_momentum()
     return metrics
 
 

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from copa.config import Params, ParamsError, params_from_dict
 from copa.data.formats.records import FormatError
 from copa.data.tokenizer import load_tokenizer
 from copa.models.copa import CopaModel
-from copa.train.build import build_pretraining, copa_spec
+from copa.train.build import copa_spec
 from copa.train.pretrain import VOCAB_DIR, load_pretraining_checkpoint, run_checkpoints
 
 PRETRAINED_FILE = "pretrained.json"
@@ -38,11 +38,11 @@ class CheckpointMismatch(FormatError):
     FormatError (names the file), so the CLI reports it as ``copa <command>: error: ...``."""
 
 
-def start_from(run: Path, current: Params, out_dir: Path, task: str, build: Callable = build_pretraining) -> tuple[CopaModel, Params, object]:
+def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn.Module, Params, object]:
     """The model to fine-tune (train mode), the new run's parameters and its tokenizer. ``run`` is a
     pretraining run (its last checkpoint), or a fine-tuning run (it has ``pretrained.json``; CIDEr
-    optimisation continues the cross-entropy captioning run; ``build`` makes a pretraining run's
-    module: a single-stream run's passes its own). The new run's parameters are that
+    optimisation continues the cross-entropy captioning run); the model is the run's architecture's
+    (copa.train.architectures). The new run's parameters are that
     run's with ``finetune.<task>`` and the seed of ``current`` (so editing another task's section
     does not change this run's parameters, which resuming checks); its vocabulary is copied to
     ``out_dir`` and ``pretrained.json`` records where it started."""
@@ -52,7 +52,7 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str, build: Call
         model, earlier, tokenizer, state = load_finetuned(run)[:4]
         record = {"checkpoint": str(checkpoint), "finetuned_run": str(run), **state}
     else:
-        pretraining, earlier, tokenizer, state = load_pretraining_checkpoint(checkpoint, build)
+        pretraining, earlier, tokenizer, state = load_pretraining_checkpoint(checkpoint)
         model = pretraining.model
         record = {"checkpoint": str(checkpoint), **state}
     merged = earlier.to_dict()

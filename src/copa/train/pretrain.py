@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,9 +22,8 @@ from copa.config import DOWNSTREAM_SECTIONS, Params, params_from_dict
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import ObjectDataset, PairDataset, elem_index, image_text_pairs, labelled_elems, object_samples
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
-from copa.models.pretraining import CopaPretraining
-from copa.train.build import build_pretraining
-from copa.train.encoder_init import INIT_DIR, VOCAB_DIR, initialise_encoders, train_contrastive_encoders
+from copa.train.architectures import architecture, resolve
+from copa.train.encoder_init import INIT_DIR, VOCAB_DIR, train_contrastive_encoders
 from copa.train.engine import RESOLVED_FILE, EngineConfig, epoch_length, seed_everything, train
 from copa.train.schedule import model_param_groups, warmup_cosine_lambda
 
@@ -64,9 +63,9 @@ class PretrainTask:
         self.model = self.build_model()
 
     def build_model(self) -> nn.Module:
-        """The pretraining step the engine trains (Algorithm 1's; the single-stream task overrides it)."""
+        """The pretraining step the engine trains: the architecture's (copa.train.architectures)."""
         seed_everything(self.params.seed)  # the model's initial weights
-        return build_pretraining(self.params, self.tokenizer)
+        return resolve(architecture(self.params).build_pretraining)(self.params, self.tokenizer)
 
     def param_groups(self) -> list[dict]:
         p = self.params.pretrain
@@ -160,12 +159,12 @@ def run_encoder_init(params: Params, data_root: Path, out_dir: Path) -> dict:
 
 def run_pretraining(params: Params, data_root: Path, annotations: Path, out_dir: Path, resume: bool = True,
                     init_dir: Path | None = None) -> dict:
-    """Algorithm 1 into ``out_dir``; the contrastive encoder init in ``init_dir`` (default: the
-    run's own ``encoder_init/``; a shared one is reused when finished)."""
+    """Algorithm 1 into ``out_dir`` for the params' architecture: its step, started by its
+    ``initialise`` (the contrastive encoder init in ``init_dir``; default: the run's own
+    ``encoder_init/``; a shared one is reused when finished)."""
     task = PretrainTask(params, data_root, annotations, out_dir)
     init_dir = Path(init_dir) if init_dir is not None else Path(out_dir) / INIT_DIR
-    if initialise_encoders(task.model.model, task.pair_data, params, init_dir, task.vocab_file) is not None:
-        task.model.sync_momentum()  # the momentum encoders start as copies of the initialised ones
+    resolve(architecture(params).initialise)(task.model, params, task.pair_data, task.vocab_file, init_dir)
     return train_pretraining(task, params, out_dir, resume)
 
 
@@ -180,11 +179,10 @@ def train_pretraining(task: PretrainTask, params: Params, out_dir: Path, resume:
     return train(task, config, out_dir, params.to_dict(), resume=resume)
 
 
-def load_pretraining_checkpoint(path: Path, build: Callable = build_pretraining) -> tuple[CopaPretraining, Params, object, dict]:
-    """A checkpoint of a run (``<run>/checkpoints/*.pt``): the model in eval mode, the params it
-    was trained with, the run's tokenizer, and where it stands (``step``, ``epoch`` done).
-    ``build(params, tokenizer)``: the pretraining module the run trained (the single-stream one
-    passes its own)."""
+def load_pretraining_checkpoint(path: Path) -> tuple[nn.Module, Params, object, dict]:
+    """A checkpoint of a run (``<run>/checkpoints/*.pt``): the pretraining step module its
+    architecture builds, in eval mode, the params it was trained with, the run's tokenizer, and
+    where it stands (``step``, ``epoch`` done)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
@@ -194,7 +192,7 @@ def load_pretraining_checkpoint(path: Path, build: Callable = build_pretraining)
     if not vocab.is_file():
         raise FileNotFoundError(f"{vocab}: the run's vocabulary is missing (expected beside {path.parent})")
     tokenizer = load_tokenizer(vocab)
-    model = build(params, tokenizer)
+    model = resolve(architecture(params).build_pretraining)(params, tokenizer)
     model.load_state_dict(ckpt["model"])
     return model.eval(), params, tokenizer, {"step": ckpt["step"], "epoch": ckpt["epoch"]}
 

@@ -17,7 +17,6 @@ from copa.data.formats.records import (
     NUMBER,
     STRING,
     Box,
-    FormatError,
     Record,
     iter_json_list,
     record_values,
