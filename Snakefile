@@ -27,8 +27,8 @@ rule all:
         rules.filter_annotations.output.report,
         rules.patch_labels.output.summary,
         rules.runs.input,
-        expand(f"results/{PROFILE}/tables/{{grid}}.csv", grid=TABLES),
-        expand(f"figures/{PROFILE}/{{grid}}.png", grid=FIGURES),
+        [f"{LAYOUT.table(grid)}.csv" for grid in TABLES],
+        [f"{LAYOUT.figure(grid)}.png" for grid in FIGURES],
         rules.figure4.output.png if PARAMS.model.selection.method == "tpd" else [],  # the TPD's detections
         rules.figure5.output.png if PARAMS.model.selection.method == "tpd" else [],  # ... and their generalisation
         rules.claims.output.markdown,

@@ -14,14 +14,10 @@ from transformers.models.bert.modeling_bert import BertAttention
 
 from copa.cli import main
 from copa.config import load_params
-from copa.eval.efficiency import (
-    _fits_on,
-    flop_counter_mode,
-    largest_batch,
-    measure_efficiency,
-    saved_for_backward,
-    training_memory,
-)
+from copa.eval.efficiency import measure_efficiency
+from copa.eval.flops import flop_counter_mode
+from copa.eval.timing import _fits_on, largest_batch
+from copa.eval.training_memory import saved_for_backward, training_memory
 from copa.models.text import additive_mask, bert_config
 
 PARAMS_DIR = Path(__file__).parents[1] / "params"

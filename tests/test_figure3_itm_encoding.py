@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from copa.config import ITM_GUIDANCES, load_params
-from copa.eval.efficiency import training_memory
+from copa.eval.training_memory import training_memory
 from copa.models.pretraining import CopaPretraining
 from copa.report.columns import COLUMNS, memory_column
 from copa.report.grid_figures import FIGURES

@@ -287,7 +287,7 @@ def test_pretrain_rule_is_parameterised_by_run(workdir):
 
 # The rules' copa sources (copa.sources via common.smk's `sources`): each rule's code inputs are the
 # closure of the modules its `copa` subcommand calls into, and dvc.yaml's stages list the same files.
-RULE_COMMANDS = {  # the function of src/copa/cli.py behind each rule's `copa` subcommand
+RULE_COMMANDS = {  # the function of the CLI package (src/copa/cli/) behind each rule's `copa` subcommand
     "synth": "cmd_synth", "validate_data": "cmd_validate_data", "filter_annotations": "cmd_filter", "patch_labels": "cmd_patch_labels",
     "encoder_init": "cmd_encoder_init", "pretrain": "cmd_pretrain", "pretrain_eval": "cmd_pretrain_eval", "finetune": "cmd_finetune",
     "evaluate": "cmd_evaluate", "efficiency": "cmd_efficiency", "reference_boxes": "cmd_reference_boxes",
@@ -335,18 +335,32 @@ def _closure(*entries: str) -> set[str]:
     return {Path(p).relative_to(REPO).as_posix() for p in module_sources(entries, REPO / "src", REGISTRIES)}
 
 
-def _command_imports(function: str) -> set[str]:
-    """The copa modules a function of cli.py imports, with those of the cli.py helpers it calls."""
+def _cli_functions() -> dict[str, list["ast.FunctionDef"]]:
+    """The module-level functions of the CLI package (src/copa/cli/*.py), by name."""
     import ast
 
-    functions = {node.name: node for node in ast.parse((REPO / "src" / "copa" / "cli.py").read_text()).body if isinstance(node, ast.FunctionDef)}
+    functions: dict[str, list[ast.FunctionDef]] = {}
+    for module in sorted((REPO / "src" / "copa" / "cli").glob("*.py")):
+        for node in ast.parse(module.read_text()).body:
+            if isinstance(node, ast.FunctionDef):
+                functions.setdefault(node.name, []).append(node)
+    return functions
+
+
+def _command_imports(function: str) -> set[str]:
+    """The copa modules a function of the CLI package imports inside it, with those of the CLI helpers
+    it calls (by name: a helper a command calls is defined once in the package)."""
+    import ast
+
+    functions = _cli_functions()
     modules, pending, seen = set(), [function], set()
     while pending:
         name = pending.pop()
         if name in seen:
             continue
         seen.add(name)
-        for node in ast.walk(functions[name]):
+        assert len(functions[name]) == 1, f"{name} is defined in several modules of the CLI package: which one a call means is unclear"
+        for node in ast.walk(functions[name][0]):
             if isinstance(node, ast.ImportFrom) and node.module.startswith("copa."):
                 modules.add(node.module)
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
@@ -367,7 +381,7 @@ def test_rule_inputs_hold_what_their_subcommand_runs(demo_jobs):
     assert set(RULE_COMMANDS) == {rule for rule, code in by_rule.items() if code}  # every rule with code inputs is named
     for rule, function in RULE_COMMANDS.items():
         missing = _closure(*_command_imports(function)) - by_rule[rule]
-        assert not missing, f"rule {rule} (cli.py {function}): its inputs lack {sorted(missing)}: name the module in its sources(...)"
+        assert not missing, f"rule {rule} (copa.cli {function}): its inputs lack {sorted(missing)}: name the module in its sources(...)"
     for rule, output, code in demo_jobs:
         if rule in RUN_RULES:
             arch = architecture_of_run(Path(output).parts[3])  # runs/<profile>/<stage>/<run>..., results/<profile>/<stage>/<run>...

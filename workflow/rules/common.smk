@@ -11,6 +11,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from copa.config import SELECTION_METHODS, ParamsError, load_params
+from copa.run_layout import METRICS_FILE, SIZE_TAG_PATTERN, RunLayout, data_beside, tag_size
 from copa.report.grids import available_grids, load_grid, run_name
 from copa.train.architectures import ARCHITECTURES, architecture, architecture_of_run, code_modules
 
@@ -32,6 +33,9 @@ from copa.sources import module_sources
 from copa.tasks.registry import TASKS, head_modules
 from copa.train.encoder_init import encoder_init_params
 PROFILE = PARAMS.profile  # without --config profile=..., the one named in params/base.yaml
+LAYOUT = RunLayout(PROFILE)  # every path the jobs write or read, as the CLI's defaults (copa.run_layout)
+# A pretraining run's name (copa.report.grids.run_name) in wildcards: its architecture's prefix first.
+RUN_PATTERN = "{stream}{method}-loc{location}-keep{keep}-seed{seed}"
 SYNTHETIC = PARAMS.data.source == "synthetic"
 # Threads of a training / evaluation job: 2, so that on the 2-core machines of the demo one job at
 # a time gets both cores; the fixture's jobs are so small that Python's start-up dominates, and
@@ -68,7 +72,7 @@ def copa_cli(*sections):
 
 def size_override(wildcards, section):
     """`--set <section>.image_size=N` for a result tagged -Npx (COPA Table 5's resolutions), else ""."""
-    size = wildcards.size.removeprefix("-").removesuffix("px")
+    size = tag_size(wildcards.size)
     return f" --set {section}.image_size={size}" if size else ""
 
 
@@ -119,12 +123,12 @@ def with_architecture_cli(value):
 
 # The copa sources of a rule: its inputs, since Snakemake's code trigger sees a rule's command, not
 # what the modules it calls import. A rule names its entries, the modules that its `copa`
-# subcommand (cmd_<x> in src/copa/cli.py) calls into to do the work, and its inputs are every file
+# subcommand (cmd_<x> in the package src/copa/cli/) calls into to do the work, and its inputs are every file
 # they run (copa.sources: their imports, transitively, lazy ones and the task registry's
-# "module:function" references included). cli.py itself is no rule's input: it parses arguments and
+# "module:function" references included). The CLI itself is no rule's input: it parses arguments and
 # dispatches, what it passes on is the rule's command line and params (triggers themselves), and as
 # it imports every stage, listing it would rerun every job, trainings included, for an edit of any
-# subcommand. So a stage's computation belongs in its entry modules, not in cli.py. The registries'
+# subcommand. So a stage's computation belongs in its entry modules, not in copa.cli. The registries'
 # "module:function" strings name every architecture's code and every head's: a job follows those
 # of its run's architecture only (run_sources), so that editing one architecture's code does not
 # rerun another's jobs.
@@ -164,8 +168,8 @@ def finetune_start(wildcards):
     """The metrics.json of the run a fine-tune starts from: the pretraining run, or the task it continues."""
     earlier = TASKS[wildcards.task].starts_from
     if earlier:
-        return f"runs/{PROFILE}/finetune/{wildcards.run}/{earlier}/metrics.json"
-    return f"runs/{PROFILE}/pretrain/{wildcards.run}/metrics.json"
+        return LAYOUT.finetune_run(wildcards.run, earlier) / METRICS_FILE
+    return LAYOUT.pretrain_run(wildcards.run) / METRICS_FILE
 
 
 def task_section_json(section, key=lambda task: task):
@@ -177,7 +181,7 @@ def task_section_json(section, key=lambda task: task):
 def grid_results(name):
     """The result files the table or figure of grid `name` reads: its trained rows' fine-tuning
     results and every row's efficiency, for each seed of params `report.seeds`."""
-    return [str(p) for p in grid_inputs(GRIDS[name], PARAMS, Path(f"results/{PROFILE}"), PARAMS.report.seeds)]
+    return [str(p) for p in grid_inputs(GRIDS[name], PARAMS, LAYOUT.results, PARAMS.report.seeds)]
 
 
 def grid_json(wildcards):
@@ -189,4 +193,4 @@ def encoder_init_input(wildcards):
     """The shared contrastive encoder init a pretraining run starts from (none for other methods)."""
     if PARAMS.pretrain.encoder_init.method != "contrastive":
         return []
-    return [f"runs/{PROFILE}/encoder_init/seed{wildcards.seed}/metrics.json"]
+    return [LAYOUT.encoder_init(wildcards.seed) / METRICS_FILE]

@@ -16,9 +16,9 @@ if SYNTHETIC:
             synth=section_json("synth"),  # rerun trigger: the world changes with any synth param
             copa=copa_cli("synth"),
         log:
-            f"logs/{PROFILE}/synth.log",
+            LAYOUT.log("synth"),
         benchmark:
-            f"logs/{PROFILE}/benchmarks/synth.tsv",
+            LAYOUT.benchmark("synth"),
         threads: 8  # processes drawing images (the files do not depend on it); capped at --cores
         resources:
             mem_mb=4000,
@@ -36,14 +36,14 @@ rule validate_data:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         code=sources("copa.data.validate"),
     output:
-        f"results/{PROFILE}/data_validation.json",
+        LAYOUT.data_validation,
     params:
         copa=copa_cli(),
         require_all="--require-all" if SYNTHETIC else "",
     log:
-        f"logs/{PROFILE}/validate_data.log",
+        LAYOUT.log("validate_data"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/validate_data.tsv",
+        LAYOUT.benchmark("validate_data"),
     threads: 1
     resources:
         mem_mb=2000 if SYNTHETIC else 16000,  # the real VG / COCO JSON files take several GB in memory
@@ -61,16 +61,16 @@ rule filter_annotations:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         code=sources("copa.data.filtering", "copa.report.filter_table"),
     output:
-        annotations=directory(f"data/processed/{PROFILE}/annotations"),
-        report=f"results/{PROFILE}/filter_report.json",
-        table=f"results/{PROFILE}/filter_report.md",  # written beside the report by the CLI
+        annotations=directory(LAYOUT.filtered_annotations),
+        report=LAYOUT.filter_report,
+        table=LAYOUT.filter_table,  # written beside the report by the CLI
     params:
         filter=section_json("filter"),  # rerun trigger: a changed threshold reruns filtering (and what follows)
         copa=copa_cli("filter"),
     log:
-        f"logs/{PROFILE}/filter_annotations.log",
+        LAYOUT.log("filter_annotations"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/filter_annotations.tsv",
+        LAYOUT.benchmark("filter_annotations"),
     threads: 2  # sources filtered at once, each in its own process
     resources:
         mem_mb=2000 if SYNTHETIC else 12000,  # real VG: one region file in memory per process (~5 GB measured for both)
@@ -89,18 +89,18 @@ rule patch_labels:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,  # images for the figure
         code=sources("copa.data.patch_labels", "copa.report.figures"),
     output:
-        labels=f"data/processed/{PROFILE}/patch_labels.npz",
-        summary=f"results/{PROFILE}/patch_labels.json",
-        figure=multiext(f"figures/{PROFILE}/patch_labels", ".png", ".pdf"),
+        labels=LAYOUT.patch_label_store,
+        summary=LAYOUT.patch_label_summary,
+        figure=multiext(str(LAYOUT.patch_label_figure), ".png", ".pdf"),
     params:
         patch_labels=section_json("patch_labels"),
         seed=PARAMS.seed,  # picks the figure's examples
         copa=copa_cli("patch_labels", "seed"),
         figure_stem=lambda w, output: os.path.splitext(output.figure[0])[0],
     log:
-        f"logs/{PROFILE}/patch_labels.log",
+        LAYOUT.log("patch_labels"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/patch_labels.tsv",
+        LAYOUT.benchmark("patch_labels"),
     threads: 2  # filtered files labelled at once
     resources:
         mem_mb=2000 if SYNTHETIC else 8000,

@@ -21,7 +21,7 @@ rule efficiency:
     input:
         code=run_sources("copa.eval.efficiency", "copa.data.tokenizer", "copa.report.grids", "copa.train.distributed", "copa.train.pretrain"),
     output:
-        f"results/{PROFILE}/efficiency/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.json",
+        LAYOUT.efficiency(RUN_PATTERN, "{size}"),
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         efficiency=section_json("efficiency"),  # rerun triggers: the measurement protocol and the model
@@ -31,9 +31,9 @@ rule efficiency:
                                    + size_override(w, "efficiency")),
         location=lambda w: ", ".join(w.location.split("-")),
     log:
-        f"logs/{PROFILE}/efficiency/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.log",
+        LAYOUT.log(f"efficiency/{RUN_PATTERN}{{size}}"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/efficiency/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}{{size}}.tsv",
+        LAYOUT.benchmark(f"efficiency/{RUN_PATTERN}{{size}}"),
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,

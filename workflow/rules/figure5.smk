@@ -12,16 +12,16 @@ rule reference_boxes:
         model=[PARAMS.reference_boxes.model] if os.path.isdir(PARAMS.reference_boxes.model) else [],  # a local copy
         code=sources("copa.data.reference_boxes", "copa.train.distributed"),
     output:
-        boxes=f"data/processed/{PROFILE}/reference_boxes.jsonl",
-        summary=f"results/{PROFILE}/reference_boxes.json",
+        boxes=LAYOUT.reference_boxes,
+        summary=LAYOUT.reference_boxes_summary,
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         reference=section_json("reference_boxes"),  # rerun trigger: detector, sample, thresholds
         copa=copa_cli("reference_boxes"),
     log:
-        f"logs/{PROFILE}/reference_boxes.log",
+        LAYOUT.log("reference_boxes"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/reference_boxes.tsv",
+        LAYOUT.benchmark("reference_boxes"),
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,
@@ -36,20 +36,20 @@ rule reference_boxes:
 rule patch_detection:
     # The TPD of each per-epoch checkpoint of a pretraining run against the reference patch labels.
     input:
-        metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
+        metrics=LAYOUT.pretrain_run("{run}") / METRICS_FILE,
         reference=rules.reference_boxes.output.boxes,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         code=run_sources("copa.eval.patch_detection", "copa.data.formats.reference_boxes", "copa.train.distributed", "copa.train.pretrain"),
     output:
-        f"results/{PROFILE}/patch_detection/{{run}}.json",
+        LAYOUT.patch_detection("{run}"),
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         copa=copa_cli(),
         run_dir=lambda w, input: os.path.dirname(input.metrics),
     log:
-        f"logs/{PROFILE}/patch_detection/{{run}}.log",
+        LAYOUT.log("patch_detection/{run}"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/patch_detection/{{run}}.tsv",
+        LAYOUT.benchmark("patch_detection/{run}"),
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,
@@ -64,14 +64,14 @@ rule patch_detection:
 
 rule figure5:
     input:
-        in_domain=f"results/{PROFILE}/pretrain/{DEFAULT_RUN}.json",
-        out_of_domain=f"results/{PROFILE}/patch_detection/{DEFAULT_RUN}.json",
+        in_domain=LAYOUT.pretrain_eval(DEFAULT_RUN),
+        out_of_domain=LAYOUT.patch_detection(DEFAULT_RUN),
         code=sources("copa.report.figure5"),
     output:
-        csv=report(f"results/{PROFILE}/tables/figure5.csv", caption="../report/figure5.rst", category="Tables"),
-        data=multiext(f"results/{PROFILE}/tables/figure5", ".md", ".tex", ".json"),
-        png=report(f"figures/{PROFILE}/figure5.png", caption="../report/figure5.rst", category="Figures"),
-        pdf=f"figures/{PROFILE}/figure5.pdf",
+        csv=report(f"{LAYOUT.table('figure5')}.csv", caption="../report/figure5.rst", category="Tables"),
+        data=multiext(str(LAYOUT.table("figure5")), ".md", ".tex", ".json"),
+        png=report(f"{LAYOUT.figure('figure5')}.png", caption="../report/figure5.rst", category="Figures"),
+        pdf=f"{LAYOUT.figure('figure5')}.pdf",
     params:
         copa=copa_cli(),
         run=DEFAULT_RUN,
@@ -79,9 +79,9 @@ rule figure5:
         stem=lambda w, output: os.path.splitext(output.csv)[0],
         figure=lambda w, output: os.path.splitext(output.png)[0],
     log:
-        f"logs/{PROFILE}/figure/figure5.log",
+        LAYOUT.log("figure/figure5"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/figure/figure5.tsv",
+        LAYOUT.benchmark("figure/figure5"),
     conda:
         "../envs/copa.yaml"
     shell:

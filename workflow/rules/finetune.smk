@@ -11,7 +11,7 @@
 
 wildcard_constraints:
     task="|".join(TASKS),
-    size=r"(-\d+px)?",
+    size=SIZE_TAG_PATTERN,
 
 
 rule finetune:
@@ -20,7 +20,7 @@ rule finetune:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         code=run_sources("copa.tasks.registry", heads=True),  # the modules of the heads of the run's architecture
     output:
-        f"runs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}/metrics.json",
+        LAYOUT.finetune_run("{run}", "{task}", "{size}") / METRICS_FILE,
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         finetune=with_architecture_section(task_section_json("finetune")),  # rerun trigger: the task's fine-tuning settings
@@ -28,9 +28,9 @@ rule finetune:
         pretrained=lambda w, input: os.path.dirname(input.pretrained),
         run_dir=lambda w, output: os.path.dirname(output[0]),
     log:
-        f"logs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}.log",
+        LAYOUT.log("finetune/{run}/{task}{size}"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/finetune/{{run}}/{{task}}{{size}}.tsv",
+        LAYOUT.benchmark("finetune/{run}/{task}{size}"),
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 64000,
@@ -45,21 +45,21 @@ rule finetune:
 
 rule evaluate:
     input:
-        metrics=f"runs/{PROFILE}/finetune/{{run}}/{{task}}{{size}}/metrics.json",
+        metrics=rules.finetune.output[0],
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         code=run_sources("copa.tasks.registry", "copa.train.finetune", heads=True),
     output:
-        metrics=f"results/{PROFILE}/finetune/{{run}}/{{task}}{{size}}.json",
-        predictions=f"results/{PROFILE}/finetune/{{run}}/{{task}}{{size}}_predictions.json",
+        metrics=LAYOUT.finetune_result("{run}", "{task}", "{size}"),
+        predictions=LAYOUT.finetune_predictions("{run}", "{task}", "{size}"),
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         evaluate=task_section_json("evaluate", lambda task: TASKS[task].settings),  # rerun trigger: the inference settings
         copa=lambda w: copa_cli(f"evaluate.{TASKS[w.task].settings}"),
         run_dir=lambda w, input: os.path.dirname(input.metrics),
     log:
-        f"logs/{PROFILE}/evaluate/{{run}}/{{task}}{{size}}.log",
+        LAYOUT.log("evaluate/{run}/{task}{size}"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/evaluate/{{run}}/{{task}}{{size}}.tsv",
+        LAYOUT.benchmark("evaluate/{run}/{task}{size}"),
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,

@@ -24,7 +24,7 @@ rule encoder_init:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         code=sources("copa.train.pretrain"),
     output:
-        f"runs/{PROFILE}/encoder_init/seed{{seed}}/metrics.json",
+        LAYOUT.encoder_init("{seed}") / METRICS_FILE,
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         init=lambda w: json.dumps({k: v for k, v in encoder_init_params(PARAMS).items() if k != "seed"}, sort_keys=True),  # what it reads
@@ -32,9 +32,9 @@ rule encoder_init:
         copa=copa_cli("model", "patch_labels", *(f"pretrain.{k}" for k in ("encoder_init", "batch_size", "pair_sources", "weight_decay"))),
         run_dir=lambda w, output: os.path.dirname(output[0]),
     log:
-        f"logs/{PROFILE}/encoder_init/seed{{seed}}.log",
+        LAYOUT.log("encoder_init/seed{seed}"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/encoder_init/seed{{seed}}.tsv",
+        LAYOUT.benchmark("encoder_init/seed{seed}"),
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 64000,
@@ -54,7 +54,7 @@ rule pretrain:
         code=run_sources("copa.train.pretrain"),
         pretrained=pretrained_files(),
     output:
-        f"runs/{PROFILE}/pretrain/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}/metrics.json",
+        LAYOUT.pretrain_run(RUN_PATTERN) / METRICS_FILE,
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         model=with_architecture_section(section_json("model")),  # rerun triggers: the model and its training
@@ -65,9 +65,9 @@ rule pretrain:
         run_dir=lambda w, output: os.path.dirname(output[0]),
         encoder_init=lambda w, input: ["--encoder-init", os.path.dirname(input.encoder_init[0])] if input.encoder_init else [],
     log:
-        f"logs/{PROFILE}/pretrain/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.log",
+        LAYOUT.log(f"pretrain/{RUN_PATTERN}"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/pretrain/{{stream}}{{method}}-loc{{location}}-keep{{keep}}-seed{{seed}}.tsv",
+        LAYOUT.benchmark(f"pretrain/{RUN_PATTERN}"),
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 64000,
@@ -85,22 +85,22 @@ rule pretrain_eval:
     # Held-out probes of every per-epoch checkpoint (ITC retrieval R@K, patch precision / recall
     # of the selection on held-out boxes, with chance levels) and the run's figure.
     input:
-        metrics=f"runs/{PROFILE}/pretrain/{{run}}/metrics.json",
+        metrics=LAYOUT.pretrain_run("{run}") / METRICS_FILE,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         code=run_sources("copa.eval.pretraining", "copa.eval.target_recall", "copa.data.heldout", "copa.data.layout", "copa.report.pretrain_figure",
                          "copa.train.pretrain"),
     output:
-        json=f"results/{PROFILE}/pretrain/{{run}}.json",
-        figure=multiext(f"figures/{PROFILE}/pretrain/{{run}}", ".png", ".pdf"),
+        json=LAYOUT.pretrain_eval("{run}"),
+        figure=multiext(str(LAYOUT.pretrain_figure("{run}")), ".png", ".pdf"),
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         copa=copa_cli(),
         run_dir=lambda w, input: os.path.dirname(input.metrics),
         figure_stem=lambda w, output: os.path.splitext(output.figure[0])[0],
     log:
-        f"logs/{PROFILE}/pretrain_eval/{{run}}.log",
+        LAYOUT.log("pretrain_eval/{run}"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/pretrain_eval/{{run}}.tsv",
+        LAYOUT.benchmark("pretrain_eval/{run}"),
     threads: TORCH_THREADS
     resources:
         mem_mb=4000 if PROFILE != "paper" else 32000,

@@ -6,7 +6,7 @@ from copa.report.grid_figures import FIGURES
 
 TABLES = sorted(name for name in GRIDS if name not in FIGURES)
 
-# `copa table` and `copa figure` are one subcommand function (cli.py's cmd_table), with one closure.
+# `copa table` and `copa figure` are one subcommand function (copa.cli.report's cmd_table), with one closure.
 GRID_CODE = sources("copa.report.grids", "copa.report.tables", "copa.report.grid_figures", "copa.report.figures")
 
 
@@ -19,9 +19,9 @@ rule runs:
     # every task: the target of DVC's `runs` stage.
     input:
         sorted({path for name in GRIDS for path in grid_results(name)}),
-        f"results/{PROFILE}/pretrain/{DEFAULT_RUN}.json",
-        expand(f"results/{PROFILE}/finetune/{DEFAULT_RUN}/{{task}}.json", task=TASKS),
-        f"results/{PROFILE}/efficiency/{DEFAULT_RUN}.json",
+        LAYOUT.pretrain_eval(DEFAULT_RUN),
+        [LAYOUT.finetune_result(DEFAULT_RUN, task) for task in TASKS],
+        LAYOUT.efficiency(DEFAULT_RUN),
 
 
 rule table:
@@ -31,8 +31,8 @@ rule table:
         results=lambda w: grid_results(w.grid),
         code=GRID_CODE,
     output:
-        csv=report(f"results/{PROFILE}/tables/{{grid}}.csv", caption="../report/table.rst", category="Tables"),
-        other=multiext(f"results/{PROFILE}/tables/{{grid}}", ".md", ".tex", ".json"),
+        csv=report(f"{LAYOUT.table('{grid}')}.csv", caption="../report/table.rst", category="Tables"),
+        other=multiext(str(LAYOUT.table("{grid}")), ".md", ".tex", ".json"),
     params:
         grid=grid_json,  # rerun trigger: the grid file
         report=section_json("report"),
@@ -40,9 +40,9 @@ rule table:
         stem=lambda w, output: os.path.splitext(output.csv)[0],
         results=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),  # results/<profile>
     log:
-        f"logs/{PROFILE}/table/{{grid}}.log",
+        LAYOUT.log("table/{grid}"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/table/{{grid}}.tsv",
+        LAYOUT.benchmark("table/{grid}"),
     conda:
         "../envs/copa.yaml"
     shell:
@@ -56,10 +56,10 @@ rule figure:
         results=lambda w: grid_results(w.grid),
         code=GRID_CODE,
     output:
-        csv=report(f"results/{PROFILE}/tables/{{grid}}.csv", caption="../report/table.rst", category="Tables"),
-        data=multiext(f"results/{PROFILE}/tables/{{grid}}", ".md", ".tex", ".json"),
-        png=report(f"figures/{PROFILE}/{{grid}}.png", caption="../report/figure.rst", category="Figures"),
-        pdf=f"figures/{PROFILE}/{{grid}}.pdf",
+        csv=report(f"{LAYOUT.table('{grid}')}.csv", caption="../report/table.rst", category="Tables"),
+        data=multiext(str(LAYOUT.table("{grid}")), ".md", ".tex", ".json"),
+        png=report(f"{LAYOUT.figure('{grid}')}.png", caption="../report/figure.rst", category="Figures"),
+        pdf=f"{LAYOUT.figure('{grid}')}.pdf",
     params:
         grid=grid_json,
         report=section_json("report"),
@@ -68,9 +68,9 @@ rule figure:
         figure=lambda w, output: os.path.splitext(output.png)[0],
         results=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),  # results/<profile>
     log:
-        f"logs/{PROFILE}/figure/{{grid}}.log",
+        LAYOUT.log("figure/{grid}"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/figure/{{grid}}.tsv",
+        LAYOUT.benchmark("figure/{grid}"),
     conda:
         "../envs/copa.yaml"
     shell:
@@ -80,22 +80,22 @@ rule figure:
 rule figure4:
     # COPA Figure 4: the kept patches of the default run's VQA model (a TPD run) for a few test questions
     input:
-        metrics=f"runs/{PROFILE}/finetune/{DEFAULT_RUN}/vqa/metrics.json",
+        metrics=LAYOUT.finetune_run(DEFAULT_RUN, "vqa") / METRICS_FILE,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
         code=sources("copa.report.detected_patches", "copa.report.figures", "copa.data.downstream", "copa.data.layout", "copa.data.formats.referents",
                      "copa.train.finetune"),
     output:
-        png=report(f"figures/{PROFILE}/figure4.png", caption="../report/figure4.rst", category="Figures"),
-        pdf=f"figures/{PROFILE}/figure4.pdf",
-        data=f"figures/{PROFILE}/figure4.json",  # the paired panel: kept-set IoU of one image under two questions
+        png=report(f"{LAYOUT.figure('figure4')}.png", caption="../report/figure4.rst", category="Figures"),
+        pdf=f"{LAYOUT.figure('figure4')}.pdf",
+        data=data_beside(LAYOUT.figure("figure4")),  # the paired panel: kept-set IoU of one image under two questions
     params:
         copa=copa_cli("evaluate.vqa"),  # the split and the decoding of the answers shown
         run_dir=lambda w, input: os.path.dirname(input.metrics),
         figure=lambda w, output: os.path.splitext(output.png)[0],
     log:
-        f"logs/{PROFILE}/figure/figure4.log",
+        LAYOUT.log("figure/figure4"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/figure/figure4.tsv",
+        LAYOUT.benchmark("figure/figure4"),
     threads: TORCH_THREADS
     conda:
         "../envs/copa.yaml"
@@ -105,19 +105,19 @@ rule figure4:
 
 rule claims:
     input:
-        tables=expand(f"results/{PROFILE}/tables/{{grid}}.csv", grid=sorted(GRIDS)),
-        figure5=[f"results/{PROFILE}/tables/figure5.csv"] if PARAMS.model.selection.method == "tpd" else [],  # rule figure5
+        tables=[f"{LAYOUT.table(grid)}.csv" for grid in sorted(GRIDS)],
+        figure5=[f"{LAYOUT.table('figure5')}.csv"] if PARAMS.model.selection.method == "tpd" else [],  # rule figure5
         code=sources("copa.report.claims"),  # and the runs' per-question scores, behind the tables
     output:
-        markdown=report(f"results/{PROFILE}/claims.md", caption="../report/claims.rst", category="Claims"),
-        json=f"results/{PROFILE}/claims.json",
+        markdown=report(str(LAYOUT.claims), caption="../report/claims.rst", category="Claims"),
+        json=LAYOUT.claims_json,
     params:
         copa=copa_cli(),
         tables=lambda w, input: os.path.dirname(input.tables[0]),
     log:
-        f"logs/{PROFILE}/claims.log",
+        LAYOUT.log("claims"),
     benchmark:
-        f"logs/{PROFILE}/benchmarks/claims.tsv",
+        LAYOUT.benchmark("claims"),
     conda:
         "../envs/copa.yaml"
     shell:

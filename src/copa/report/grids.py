@@ -47,6 +47,7 @@ import yaml
 from copa.config import (DEFAULT_PARAMS_DIR, KeepRatio, ParamsError, Params, SelectionMethod, available_profiles, validated_record,
                          vqa_image_size)
 from copa.report.columns import COLUMNS, CONTROLS, with_controls
+from copa.run_layout import RunLayout, size_tag
 from copa.train.architectures import architecture
 
 GRIDS_DIR = "grids"
@@ -218,16 +219,17 @@ def profile_resolution(px: int, params: Params, source: str = "vqa") -> int:
 
 
 def result_path(results: Path, source: str, run: str, image_size: int | None = None) -> Path:
-    """Where the workflow writes a run's result of ``source`` (a task, or efficiency), measured at
-    ``image_size`` px where that is not the profile's own resolution for it (None)."""
-    tag = f"-{image_size}px" if image_size else ""
+    """Where the workflow writes a run's result of ``source`` (a task, or efficiency) in the results
+    folder ``results``, measured at ``image_size`` px where that is not the profile's own resolution
+    for it (None)."""
+    layout = RunLayout(results.name, results)  # results/<profile>; only its result paths are asked
     if source == "efficiency":
-        return results / "efficiency" / f"{run}{tag}.json"
-    return results / "finetune" / run / f"{source}{tag}.json"
+        return layout.efficiency(run, size_tag(image_size))
+    return layout.finetune_result(run, source, size_tag(image_size))
 
 
 def row_result(row: GridRow, source: str, params: Params, results: Path, seed: int) -> Path:
-    """The result file of ``source`` for ``row`` in the profile of ``params``."""
+    """The result file of ``source`` for ``row`` in the profile of ``params``, in the results folder ``results``."""
     size = None if row.resolution is None else profile_resolution(row.resolution, params, source)
     default = params.efficiency.image_size if source == "efficiency" else vqa_image_size(params)
     return result_path(results, source, row_run(row, params, seed), None if size == default else size)

@@ -11,6 +11,7 @@ from pathlib import Path
 from copa.config import DEFAULT_PARAMS_DIR
 from copa.report.grid_figures import FIGURES
 from copa.report.grids import available_grids
+from copa.run_layout import RunLayout
 
 BEGIN = "<!-- results: written by `copa readme-results` from the files below; do not edit by hand -->"
 END = "<!-- end of results -->"
@@ -25,21 +26,25 @@ def _number(name: str) -> tuple[str, int]:
 def results_block(profile: str, root: Path = Path("."), params_dir: str | Path = DEFAULT_PARAMS_DIR) -> str:
     """The section's text: every table's Markdown, every figure (Figure 5 with its table), the claims check of ``profile``,
     from the workflow's folders under ``root`` (the README's folder: the paths it prints)."""
-    results, figures = f"results/{profile}", f"figures/{profile}"
+    layout = RunLayout(profile)
     tables = sorted((g for g in available_grids(params_dir) if g not in FIGURES), key=_number)
-    parts = [BEGIN, f"Profile **{profile}**, from `{results}/tables/*.md`, `{figures}/*.png` and `{results}/claims.md`.", ""]
+    parts = [BEGIN, f"Profile **{profile}**, from `{layout.tables}/*.md`, `{layout.figures}/*.png` and `{layout.claims}`.", ""]
     for name in tables:
-        parts += [_read(root / results / "tables" / f"{name}.md").rstrip(), ""]
+        parts += [_read(root / layout.table(name).with_suffix(".md")).rstrip(), ""]
     for name in sorted(FIGURES, key=_number):
-        _read(root / figures / f"{name}.png", binary=True)
-        parts += [f"![{name}]({figures}/{name}.png)", ""]
-    if (root / figures / "figure4.png").is_file():  # the TPD's detections and their generalisation: only when the default run has a TPD
-        parts += [f"![figure4]({figures}/figure4.png)", ""]
-    if (root / figures / "figure5.png").is_file():
-        parts += [_read(root / results / "tables" / "figure5.md").rstrip(), "", f"![figure5]({figures}/figure5.png)", ""]
-    claims = _read(root / results / "claims.md").split("\n", 1)[1].strip()  # without its level-1 title
+        _read(root / _png(layout, name), binary=True)
+        parts += [f"![{name}]({_png(layout, name)})", ""]
+    if (root / _png(layout, "figure4")).is_file():  # the TPD's detections and their generalisation: only when the default run has a TPD
+        parts += [f"![figure4]({_png(layout, 'figure4')})", ""]
+    if (root / _png(layout, "figure5")).is_file():
+        parts += [_read(root / layout.table("figure5").with_suffix(".md")).rstrip(), "", f"![figure5]({_png(layout, 'figure5')})", ""]
+    claims = _read(root / layout.claims).split("\n", 1)[1].strip()  # without its level-1 title
     parts += [claims, "", END]
     return "\n".join(parts)
+
+
+def _png(layout: RunLayout, name: str) -> Path:
+    return layout.figure(name).with_suffix(".png")
 
 
 def _read(path: Path, binary: bool = False) -> str:

@@ -1,0 +1,61 @@
+"""What the subcommands share: the parameters of the global options, the user errors `copa`
+reports as one line, and a run folder's architecture."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from copa.config import Params, ParamsError, load_params
+from copa.data.formats.records import FormatError
+from copa.run_layout import RunLayout
+from copa.train.architectures import ARCHITECTURES, Architecture, architecture, architecture_of_run
+
+# The layout of no particular profile, whose paths the --help texts show as defaults.
+HELP_LAYOUT = RunLayout("<profile>")
+
+
+class CommandError(Exception):
+    """A user error a subcommand met in a library call (no CUDA, a result file that does not parse):
+    ``main`` reports it as it reports the others."""
+
+
+# What ``main`` reports as one line and exit status 2 (``--debug``: the traceback instead).
+USER_ERRORS = (ParamsError, FormatError, FileNotFoundError, FileExistsError, CommandError)
+
+
+def profile_params(args: argparse.Namespace) -> Params:
+    """The parameters of --profile, --set and --params-dir."""
+    params = load_params(args.profile, args.set, args.params_dir)
+    architecture(params)  # a registered one, whose selection fits: refused before any work
+    return params
+
+
+def path_or(given: str | None, default: Path) -> Path:
+    """An output path: the one given on the command line, else the layout's."""
+    return Path(given) if given else default
+
+
+def run_architecture(run: Path) -> Architecture:
+    """A run folder's architecture, from its resolved parameters; a folder without them is left to
+    the loaders of the architecture its name says, whose errors name what is missing."""
+    from copa.train.engine import RESOLVED_FILE
+    from copa.train.pretrain import run_params
+
+    return architecture(run_params(run)) if (run / RESOLVED_FILE).is_file() else architecture_of_run(run.name)
+
+
+def run_head(run: Path, task: str):
+    """The head (copa.tasks.registry.HEADS) of ``task`` for the architecture of ``run`` (a
+    pretraining or fine-tuning run folder); refused where it has none."""
+    from copa.tasks.registry import head
+
+    return head(run_architecture(run).name, task, run)
+
+
+def require_instruments(run: Path, command: str) -> None:
+    """Refuse a run whose architecture the probes of ``copa <command>`` do not read."""
+    arch = run_architecture(run)
+    if not arch.instruments:
+        readable = ", ".join(a.name for a in ARCHITECTURES.values() if a.instruments)
+        raise ParamsError(f"{run} is a {arch.name} run: `copa {command}` reads runs of the architectures {readable} only")
