@@ -24,8 +24,9 @@ try:
     PARAMS = load_params(config.get("profile"), config["set"])
     architecture(PARAMS)
     GRIDS = {name: load_grid(name) for name in available_grids()}  # params/grids/: the tables and figures
-except ParamsError as exc:
-    raise WorkflowError(f"bad parameters: {exc}") from None
+except ParamsError as exc:  # a user error: one line and exit 2, as `copa` gives (no Snakemake traceback)
+    print(f"bad parameters: {exc}", file=sys.stderr)
+    sys.exit(2)
 
 # Imported after the check, so that a bad value is refused before torch loads (encoder_init's).
 from copa.report.tables import grid_inputs
