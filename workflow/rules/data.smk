@@ -26,7 +26,7 @@ if SYNTHETIC:
         conda:
             "../envs/copa.yaml"
         shell:
-            "{params.copa} synth --root {output.root} --workers {threads} --quiet > {log} 2>&1"
+            "{params.copa} synth --root {output.root:q} --workers {threads:q} --quiet > {log:q} 2>&1"
 
 
 rule validate_data:
@@ -51,7 +51,7 @@ rule validate_data:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} validate-data {input.root} {params.require_all} --json {output} > {log} 2>&1"
+        "{params.copa} validate-data {input.root:q} {params.require_all} --json {output:q} > {log:q} 2>&1"
 
 
 rule filter_annotations:
@@ -78,7 +78,7 @@ rule filter_annotations:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} filter --root {input.root} --out {output.annotations} --report {output.report} --workers {threads} --quiet > {log} 2>&1"
+        "{params.copa} filter --root {input.root:q} --out {output.annotations:q} --report {output.report:q} --workers {threads:q} --quiet > {log:q} 2>&1"
 
 
 rule patch_labels:
@@ -108,5 +108,5 @@ rule patch_labels:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} patch-labels --annotations {input.annotations} --out {output.labels} --summary {output.summary}"
-        " --figure {params.figure_stem} --root {input.root} --workers {threads} > {log} 2>&1"
+        "{params.copa} patch-labels --annotations {input.annotations:q} --out {output.labels:q} --summary {output.summary:q}"
+        " --figure {params.figure_stem:q} --root {input.root:q} --workers {threads:q} > {log:q} 2>&1"

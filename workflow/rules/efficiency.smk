@@ -29,7 +29,7 @@ rule efficiency:
         pretrain=lambda w: json.dumps({k: PARAMS.to_dict()["pretrain"][k] for k in MEMORY_STEP_OPTIONS}, sort_keys=True),
         copa=with_architecture_cli(lambda w: copa_cli("efficiency", "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS))
                                    + size_override(w, "efficiency")),
-        location=lambda w: ", ".join(w.location.split("-")),
+        location=lambda w: f"model.selection.location=[{', '.join(w.location.split('-'))}]",
     log:
         LAYOUT.log(f"efficiency/{RUN_PATTERN}{{size}}"),
     benchmark:
@@ -42,6 +42,6 @@ rule efficiency:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.gpu}{params.copa} --set model.selection.method={wildcards.method} --set 'model.selection.location=[{params.location}]'"
-        " --set model.selection.keep_ratio={wildcards.keep} --set seed={wildcards.seed}"
-        " efficiency --from-params --json {output} > {log} 2>&1"
+        "{params.gpu}{params.copa} --set model.selection.method={wildcards.method:q} --set {params.location:q}"
+        " --set model.selection.keep_ratio={wildcards.keep:q} --set seed={wildcards.seed:q}"
+        " efficiency --from-params --json {output:q} > {log:q} 2>&1"

@@ -30,7 +30,7 @@ rule reference_boxes:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.gpu}{params.copa} reference-boxes --root {input.root} --out {output.boxes} --summary {output.summary} --quiet > {log} 2>&1"
+        "{params.gpu}{params.copa} reference-boxes --root {input.root:q} --out {output.boxes:q} --summary {output.summary:q} --quiet > {log:q} 2>&1"
 
 
 rule patch_detection:
@@ -58,8 +58,8 @@ rule patch_detection:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.gpu}{params.copa} patch-detection --run {params.run_dir} --reference {input.reference} --root {input.root}"
-        " --json {output} --quiet > {log} 2>&1"
+        "{params.gpu}{params.copa} patch-detection --run {params.run_dir:q} --reference {input.reference:q} --root {input.root:q}"
+        " --json {output:q} --quiet > {log:q} 2>&1"
 
 
 rule figure5:
@@ -85,4 +85,4 @@ rule figure5:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} figure5 --run {params.run} --results {params.results} --out {params.stem} --figure {params.figure} > {log} 2>&1"
+        "{params.copa} figure5 --run {params.run:q} --results {params.results:q} --out {params.stem:q} --figure {params.figure:q} > {log:q} 2>&1"

@@ -39,8 +39,8 @@ rule finetune:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.gpu}{params.copa} finetune --task {wildcards.task} --pretrained {params.pretrained} --root {input.root}"
-        " --out {params.run_dir} > {log} 2>&1"
+        "{params.gpu}{params.copa} finetune --task {wildcards.task:q} --pretrained {params.pretrained:q} --root {input.root:q}"
+        " --out {params.run_dir:q} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -68,5 +68,5 @@ rule evaluate:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.gpu}{params.copa} evaluate --task {wildcards.task} --run {params.run_dir} --root {input.root} --json {output.metrics}"
-        " --predictions {output.predictions} --quiet > {log} 2>&1"
+        "{params.gpu}{params.copa} evaluate --task {wildcards.task:q} --run {params.run_dir:q} --root {input.root:q} --json {output.metrics:q}"
+        " --predictions {output.predictions:q} --quiet > {log:q} 2>&1"

@@ -46,7 +46,7 @@ rule table:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} table {wildcards.grid} --results {params.results} --out {params.stem} > {log} 2>&1"
+        "{params.copa} table {wildcards.grid:q} --results {params.results:q} --out {params.stem:q} > {log:q} 2>&1"
 
 
 rule figure:
@@ -74,7 +74,7 @@ rule figure:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} figure {wildcards.grid} --results {params.results} --out {params.stem} --figure {params.figure} > {log} 2>&1"
+        "{params.copa} figure {wildcards.grid:q} --results {params.results:q} --out {params.stem:q} --figure {params.figure:q} > {log:q} 2>&1"
 
 
 rule figure4:
@@ -100,7 +100,7 @@ rule figure4:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} detected-patches --run {params.run_dir} --root {input.root} --figure {params.figure} > {log} 2>&1"
+        "{params.copa} detected-patches --run {params.run_dir:q} --root {input.root:q} --figure {params.figure:q} > {log:q} 2>&1"
 
 
 rule claims:
@@ -121,4 +121,4 @@ rule claims:
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.copa} claims --tables {params.tables} --out {output.markdown} > {log} 2>&1"
+        "{params.copa} claims --tables {params.tables:q} --out {output.markdown:q} > {log:q} 2>&1"
