@@ -1,11 +1,11 @@
 # Entry of the COPA reproduction DAG: include the rule files, name the final targets.
 #   snakemake --cores all                                  demo profile (params/base.yaml)
-#   snakemake --cores 2 --config profile=fixture           tiny CI run
+#   snakemake --cores 2 --workflow-profile profiles/fixture   tiny CI run (profile fixture)
 #   snakemake --cores 2 --config 'set=["synth.seed=3"]'    override parameters (see params/)
 # Every job writes a Snakemake benchmark (wall time, memory, CPU) under logs/<profile>/benchmarks/,
 # beside its log; `copa stage-times logs/<profile>/benchmarks` sums them per rule.
-# Profiles of Snakemake options: workflow/profiles/default (pass --workflow-profile
-# workflow/profiles/default) and workflow/profiles/slurm (--profile workflow/profiles/slurm).
+# Workflow profiles (profiles/; threads, memory, time limits and GPUs per rule): default (used by
+# itself), fixture and paper (--workflow-profile profiles/paper); SLURM: --profile profiles/slurm.
 
 
 report: "workflow/report/workflow.rst"

@@ -79,10 +79,13 @@ WORKFLOW_BAD = [b for b in BAD if b[0] in ("model.selection.keep_ratio=1.5", "pr
 
 @pytest.mark.parametrize("override, key, value, words", WORKFLOW_BAD, ids=[b[0][:40] for b in WORKFLOW_BAD])
 def test_the_workflow_refuses_it_before_planning_a_job(override, key, value, words):
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--config", "profile=fixture", f'set=["{override}"]'],
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--workflow-profile", "profiles/fixture", "--config", f'set=["{override}"]'],
                             cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S)
-    # exit 2 and the one line, as `copa` gives: no Snakemake traceback, no job planned
-    assert (result.returncode, result.stderr, result.stdout) == (2, f"bad parameters: {_line(override, key, value, words)}\n", "")
+    # exit 2 and the one line, as `copa` gives: no Snakemake traceback, no job planned (before it, only
+    # Snakemake's own notice of the workflow profile it reads)
+    assert (result.returncode, result.stderr, result.stdout) == \
+        (2, "Using workflow specific profile profiles/fixture for setting default command line arguments.\n"
+            f"bad parameters: {_line(override, key, value, words)}\n", "")
 
 
 def test_nothing_the_profiles_and_grids_ship_is_refused():

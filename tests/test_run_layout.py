@@ -26,6 +26,7 @@ from test_workflow import DVC_STAGE_RULES, REPO, copy_workflow, snakemake
 
 PROFILES = ("demo", "fixture")
 JOB_COUNTS = {"demo": 74, "fixture": 76}  # the DAG this refactoring must keep
+WORKFLOW_PROFILE = {"demo": "default", "fixture": "fixture"}  # profiles/: the one that selects it
 
 
 def _jobs(dry_run_output: str) -> list[dict]:
@@ -53,7 +54,7 @@ def dags(tmp_path_factory) -> dict[str, list[dict]]:
     """The jobs of each profile's whole DAG, from one dry run each in a copy of the workflow."""
     found = {}
     for profile in PROFILES:
-        run = snakemake(copy_workflow(tmp_path_factory.mktemp(profile)), "-n", "-p", "--cores", "2", "--config", f"profile={profile}")
+        run = snakemake(copy_workflow(tmp_path_factory.mktemp(profile)), "-n", "-p", "--cores", "2", "--workflow-profile", f"profiles/{WORKFLOW_PROFILE[profile]}")
         assert run.returncode == 0, run.stdout
         found[profile] = _jobs(run.stdout)
         assert len(found[profile]) == JOB_COUNTS[profile]

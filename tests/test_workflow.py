@@ -4,6 +4,7 @@ and the fixture DAG run end to end with the rerun triggers that matter (params, 
 Every run happens in a copy of the workflow under tmp_path, never in the repository's data/.
 """
 
+import ast
 import json
 import os
 import re
@@ -14,12 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import HANG_GUARD_S
 
 REPO = Path(__file__).parents[1]
 # src/ too: the rules list the copa sources as inputs (Snakemake's code trigger misses imports).
-WORKFLOW_FILES = ("Snakefile", "workflow", "params", "src")
+WORKFLOW_FILES = ("Snakefile", "workflow", "profiles", "params", "src")
+# The fixture: its workflow profile (threads and resources per rule, and `profile: fixture`).
+FIXTURE = ("--workflow-profile", "profiles/fixture")
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -51,7 +55,7 @@ def test_lint_is_clean(workdir):
     assert "Congratulations, your workflow is in a good condition!" in run.stdout
 
 
-@pytest.mark.parametrize("options", [["--cores", "2"], ["--workflow-profile", "workflow/profiles/default"]], ids=["cores", "default-profile"])
+@pytest.mark.parametrize("options", [["--cores", "2"], ["--workflow-profile", "profiles/default"]], ids=["cores", "default-profile"])
 def test_dry_run_schedules_the_data_rules(workdir, options):
     run = snakemake(workdir, *options, "-n")
     assert run.returncode == 0, run.stdout
@@ -84,14 +88,14 @@ def test_bad_override_fails_at_parse_time(workdir):
 def test_bad_params_file_fails_at_parse_time(workdir):
     profile = workdir / "params" / "profiles" / "fixture.yaml"
     profile.write_text(profile.read_text().replace("  seed: 0", "  sed: 0"))
-    run = snakemake(workdir, "--cores", "1", "-n", "--config", "profile=fixture")
+    run = snakemake(workdir, "--cores", "1", "-n", *FIXTURE)
     assert run.returncode != 0
     assert "params/profiles/fixture.yaml: unknown key 'synth.sed'" in run.stdout
     assert "Traceback" not in run.stdout
 
 
 def test_fixture_dag_end_to_end(workdir):
-    run = snakemake(workdir, "--cores", "2", "--config", "profile=fixture")
+    run = snakemake(workdir, "--cores", "2", *FIXTURE)
     assert run.returncode == 0, run.stdout
     validation = json.loads((workdir / "results" / "fixture" / "data_validation.json").read_text())
     assert validation["ok"] and validation["root"] == "data/synthetic-fixture"
@@ -178,53 +182,53 @@ def test_fixture_dag_end_to_end(workdir):
     times = subprocess.run([sys.executable, "-m", "copa", "--profile", "fixture", "stage-times", str(benchmarks)],
                            stdout=subprocess.PIPE, text=True, check=True).stdout
     assert "| pretrain | 6 |" in times and "| finetune |" in times
-    report = snakemake(workdir, "--config", "profile=fixture", "--report", "report.html")
+    report = snakemake(workdir, *FIXTURE, "--report", "report.html")
     assert report.returncode == 0, report.stdout
     html = (workdir / "report.html").read_text()
     assert all(name in html for name in ("table10", "table5", "figure3", "figure4", "figure5", "claims"))
 
-    again = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture")
+    again = snakemake(workdir, "--cores", "2", "-n", *FIXTURE)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
     _fresh_clone_after_pull_retrains_nothing(workdir)
 
     # A rule reruns for its own params sections only: the seed picks the figure's examples and
     # names another pretraining run...
-    seeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["seed=5"]')
+    seeded = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["seed=5"]')
     assert seeded.returncode == 0, seeded.stdout
     assert _scheduled(seeded.stdout) == {"patch_labels", "encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency",
                                          *REPORT_RULES, *TPD_RULES, "all"}
     assert "runs/fixture/pretrain/tpd-loc2-keep0.5-seed5/metrics.json" in seeded.stdout
     # ...a training knob reruns the run and its probes only...
-    lr = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["pretrain.lr_text=2.0e-4"]')
+    lr = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["pretrain.lr_text=2.0e-4"]')
     assert lr.returncode == 0, lr.stdout
     assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, *TPD_RULES, "all"}  # not the shared init
     # ...a fine-tuning knob, the fine-tune and its evaluation only; an inference setting, the evaluation only...
-    ft = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["finetune.retrieval.lr_text=2.0e-4"]')
+    ft = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["finetune.retrieval.lr_text=2.0e-4"]')
     assert ft.returncode == 0, ft.stdout
     assert _scheduled(ft.stdout) == {"finetune", "evaluate", "table", "claims", "all"}
     assert re.findall(r"^    output: runs/fixture/finetune/\S+/(\w+)/metrics.json", ft.stdout, flags=re.MULTILINE) == ["retrieval"], ft.stdout
-    cider = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["finetune.captioning.lr_text=2.0e-4"]')
+    cider = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["finetune.captioning.lr_text=2.0e-4"]')
     assert sorted(re.findall(r"^    output: runs/fixture/finetune/\S+/(\w+)/metrics.json", cider.stdout, flags=re.MULTILINE)) == \
         ["captioning", "captioning_cider"], cider.stdout  # the CIDEr stage continues the captioning run
-    k = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["evaluate.retrieval.k_test=2"]')
+    k = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["evaluate.retrieval.k_test=2"]')
     assert k.returncode == 0, k.stdout
     assert _scheduled(k.stdout) == {"evaluate", "table", "claims", "all"}
-    eff = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["efficiency.latency.iterations=5"]')
+    eff = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["efficiency.latency.iterations=5"]')
     assert eff.returncode == 0, eff.stdout
     assert _scheduled(eff.stdout) == {"efficiency", *REPORT_RULES, "all"}  # the measurement protocol: the measurement and its tables
     # ...the single-stream section, the single-stream runs only (Table 6)...
-    single = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["single_stream.itm_swap_probability=0.3"]')
+    single = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["single_stream.itm_swap_probability=0.3"]')
     assert single.returncode == 0, single.stdout
     assert _scheduled(single.stdout) == {"pretrain", "finetune", "evaluate", "efficiency", "table", "claims", "all"}
     rerun = re.findall(r"^    output: (?:runs|results)/fixture/(?:pretrain|finetune|efficiency)/(\S+?)[/.]", single.stdout, flags=re.MULTILINE)
     assert rerun and all(name.startswith("single-") for name in rerun), rerun
     # ...a filtering threshold reruns filtering and what reads its output, not the world...
-    threshold = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["filter.near_duplicate.threshold=0.9"]')
+    threshold = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["filter.near_duplicate.threshold=0.9"]')
     assert threshold.returncode == 0, threshold.stdout
     assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate",
                                             *REPORT_RULES, *TPD_RULES, "all"}
     # ...a synth parameter regenerates the world and everything after it.
-    reseeded = snakemake(workdir, "--cores", "2", "-n", "--config", "profile=fixture", 'set=["synth.seed=1"]')
+    reseeded = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["synth.seed=1"]')
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
     assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "encoder_init", "pretrain",
@@ -246,11 +250,11 @@ def _fresh_clone_after_pull_retrains_nothing(workdir: Path) -> None:
     files = sorted(p for p in clone.rglob("*") if p.is_file())
     for i, path in enumerate(reversed(files)):  # the newest first: downstream older than upstream
         os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
-    world = snakemake(clone, "data/synthetic-fixture", "--cores", "2", "--config", "profile=fixture")
+    world = snakemake(clone, "data/synthetic-fixture", "--cores", "2", *FIXTURE)
     assert world.returncode == 0, world.stdout
-    touched = snakemake(clone, "--cores", "2", "--touch", "--config", "profile=fixture")
+    touched = snakemake(clone, "--cores", "2", "--touch", *FIXTURE)
     assert touched.returncode == 0, touched.stdout
-    after = snakemake(clone, "--cores", "2", "-n", "--config", "profile=fixture")
+    after = snakemake(clone, "--cores", "2", "-n", *FIXTURE)
     assert after.returncode == 0 and "Nothing to be done" in after.stdout, after.stdout
 
 
@@ -260,28 +264,74 @@ def _scheduled(dry_run_output: str) -> set[str]:
 
 
 def test_slurm_profile_submits_every_rule_with_its_resources(workdir):
-    """workflow/profiles/slurm through the SLURM executor plugin, dry: the fixture DAG, and a paper
-    GPU job with its GPU and the CUDA_VISIBLE_DEVICES it sets (its data are not here: a cost job)."""
-    fixture = snakemake(workdir, "-n", "--profile", "workflow/profiles/slurm", "--config", "profile=fixture")
+    """profiles/slurm through the SLURM executor plugin, dry: the fixture DAG, and a paper GPU job
+    with the resources of profiles/paper and the CUDA_VISIBLE_DEVICES it sets (its data are not
+    here: a cost job)."""
+    fixture = snakemake(workdir, "-n", "--profile", "profiles/slurm", *FIXTURE)
     assert fixture.returncode == 0, fixture.stdout
     assert "rule pretrain:" in fixture.stdout and "slurm_partition=CHANGE-ME" in fixture.stdout
     target = "results/paper/efficiency/tpd-loc6-keep0.5-seed0.json"
-    paper = snakemake(workdir, "-n", "--profile", "workflow/profiles/slurm", target, "--config", "profile=paper")
+    paper = snakemake(workdir, "-n", "--profile", "profiles/slurm", target, "--workflow-profile", "profiles/paper")
     assert paper.returncode == 0, paper.stdout
     assert "gpu=1" in paper.stdout and 'export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"; copa --profile paper' in paper.stdout
-    assert "mem_mb=32000" in paper.stdout and "runtime=60" in paper.stdout
+    assert "mem_mb=32000" in paper.stdout and "runtime=60" in paper.stdout and "slurm_account=CHANGE-ME" in paper.stdout
+
+
+def _rules_of(path: Path) -> set[str]:
+    return set(re.findall(r"^ *rule (\w+):", path.read_text(), flags=re.MULTILINE))
+
+
+def test_threads_and_resources_live_in_the_workflow_profiles():
+    """No rule sets its own threads or resources; each workflow profile sets them for rules that
+    exist, the CPU ones for the same rules, and the paper one a GPU for every job that runs copa on
+    a device (the rules that pass params.gpu)."""
+    rule_files = sorted((REPO / "workflow" / "rules").glob("*.smk"))
+    assert not [f.name for f in rule_files if re.search(r"^\s+(threads|resources):", f.read_text(), flags=re.MULTILINE)]
+    rules = set().union(*map(_rules_of, rule_files))
+    gpu_rules = {rule for f in rule_files for rule, body in re.findall(r"^ *rule (\w+):\n((?: {4,}.*\n|\n)*)", f.read_text(), flags=re.MULTILINE)
+                 if "gpu=GPU_SHELL" in body}
+    profiles = {name: yaml.safe_load((REPO / "profiles" / name / "config.yaml").read_text()) for name in ("default", "fixture", "paper")}
+    for name, profile in profiles.items():
+        assert set(profile["set-threads"]) <= rules and set(profile["set-resources"]) <= rules, name
+        assert {rule for rule, res in profile["set-resources"].items() if "gpu" in res} == (gpu_rules if name == "paper" else set()), name
+    assert set(profiles["default"]["set-threads"]) == set(profiles["fixture"]["set-threads"])
+    assert profiles["default"]["set-resources"] == profiles["fixture"]["set-resources"]
+    assert set(profiles["paper"]["set-threads"]) == set(profiles["default"]["set-threads"]) - {"synth"}  # no world to draw
+    assert len(gpu_rules) == 8
+
+
+@pytest.mark.parametrize("options, message", [
+    (("--config", "profile=paper"), "profile paper: its jobs' resources come from --workflow-profile profiles/paper, which this run does not use"),
+    (("--workflow-profile", "profiles/paper", "--config", "profile=demo"),
+     "profile demo: its jobs' resources come from a CPU workflow profile (profiles/default, profiles/fixture), which this run does not use"),
+], ids=["paper-on-cpu-resources", "demo-on-gpu-resources"])
+def test_a_profile_with_the_other_scales_resources_is_refused(workdir, options, message):
+    run = snakemake(workdir, "-n", "--cores", "2", *options)
+    assert run.returncode == 2 and run.stdout.splitlines()[-1] == message, run.stdout
+
+
+def test_a_workflow_profile_selects_its_profile_and_keeps_set_overrides(workdir):
+    """profiles/fixture names the fixture profile through a config file, which `--config set=...` merges into."""
+    run = snakemake(workdir, "runs/fixture/pretrain/tpd-loc2-keep0.5-seed0/metrics.json", "-n", "-p", "--cores", "2", *FIXTURE,
+                    "--config", 'set=["pretrain.lr_text=2.0e-4"]')
+    assert run.returncode == 0, run.stdout
+    assert "copa --profile fixture --set pretrain.lr_text=2.0e-4" in run.stdout
+    pretrain_job = re.search(r"^rule pretrain:\n((?:    .*\n)+)", run.stdout, flags=re.MULTILINE)[1]
+    assert "threads:" not in pretrain_job  # the fixture's torch threads: 1, which Snakemake does not print
+    demo = snakemake(workdir, "runs/demo/pretrain/tpd-loc3-keep0.5-seed0/metrics.json", "-n", "--cores", "2")
+    assert re.search(r"^rule pretrain:\n(?:    .*\n)*    threads: 2\n", demo.stdout, flags=re.MULTILINE), demo.stdout
 
 
 def test_pretrain_rule_is_parameterised_by_run(workdir):
     target = "runs/fixture/pretrain/text_attention-loc1-3-keep0.7-seed2/metrics.json"
-    dry = snakemake(workdir, target, "-n", "-p", "--cores", "2", "--config", "profile=fixture")
+    dry = snakemake(workdir, target, "-n", "-p", "--cores", "2", *FIXTURE)
     assert dry.returncode == 0, dry.stdout
     assert "--set model.selection.method=text_attention --set 'model.selection.location=[1, 3]'" in dry.stdout
     assert "--set model.selection.keep_ratio=0.7 --set seed=2" in dry.stdout
     single = snakemake(workdir, "runs/fixture/pretrain/single-tpd-loc2-keep0.5-seed0/metrics.json", "-n", "-p", "--cores", "2",
-                       "--config", "profile=fixture")
+                       *FIXTURE)
     assert single.returncode == 0 and "copa --profile fixture --set architecture=single_stream --set model.selection.method=tpd" in single.stdout
-    bad = snakemake(workdir, "runs/fixture/pretrain/magic-loc2-keep0.5-seed0/metrics.json", "-n", "--cores", "1", "--config", "profile=fixture")
+    bad = snakemake(workdir, "runs/fixture/pretrain/magic-loc2-keep0.5-seed0/metrics.json", "-n", "--cores", "1", *FIXTURE)
     assert bad.returncode != 0 and "MissingRuleException" in bad.stdout
 
 
@@ -337,8 +387,6 @@ def _closure(*entries: str) -> set[str]:
 
 def _cli_functions() -> dict[str, list["ast.FunctionDef"]]:
     """The module-level functions of the CLI package (src/copa/cli/*.py), by name."""
-    import ast
-
     functions: dict[str, list[ast.FunctionDef]] = {}
     for module in sorted((REPO / "src" / "copa" / "cli").glob("*.py")):
         for node in ast.parse(module.read_text()).body:
@@ -407,7 +455,7 @@ def test_new_module_imported_lazily_is_an_input(workdir):
     (package / "train" / "added_helper.py").write_text("def helper():\n    return 1\n")
     entry = package / "train" / "pretrain.py"
     entry.write_text(entry.read_text() + "\n\ndef _uses_added_helper():\n    from copa.train.added_helper import helper\n\n    return helper()\n")
-    dry = snakemake(workdir, "runs/fixture/pretrain/tpd-loc2-keep0.5-seed0/metrics.json", "-n", "--cores", "2", "--config", "profile=fixture")
+    dry = snakemake(workdir, "runs/fixture/pretrain/tpd-loc2-keep0.5-seed0/metrics.json", "-n", "--cores", "2", *FIXTURE)
     assert dry.returncode == 0, dry.stdout
     inputs = {rule: code for rule, _, code in _job_sources(dry.stdout)}
     assert "src/copa/train/added_helper.py" in inputs["pretrain"] and "src/copa/train/added_helper.py" in inputs["encoder_init"]

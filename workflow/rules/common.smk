@@ -38,17 +38,19 @@ LAYOUT = RunLayout(PROFILE)  # every path the jobs write or read, as the CLI's d
 # A pretraining run's name (copa.report.grids.run_name) in wildcards: its architecture's prefix first.
 RUN_PATTERN = "{stream}{method}-loc{location}-keep{keep}-seed{seed}"
 SYNTHETIC = PARAMS.data.source == "synthetic"
-# Threads of a training / evaluation job: 2, so that on the 2-core machines of the demo one job at
-# a time gets both cores; the fixture's jobs are so small that Python's start-up dominates, and
-# two at a time halve the DAG's wall time.
-TORCH_THREADS = 1 if PROFILE == "fixture" else 2
-
-# GPUs (paper profile; the CPU profiles declare none). Each training / evaluation job takes one:
-# Snakemake counts them (`--resources gpu=N`; the SLURM executor requests one per job) but
-# assigns no ids, so the job exports CUDA_VISIBLE_DEVICES itself: the scheduler's allocation when
-# it set one (SLURM does), otherwise GPU 0, with `--resources gpu=1` (workflow/profiles/default)
-# so that local jobs never share it.
+# Threads, memory and time limits come from the workflow profile of each scale (profiles/; default for
+# the CPU machines, fixture, paper), not from the rules. GPUs (paper profile; the CPU profiles
+# declare none): each training / evaluation job takes one. Snakemake counts them (`--resources
+# gpu=N`; the SLURM executor requests one per job) but assigns no ids, so the job exports
+# CUDA_VISIBLE_DEVICES itself: the scheduler's allocation when it set one (SLURM does), otherwise
+# GPU 0, with `resources: gpu: 1` (profiles/paper) so that local jobs never share it.
 GPU_JOB = PROFILE == "paper"
+if GPU_JOB != any("gpu" in r for r in workflow.resource_settings.overwrite_resources.values()):
+    # one line and exit 2, as for a bad parameter: a paper run without GPUs (or a CPU run holding
+    # them) would get the other scale's memory and time limits too
+    wanted = "--workflow-profile profiles/paper" if GPU_JOB else "a CPU workflow profile (profiles/default, profiles/fixture)"
+    print(f"profile {PROFILE}: its jobs' resources come from {wanted}, which this run does not use", file=sys.stderr)
+    sys.exit(2)
 GPU_SHELL = 'export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"; ' if GPU_JOB else ""  # rules pass it as params.gpu
 
 # Jobs run the `copa` installed beside the Python that runs Snakemake (and imported copa above),

@@ -19,10 +19,6 @@ if SYNTHETIC:
             LAYOUT.log("synth"),
         benchmark:
             LAYOUT.benchmark("synth"),
-        threads: 8  # processes drawing images (the files do not depend on it); capped at --cores
-        resources:
-            mem_mb=4000,
-            runtime=60,  # minutes (the SLURM time limit); the demo world takes about one on 2 cores
         conda:
             "../envs/copa.yaml"
         shell:
@@ -44,10 +40,6 @@ rule validate_data:
         LAYOUT.log("validate_data"),
     benchmark:
         LAYOUT.benchmark("validate_data"),
-    threads: 1
-    resources:
-        mem_mb=2000 if SYNTHETIC else 16000,  # the real VG / COCO JSON files take several GB in memory
-        runtime=10 if SYNTHETIC else 60,
     conda:
         "../envs/copa.yaml"
     shell:
@@ -71,10 +63,6 @@ rule filter_annotations:
         LAYOUT.log("filter_annotations"),
     benchmark:
         LAYOUT.benchmark("filter_annotations"),
-    threads: 2  # sources filtered at once, each in its own process
-    resources:
-        mem_mb=2000 if SYNTHETIC else 12000,  # real VG: one region file in memory per process (~5 GB measured for both)
-        runtime=10 if SYNTHETIC else 60,
     conda:
         "../envs/copa.yaml"
     shell:
@@ -101,10 +89,6 @@ rule patch_labels:
         LAYOUT.log("patch_labels"),
     benchmark:
         LAYOUT.benchmark("patch_labels"),
-    threads: 2  # filtered files labelled at once
-    resources:
-        mem_mb=2000 if SYNTHETIC else 8000,
-        runtime=10 if SYNTHETIC else 30,
     conda:
         "../envs/copa.yaml"
     shell:

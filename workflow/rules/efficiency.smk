@@ -34,11 +34,6 @@ rule efficiency:
         LAYOUT.log(f"efficiency/{RUN_PATTERN}{{size}}"),
     benchmark:
         LAYOUT.benchmark(f"efficiency/{RUN_PATTERN}{{size}}"),
-    threads: TORCH_THREADS
-    resources:
-        mem_mb=4000 if PROFILE != "paper" else 32000,
-        runtime=30 if PROFILE != "paper" else 60,
-        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:

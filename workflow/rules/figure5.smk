@@ -22,11 +22,6 @@ rule reference_boxes:
         LAYOUT.log("reference_boxes"),
     benchmark:
         LAYOUT.benchmark("reference_boxes"),
-    threads: TORCH_THREADS
-    resources:
-        mem_mb=4000 if PROFILE != "paper" else 32000,
-        runtime=10 if PROFILE != "paper" else 4 * 60,
-        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:
@@ -50,11 +45,6 @@ rule patch_detection:
         LAYOUT.log("patch_detection/{run}"),
     benchmark:
         LAYOUT.benchmark("patch_detection/{run}"),
-    threads: TORCH_THREADS
-    resources:
-        mem_mb=4000 if PROFILE != "paper" else 32000,
-        runtime=30 if PROFILE != "paper" else 6 * 60,
-        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:

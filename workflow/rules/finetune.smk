@@ -31,11 +31,6 @@ rule finetune:
         LAYOUT.log("finetune/{run}/{task}{size}"),
     benchmark:
         LAYOUT.benchmark("finetune/{run}/{task}{size}"),
-    threads: TORCH_THREADS
-    resources:
-        mem_mb=4000 if PROFILE != "paper" else 64000,
-        runtime=60 if PROFILE != "paper" else 24 * 60,
-        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:
@@ -60,11 +55,6 @@ rule evaluate:
         LAYOUT.log("evaluate/{run}/{task}{size}"),
     benchmark:
         LAYOUT.benchmark("evaluate/{run}/{task}{size}"),
-    threads: TORCH_THREADS
-    resources:
-        mem_mb=4000 if PROFILE != "paper" else 32000,
-        runtime=30 if PROFILE != "paper" else 6 * 60,
-        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:

@@ -35,11 +35,6 @@ rule encoder_init:
         LAYOUT.log("encoder_init/seed{seed}"),
     benchmark:
         LAYOUT.benchmark("encoder_init/seed{seed}"),
-    threads: TORCH_THREADS
-    resources:
-        mem_mb=4000 if PROFILE != "paper" else 64000,
-        runtime=30 if PROFILE != "paper" else 24 * 60,
-        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:
@@ -68,11 +63,6 @@ rule pretrain:
         LAYOUT.log(f"pretrain/{RUN_PATTERN}"),
     benchmark:
         LAYOUT.benchmark(f"pretrain/{RUN_PATTERN}"),
-    threads: TORCH_THREADS
-    resources:
-        mem_mb=4000 if PROFILE != "paper" else 64000,
-        runtime=60 if PROFILE != "paper" else 72 * 60,
-        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:
@@ -101,11 +91,6 @@ rule pretrain_eval:
         LAYOUT.log("pretrain_eval/{run}"),
     benchmark:
         LAYOUT.benchmark("pretrain_eval/{run}"),
-    threads: TORCH_THREADS
-    resources:
-        mem_mb=4000 if PROFILE != "paper" else 32000,
-        runtime=30 if PROFILE != "paper" else 6 * 60,
-        gpu=1 if GPU_JOB else 0,
     conda:
         "../envs/copa.yaml"
     shell:

@@ -96,7 +96,6 @@ rule figure4:
         LAYOUT.log("figure/figure4"),
     benchmark:
         LAYOUT.benchmark("figure/figure4"),
-    threads: TORCH_THREADS
     conda:
         "../envs/copa.yaml"
     shell:
