@@ -22,7 +22,7 @@ import torch
 from timm.layers import Attention
 from torch.utils.flop_counter import FlopCounterMode
 
-from copa.models.selectors import TextAwarePatchDetector, build_selector, num_keep
+from copa.models.selectors import build_selector, num_keep
 from copa.models.vit import VisionEncoder
 
 D, DEPTH, HEADS, MLP_RATIO, PATCH, SIZE = 768, 12, 12, 4.0, 16, 224

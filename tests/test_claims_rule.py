@@ -56,7 +56,9 @@ def test_cost_verdicts():
     from copa.report.claims import combined, exact_verdict, timing_verdict
 
     assert exact_verdict(0.02) == HOLDS and exact_verdict(0.005) == FAILS and exact_verdict(-0.1) == FAILS
-    assert timing_verdict(0.3) == HOLDS and timing_verdict(0.05) == UNMEASURABLE and timing_verdict(-0.2) == FAILS
+    assert timing_verdict({"estimate": 1.3, "low": 1.02, "high": 1.5}) == HOLDS  # a paired speedup's interval above 1
+    assert timing_verdict({"estimate": 1.3, "low": 0.98, "high": 1.5}) == UNMEASURABLE
+    assert timing_verdict({"estimate": 0.8, "low": 0.7, "high": 0.95}) == FAILS
     assert combined([HOLDS, UNMEASURABLE]) == UNMEASURABLE and combined([HOLDS, FAILS]) == FAILS and combined([HOLDS, HOLDS]) == HOLDS
 
 
@@ -193,6 +195,6 @@ def test_claims_file_states_the_rule(tmp_path):
     text = claims_markdown(check_claims(Tables(tmp_path)), "demo")
     header = text.split("| claim |")[0]
     for phrase in ("**holds**: lo > 0", "minimal effect m", "**does not hold**: the interval excludes the paper's effect: hi < p",
-                   "hi < 0", "**not measurable at this scale**", "MDD = 2.80 SE", "paired bootstrap", "Throughput is one timing per row",
+                   "hi < 0", "**not measurable at this scale**", "MDD = 2.80 SE", "paired bootstrap", "the paired speedup of the rows timed together",
                    "above chance"):
         assert phrase in header, phrase

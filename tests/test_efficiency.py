@@ -16,7 +16,7 @@ from copa.cli import main
 from copa.config import load_params
 from copa.eval.efficiency import measure_efficiency
 from copa.eval.flops import flop_counter_mode
-from copa.eval.timing import _fits_on, largest_batch
+from copa.eval.timing import fits_on, largest_batch
 from copa.eval.training_memory import saved_for_backward, training_memory
 from copa.models.text import additive_mask, bert_config
 
@@ -110,14 +110,14 @@ def test_batch_search_respects_the_cap_and_the_first_out_of_memory():
     assert largest_batch(lambda b: True, 48) == (48, [1, 2, 4, 8, 16, 32, 48])
     assert largest_batch(lambda b: True, 1) == (1, [1])
     assert largest_batch(lambda b: b <= 5, 64) == (4, [1, 2, 4, 8])
-    on_cpu = _fits_on(torch.device("cpu"), lambda b: pytest.fail("the CPU search must not run batches"))
+    on_cpu = fits_on(torch.device("cpu"), lambda b: pytest.fail("the CPU search must not run batches"))
     assert largest_batch(on_cpu, 16) == (16, [1, 2, 4, 8, 16])
 
     def run(batch: int) -> None:
         if batch > 4:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    assert largest_batch(_fits_on(torch.device("cuda"), run), 64) == (4, [1, 2, 4, 8])
+    assert largest_batch(fits_on(torch.device("cuda"), run), 64) == (4, [1, 2, 4, 8])
     with pytest.raises(RuntimeError, match="batch of one"):
         largest_batch(lambda b: False, 8)
 

@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -233,10 +234,21 @@ def _csv(folder: Path, grid: str, rows: dict[str, dict[str, float]], examples: i
     pd.DataFrame(lines).to_csv(folder / f"{grid}.csv", index=False)
 
 
+def _paired_timing(results: Path, grid: str, seconds: dict[str, float], rounds: int = 15) -> None:
+    """A `copa efficiency --grid` record: each model's seconds per batch in each round, the
+    round's load (shared by all models) times the model's own time."""
+    load = 1 + 0.5 * np.random.default_rng(0).random(rounds)
+    models = {label: {"throughput": {"seconds_per_round": list(base * load)}} for label, base in seconds.items()}
+    path = results / "efficiency" / "paired" / f"{grid}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": {"timing": {"rounds": rounds, "seed": 0}}, "models": models}))
+
+
 def test_claims_verdicts(tmp_path):
     tables = tmp_path / "tables"
     _csv(tables, "table10", {"COPA": {"vqa": 50.0}, "w/o PTA": {"vqa": 45.0}, "w/o TPD": {"vqa": 50.5}, "mPLUG": {"vqa": 50.0}})
-    _csv(tables, "table9", {f"loc {loc}, {r}%": {"gmacs": loc + r / 100, "throughput": 100 - r} for loc in (4, 6, 8) for r in (10, 30, 50, 70)})
+    _csv(tables, "table9", {f"loc {loc}, {r}%": {"gmacs": loc + r / 100} for loc in (4, 6, 8) for r in (10, 30, 50, 70)})
+    _paired_timing(tmp_path, "table9", {f"loc {loc}, {r}%": 0.2 + r / 100 for loc in (4, 6, 8) for r in (10, 30, 50, 70)})
     _csv(tables, "figure3", {"keep 10%": {"memory_mib": 10}, "keep 30%": {"memory_mib": 20}, "keep 50%": {"memory_mib": 30},
                              "keep 70%": {"memory_mib": 40}, "loc 2": {"memory_mib": 20}, "loc 10": {"memory_mib": 40}})
     verdicts = {v.claim.split(".")[0]: v for v in check_claims(Tables(tables))}
@@ -248,10 +260,13 @@ def test_claims_verdicts(tmp_path):
     assert verdicts["5a"].verdict == UNMEASURABLE and verdicts["5b"].measured == "Table 5 missing"
     assert verdicts["6a"].verdict == verdicts["6b"].verdict == UNMEASURABLE and "Figure 5 missing" in verdicts["6a"].measured
     assert verdicts["7a"].verdict == verdicts["7b"].verdict == UNMEASURABLE and verdicts["7a"].measured == "Table 6 missing"
-    _csv(tables, "table6", {"COPA-S": {"vqa": 56.0, "gmacs": 1.0, "throughput": 90.0}, "ViLT": {"vqa": 50.0, "gmacs": 2.0, "throughput": 60.0}})
+    _csv(tables, "table6", {"COPA-S": {"vqa": 56.0, "gmacs": 1.0}, "ViLT": {"vqa": 50.0, "gmacs": 2.0}})
+    _paired_timing(tmp_path, "table6", {"COPA-S": 0.4, "ViLT": 0.6})
     verdicts = {v.claim.split(".")[0]: v for v in check_claims(Tables(tables))}
     assert verdicts["7a"].verdict == HOLDS and verdicts["7b"].verdict == HOLDS  # 6 points over 2,400 questions
-    _csv(tables, "table6", {"COPA-S": {"vqa": 44.0, "gmacs": 1.0, "throughput": 50.0}, "ViLT": {"vqa": 50.0, "gmacs": 2.0, "throughput": 60.0}})
+    assert "throughput speedup 1.500 [1.500, 1.500]" in verdicts["7a"].measured  # the rounds' shared load cancels in the pairs
+    _csv(tables, "table6", {"COPA-S": {"vqa": 44.0, "gmacs": 1.0}, "ViLT": {"vqa": 50.0, "gmacs": 2.0}})
+    _paired_timing(tmp_path, "table6", {"COPA-S": 0.7, "ViLT": 0.6})
     verdicts = {v.claim.split(".")[0]: v for v in check_claims(Tables(tables))}
     assert verdicts["7a"].verdict == FAILS and verdicts["7b"].verdict == FAILS  # slower, and less accurate
     _csv(tables, "table5", {"mPLUG 384": {"vqa": 50.0, "gmacs": 8.0}, "COPA 224": {"vqa": 44.0, "gmacs": 2.0},

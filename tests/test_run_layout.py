@@ -25,7 +25,7 @@ from copa.train.architectures import ARCHITECTURES
 from test_workflow import DVC_STAGE_RULES, REPO, copy_workflow, snakemake
 
 PROFILES = ("demo", "fixture")
-JOB_COUNTS = {"demo": 74, "fixture": 76}  # the DAG this refactoring must keep
+JOB_COUNTS = {"demo": 79, "fixture": 81}  # the DAG: one paired timing per speed table (5) since the paired protocol
 WORKFLOW_PROFILE = {"demo": "default", "fixture": "fixture"}  # profiles/: the one that selects it
 
 
@@ -97,6 +97,7 @@ def _expected(job: dict, layout: RunLayout, data_root: str) -> tuple[list[Path],
         "finetune": lambda: ([layout.finetune_run(run, task, size) / METRICS_FILE], f"finetune/{run}/{task}{size}"),
         "evaluate": lambda: ([layout.finetune_result(run, task, size), layout.finetune_predictions(run, task, size)], f"evaluate/{run}/{task}{size}"),
         "efficiency": lambda: ([layout.efficiency(run, size)], f"efficiency/{run}{size}"),
+        "efficiency_paired": lambda: ([layout.efficiency_paired(grid)], f"efficiency/paired/{grid}"),
         "reference_boxes": lambda: ([layout.reference_boxes, layout.reference_boxes_summary], "reference_boxes"),
         "patch_detection": lambda: ([layout.patch_detection(run)], f"patch_detection/{run}"),
         "figure5": lambda: ([*_files(layout.table("figure5"), *TABLE), *_files(layout.figure("figure5"), *FIGURE)], "figure/figure5"),
@@ -174,6 +175,8 @@ def test_the_rules_pass_what_the_cli_defaults_to(dags, profile):
             measured = argparse.Namespace(run=str(layout.pretrain_run(run)), from_params=False, json=None)
             assert (pretraining.efficiency_output(measured, layout, run) == Path(args.json)) == (job["wildcards"]["size"] == ""), where
             assert pretraining.efficiency_output(_without(args, "json"), layout, run) == layout.efficiency_from_params(run)
+        elif rule == "efficiency_paired":
+            assert pretraining.efficiency_output(_without(args, "json"), layout, args.grid) == Path(args.json), where
         elif rule in ("table", "figure", "figure5"):
             defaults = _without(args, "results", "out", "figure")
             results = report.results_layout(defaults, profile)
@@ -187,7 +190,7 @@ def test_the_rules_pass_what_the_cli_defaults_to(dags, profile):
         elif rule == "figure4":
             assert Path(args.figure) == layout.figure("figure4"), where  # required: no default
         checked.add(rule)
-    assert set(DEFAULTS) | {"pretrain", "patch_detection", "efficiency", "table", "figure", "figure5", "figure4"} <= checked
+    assert set(DEFAULTS) | {"pretrain", "patch_detection", "efficiency", "efficiency_paired", "table", "figure", "figure5", "figure4"} <= checked
 
 
 def test_evaluate_defaults_to_the_size_tagged_result_of_a_size_tagged_run():

@@ -215,13 +215,16 @@ def test_fixture_dag_end_to_end(workdir):
     assert _scheduled(k.stdout) == {"evaluate", "table", "claims", "all"}
     eff = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["efficiency.latency.iterations=5"]')
     assert eff.returncode == 0, eff.stdout
-    assert _scheduled(eff.stdout) == {"efficiency", *REPORT_RULES, "all"}  # the measurement protocol: the measurement and its tables
+    assert _scheduled(eff.stdout) == {"efficiency_paired", "table", "claims", "all"}  # the timing protocol: the tables' timings, not the runs' costs
+    size = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["efficiency.text_length=12"]')
+    assert _scheduled(size.stdout) == {"efficiency", "efficiency_paired", *REPORT_RULES, "all"}  # the protocol's input: both
     # ...the single-stream section, the single-stream runs only (Table 6)...
     single = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["single_stream.itm_swap_probability=0.3"]')
     assert single.returncode == 0, single.stdout
-    assert _scheduled(single.stdout) == {"pretrain", "finetune", "evaluate", "efficiency", "table", "claims", "all"}
+    assert _scheduled(single.stdout) == {"pretrain", "finetune", "evaluate", "efficiency", "efficiency_paired", "table", "claims", "all"}
     rerun = re.findall(r"^    output: (?:runs|results)/fixture/(?:pretrain|finetune|efficiency)/(\S+?)[/.]", single.stdout, flags=re.MULTILINE)
-    assert rerun and all(name.startswith("single-") for name in rerun), rerun
+    assert rerun and all(name.startswith("single-") or name == "paired" for name in rerun), rerun
+    assert re.findall(r"^    output: results/fixture/efficiency/paired/(\w+)\.json", single.stdout, flags=re.MULTILINE) == ["table6"]
     # ...a filtering threshold reruns filtering and what reads its output, not the world...
     threshold = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["filter.near_duplicate.threshold=0.9"]')
     assert threshold.returncode == 0, threshold.stdout
@@ -297,7 +300,7 @@ def test_threads_and_resources_live_in_the_workflow_profiles():
     assert set(profiles["default"]["set-threads"]) == set(profiles["fixture"]["set-threads"])
     assert profiles["default"]["set-resources"] == profiles["fixture"]["set-resources"]
     assert set(profiles["paper"]["set-threads"]) == set(profiles["default"]["set-threads"]) - {"synth"}  # no world to draw
-    assert len(gpu_rules) == 8
+    assert len(gpu_rules) == 9
 
 
 @pytest.mark.parametrize("options, message", [
@@ -340,13 +343,13 @@ def test_pretrain_rule_is_parameterised_by_run(workdir):
 RULE_COMMANDS = {  # the function of the CLI package (src/copa/cli/) behind each rule's `copa` subcommand
     "synth": "cmd_synth", "validate_data": "cmd_validate_data", "filter_annotations": "cmd_filter", "patch_labels": "cmd_patch_labels",
     "encoder_init": "cmd_encoder_init", "pretrain": "cmd_pretrain", "pretrain_eval": "cmd_pretrain_eval", "finetune": "cmd_finetune",
-    "evaluate": "cmd_evaluate", "efficiency": "cmd_efficiency", "reference_boxes": "cmd_reference_boxes",
+    "evaluate": "cmd_evaluate", "efficiency": "cmd_efficiency", "efficiency_paired": "_paired_efficiency", "reference_boxes": "cmd_reference_boxes",
     "patch_detection": "cmd_patch_detection", "figure5": "cmd_figure5", "table": "cmd_table", "figure": "cmd_table",
     "figure4": "cmd_detected_patches", "claims": "cmd_claims",
 }
 DVC_STAGE_RULES = {  # the rules whose jobs each DVC stage's `snakemake` target runs beyond the earlier stages'
     "data": ("synth", "validate_data"), "filter": ("filter_annotations",), "patch_labels": ("patch_labels",),
-    "runs": ("encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency"),
+    "runs": ("encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency", "efficiency_paired"),
     "tables": ("table",), "figures": ("figure",), "figure4": ("figure4",), "figure5": ("reference_boxes", "patch_detection", "figure5"),
     "claims": ("claims",),
 }

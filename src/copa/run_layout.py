@@ -142,6 +142,10 @@ class RunLayout:
         """The costs of run ``run``'s model, at the resolution of size tag ``size``."""
         return self.results / "efficiency" / f"{run}{size}.json"
 
+    def efficiency_paired(self, grid: str) -> Path:
+        """The speed of a grid's models timed together (`copa efficiency --grid`): the paired protocol."""
+        return self.results / "efficiency" / "paired" / f"{grid}.json"
+
     def efficiency_from_params(self, name: str) -> Path:
         """The costs of a model built from the parameters (`copa efficiency --from-params` without --json)."""
         return self.results / "efficiency" / "from-params" / f"{name}.json"

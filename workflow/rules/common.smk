@@ -24,6 +24,7 @@ try:
     PARAMS = load_params(config.get("profile"), config["set"])
     architecture(PARAMS)
     GRIDS = {name: load_grid(name) for name in available_grids()}  # params/grids/: the tables and figures
+    PAIRED_GRIDS = sorted(name for name, grid in GRIDS.items() if "paired" in grid.sources)  # their models timed together
 except ParamsError as exc:  # a user error: one line and exit 2, as `copa` gives (no Snakemake traceback)
     print(f"bad parameters: {exc}", file=sys.stderr)
     sys.exit(2)
@@ -150,6 +151,23 @@ def run_sources(*entries, heads=False):
     of the modules the architecture's entry names (with `heads`, also its downstream heads')."""
     by_name = {a.name: sources(*entries, *code_modules(a), *(head_modules(a.name) if heads else ())) for a in ARCHITECTURES.values()}
     return lambda wildcards: by_name[run_architecture(wildcards).name]
+
+
+def grid_architectures(grid):
+    """The architectures of grid `grid`'s rows (copa.train.architectures), by name."""
+    return [architecture(name) for name in sorted({row.architecture for row in GRIDS[grid].rows})]
+
+
+def paired_sections(grid):
+    """The params sections a grid's paired timing builds its models from: the protocol, the model,
+    and the own sections of its rows' architectures (a single-stream knob reruns Table 6's only)."""
+    return ("efficiency", "model", "patch_labels", *(a.params_section for a in grid_architectures(grid) if a.params_section))
+
+
+def paired_sources(wildcards):
+    """The code a grid's paired timing runs: the measurement, and the modules of its rows' architectures."""
+    return sources("copa.eval.efficiency", "copa.report.grids", "copa.train.distributed",
+                   *(m for arch in grid_architectures(wildcards.grid) for m in code_modules(arch)))
 
 
 def pretrained_files():

@@ -1,5 +1,5 @@
-# Cost of a model, one result per run name: FLOPs, throughput and latency in COPA's Table 4
-# protocol (224 px, 40 text tokens) and the memory of one pretraining step (Figure 3); settings in
+# Cost of a model, one result per run name: FLOPs in COPA's Table 4 protocol (224 px, 40 text
+# tokens) and the memory of one pretraining step (Figure 3); settings in
 # params section `efficiency`, conventions in src/copa/eval/efficiency.py. None of it depends on
 # the weights, so the model is built from the parameters (vocabulary: model.vocab_size) and no
 # pretraining is needed: every cell of a grid gets its cost, trained or not. The memory is measured
@@ -9,12 +9,17 @@
 # or, at another resolution than the protocol's (COPA Table 5's rows, the paper's px in every
 # profile), ...-seed0-384px.json; a run's name starts with its architecture's prefix (COPA Table 6's
 # single-stream models: single-<method>-loc...json).
-# Timings are only as good as the machine is quiet: other jobs running beside this one slow it.
+# Speed (throughput, latency) is measured per table instead (rule efficiency_paired): a table's
+# models timed together, interleaved, each paired with the table's baseline round by round, so that
+# what the machine does meanwhile slows them alike (copa.eval.paired_timing).
 
 # What the memory's pretraining step computes beside the model (rerun triggers, passed on): the ITM
 # encoding of the headline (the record has each), the image ITC contrasts, the ITC queue. Not the
 # training knobs: a learning rate does not change the step.
 MEMORY_STEP_OPTIONS = ("itm_guidance", "itc_image", "queue_size")
+# The efficiency section's timing settings: the paired timing's alone (rule efficiency_paired), not a run's costs.
+TIMING_KEYS = ("throughput", "latency", "timing")
+COST_SECTIONS = tuple(f"efficiency.{k}" for k in ("image_size", "text_length", "memory"))
 
 
 rule efficiency:
@@ -24,10 +29,10 @@ rule efficiency:
         LAYOUT.efficiency(RUN_PATTERN, "{size}"),
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
-        efficiency=section_json("efficiency"),  # rerun triggers: the measurement protocol and the model
+        efficiency=lambda w: json.dumps({k: v for k, v in PARAMS.to_dict()["efficiency"].items() if k not in TIMING_KEYS}, sort_keys=True),  # rerun triggers: the protocol (not its timing) and the model
         model=with_architecture_section(section_json("model")),
         pretrain=lambda w: json.dumps({k: PARAMS.to_dict()["pretrain"][k] for k in MEMORY_STEP_OPTIONS}, sort_keys=True),
-        copa=with_architecture_cli(lambda w: copa_cli("efficiency", "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS))
+        copa=with_architecture_cli(lambda w: copa_cli(*COST_SECTIONS, "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS))
                                    + size_override(w, "efficiency")),
         location=lambda w: f"model.selection.location=[{', '.join(w.location.split('-'))}]",
     log:
@@ -39,4 +44,28 @@ rule efficiency:
     shell:
         "{params.gpu}{params.copa} --set model.selection.method={wildcards.method:q} --set {params.location:q}"
         " --set model.selection.keep_ratio={wildcards.keep:q} --set seed={wildcards.seed:q}"
-        " efficiency --from-params --json {output:q} > {log:q} 2>&1"
+        " efficiency --from-params --no-timing --json {output:q} > {log:q} 2>&1"
+
+
+rule efficiency_paired:
+    # The throughput and latency of a table's models (its grid's rows, each at its resolution),
+    # timed in one job by the paired protocol, with their speedups over the table's baseline row.
+    wildcard_constraints:
+        grid="|".join(PAIRED_GRIDS),
+    input:
+        code=paired_sources,
+    output:
+        LAYOUT.efficiency_paired("{grid}"),
+    params:
+        gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
+        grid=grid_json,  # rerun triggers: the grid's rows, and the sections the models are built from
+        sections=lambda w: json.dumps({s: PARAMS.to_dict()[s] for s in paired_sections(w.grid)}, sort_keys=True),
+        copa=lambda w: copa_cli(*paired_sections(w.grid)),
+    log:
+        LAYOUT.log("efficiency/paired/{grid}"),
+    benchmark:
+        LAYOUT.benchmark("efficiency/paired/{grid}"),
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.gpu}{params.copa} efficiency --grid {wildcards.grid:q} --json {output:q} > {log:q} 2>&1"

@@ -106,6 +106,7 @@ rule claims:
     input:
         tables=[f"{LAYOUT.table(grid)}.csv" for grid in sorted(GRIDS)],
         figure5=[f"{LAYOUT.table('figure5')}.csv"] if PARAMS.model.selection.method == "tpd" else [],  # rule figure5
+        timings=[LAYOUT.efficiency_paired(grid) for grid in PAIRED_GRIDS],  # the speedup claims pair their rounds
         code=sources("copa.report.claims"),  # and the runs' per-question scores, behind the tables
     output:
         markdown=report(str(LAYOUT.claims), caption="../report/claims.rst", category="Claims"),

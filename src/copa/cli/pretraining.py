@@ -122,12 +122,16 @@ def cmd_patch_detection(args: argparse.Namespace) -> int:
 
 
 def efficiency_output(args: argparse.Namespace, layout: RunLayout, name: str) -> Path:
-    """`copa efficiency`'s result JSON for the model ``name`` (a run folder's name, or with
-    --from-params the run name of the parameters) in ``layout``, its profile's."""
+    """`copa efficiency`'s result JSON for ``name`` (a run folder's name, with --from-params the
+    run name of the parameters, with --grid the grid's) in ``layout``, its profile's."""
+    if getattr(args, "grid", None):
+        return path_or(args.json, layout.efficiency_paired(name))
     return path_or(args.json, layout.efficiency_from_params(name) if args.from_params else layout.efficiency(name))
 
 
 def cmd_efficiency(args: argparse.Namespace) -> int:
+    if args.grid:
+        return _paired_efficiency(args)
     import time
 
     from copa.data.tokenizer import load_tokenizer
@@ -158,12 +162,44 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise CommandError(exc) from exc
     start = time.perf_counter()
-    record = measure_efficiency(params, vocab_size, settings, device)
+    parts = ("flops", "memory") if args.no_timing else ("flops", "speed", "memory")
+    record = measure_efficiency(params, vocab_size, settings, device, parts)
     record = {"name": name, "profile": params.profile, **source, **record, "wall_s": time.perf_counter() - start}
     out = efficiency_output(args, RunLayout(params.profile), name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"efficiency {name} ({device}): {summary_line(record)} -> {out}")
+    return 0
+
+
+def _paired_efficiency(args: argparse.Namespace) -> int:
+    """`copa efficiency --grid`: the speed of a grid's models, timed together (the paired protocol)."""
+    import time
+
+    from copa.eval.efficiency import measure_paired_speed
+    from copa.report.grids import load_grid, row_cost_overrides
+    from copa.train.distributed import resolve_device
+
+    params = profile_params(args)
+    grid = load_grid(args.grid, args.params_dir)
+    if grid.baseline is None:
+        raise CommandError(f"grid {args.grid}: no baseline row to pair the speedups with (its key 'baseline')")
+    models = {row.label: load_params(params.profile, [*args.set, *row_cost_overrides(row, params)], args.params_dir) for row in grid.rows}
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as exc:
+        raise CommandError(exc) from exc
+    start = time.perf_counter()
+    record = measure_paired_speed(models, params.model.vocab_size, device, grid.baseline)
+    record = {"grid": args.grid, "profile": params.profile, "overrides": list(args.set), **record, "wall_s": time.perf_counter() - start}
+    out = efficiency_output(args, RunLayout(params.profile), args.grid)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    for label, model in record["models"].items():
+        t, up = model["throughput"], model["speedup"]["throughput"]
+        print(f"{label}: {t['pairs_per_s']:.1f} pairs/s (IQR {t['pairs_per_s_iqr'][0]:.1f}-{t['pairs_per_s_iqr'][1]:.1f}), "
+              f"speedup over {grid.baseline} {up['estimate']:.3f} [{up['low']:.3f}, {up['high']:.3f}]")
+    print(f"efficiency of grid {args.grid} ({device}, {len(models)} models, {record['settings']['timing']['rounds']} rounds) -> {out}")
     return 0
 
 
@@ -213,6 +249,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", help="a pretraining run folder (copa pretrain --out): its model and vocabulary size")
     which.add_argument("--from-params", action="store_true", help="the model of --profile / --set instead (vocabulary: model.vocab_size)")
-    p.add_argument("--json", help=f"result JSON (default: {layout.efficiency('<run>')}; {layout.efficiency_from_params('<name>')} with --from-params)")
+    which.add_argument("--grid", help="a grid of params/grids/ (a table): its rows' models timed together, throughput, latency and "
+                                      "paired speedups over its baseline row (copa.eval.paired_timing); no FLOPs or memory")
+    p.add_argument("--no-timing", action="store_true", help="FLOPs and memory only (the workflow times a table's models together: --grid)")
+    p.add_argument("--json", help=f"result JSON (default: {layout.efficiency('<run>')}; {layout.efficiency_from_params('<name>')} with "
+                                  f"--from-params; {layout.efficiency_paired('<grid>')} with --grid)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s: CUDA when available)")
     p.set_defaults(func=cmd_efficiency)

@@ -51,6 +51,7 @@ from copa.config.params import (
     CiderFinetuneParams,
     DecodingParams,
     EfficiencyParams,
+    MIN_TIMING_ROUNDS,
     EncoderInitParams,
     EvaluateParams,
     FinetuneParams,
@@ -70,6 +71,7 @@ from copa.config.params import (
     SelectionParams,
     SingleStreamParams,
     ThroughputParams,
+    TimingParams,
     TrainingMemoryParams,
     VQAEvalParams,
     VQAFinetuneParams,
@@ -89,10 +91,10 @@ __all__ = [
     "SelectionMethod", "vqa_image_size",
     # the tree: sections
     "CaptioningEvalParams", "CaptioningFinetuneParams", "CiderFinetuneParams", "DataParams", "DecodingParams",
-    "DefectRates", "EfficiencyParams", "EncoderInitParams", "EvaluateParams", "FilterParams", "FinetuneParams",
+    "DefectRates", "EfficiencyParams", "MIN_TIMING_ROUNDS", "EncoderInitParams", "EvaluateParams", "FilterParams", "FinetuneParams",
     "FinetuneSchedule", "GroundingEvalParams", "GroundingFinetuneParams", "KarpathySizes", "LatencyParams",
     "LossWeights", "ModelParams", "NearDuplicateParams", "OracleBoxNoise", "PatchLabelParams", "PretrainParams",
     "ReferenceBoxesParams", "ReportParams", "RetrievalEvalParams", "RetrievalFinetuneParams", "SelectionParams",
-    "SingleStreamParams", "SynthParams", "SynthSplitSizes", "ThroughputParams", "TrainingMemoryParams",
+    "SingleStreamParams", "SynthParams", "SynthSplitSizes", "ThroughputParams", "TimingParams", "TrainingMemoryParams",
     "VQAEvalParams", "VQAFinetuneParams", "WarmUpParams", "XVLMSource",
 ]

@@ -243,17 +243,31 @@ class EvaluateParams:
     grounding: GroundingEvalParams
 
 
+# The paired timing protocol's floor (copa.eval.paired_timing): fewer rounds give its bootstrap
+# interval of a speedup too few distinct resamples to trust.
+MIN_TIMING_ROUNDS = 15
+
+
 @dataclass(frozen=True)
 class ThroughputParams:
     max_batch: PositiveInt  # the batch doubles from 1 up to this cap, or to the last one that fits on a GPU
-    warmup: Count  # untimed forwards first
-    iterations: PositiveInt  # timed forwards
+    warmup: Count  # untimed forwards of each model first
+    iterations: PositiveInt  # timed forwards of each model per round
 
 
 @dataclass(frozen=True)
 class LatencyParams:
     warmup: Count
-    iterations: PositiveInt  # timed batch-1 forwards; the median is reported
+    iterations: PositiveInt  # timed batch-1 forwards of each model per round
+
+
+@dataclass(frozen=True)
+class TimingParams:
+    """The paired timing protocol (copa.eval.paired_timing): the models of a table timed in one
+    process, interleaved round by round; the speedups' bootstrap over the rounds."""
+
+    rounds: Annotated[int, Range(ge=MIN_TIMING_ROUNDS)]
+    seed: Seed  # of the bootstrap's draws of rounds
 
 
 @dataclass(frozen=True)
@@ -277,6 +291,7 @@ class EfficiencyParams:
     text_length: PositiveInt
     throughput: ThroughputParams
     latency: LatencyParams
+    timing: TimingParams
     memory: TrainingMemoryParams
 
 

@@ -13,8 +13,12 @@ Conventions (``CONVENTIONS`` below is written into every record):
   likely MACs.
 - **Throughput**: image-text pairs/s of the same forward (eval mode, no grad, float32) at the
   largest batch found by doubling from 1 up to ``max_batch`` (on a GPU also stopping at the first
-  out-of-memory; on a CPU the cap decides), after warm-up forwards.
-- **Latency**: the median wall time of batch-1 forwards, in ms, after warm-up.
+  out-of-memory; on a CPU the cap decides), after warm-up forwards: the batch over the median
+  seconds per batch of the timing rounds (``efficiency.timing``).
+- **Latency**: the median wall time of batch-1 forwards over the rounds, in ms, after warm-up.
+- **Speed of a table's models** (``measure_paired_speed``): all in one process, timed in the same
+  interleaved rounds (``copa.eval.paired_timing``), each one's speedup over the table's baseline
+  paired round by round, with its bootstrap interval. A model timed alone gets the same rounds.
 - **Training memory** (Figure 3): one step of the architecture's pretraining module (forward +
   backward, no optimiser state, train mode, the detector on as after the warm-up) on a synthetic
   batch (dual-stream ``CopaPretraining``, single-stream ``SingleStreamPretraining``). Dual-stream
@@ -38,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +51,8 @@ import torch
 from copa.config import EfficiencyParams, Params
 from copa.eval.cost_inputs import pair_inputs, protocol_model
 from copa.eval.flops import forward_flops
-from copa.eval.timing import throughput_and_latency
+from copa.eval.paired_timing import paired_speedup
+from copa.eval.timing import TimedModel, throughput_and_latency
 from copa.eval.training_memory import MIB, training_memory
 from copa.train.architectures import architecture
 
@@ -55,14 +61,20 @@ FLOPS_CONVENTION = ("torch.utils.flop_counter over one image-text pair's forward
                     "attention (sdpa) counted, norms / softmax / activations not; GFLOPs = 2 x GMACs")
 CONVENTIONS = {
     "throughput": "image-text pairs/s of the same forward (eval, no grad, float32) at the largest batch of the "
-                  "doubling search (cap max_batch; on a GPU also the first out-of-memory), after warm-up",
-    "latency": "median ms of batch-1 forwards, after warm-up",
+                  "doubling search (cap max_batch; on a GPU also the first out-of-memory), after warm-up: the batch over "
+                  "the median seconds per batch of the timing rounds",
+    "latency": "median ms of batch-1 forwards over the timing rounds, after warm-up",
     "training_memory": "one step of the architecture's pretraining module (forward + backward, no optimiser state, "
                        "detector on) on a synthetic batch: bytes of the unique storages autograd saves for backward, "
                        "parameters and buffers excluded; on a GPU also torch.cuda.max_memory_allocated of the step; "
                        "dual-stream: under the run's ITM encoding (itm_guidance), and under each encoding in by_itm_guidance",
     "weights": "fresh seeded initialisation at the protocol sizes (costs do not depend on weight values)",
 }
+
+PAIRED_CONVENTION = ("the models of one table timed in one process on the same input (each at its own image size), "
+                     "after a warm-up of each, in interleaved rounds (the order rotated each round): per model the "
+                     "median and interquartile range over the rounds; its speedup over the baseline is the median of the "
+                     "per-round ratios baseline time / its time, with a percentile bootstrap interval over the rounds")
 
 GIGA = 1e9
 
@@ -111,11 +123,45 @@ def measure_efficiency(params: Params, vocab_size: int, settings: EfficiencyPara
             "gflops": {k: v / GIGA for k, v in flops.items()},
         }
     if "speed" in parts:
-        record.update(throughput_and_latency(model, settings, vocab_size, device, forward))
+        record.update(throughput_and_latency({"model": TimedModel(model, forward, settings.image_size)}, settings, vocab_size,
+                                             device)["model"])
     del model
     if "memory" in parts:
         record["training_memory"] = training_memory(params, vocab_size, settings, device)
     return record
+
+
+def measure_paired_speed(models: Mapping[str, Params], vocab_size: int, device: torch.device | str, baseline: str) -> dict:
+    """Throughput and latency of the models ``models`` describe (name -> params; a table's rows,
+    each at its own ``efficiency.image_size``), timed together by the paired protocol
+    (``copa.eval.paired_timing``), and each one's paired speedup over ``baseline`` (a name of
+    ``models``), throughput and latency, with its bootstrap interval over the rounds."""
+    if baseline not in models:
+        raise ValueError(f"baseline {baseline!r} is none of the models: {', '.join(models)}")
+    device = torch.device(device)
+    shared = {dataclasses.replace(p.efficiency, image_size=0) for p in models.values()}
+    if len(shared) != 1:
+        raise ValueError("the models of one paired timing differ in efficiency settings other than image_size")
+    settings = next(iter(models.values())).efficiency
+    timed, described = {}, {}
+    for name, params in models.items():
+        model, forward, described[name] = protocol_model(params, vocab_size, params.efficiency)
+        timed[name] = TimedModel(model.to(device).eval(), forward, params.efficiency.image_size)
+    speeds = throughput_and_latency(timed, settings, vocab_size, device)
+    rounds = settings.timing
+    for name, speed in speeds.items():
+        speed["model"] = described[name]
+        speed["speedup"] = {
+            part: paired_speedup(speeds[baseline][part]["seconds_per_round"], speed[part]["seconds_per_round"], seed=rounds.seed)
+            for part in ("throughput", "latency")
+        }
+    return {
+        "conventions": {"speed": PAIRED_CONVENTION, **{k: CONVENTIONS[k] for k in ("throughput", "latency", "weights")}},
+        "device": device_info(device),
+        "settings": {k: dataclasses.asdict(getattr(settings, k)) for k in ("throughput", "latency", "timing")},
+        "baseline": baseline,
+        "models": speeds,
+    }
 
 
 def summary_line(record: dict) -> str:

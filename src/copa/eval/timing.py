@@ -1,12 +1,12 @@
 """Timing of the protocol's forward (conventions: ``copa.eval.efficiency``): throughput at the
-largest batch of a doubling search, and batch-1 latency."""
+largest batch of a doubling search, and batch-1 latency, of one model or of a table's models
+together (the paired protocol of ``copa.eval.paired_timing``)."""
 
 from __future__ import annotations
 
 import gc
-import statistics
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,27 +14,7 @@ from torch import Tensor, nn
 
 from copa.config import EfficiencyParams
 from copa.eval.cost_inputs import pair_inputs
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device, warmup: int, iterations: int) -> list[float]:
-    """Seconds of each of ``iterations`` calls of ``fn`` after ``warmup`` untimed ones."""
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    for _ in range(warmup):
-        fn()
-    _synchronize(device)
-    seconds = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+from copa.eval.paired_timing import interleaved_rounds, spread
 
 
 def largest_batch(fits: Callable[[int], bool], max_batch: int) -> tuple[int, list[int]]:
@@ -55,7 +35,7 @@ def largest_batch(fits: Callable[[int], bool], max_batch: int) -> tuple[int, lis
     return batch, tried
 
 
-def _fits_on(device: torch.device, run: Callable[[int], Any]) -> Callable[[int], bool]:
+def fits_on(device: torch.device, run: Callable[[int], Any]) -> Callable[[int], bool]:
     """On a GPU: ``run(batch)`` completes without running out of memory; on a CPU: always (the cap decides)."""
     if device.type != "cuda":
         return lambda batch: True
@@ -73,29 +53,50 @@ def _fits_on(device: torch.device, run: Callable[[int], Any]) -> Callable[[int],
     return fits
 
 
-def throughput_and_latency(model: nn.Module, settings: EfficiencyParams, vocab_size: int, device: torch.device,
-                           model_forward: Callable) -> dict:
-    """Pairs/s at the largest batch of the search, and batch-1 latency (ms), of ``model_forward``."""
-    size, length, t, lat = settings.image_size, settings.text_length, settings.throughput, settings.latency
+@dataclass(frozen=True)
+class TimedModel:
+    """A model whose speed is measured: the module, its architecture's ``cost_forward`` and the
+    image size of its protocol."""
 
-    def forward(inputs: tuple[Tensor, Tensor, Tensor]) -> Callable[[], Tensor]:
-        return lambda: model_forward(model, *inputs)
+    model: nn.Module
+    forward: Callable
+    image_size: int
+
+
+def throughput_and_latency(models: Mapping[str, TimedModel], settings: EfficiencyParams, vocab_size: int,
+                           device: torch.device) -> dict[str, dict]:
+    """Per model (name -> record): pairs/s at one batch for all (the largest of the doubling search
+    that fits every model) and batch-1 latency (ms), by the paired protocol of
+    ``copa.eval.paired_timing``: every model in the same rounds, on the same input (at its own
+    image size), with each round's seconds kept for paired speedups."""
+    length, t, lat, rounds = settings.text_length, settings.throughput, settings.latency, settings.timing.rounds
+
+    def call(name: str, batch: int) -> Callable[[], Tensor]:
+        timed, inputs = models[name], pair_inputs(batch, models[name].image_size, length, vocab_size, device)
+        return lambda: timed.forward(timed.model, *inputs)
 
     with torch.no_grad():
-        batch, tried = largest_batch(_fits_on(device, lambda b: forward(pair_inputs(b, size, length, vocab_size, device))()),
-                                     t.max_batch)
-        seconds = timed(forward(pair_inputs(batch, size, length, vocab_size, device)), device, t.warmup, t.iterations)
-        single = timed(forward(pair_inputs(1, size, length, vocab_size, device)), device, lat.warmup, lat.iterations)
-    return {
-        "throughput": {
-            "image_size": size, "text_length": length, "batch": batch, "batches_tried": tried,
-            "stopped_by": "max_batch" if batch == t.max_batch else "out_of_memory",
-            "warmup": t.warmup, "iterations": t.iterations,
-            "pairs_per_s": batch * len(seconds) / sum(seconds),
-            "median_s_per_batch": statistics.median(seconds),
-        },
-        "latency": {
-            "image_size": size, "text_length": length, "batch": 1, "warmup": lat.warmup, "iterations": lat.iterations,
-            "median_ms": 1000 * statistics.median(single), "min_ms": 1000 * min(single), "max_ms": 1000 * max(single),
-        },
-    }
+        searches = {name: largest_batch(fits_on(device, lambda b, name=name: call(name, b)()), t.max_batch) for name in models}
+        batch = min(found for found, _ in searches.values())
+        throughput = interleaved_rounds({name: call(name, batch) for name in models}, device, t.warmup, rounds, t.iterations)
+        latency = interleaved_rounds({name: call(name, 1) for name in models}, device, lat.warmup, rounds, lat.iterations)
+    out = {}
+    for name, timed in models.items():
+        per_batch, single = spread(throughput[name]), spread(latency[name])
+        common = {"image_size": timed.image_size, "text_length": length, "rounds": rounds}
+        out[name] = {
+            "throughput": {
+                **common, "batch": batch, "batches_tried": searches[name][1],
+                "stopped_by": "max_batch" if batch == t.max_batch else "out_of_memory",
+                "warmup": t.warmup, "iterations_per_round": t.iterations,
+                "pairs_per_s": batch / per_batch["median"],
+                "pairs_per_s_iqr": [batch / per_batch["q3"], batch / per_batch["q1"]],
+                "seconds_per_round": throughput[name],
+            },
+            "latency": {
+                **common, "batch": 1, "warmup": lat.warmup, "iterations_per_round": lat.iterations,
+                "median_ms": 1000 * single["median"], "iqr_ms": [1000 * single["q1"], 1000 * single["q3"]],
+                "seconds_per_round": latency[name],
+            },
+        }
+    return out

@@ -20,7 +20,7 @@ from copa.train.architectures import Architecture, architecture, resolve
 MIB = 2**20
 
 
-class _Vocabulary:
+class SizedVocabulary:
     """What ``build_pretraining`` reads of a tokenizer, for ``vocab_size`` ids in the project's
     WordPiece layout ([PAD]=0 ... [MASK]=4): costs do not depend on which ids are special."""
 
@@ -113,7 +113,7 @@ def _step_memory(arch: Architecture, params: Params, vocab_size: int, batch: dic
     the memory of its step on ``batch`` with the detector on, as after the warm-up: the TPD selects
     for most of the run)."""
     torch.manual_seed(params.seed)
-    model = resolve(arch.build_pretraining)(params, _Vocabulary(vocab_size)).to(device).train()
+    model = resolve(arch.build_pretraining)(params, SizedVocabulary(vocab_size)).to(device).train()
     model.detector_on.fill_(True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     state = [p for p in model.parameters() if not p.requires_grad] + list(model.buffers())

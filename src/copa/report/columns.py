@@ -1,7 +1,9 @@
 """The columns tables and figures can show: where each value is read from and how it is printed.
 
-``source`` is a fine-tuning task (its result JSON: results/<profile>/finetune/<run>/<task>.json)
-or ``efficiency`` (results/<profile>/efficiency/<run>.json); ``paths`` are keys into that JSON,
+``source`` is a fine-tuning task (its result JSON: results/<profile>/finetune/<run>/<task>.json),
+``efficiency`` (results/<profile>/efficiency/<run>.json: FLOPs, memory) or ``paired`` (the speed
+of the grid's models timed together, results/<profile>/efficiency/paired/<grid>.json: the row's
+entry, with its paired ``speedup`` over the grid's baseline row); ``paths`` are keys into that JSON,
 the first one present wins (training memory: the GPU allocator's peak where measured on a GPU,
 the bytes autograd saves on CPU; ``memory_mib`` under the run's ITM encoding,
 ``memory_mib_<encoding>`` under each of ``pretrain.itm_guidance``'s). Captioning scores are
@@ -24,13 +26,14 @@ from typing import Any, Sequence
 from copa.config import ITM_GUIDANCES
 
 PERCENT = 100.0  # per-example scores are fractions; the columns that keep them are percentages
+COST_SOURCES = ("efficiency", "paired")  # the sources measured for every row, trained or not (no fine-tuning)
 CONSISTENCY = 1e-3  # points: per-example scores must average to the result's own value (rounding aside)
 
 
 @dataclass(frozen=True)
 class Column:
     header: str
-    source: str  # a task of copa.tasks.registry, or "efficiency"
+    source: str  # a task of copa.tasks.registry, "efficiency" or "paired"
     paths: tuple[tuple[str, ...], ...]
     scale: float = 1.0
     digits: int = 1
@@ -38,6 +41,7 @@ class Column:
     count: tuple[str, ...] | None = None  # where the JSON says how many examples the value averages
     per_example: tuple[str, ...] | None = None  # where the JSON maps each example's id to its score (0-1)
     in_paper: bool = True  # the papers report it: tables show the paper's value beside (controls: not)
+    speedup: tuple[str, ...] | None = None  # where a "paired" record keeps the row's speedup over the baseline row
 
     def value(self, record: dict[str, Any]) -> float | None:
         """The column's value in ``record`` (the source's JSON); None where it was not measured
@@ -47,6 +51,11 @@ class Column:
             if node is not _MISSING:
                 return None if node is None else float(node) * self.scale
         return None
+
+    def speedup_of(self, record: dict[str, Any]) -> dict[str, float] | None:
+        """The row's paired speedup over the baseline row (estimate, low, high) in a "paired" record."""
+        node = _lookup(record, self.speedup) if self.speedup else _MISSING
+        return None if node is _MISSING else node
 
     def examples(self, record: dict[str, Any]) -> int | None:
         """How many test examples the value is a mean over (accuracies), for its standard error."""
@@ -113,8 +122,8 @@ COLUMNS: dict[str, Column] = {
     "vqa_swapped": Column("VQA accuracy, images swapped within question type", "vqa", (("controls", "swapped_image", "overall"),),
                           digits=2, count=("questions",), in_paper=False),
     "gmacs": Column("FLOPs (GMACs)", "efficiency", (("flops", "gmacs", "total"),), digits=3, higher_is_better=False),
-    "throughput": Column("throughput (pairs/s)", "efficiency", (("throughput", "pairs_per_s"),)),
-    "latency_ms": Column("latency (ms)", "efficiency", (("latency", "median_ms"),), higher_is_better=False),
+    "throughput": Column("throughput (pairs/s)", "paired", (("throughput", "pairs_per_s"),), speedup=("speedup", "throughput")),
+    "latency_ms": Column("latency (ms)", "paired", (("latency", "median_ms"),), higher_is_better=False, speedup=("speedup", "latency")),
     "memory_mib": _memory(f"{MEMORY_HEADER}, the run's ITM encoding", "training_memory"),
     **{memory_column(encoding): _memory(f"{MEMORY_HEADER}, ITM {encoding}", "training_memory", "by_itm_guidance", encoding,
                                         in_paper=False) for encoding in ITM_GUIDANCES},

@@ -46,7 +46,7 @@ import yaml
 
 from copa.config import (DEFAULT_PARAMS_DIR, KeepRatio, ParamsError, Params, SelectionMethod, available_profiles, validated_record,
                          vqa_image_size)
-from copa.report.columns import COLUMNS, CONTROLS, with_controls
+from copa.report.columns import COLUMNS, CONTROLS, COST_SOURCES, with_controls
 from copa.run_layout import RunLayout, size_tag
 from copa.train.architectures import architecture
 
@@ -94,9 +94,14 @@ class Grid:
         return [r for r in self.rows if r.label in labels]
 
     @property
+    def sources(self) -> set[str]:
+        """Where the grid's columns are read from (copa.report.columns: tasks, efficiency, paired)."""
+        return {COLUMNS[c].source for c in self.columns}
+
+    @property
     def tasks(self) -> list[str]:
         """The fine-tuning tasks a trained row needs for the grid's columns."""
-        return sorted({COLUMNS[c].source for c in self.columns} - {"efficiency"})
+        return sorted(self.sources - set(COST_SOURCES))
 
 
 def grid_path(name: str, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> Path:
@@ -161,7 +166,7 @@ def _check(grid: Grid, path: Path) -> None:
         if unknown:
             raise ParamsError(f"{path}: row {row.label!r}: 'paper' names columns the grid does not have: {', '.join(unknown)}")
     for i, row in enumerate(grid.rows):
-        other_tasks = sorted({COLUMNS[c].source for c in grid.columns} - {"efficiency", "vqa"})  # resolution: VQA only
+        other_tasks = sorted({COLUMNS[c].source for c in grid.columns} - {*COST_SOURCES, "vqa"})  # resolution: VQA only
         if row.resolution is not None and (row.resolution <= 0 or other_tasks):
             raise ParamsError(f"{path}: key 'rows[{i}].resolution' must be a positive px count, for grids whose only "
                               f"fine-tuned column is VQA; got {row.resolution} with {', '.join(other_tasks) or 'VQA'}")
@@ -191,12 +196,28 @@ def run_name(method: str, location: tuple[int, ...] | list[int], keep: float, se
     return f"{architecture(arch).run_prefix}{method}-loc{'-'.join(str(k) for k in location)}-keep{keep}-seed{seed}"
 
 
+def _row_selection_in_profile(row: GridRow, params: Params) -> tuple[list[int], float]:
+    """(detection location in the profile's layers, keeping ratio) of ``row``'s model."""
+    if row.method == "none":  # nothing selected: one model whatever the row says
+        return list(params.model.selection.location), 1.0
+    return [profile_location(k, params.model.vision_depth) for k in row.location], row.keep
+
+
 def row_run(row: GridRow, params: Params, seed: int) -> str:
     """The run of ``row`` in the profile of ``params``."""
-    if row.method == "none":  # nothing selected: one run whatever the row says
-        return run_name("none", params.model.selection.location, 1.0, seed, row.architecture)
-    depth = params.model.vision_depth
-    return run_name(row.method, [profile_location(k, depth) for k in row.location], row.keep, seed, row.architecture)
+    location, keep = _row_selection_in_profile(row, params)
+    return run_name(row.method, location, keep, seed, row.architecture)
+
+
+def row_cost_overrides(row: GridRow, params: Params) -> list[str]:
+    """The ``--set`` overrides that turn the profile's params into ``row``'s model at its cost
+    protocol's resolution: what the efficiency rule sets from the row's run name."""
+    location, keep = _row_selection_in_profile(row, params)
+    sets = [f"architecture={row.architecture}", f"model.selection.method={row.method}", f"model.selection.location={location}",
+            f"model.selection.keep_ratio={keep}"]
+    if row.resolution is not None:
+        sets.append(f"efficiency.image_size={profile_resolution(row.resolution, params, 'efficiency')}")
+    return sets
 
 
 def row_selection(row: GridRow, depth: int = PAPER_DEPTH) -> tuple[str, str]:
@@ -226,6 +247,11 @@ def result_path(results: Path, source: str, run: str, image_size: int | None = N
     if source == "efficiency":
         return layout.efficiency(run, size_tag(image_size))
     return layout.finetune_result(run, source, size_tag(image_size))
+
+
+def paired_result(results: Path, grid: str) -> Path:
+    """Where the workflow writes the speed of grid ``grid``'s models, timed together, in the results folder ``results``."""
+    return RunLayout(results.name, results).efficiency_paired(grid)
 
 
 def row_result(row: GridRow, source: str, params: Params, results: Path, seed: int) -> Path:

@@ -11,6 +11,12 @@ In a grid with a ``baseline`` row, each column whose results keep per-example sc
 questions, retrieval queries, grounding expressions) is followed by every row's paired difference
 to the baseline row, in points, with its 95% interval: a paired bootstrap over the test examples
 both rows were scored on (copa.eval.paired; the per-example scores averaged over the seeds).
+
+Throughput and latency come from the grid's models timed together (``copa efficiency --grid``,
+copa.eval.paired_timing): each is the median over the timing rounds with its interquartile
+range, followed, in a grid with a baseline, by the row's paired speedup over the baseline row with
+its 95% bootstrap interval, and by that speedup over the FLOP ratio (baseline GMACs / the row's):
+1 where the time falls exactly as the counted FLOPs do.
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ import pandas as pd
 
 from copa.config import Params
 from copa.eval.paired import LEVEL, RESAMPLES, PairedDifference, paired_bootstrap
-from copa.report.columns import COLUMNS, PERCENT
-from copa.report.grids import (PAPER_PRETRAIN_SIZE, PAPER_PROTOCOL_SIZE, Grid, GridRow, profile_resolution, row_result, row_run,
-                               row_selection)
+from copa.report.columns import COLUMNS, COST_SOURCES, PERCENT
+from copa.report.grids import (PAPER_PRETRAIN_SIZE, PAPER_PROTOCOL_SIZE, Grid, GridRow, paired_result, profile_resolution, row_result,
+                               row_run, row_selection)
 
 NOT_TRAINED = "not trained"
 NOT_MEASURED = "not measured"  # (not "n/a": pandas reads that back as NaN)
@@ -37,16 +43,37 @@ BASELINE = "baseline"
 SUFFIXES = (".csv", ".md", ".tex", ".json")
 
 
+def _row_sources(grid: Grid) -> list[str]:
+    """The per-row result sources of the grid's columns (a speedup's FLOP ratio reads the rows' costs)."""
+    return sorted((grid.sources | ({"efficiency"} if speedup_columns(grid) else set())) - {"paired"})
+
+
 def grid_inputs(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> list[Path]:
     """Every result file the table of ``grid`` reads in the profile of ``params``."""
     trained = grid.trained[params.profile]
-    paths = []
+    paths = [paired_result(results, grid.name)] if "paired" in grid.sources else []
     for row in grid.rows:
         for seed in seeds:
-            for source in sorted({COLUMNS[c].source for c in grid.columns}):
+            for source in _row_sources(grid):
                 if source == "efficiency" or row.label in trained:
                     paths.append(row_result(row, source, params, results, seed))
     return sorted(set(paths))
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """A row's paired speedup over the baseline row, with its interval, and the same over the FLOP ratio."""
+
+    estimate: float
+    low: float
+    high: float
+    per_flop: tuple[float, float, float] | None  # (estimate, low, high) / (baseline GMACs / the row's)
+
+    def text(self) -> str:
+        return f"{self.estimate:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+    def per_flop_text(self) -> str:
+        return NOT_MEASURED if self.per_flop is None else "{:.3f} [{:.3f}, {:.3f}]".format(*self.per_flop)
 
 
 @dataclass(frozen=True)
@@ -59,10 +86,14 @@ class Cell:
     status: str = ""  # "" measured, NOT_TRAINED, NOT_MEASURED
     examples: int | None = None  # test examples behind each value (accuracies)
     difference: PairedDifference | None = None  # to the grid's baseline row, in points, paired over the same examples
+    iqr: tuple[float, float] | None = None  # a timing's interquartile range over its rounds
+    speedup: Speedup | None = None  # a timing's, over the grid's baseline row
 
     def text(self, digits: int) -> str:
         if self.status:
             return self.status
+        if self.iqr is not None:
+            return f"{self.mean:.{digits}f} (IQR {self.iqr[0]:.{digits}f}-{self.iqr[1]:.{digits}f})"
         if self.std is None:
             return f"{self.mean:.{digits}f}"
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
@@ -90,6 +121,24 @@ def paired_columns(grid: Grid) -> list[str]:
     return [name for name in grid.columns if grid.baseline and COLUMNS[name].per_example]
 
 
+def speedup_columns(grid: Grid) -> list[str]:
+    """The grid's timing columns that get each row's paired speedup over its baseline row."""
+    return [name for name in grid.columns if grid.baseline and COLUMNS[name].speedup]
+
+
+def _timing_cell(column_name: str, model: dict, flop_ratio: float | None) -> Cell:
+    """A timing column's cell from the row's entry of the paired record: median, IQR, speedup."""
+    column = COLUMNS[column_name]
+    value, part = column.value(model), column.paths[0][0]
+    iqr = model[part].get("pairs_per_s_iqr" if part == "throughput" else "iqr_ms")
+    speed = column.speedup_of(model)
+    speedup = None
+    if speed is not None:
+        per_flop = None if flop_ratio is None else tuple(speed[k] / flop_ratio for k in ("estimate", "low", "high"))
+        speedup = Speedup(speed["estimate"], speed["low"], speed["high"], per_flop)
+    return Cell(value, None, 1, iqr=None if iqr is None else (min(iqr), max(iqr)), speedup=speedup)
+
+
 def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> tuple[dict[str, dict[str, Cell]], list[str]]:
     """(label -> column -> Cell for the grid's rows in the profile of ``params``, with the paired
     differences to the baseline row; the devices the efficiency columns were measured on: one,
@@ -104,11 +153,21 @@ def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> 
 
     out: dict[str, dict[str, Cell]] = {}
     scores: dict[str, dict[str, dict[str, float] | None]] = {}  # label -> paired column -> example id -> score
+    gmacs = COLUMNS["gmacs"]
+    base = next((r for r in grid.rows if r.label == grid.baseline), None)
+    base_gmacs = gmacs.value(record(row_result(base, "efficiency", params, results, seeds[0]))) if speedup_columns(grid) else None
     for row in grid.rows:
         cells = {}
         for name in grid.columns:
             column = COLUMNS[name]
-            if column.source != "efficiency" and row.label not in trained:
+            if column.source == "paired":
+                path = paired_result(results, grid.name)
+                if row.label not in record(path).get("models", {}):
+                    raise ValueError(f"{path}: no timing of row {row.label!r} (rerun `copa efficiency --grid {grid.name}`)")
+                row_gmacs = gmacs.value(record(row_result(row, "efficiency", params, results, seeds[0]))) if base_gmacs else None
+                cells[name] = _timing_cell(name, record(path)["models"][row.label], base_gmacs / row_gmacs if row_gmacs else None)
+                continue
+            if column.source not in COST_SOURCES and row.label not in trained:
                 cells[name] = Cell(None, None, 0, NOT_TRAINED)
                 continue
             read = [(path, record(path)) for path in (row_result(row, column.source, params, results, seed) for seed in seeds)]
@@ -122,7 +181,7 @@ def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> 
             if label != grid.baseline and first is not None and second is not None:
                 what = f"{grid.name}: rows {label!r} and {grid.baseline!r}, column {name!r}"
                 cells[name] = dataclasses.replace(cells[name], difference=paired_difference(first, second, what))
-    devices = {_device_name(r.get("device", {})) for path, r in records.items() if path.parent.name == "efficiency"}
+    devices = {_device_name(r.get("device", {})) for path, r in records.items() if path.parent.name in ("efficiency", "paired")}
     return out, sorted(devices)
 
 
@@ -147,6 +206,21 @@ def difference_text(grid: Grid, label: str, cell: Cell, digits: int) -> str:
 
 def difference_header(grid: Grid, name: str) -> str:
     return f"{COLUMNS[name].header}: Δ vs {grid.baseline} [{100 * (1 - LEVEL):g}% CI]"
+
+
+def speedup_headers(grid: Grid, name: str) -> list[str]:
+    """The two columns after a timing column: its paired speedup, and that over the FLOP ratio."""
+    what = COLUMNS[name].header.split(" (")[0]
+    return [f"{what}: speedup vs {grid.baseline} [{100 * (1 - LEVEL):g}% CI]", f"{what}: speedup / FLOP ratio"]
+
+
+def speedup_texts(grid: Grid, label: str, cell: Cell) -> list[str]:
+    """A timing column's speedup cells; "baseline" in the baseline's row."""
+    if label == grid.baseline:
+        return [BASELINE, BASELINE]
+    if cell.status or cell.speedup is None:
+        return [cell.status or NOT_MEASURED] * 2
+    return [cell.speedup.text(), cell.speedup.per_flop_text()]
 
 
 def _device_name(info: dict) -> str:
@@ -174,6 +248,14 @@ def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], s
                 d = cell.difference
                 line.update({f"{name}_vs_baseline{part}": None if d is None else getattr(d, field)
                              for part, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))})
+            if cell.iqr is not None:
+                line.update({f"{name}_q1": cell.iqr[0], f"{name}_q3": cell.iqr[1]})
+            if name in speedup_columns(grid):  # over the baseline row: paired by timing round, and over the FLOP ratio
+                up = cell.speedup
+                per_flop = (None, None, None) if up is None or up.per_flop is None else up.per_flop
+                line.update({f"{name}_speedup": None if up is None else up.estimate, f"{name}_speedup_low": None if up is None else up.low,
+                             f"{name}_speedup_high": None if up is None else up.high, f"{name}_speedup_per_flop": per_flop[0],
+                             f"{name}_speedup_per_flop_low": per_flop[1], f"{name}_speedup_per_flop_high": per_flop[2]})
         lines.append(line)
     for ref in grid.reference:
         line = {"row": ref.label, "run": "", "method": "reference", "trained": False}
@@ -201,6 +283,7 @@ def _display(grid: Grid, cells: dict[str, dict[str, Cell]], params: Params) -> t
     for name in grid.columns:
         header += [COLUMNS[name].header] + [f"{COLUMNS[name].header} (paper)"] * COLUMNS[name].in_paper
         header += [difference_header(grid, name)] * (name in paired_columns(grid))
+        header += speedup_headers(grid, name) if name in speedup_columns(grid) else []
     body = []
     for row in (*grid.rows, *grid.reference):
         line = [row.label]
@@ -215,6 +298,8 @@ def _display(grid: Grid, cells: dict[str, dict[str, Cell]], params: Params) -> t
             line += [measured] + ["" if paper is None else f"{paper:g}"] * column.in_paper
             if name in paired_columns(grid):
                 line.append(difference_text(grid, row.label, cells[row.label][name], column.digits) if row.label in cells else "")
+            if name in speedup_columns(grid):
+                line += speedup_texts(grid, row.label, cells[row.label][name]) if row.label in cells else ["", ""]
         body.append(line)
     return header, body
 
@@ -255,7 +340,11 @@ def caption(grid: Grid, note: str, resolutions: str = "") -> str:
     paired = (f" \"Δ vs {grid.baseline}\": each row minus the {grid.baseline} row in points over the same test examples, "
               f"with the {100 * (1 - LEVEL):g}% interval of a paired bootstrap ({RESAMPLES} resamples of the examples, "
               "each drawing both rows' scores; per-example scores averaged over the seeds)." if paired_columns(grid) else "")
-    return (f"{grid.title}. {note}.{mapped}{paired} \"(paper)\" columns: the paper's numbers, for reference only "
+    timed = (" Throughput and latency: the table's models timed together in interleaved rounds, the median over the rounds "
+             f"(IQR); \"speedup vs {grid.baseline}\": the median of the per-round time ratios to the {grid.baseline} row, with "
+             f"the {100 * (1 - LEVEL):g}% interval of a bootstrap over the rounds; \"speedup / FLOP ratio\": that over "
+             f"{grid.baseline}'s GMACs / the row's (1: time falls as the counted FLOPs do)." if speedup_columns(grid) else "")
+    return (f"{grid.title}. {note}.{mapped}{paired}{timed} \"(paper)\" columns: the paper's numbers, for reference only "
             "(its scale, data and hardware)")
 
 
