@@ -30,17 +30,27 @@ def flop_counter_mode() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=extra)
 
 
-def forward_flops(model: nn.Module, images: Tensor, input_ids: Tensor, attention_mask: Tensor, forward: Callable) -> dict[str, int]:
-    """FLOPs (2 x MACs) of ``forward`` (an architecture's ``cost_forward``) per part (e.g. text,
-    vision, fusion) and in total."""
-    counts: dict[str, int] = {}
+def part_flops(model: nn.Module, images: Tensor, input_ids: Tensor, attention_mask: Tensor,
+               forward: Callable) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """FLOPs (2 x MACs) of ``forward`` (an architecture's ``cost_forward``) per part it enters (e.g.
+    text, vision, fusion), and per part by module path (the counter's breakdown)."""
+    totals: dict[str, int] = {}
+    by_module: dict[str, dict[str, int]] = {}
 
     @contextmanager
     def count(name: str) -> Iterator[None]:
         with flop_counter_mode() as counter:
             yield
-        counts[name] = counter.get_total_flops()
+        totals[name] = counter.get_total_flops()
+        by_module[name] = {path: sum(ops.values()) for path, ops in counter.get_flop_counts().items()}
 
     with torch.no_grad():
         forward(model, images, input_ids, attention_mask, count)
-    return {**counts, "total": sum(counts.values())}
+    return totals, by_module
+
+
+def forward_flops(model: nn.Module, images: Tensor, input_ids: Tensor, attention_mask: Tensor, forward: Callable) -> dict[str, int]:
+    """FLOPs (2 x MACs) of ``forward`` (an architecture's ``cost_forward``) per part (e.g. text,
+    vision, fusion) and in total."""
+    totals, _ = part_flops(model, images, input_ids, attention_mask, forward)
+    return {**totals, "total": sum(totals.values())}
