@@ -297,6 +297,7 @@ def test_threads_and_resources_live_in_the_workflow_profiles():
     for name, profile in profiles.items():
         assert set(profile["set-threads"]) <= rules and set(profile["set-resources"]) <= rules, name
         assert {rule for rule, res in profile["set-resources"].items() if "gpu" in res} == (gpu_rules if name == "paper" else set()), name
+        assert gpu_rules <= set(profile["set-threads"]) and gpu_rules <= set(profile["set-resources"]), (name, "a torch rule without its lines")
     assert set(profiles["default"]["set-threads"]) == set(profiles["fixture"]["set-threads"])
     assert profiles["default"]["set-resources"] == profiles["fixture"]["set-resources"]
     assert set(profiles["paper"]["set-threads"]) == set(profiles["default"]["set-threads"]) - {"synth"}  # no world to draw
