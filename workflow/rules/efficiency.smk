@@ -19,7 +19,7 @@
 MEMORY_STEP_OPTIONS = ("itm_guidance", "itc_image", "queue_size")
 # The efficiency section's timing settings: the paired timing's alone (rule efficiency_paired), not a run's costs.
 TIMING_KEYS = ("throughput", "latency", "timing")
-COST_SECTIONS = tuple(f"efficiency.{k}" for k in ("image_size", "text_length", "memory"))
+COST_SETTINGS = {k: v for k, v in PARAMS.to_dict()["efficiency"].items() if k not in TIMING_KEYS}  # the rest: what a run's costs read
 
 
 rule efficiency:
@@ -29,10 +29,10 @@ rule efficiency:
         LAYOUT.efficiency(RUN_PATTERN, "{size}"),
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
-        efficiency=lambda w: json.dumps({k: v for k, v in PARAMS.to_dict()["efficiency"].items() if k not in TIMING_KEYS}, sort_keys=True),  # rerun triggers: the protocol (not its timing) and the model
+        efficiency=lambda w: json.dumps(COST_SETTINGS, sort_keys=True),  # rerun triggers: the protocol (not its timing) and the model
         model=with_architecture_section(section_json("model")),
         pretrain=lambda w: json.dumps({k: PARAMS.to_dict()["pretrain"][k] for k in MEMORY_STEP_OPTIONS}, sort_keys=True),
-        copa=with_architecture_cli(lambda w: copa_cli(*COST_SECTIONS, "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS))
+        copa=with_architecture_cli(lambda w: copa_cli(*(f"efficiency.{k}" for k in COST_SETTINGS), "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS))
                                    + size_override(w, "efficiency")),
         location=lambda w: f"model.selection.location=[{', '.join(w.location.split('-'))}]",
     log:

@@ -42,6 +42,7 @@ class Column:
     per_example: tuple[str, ...] | None = None  # where the JSON maps each example's id to its score (0-1)
     in_paper: bool = True  # the papers report it: tables show the paper's value beside (controls: not)
     speedup: tuple[str, ...] | None = None  # where a "paired" record keeps the row's speedup over the baseline row
+    iqr: tuple[str, ...] | None = None  # where a "paired" record keeps the value's interquartile range over the rounds
 
     def value(self, record: dict[str, Any]) -> float | None:
         """The column's value in ``record`` (the source's JSON); None where it was not measured
@@ -56,6 +57,11 @@ class Column:
         """The row's paired speedup over the baseline row (estimate, low, high) in a "paired" record."""
         node = _lookup(record, self.speedup) if self.speedup else _MISSING
         return None if node is _MISSING else node
+
+    def iqr_of(self, record: dict[str, Any]) -> tuple[float, float] | None:
+        """The value's interquartile range (low, high) over the timing rounds in a "paired" record."""
+        node = _lookup(record, self.iqr) if self.iqr else _MISSING
+        return None if node is _MISSING or node is None else (min(node), max(node))
 
     def examples(self, record: dict[str, Any]) -> int | None:
         """How many test examples the value is a mean over (accuracies), for its standard error."""
@@ -122,8 +128,10 @@ COLUMNS: dict[str, Column] = {
     "vqa_swapped": Column("VQA accuracy, images swapped within question type", "vqa", (("controls", "swapped_image", "overall"),),
                           digits=2, count=("questions",), in_paper=False),
     "gmacs": Column("FLOPs (GMACs)", "efficiency", (("flops", "gmacs", "total"),), digits=3, higher_is_better=False),
-    "throughput": Column("throughput (pairs/s)", "paired", (("throughput", "pairs_per_s"),), speedup=("speedup", "throughput")),
-    "latency_ms": Column("latency (ms)", "paired", (("latency", "median_ms"),), higher_is_better=False, speedup=("speedup", "latency")),
+    "throughput": Column("throughput (pairs/s)", "paired", (("throughput", "pairs_per_s"),), speedup=("speedup", "throughput"),
+                         iqr=("throughput", "pairs_per_s_iqr")),
+    "latency_ms": Column("latency (ms)", "paired", (("latency", "median_ms"),), higher_is_better=False, speedup=("speedup", "latency"),
+                         iqr=("latency", "iqr_ms")),
     "memory_mib": _memory(f"{MEMORY_HEADER}, the run's ITM encoding", "training_memory"),
     **{memory_column(encoding): _memory(f"{MEMORY_HEADER}, ITM {encoding}", "training_memory", "by_itm_guidance", encoding,
                                         in_paper=False) for encoding in ITM_GUIDANCES},

@@ -129,14 +129,12 @@ def speedup_columns(grid: Grid) -> list[str]:
 def _timing_cell(column_name: str, model: dict, flop_ratio: float | None) -> Cell:
     """A timing column's cell from the row's entry of the paired record: median, IQR, speedup."""
     column = COLUMNS[column_name]
-    value, part = column.value(model), column.paths[0][0]
-    iqr = model[part].get("pairs_per_s_iqr" if part == "throughput" else "iqr_ms")
     speed = column.speedup_of(model)
     speedup = None
     if speed is not None:
         per_flop = None if flop_ratio is None else tuple(speed[k] / flop_ratio for k in ("estimate", "low", "high"))
         speedup = Speedup(speed["estimate"], speed["low"], speed["high"], per_flop)
-    return Cell(value, None, 1, iqr=None if iqr is None else (min(iqr), max(iqr)), speedup=speedup)
+    return Cell(column.value(model), None, 1, iqr=column.iqr_of(model), speedup=speedup)
 
 
 def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> tuple[dict[str, dict[str, Cell]], list[str]]:
