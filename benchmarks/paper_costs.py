@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from copa.config import MIN_TIMING_ROUNDS
+from copa.provenance import git_commit
 from copa.report.paper_costs import AMP_DTYPES, CostSettings, cost_table_markdown, measure_cost_table, write_cost_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,14 +68,6 @@ def settings_of(args: argparse.Namespace) -> CostSettings:
                         calibration=args.calibration, memory=args.memory, device=args.device, amp=args.amp)
 
 
-def commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -85,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    record = measure_cost_table(settings, {"commit": commit()})
+    record = measure_cost_table(settings, {"commit": git_commit(ROOT)})
     record["elapsed_s"] = time.perf_counter() - start  # the benchmark's own budget: 15 minutes on 2 cores
     if args.ddp_step is not None:
         record["ddp_step"] = json.loads(args.ddp_step.read_text(encoding="utf-8"))

@@ -22,9 +22,9 @@ from copa.sources import direct_imports, package_modules
 # module takes the layer of the longest name that contains it ("copa", the package root, is its
 # __init__ only, so a new top-level module or package has no layer until it is placed here).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # Typed parameters, the package root, the run layout (every output path) and the import-graph
-    # reader the rules call: everything may read them, and they read nothing of copa.
-    ("config", ("copa", "copa.config", "copa.run_layout", "copa.sources")),
+    # Typed parameters, the package root, the run layout (every output path), the import-graph
+    # reader the rules call and the code's provenance: everything may read them, and they read nothing of copa.
+    ("config", ("copa", "copa.config", "copa.run_layout", "copa.sources", "copa.provenance")),
     # Records, synthetic worlds, tokeniser, transforms: plain data, no networks, no drawing.
     ("data", ("copa.data",)),
     # nn.Modules and their losses (dual- and single-stream), built from tensors, not from runs.

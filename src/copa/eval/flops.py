@@ -2,8 +2,8 @@
 
 ``torch.utils.flop_counter`` counts matmuls, linears, convolutions and attention (not norms,
 softmax, activations, gathers) and reports FLOPs = 2 x multiply-accumulates. It has no formula for
-the CPU attention kernel (``aten._scaled_dot_product_flash_attention_for_cpu``) and counts it as
-0; ``flop_counter_mode`` adds PyTorch's own sdpa formula for it.
+the CPU attention kernels (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward)
+and counts them as 0; ``flop_counter_mode`` adds PyTorch's own sdpa formulas for them.
 """
 
 from __future__ import annotations
@@ -22,11 +22,18 @@ def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
     return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """PyTorch's sdpa backward formula, for the CPU kernel's backward (a training step's count)."""
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
 def flop_counter_mode() -> FlopCounterMode:
     """``FlopCounterMode`` that also counts attention on the CPU (see the module docstring)."""
     extra = {}
-    if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        extra[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flop
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_flop),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _cpu_sdpa_backward_flop)):
+        if hasattr(torch.ops.aten, name):
+            extra[getattr(torch.ops.aten, name)] = formula
     return FlopCounterMode(display=False, custom_mapping=extra)
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from copa.models.copa import CopaModel
-from copa.models.objectives import pretrain_loss
+from copa.models.objectives import SHARED_SCOPE, objective_scope, pretrain_loss
 from copa.models.objectives.itc import FeatureQueue, copy_to_momentum, gather_features, itc_loss, momentum_update
 from copa.models.objectives.itm import itm_loss, itm_pairs, sample_hard_negatives
 from copa.models.objectives.language import lm_loss, mask_tokens, mlm_loss, prefix_lm_split
@@ -105,8 +105,9 @@ class CopaPretraining(nn.Module):
     def _pair_terms(self, pairs: Mapping[str, Tensor], use_detector: bool, generator: torch.Generator) -> tuple[dict, dict]:
         m = self.model
         images, ids, mask = pairs["images"], pairs["input_ids"], pairs["attention_mask"]
-        text = m.encode_text(ids, mask)  # (B, L, H)
-        encoded = m.encode_image(images, text[:, 0], use_detector)
+        with objective_scope(SHARED_SCOPE):
+            text = m.encode_text(ids, mask)  # (B, L, H)
+            encoded = m.encode_image(images, text[:, 0], use_detector)
         image = encoded["tokens"]  # (B, Li, D): the selection guided by the caption
 
         drops = encoded["kept"].shape[1] < encoded["prefix"].shape[1] - 1  # keeping every patch ("w/o TPD"): no text matters
@@ -120,51 +121,55 @@ class CopaPretraining(nn.Module):
                 return image
             return m.encode_image(images, text_cls, use_detector=text_cls is not None, prefix=encoded["prefix"])["tokens"]
 
-        itc_tokens = image if self.itc_image == "paired_text" else image_under(None)
-        image_feat, text_feat = m.image_feature(itc_tokens), m.text_feature(text)  # (B, E)
-        with torch.no_grad():  # momentum features (ALBEF)
-            mm = self.model_m
-            text_m = mm["text"](ids, mask)
-            guide = text_m[:, 0] if self.itc_image == "paired_text" and m.text_guided else None
-            image_m = mm["vision"](images, guide, use_detector if guide is not None else False)["tokens"]
-            image_feat_m = nn.functional.normalize(mm["vision_proj"](image_m[:, 0]), dim=-1)
-            text_feat_m = nn.functional.normalize(mm["text_proj"](text_m[:, 0]), dim=-1)
-        temperature = m.temperature()  # clamps in place: once per step, before the graph uses it
-        itc = itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, self.queue, temperature, self.distill_alpha)
-        if self.queue is not None:
-            with torch.no_grad():
-                self.queue.enqueue(gather_features(image_feat_m), gather_features(text_feat_m))
+        with objective_scope("itc"):
+            itc_tokens = image if self.itc_image == "paired_text" else image_under(None)
+            image_feat, text_feat = m.image_feature(itc_tokens), m.text_feature(text)  # (B, E)
+            with torch.no_grad():  # momentum features (ALBEF)
+                mm = self.model_m
+                text_m = mm["text"](ids, mask)
+                guide = text_m[:, 0] if self.itc_image == "paired_text" and m.text_guided else None
+                image_m = mm["vision"](images, guide, use_detector if guide is not None else False)["tokens"]
+                image_feat_m = nn.functional.normalize(mm["vision_proj"](image_m[:, 0]), dim=-1)
+                text_feat_m = nn.functional.normalize(mm["text_proj"](text_m[:, 0]), dim=-1)
+            temperature = m.temperature()  # clamps in place: once per step, before the graph uses it
+            itc = itc_loss(image_feat, text_feat, image_feat_m, text_feat_m, self.queue, temperature, self.distill_alpha)
+            if self.queue is not None:
+                with torch.no_grad():
+                    self.queue.enqueue(gather_features(image_feat_m), gather_features(text_feat_m))
 
         # ITM: positives and one hard negative per image and per text (ALBEF)
-        neg_text, neg_image = sample_hard_negatives(itc.sim_i2t, itc.sim_t2i, generator)
-        image_idx, text_idx, labels = itm_pairs(neg_text, neg_image)
-        if self.itm_guidance == "pair_text" and m.text_guided and use_detector and len(labels) > len(images):
-            # the positives are `image`; each negative pair is encoded under its text, from the
-            # layers before the selection that no text changes (computed once, above). In the
-            # warm-up, [CLS] attention selects whatever the text: `image` serves every pair.
-            b = len(images)
-            negatives = m.encode_image(images[image_idx[b:]], text[text_idx[b:], 0], use_detector,
-                                       prefix=encoded["prefix"][image_idx[b:]])["tokens"]
-            itm_image = torch.cat([image, negatives])
-        else:
-            itm_image = image[image_idx]
-        _, itm_text = m.fuse(itm_image, text[text_idx], mask[text_idx])
-        itm = itm_loss(m.itm_logits(itm_text), labels)
+        with objective_scope("itm"):
+            neg_text, neg_image = sample_hard_negatives(itc.sim_i2t, itc.sim_t2i, generator)
+            image_idx, text_idx, labels = itm_pairs(neg_text, neg_image)
+            if self.itm_guidance == "pair_text" and m.text_guided and use_detector and len(labels) > len(images):
+                # the positives are `image`; each negative pair is encoded under its text, from the
+                # layers before the selection that no text changes (computed once, above). In the
+                # warm-up, [CLS] attention selects whatever the text: `image` serves every pair.
+                b = len(images)
+                negatives = m.encode_image(images[image_idx[b:]], text[text_idx[b:], 0], use_detector,
+                                           prefix=encoded["prefix"][image_idx[b:]])["tokens"]
+                itm_image = torch.cat([image, negatives])
+            else:
+                itm_image = image[image_idx]
+            _, itm_text = m.fuse(itm_image, text[text_idx], mask[text_idx])
+            itm = itm_loss(m.itm_logits(itm_text), labels)
 
         # MLM on the fused text of the masked caption. The selection reads the masked caption too:
         # guided by the whole one, the kept patches would carry the words to predict.
-        masked, mlm_labels = mask_tokens(ids, mask, self.vocab_size, self.mask_id, self.special_ids, self.mlm_probability, generator)
-        masked_text = m.encode_text(masked, mask)
-        _, fused_masked = m.fuse(image_under(masked_text[:, 0]), masked_text, mask)
-        mlm = mlm_loss(m.mlm_logits(fused_masked), mlm_labels)
+        with objective_scope("mlm"):
+            masked, mlm_labels = mask_tokens(ids, mask, self.vocab_size, self.mask_id, self.special_ids, self.mlm_probability, generator)
+            masked_text = m.encode_text(masked, mask)
+            _, fused_masked = m.fuse(image_under(masked_text[:, 0]), masked_text, mask)
+            mlm = mlm_loss(m.mlm_logits(fused_masked), mlm_labels)
 
         # PrefixLM: the decoder continues the caption from a random prefix (mPLUG); the selection
         # reads the prefix alone, for the same reason
-        split = prefix_lm_split(ids, mask, generator, pad_id=self.pad_id)
-        prefix_text = m.encode_text(split.prefix_ids, split.prefix_mask)
-        fused_image, fused_prefix = m.fuse(image_under(prefix_text[:, 0]), prefix_text, split.prefix_mask)
-        logits = m.decode(split.target_ids, split.target_mask, fused_image, fused_prefix, split.prefix_mask)
-        prefix = lm_loss(logits, split.target_ids, split.target_mask)
+        with objective_scope("prefix"):
+            split = prefix_lm_split(ids, mask, generator, pad_id=self.pad_id)
+            prefix_text = m.encode_text(split.prefix_ids, split.prefix_mask)
+            fused_image, fused_prefix = m.fuse(image_under(prefix_text[:, 0]), prefix_text, split.prefix_mask)
+            logits = m.decode(split.target_ids, split.target_mask, fused_image, fused_prefix, split.prefix_mask)
+            prefix = lm_loss(logits, split.target_ids, split.target_mask)
 
         metrics = {"itm_examples": torch.tensor(float(len(labels))), "temperature": temperature.detach()}
         return {"itc": itc.loss, "itm": itm, "mlm": mlm, "prefix": prefix}, metrics
@@ -173,14 +178,15 @@ class CopaPretraining(nn.Module):
         """COPA eq. 3 on the object mini-batch: the detector's scores of all patches vs the labels.
         The scores exist in warm-up too (selection then follows [CLS] attention)."""
         m = self.model
-        text = m.encode_text(objects["input_ids"], objects["attention_mask"])
-        scores = m.encode_image(objects["images"], text[:, 0], use_detector, need_scores=True)["scores"]
-        if scores is None:  # no detector (w/o PTA, the baselines): the term is left out
-            return None, {}
-        labels = objects["patch_labels"]
-        quality = patch_precision_recall(scores.detach(), labels)
-        metrics = {f"pta_{name}": torch.as_tensor(float(value)) for name, value in quality._asdict().items()}
-        return pta_loss(scores, labels), metrics
+        with objective_scope("pta"):
+            text = m.encode_text(objects["input_ids"], objects["attention_mask"])
+            scores = m.encode_image(objects["images"], text[:, 0], use_detector, need_scores=True)["scores"]
+            if scores is None:  # no detector (w/o PTA, the baselines): the term is left out
+                return None, {}
+            labels = objects["patch_labels"]
+            quality = patch_precision_recall(scores.detach(), labels)
+            metrics = {f"pta_{name}": torch.as_tensor(float(value)) for name, value in quality._asdict().items()}
+            return pta_loss(scores, labels), metrics
 
     # ------------------------------------------------------------------ after each optimiser step
     @torch.no_grad()

@@ -299,17 +299,7 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
         done = start_batch if epoch == start_epoch else 0
         start = done
         for batch in task.batches(epoch, ctx.rank, ctx.world_size, start):
-            batch = _to_device(batch, ctx.device)
-            with autocast:
-                out = net(batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out["loss"]).backward()
-            grad_norm = None
-            if config.grad_clip is not None:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            out, grad_norm = training_step(net, _to_device(batch, ctx.device), optimizer, scaler, autocast, config.grad_clip)
             scheduler.step()
             task.after_step(model, step)
             step += 1
@@ -359,6 +349,24 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
         live.end()
         _atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def training_step(net: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  autocast: Any, grad_clip: float | None) -> tuple[dict[str, Tensor], Tensor | None]:
+    """One update of ``net`` on a batch already on its device: forward under ``autocast``, backward
+    of the (scaled) loss, the gradients' global norm clipped to ``grad_clip`` (None: not clipped,
+    no norm returned), the optimizer's step. Returns the forward's outputs and the norm."""
+    with autocast:
+        out = net(batch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out["loss"]).backward()
+    grad_norm = None
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return out, grad_norm
 
 
 def _open_live(live_dir: Path, resumed: bool, step: int):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from torch import Tensor
+from torch.profiler import record_function
 
 
 # --------------------------------------------------------------------------------------------
@@ -24,6 +25,19 @@ from torch import Tensor
 
 LOSS_NAMES = ("itc", "itm", "mlm", "prefix", "pta")
 DEFAULT_WEIGHTS: dict[str, float] = dict.fromkeys(LOSS_NAMES, 1.0)  # COPA eq. 4: equal weights
+
+
+SHARED_SCOPE = "shared"  # work that several objectives read (the caption-guided encoding)
+SCOPE_PREFIX = "objective:"
+
+
+def objective_scope(name: str) -> record_function:
+    """A profiler scope ``objective:<name>`` around the forward work of one loss term (or of the
+    ``shared`` encoding), by which ``copa.eval.step_profile`` attributes a step's forward and backward
+    time; without a running profiler it costs a few microseconds."""
+    if name not in LOSS_NAMES and name != SHARED_SCOPE:
+        raise ValueError(f"unknown objective scope {name!r}; expected one of {[*LOSS_NAMES, SHARED_SCOPE]}")
+    return record_function(SCOPE_PREFIX + name)
 
 
 def pretrain_loss(terms: Mapping[str, Tensor], weights: Mapping[str, float] | None = None) -> Tensor:
