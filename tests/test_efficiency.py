@@ -148,3 +148,20 @@ def test_cli_from_params_measures_the_baseline(tmp_path):
     assert main(args) == 0
     record = json.loads(out.read_text())
     assert record["model"]["selection"] == "none" and record["overrides"][-1] == "model.selection.method=none"
+
+
+def test_the_decoder_column_counts_one_vqa_answer_of_a_decoding_model_only(tmp_path):
+    """COPA's inference time includes writing the answer: the record counts the decoder's beam search
+    over the full evaluate.vqa length apart, more for a longer answer; a single-stream model has none."""
+    gmacs = {}
+    for name, overrides in {"short": ["evaluate.vqa.max_length=2"], "long": ["evaluate.vqa.max_length=4"],
+                            "single": ["architecture=single_stream"]}.items():
+        out = tmp_path / f"{name}.json"
+        sets = [arg for o in overrides for arg in ("--set", o)]
+        assert main(["--profile", "fixture", "--params-dir", str(PARAMS_DIR), *FAST, *sets, "efficiency", "--from-params",
+                     "--no-timing", "--json", str(out), "--device", "cpu"]) == 0
+        gmacs[name] = json.loads(out.read_text())["flops"]["gmacs"]
+    short, long = gmacs["short"], gmacs["long"]
+    assert 0 < short["decoder"] < long["decoder"] and short["total"] == long["total"]  # the forward does not decode
+    assert long["total_with_decoder"] == pytest.approx(long["total"] + long["decoder"])
+    assert "decoder" not in gmacs["single"] and "total_with_decoder" not in gmacs["single"]

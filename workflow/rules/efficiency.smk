@@ -24,7 +24,8 @@ COST_SETTINGS = {k: v for k, v in PARAMS.to_dict()["efficiency"].items() if k no
 
 rule efficiency:
     input:
-        code=run_sources("copa.eval.efficiency", "copa.data.tokenizer", "copa.report.grids", "copa.train.distributed", "copa.train.pretrain"),
+        code=run_sources("copa.eval.efficiency", "copa.data.tokenizer", "copa.report.grids", "copa.train.distributed", "copa.train.pretrain",
+                         "copa.tasks.registry", "copa.tasks.generation"),
     output:
         LAYOUT.efficiency(RUN_PATTERN, "{size}"),
     params:
@@ -32,7 +33,9 @@ rule efficiency:
         efficiency=lambda w: json.dumps(COST_SETTINGS, sort_keys=True),  # rerun triggers: the protocol (not its timing) and the model
         model=with_architecture_section(section_json("model")),
         pretrain=lambda w: json.dumps({k: PARAMS.to_dict()["pretrain"][k] for k in MEMORY_STEP_OPTIONS}, sort_keys=True),
-        copa=with_architecture_cli(lambda w: copa_cli(*(f"efficiency.{k}" for k in COST_SETTINGS), "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS))
+        decoding=lambda w: json.dumps(PARAMS.to_dict()["evaluate"]["vqa"], sort_keys=True),  # the decoder column: one VQA answer
+        copa=with_architecture_cli(lambda w: copa_cli(*(f"efficiency.{k}" for k in COST_SETTINGS), "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS),
+                                                      "evaluate.vqa")
                                    + size_override(w, "efficiency")),
         location=lambda w: f"model.selection.location=[{', '.join(w.location.split('-'))}]",
     log:

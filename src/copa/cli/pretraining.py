@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 from copa.cli.common import HELP_LAYOUT, CommandError, path_or, profile_params, require_instruments
@@ -137,6 +138,8 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     from copa.data.tokenizer import load_tokenizer
     from copa.eval.efficiency import measure_efficiency, summary_line
     from copa.report.grids import run_name
+    from copa.tasks import registry
+    from copa.train.architectures import architecture, resolve
     from copa.train.distributed import resolve_device
     from copa.train.pretrain import VOCAB_DIR, run_params
 
@@ -147,13 +150,14 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
         if not vocab.is_file():
             raise FileNotFoundError(f"{vocab}: the run's vocabulary is missing")
         vocab_size = len(load_tokenizer(vocab))
-        settings = load_params(args.profile or params.profile, args.set, args.params_dir).efficiency
+        current = load_params(args.profile or params.profile, args.set, args.params_dir)
+        settings, decoding = current.efficiency, current.evaluate.vqa
         metrics = run / METRICS_FILE
         step = json.loads(metrics.read_text(encoding="utf-8")).get("step") if metrics.is_file() else None
         name, source = run.name, {"run": str(run), "trained_steps": step}
     else:  # --from-params: the model of the current profile and overrides (e.g. selection none: the mPLUG baseline)
         params = profile_params(args)
-        vocab_size, settings = params.model.vocab_size, params.efficiency
+        vocab_size, settings, decoding = params.model.vocab_size, params.efficiency, params.evaluate.vqa
         s = params.model.selection
         name = run_name(s.method, s.location, s.keep_ratio, params.seed, params.architecture)
         source = {"params": params.profile, "overrides": list(args.set)}
@@ -163,7 +167,9 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
         raise CommandError(exc) from exc
     start = time.perf_counter()
     parts = ("flops", "memory") if args.no_timing else ("flops", "speed", "memory")
-    record = measure_efficiency(params, vocab_size, settings, device, parts)
+    answer_cost = registry.answer_cost(architecture(params).name)  # the decoder column (None: no decoder)
+    answer_flops = None if answer_cost is None else partial(resolve(answer_cost), decoding=decoding)
+    record = measure_efficiency(params, vocab_size, settings, device, parts, answer_flops)
     record = {"name": name, "profile": params.profile, **source, **record, "wall_s": time.perf_counter() - start}
     out = efficiency_output(args, RunLayout(params.profile), name)
     out.parent.mkdir(parents=True, exist_ok=True)

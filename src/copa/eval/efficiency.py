@@ -4,7 +4,9 @@ Conventions (``CONVENTIONS`` below is written into every record):
 
 - **FLOPs** of one image-text pair's forward, the architecture's ``cost_forward``
   (copa.train.architectures): dual-stream, the understanding forward, the VQA / ITM path: text
-  encoder, ViT with its selector guided by the text [CLS] (the TPD on), fusion; no decoder. A
+  encoder, ViT with its selector guided by the text [CLS] (the TPD on), fusion; the decoder writing
+  one VQA answer apart (``decoder``: beam search over the full ``evaluate.vqa.max_length``, COPA's
+  inference time includes it) and in ``total_with_decoder``. A
   single-stream model (COPA-S, ViLT): its one transformer over [text; image], the TPD guided by the
   overall [CLS]; no head. Counted by
   ``torch.utils.flop_counter`` (matmuls, linears, the patch convolution and attention; not norms,
@@ -42,11 +44,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from copa.config import EfficiencyParams, Params
 from copa.eval.cost_inputs import pair_inputs, protocol_model
@@ -100,9 +103,13 @@ def _cpu_name() -> str:
 
 
 def measure_efficiency(params: Params, vocab_size: int, settings: EfficiencyParams, device: torch.device | str = "cpu",
-                       parts: tuple[str, ...] = ("flops", "speed", "memory")) -> dict:
+                       parts: tuple[str, ...] = ("flops", "speed", "memory"),
+                       answer_flops: Callable[[nn.Module, Tensor, Tensor, Tensor], int] | None = None) -> dict:
     """FLOPs, throughput, latency and training memory of the model ``params`` describe (with a
-    vocabulary of ``vocab_size``), at the protocol of ``settings``; ``parts`` picks what to measure."""
+    vocabulary of ``vocab_size``), at the protocol of ``settings``; ``parts`` picks what to measure.
+    ``answer_flops`` (model, images, input_ids, attention_mask) -> the FLOPs of the decoder writing
+    one VQA answer (the task layer's, ``copa.tasks.registry``): counted as ``decoder`` beside the
+    forward, and in ``total_with_decoder``; None: the model writes no answers."""
     device = torch.device(device)
     model, forward, description = protocol_model(params, vocab_size, settings)
     model = model.to(device).eval()
@@ -114,7 +121,11 @@ def measure_efficiency(params: Params, vocab_size: int, settings: EfficiencyPara
         "model": description,
     }
     if "flops" in parts:
-        flops = forward_flops(model, *pair_inputs(1, settings.image_size, settings.text_length, vocab_size, device), forward=forward)
+        one = pair_inputs(1, settings.image_size, settings.text_length, vocab_size, device)
+        flops = forward_flops(model, *one, forward=forward)
+        if answer_flops is not None:
+            flops["decoder"] = answer_flops(model, *one)
+            flops["total_with_decoder"] = flops["total"] + flops["decoder"]
         record["flops"] = {
             "image_size": settings.image_size, "text_length": settings.text_length, "batch": 1,
             "image_tokens": 1 + grid * grid,

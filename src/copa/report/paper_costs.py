@@ -33,12 +33,10 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from copa.config import MIN_TIMING_ROUNDS, Params, load_params
-from copa.data.tokenizer import SPECIAL_TOKENS
 from copa.eval.cost_inputs import pair_inputs, protocol_model
 from copa.eval.efficiency import GIGA, device_info
 from copa.eval.module_costs import MODULES, call_flops, module_flops
@@ -46,7 +44,7 @@ from copa.eval.paired_timing import interleaved_rounds, paired_speedup, spread
 from copa.eval.timing import fits_on, largest_batch
 from copa.eval.training_memory import training_memory
 from copa.report.grids import load_grid, profile_location
-from copa.tasks.generation import condition, generate
+from copa.tasks.generation import LAYOUT_SPECIAL_IDS, answer_flops, condition, full_length, generate
 
 
 @dataclass(frozen=True)
@@ -71,8 +69,6 @@ TIMINGS = {  # kind -> what is timed (the batch is the record's)
     "throughput": "the understanding forward of the table's batch, as image-text pairs/s",
     "with_decoder": "one VQA answer at batch 1: the understanding forward, then the decoder's beam search over answer_tokens",
 }
-# the answer generation's [CLS] (BOS) and [SEP] (EOS) in the project's WordPiece layout
-ANSWER_TOKENS = SimpleNamespace(cls_token_id=SPECIAL_TOKENS.index("[CLS]"), sep_token_id=SPECIAL_TOKENS.index("[SEP]"))
 
 
 @dataclass(frozen=True)
@@ -111,12 +107,6 @@ class _Built:
 def variant_params(settings: CostSettings, variant: Variant) -> Params:
     """The variant's params: the profile, the run's overrides, then the variant's."""
     return load_params(settings.profile, [*settings.overrides, *variant.overrides])
-
-
-def answer_decoding(params: Params, answer_tokens: int | None):
-    """The profile's VQA decoding with exactly ``answer_tokens`` generated (min = max length)."""
-    tokens = answer_tokens or params.evaluate.vqa.max_length
-    return dataclasses.replace(params.evaluate.vqa, max_length=tokens, min_length=tokens)
 
 
 def paper_reference(params: Params, grids: tuple[str, ...] = REFERENCE_GRIDS) -> dict | None:
@@ -186,10 +176,9 @@ def measure_cost_table(settings: CostSettings, provenance: dict | None = None) -
         model = model.to(device).eval()
         one = pair_inputs(1, settings.image_size, settings.text_length, vocab, device)
         flops = module_flops(model, *one, forward=forward)
-        decoding = answer_decoding(params, settings.answer_tokens)
         with torch.no_grad():
             cond = condition(model, *one, guided=True)
-        flops["decoder"] = call_flops(lambda: generate(model, cond, ANSWER_TOKENS, decoding))
+        flops["decoder"] = answer_flops(model, *one, params.evaluate.vqa, settings.answer_tokens)
         flops["total_with_decoder"] = flops["total"] + flops["decoder"]
         variants.append({
             "label": variant.label, "overrides": list(variant.overrides), "model": description,
@@ -229,13 +218,13 @@ def measure_cost_table(settings: CostSettings, provenance: dict | None = None) -
         "throughput": _timing(_timed(throughput_calls, device, settings, 1, amp), batch, gmacs, 1),
     }
     if settings.decoder_timing:
-        answers = {b.variant.label: (lambda b=b: generate(b.model, condition(b.model, *one, guided=True), ANSWER_TOKENS,
-                                                          answer_decoding(b.params, settings.answer_tokens))) for b in built}
+        answers = {b.variant.label: (lambda b=b: generate(b.model, condition(b.model, *one, guided=True), LAYOUT_SPECIAL_IDS,
+                                                          full_length(b.params.evaluate.vqa, settings.answer_tokens))) for b in built}
         timings["with_decoder"] = _timing(_timed(answers, device, settings, 1, amp), 1, gmacs_decoding, 1)
     for kind, timing in timings.items():
         timing["what"] = TIMINGS[kind]
 
-    decoding = answer_decoding(base.params, settings.answer_tokens)
+    decoding = full_length(base.params.evaluate.vqa, settings.answer_tokens)
     mplug = variants[0]
     checks = {v["label"]: {"detector_gmacs": v["gmacs"]["detector"], "equals_baseline_gmacs": v["gmacs"]["total"] == mplug["gmacs"]["total"]}
               for v in variants[1:] if v["selection"]["keep_ratio"] == 1.0}

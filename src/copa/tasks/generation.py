@@ -8,14 +8,21 @@ BOS and [SEP] its EOS, as in PrefixLM pretraining.
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from copa.config import DecodingParams
+from copa.data.tokenizer import SPECIAL_TOKENS
+from copa.eval.module_costs import call_flops
 from copa.models.beam_search import beam_search
 from copa.models.copa import CopaModel
+
+# BOS ([CLS]) and EOS ([SEP]) in the project's WordPiece layout: decoding without a tokenizer (cost models)
+LAYOUT_SPECIAL_IDS = SimpleNamespace(cls_token_id=SPECIAL_TOKENS.index("[CLS]"), sep_token_id=SPECIAL_TOKENS.index("[SEP]"))
 
 
 class Conditioning(NamedTuple):
@@ -67,6 +74,23 @@ def generate(model: CopaModel, cond: Conditioning, tokenizer, settings: Decoding
     out = beam_search(_next_logits(model, expanded), batch, tokenizer.cls_token_id, tokenizer.sep_token_id, beam,
                       settings.max_length, settings.length_penalty, settings.min_length, device=cond.image.device)
     return out.sequences
+
+
+def full_length(settings: DecodingParams, tokens: int | None = None) -> DecodingParams:
+    """``settings`` made to generate exactly ``tokens`` (default: its ``max_length``), min = max length,
+    so that random weights write the longest answer: the most one costs."""
+    tokens = tokens or settings.max_length
+    return dataclasses.replace(settings, max_length=tokens, min_length=tokens)
+
+
+def answer_flops(model: CopaModel, images: Tensor, input_ids: Tensor, attention_mask: Tensor, decoding: DecodingParams,
+                 answer_tokens: int | None = None) -> int:
+    """FLOPs (``copa.eval.flops``'s counting) of the decoder writing one answer per row as VQA
+    evaluation does (``generate``: beam search with ``decoding``'s beam) over the full
+    ``answer_tokens`` (default: ``decoding.max_length``), after the understanding forward (not counted)."""
+    with torch.no_grad():
+        cond = condition(model, images, input_ids, attention_mask, guided=True)
+    return call_flops(lambda: generate(model, cond, LAYOUT_SPECIAL_IDS, full_length(decoding, answer_tokens)))
 
 
 @torch.no_grad()

@@ -32,12 +32,16 @@ class Head:
     evaluate: str  # "module:function" (the loaded run, settings, data_root, split, batch_size, progress)
                    # -> (record, predictions, summary line)
     load: str = "copa.train.finetune:load_finetuned"  # "module:function" (run folder) -> the run evaluate reads (.params, .state)
+    # "module:function" (model, images, input_ids, attention_mask, decoding=settings) -> FLOPs of writing one answer
+    # per row (the cost tables' decoder column); None: the head writes none (a classifier)
+    answer_cost: str | None = None
 
 
 # (architecture, task) -> its head; "module:function" strings, imported on use (copa.train.architectures.resolve)
 HEADS = {
     ("dual_stream", "retrieval"): Head("copa.tasks.retrieval:run_retrieval_finetuning", "copa.tasks.retrieval:evaluate_retrieval_task"),
-    ("dual_stream", "vqa"): Head("copa.tasks.vqa:run_vqa_finetuning", "copa.tasks.vqa:evaluate_vqa"),
+    ("dual_stream", "vqa"): Head("copa.tasks.vqa:run_vqa_finetuning", "copa.tasks.vqa:evaluate_vqa",
+                                 answer_cost="copa.tasks.generation:answer_flops"),
     ("dual_stream", "captioning"): Head("copa.tasks.captioning:run_captioning_finetuning", "copa.tasks.captioning:evaluate_captioning"),
     ("dual_stream", "captioning_cider"): Head("copa.tasks.captioning:run_cider_optimisation", "copa.tasks.captioning:evaluate_captioning"),
     ("dual_stream", "grounding"): Head("copa.tasks.grounding:run_grounding_finetuning", "copa.tasks.grounding:evaluate_grounding"),
@@ -55,6 +59,12 @@ def heads_of(architecture: str) -> list[str]:
 def head_modules(architecture: str) -> tuple[str, ...]:
     """The modules an architecture's heads name (the rules' per-architecture rerun triggers)."""
     return tuple(sorted({ref.split(":")[0] for (arch, _), h in HEADS.items() if arch == architecture for ref in vars(h).values()}))
+
+
+def answer_cost(architecture: str) -> str | None:
+    """The architecture's VQA answer-writing cost function ("module:function"), or None (no decoder)."""
+    vqa = HEADS.get((architecture, "vqa"))
+    return vqa.answer_cost if vqa is not None else None
 
 
 def head(architecture: str, task: str, run: object) -> Head:
