@@ -126,10 +126,12 @@ def test_image_size_mismatch_and_unreadable_image(world, tmp_path):
     ],
     ids=["truncated", "string-coordinate", "missing-field"],
 )
-def test_unreadable_files_name_file_record_field(world, tmp_path, damage, message):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_unreadable_files_name_file_record_field(world, tmp_path, damage, message, workers):
+    """Also from a worker process: the error crosses the process boundary intact (it broke the pool before)."""
     damage(world.vg_regions)
     with pytest.raises(FormatError, match=message):
-        _filter(world.root, tmp_path / "out")
+        run_filter(world.root, load_params("fixture", [], PARAMS_DIR).filter, tmp_path / "out", progress=False, workers=workers)
 
 
 def test_xvlm_files_are_a_source(fixture_world, tmp_path):

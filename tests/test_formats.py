@@ -552,3 +552,12 @@ def test_cli_validate_data_exit_status(world: DataLayout, capsys: pytest.Capture
     out = capsys.readouterr().out
     assert "INVALID" in out
     assert f"{world.coco_instances('val2014')}, record annotations[3]" in out and "field 'bbox': missing" in out
+
+
+def test_a_format_error_survives_pickling_with_its_file_record_and_field():
+    """How an error leaves a worker process (filtering, patch labels): rebuilt from its arguments."""
+    import pickle
+
+    error = pickle.loads(pickle.dumps(FormatError("coco/instances.json", "expected a number", "annotations[3]", "bbox")))
+    assert isinstance(error, FormatError) and str(error) == "coco/instances.json, record annotations[3], field 'bbox': expected a number"
+    assert (error.path, error.problem, error.record, error.field) == ("coco/instances.json", "expected a number", "annotations[3]", "bbox")

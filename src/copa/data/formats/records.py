@@ -29,6 +29,11 @@ class FormatError(ValueError):
         super().__init__(f"{where}: {problem}")
         self.path, self.record, self.field, self.problem = str(path), record, field, problem
 
+    def __reduce__(self):
+        # rebuilt from its own arguments, not the message: an error raised in a worker process
+        # (filtering, patch labels) then reaches the parent intact instead of breaking the pool
+        return type(self), (self.path, self.problem, self.record, self.field)
+
 
 class Box(NamedTuple):
     """A tuple, not a dataclass: real files have millions of boxes and tuples build 4x faster."""
