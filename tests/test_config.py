@@ -121,3 +121,14 @@ def test_params_of_an_older_checkpoint_get_new_keys_from_the_profile():
     written["model"]["retired_option"] = 1
     with pytest.raises(ParamsError, match="retired_option"):
         params_from_dict(written, "run/checkpoints/last.pt", PARAMS_DIR)
+
+
+def test_a_key_given_twice_is_refused_naming_file_key_and_line(tmp_path):
+    """YAML keeps the last of two equal keys silently: one of the two values would be lost unseen."""
+    text = (PARAMS_DIR / "profiles" / "fixture.yaml").read_text()
+    d = _params_dir(tmp_path, profile_text=text.replace("  seed: 0", "  seed: 0\n  seed: 1", 1))
+    line = text[:text.index("  seed: 0")].count("\n") + 2  # the second key, 1-based
+    with pytest.raises(ParamsError, match=rf"fixture\.yaml: not valid YAML \(duplicate key 'seed'\s+in \"<unicode string>\", line {line}"):
+        load_params("fixture", params_dir=d)
+    with pytest.raises(ParamsError, match=r"duplicate key 'a'"):
+        load_params("fixture", ["synth.image_side={a: 1, a: 2}"], PARAMS_DIR)

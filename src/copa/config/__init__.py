@@ -39,6 +39,7 @@ from copa.config.loading import (
     load_params,
     params_from_dict,
     parse_override,
+    safe_load_unique,
     validated_record,
 )
 from copa.config.params import (
@@ -83,7 +84,7 @@ from copa.config.ranges import Count, Fraction, KeepRatio, LearningRate, NonNega
 __all__ = [
     # loading
     "DEFAULT_PARAMS_DIR", "ParamsError", "available_profiles", "load_params", "params_from_dict", "parse_override",
-    "validated_record",
+    "safe_load_unique", "validated_record",
     # ranges
     "Count", "Fraction", "KeepRatio", "LearningRate", "NonNegative", "PositiveInt", "Range", "Seed",
     # the tree: the root, its section groups, the choices other modules enumerate

@@ -27,6 +27,26 @@ PROFILES_DIR = "profiles"
 OVERRIDE_SOURCE = "--set"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges keys by design
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (a ``yaml.YAMLError`` naming the key and its line)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def available_profiles(params_dir: Path = DEFAULT_PARAMS_DIR) -> list[str]:
     return sorted(p.stem for p in (Path(params_dir) / PROFILES_DIR).glob("*.yaml"))
 
@@ -113,7 +133,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if not sep or not key.strip():
         raise ParamsError(f"{OVERRIDE_SOURCE} {text!r}: expected KEY=VALUE, e.g. synth.seed=3")
     try:
-        value = yaml.safe_load(raw)
+        value = safe_load_unique(raw)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{OVERRIDE_SOURCE} {text!r}: value is not valid YAML ({exc})") from None
     nested: dict[str, Any] = {}
@@ -131,7 +151,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ParamsError(f"{path}: parameter file not found") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_unique(text)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})") from None
     if data is None:

@@ -44,8 +44,8 @@ from typing import Any
 
 import yaml
 
-from copa.config import (DEFAULT_PARAMS_DIR, KeepRatio, ParamsError, Params, SelectionMethod, available_profiles, validated_record,
-                         vqa_image_size)
+from copa.config import (DEFAULT_PARAMS_DIR, KeepRatio, ParamsError, Params, SelectionMethod, available_profiles, safe_load_unique,
+                         validated_record, vqa_image_size)
 from copa.report.columns import COLUMNS, CONTROLS, COST_SOURCES, with_controls
 from copa.run_layout import RunLayout, size_tag
 from copa.train.architectures import architecture
@@ -118,7 +118,7 @@ def load_grid(name: str, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> Grid:
     if not path.is_file():
         raise ParamsError(f"unknown grid {name!r}: no file {path} (available: {', '.join(available_grids(params_dir)) or 'none'})")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load_unique(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
