@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import pickle
+import shlex
 import shutil
 import subprocess
 import sys
@@ -11,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from copa.models.weights import UnreadableWeights
 from copa.train.engine import EngineConfig, atomic_torch_save, train
-from conftest import HANG_GUARD_S, assert_states_equal, final_state, logged, run_script
+from conftest import HANG_GUARD_S, PARAMS_DIR, assert_states_equal, final_state, logged, run_script
 from engine_toy import ToyTask, engine_config
 
 TOY = Path(__file__).with_name("engine_toy.py")
@@ -134,3 +138,57 @@ def test_epoch_length() -> None:
     assert epoch_length(2, 100, 32, "x.steps_per_epoch") == 2
     with pytest.raises(ValueError, match=r"x.steps_per_epoch = 4: must be in \[1, 3\] \(100 examples // batch_size 32\)"):
         epoch_length(4, 100, 32, "x.steps_per_epoch")
+
+
+def test_resume_removes_the_partial_saves_of_a_kill_and_nothing_else(reference: Path, tmp_path: Path, capsys) -> None:
+    """A SIGKILL during a save leaves its temp file (the checkpoint itself is never half-written)."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    partial = [run / "checkpoints" / ".last.pt.k2j4x9.tmp", run / ".metrics.json.tmp"]
+    kept = [run / "checkpoints" / "notes.txt", run / "checkpoints" / "my.tmp"]
+    for path in partial + kept:
+        path.write_bytes(b"half")
+    train(ToyTask(), engine_config(), run, PARAMS)
+    assert not any(p.exists() for p in partial) and all(p.read_bytes() == b"half" for p in kept)
+    assert "removed 2 partial save(s) of an interrupted run: .metrics.json.tmp, .last.pt.k2j4x9.tmp" in capsys.readouterr().err
+    assert_states_equal(final_state(run), final_state(reference))
+
+
+@pytest.mark.parametrize("content, reason", [
+    (lambda good, marker: good[: len(good) // 2], ""),  # a checkpoint cut short (the zip reader's OS error)
+    (lambda good, marker: b"not a checkpoint at all", "the safe loader refuses it: Unsupported operand"),
+    (lambda good, marker: pickle.dumps(ExecutesOnLoad(marker)), "the safe loader refuses it: Unsupported operand"),  # pickled code: refused, never run
+], ids=["truncated", "not-torch", "pickled-code"])
+def test_a_checkpoint_the_safe_loader_refuses_is_one_line_naming_it(reference: Path, tmp_path: Path, content, reason) -> None:
+    run, marker = tmp_path / "run", tmp_path / "executed"
+    shutil.copytree(reference, run)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(content(last.read_bytes(), marker))
+    with pytest.raises(UnreadableWeights) as caught:
+        train(ToyTask(), engine_config(), run, PARAMS)
+    message = str(caught.value)
+    assert message.startswith(f"{last}: not a readable checkpoint (") and reason in message and "\n" not in message
+    assert not marker.exists()
+
+
+class ExecutesOnLoad:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def test_the_cli_reports_an_unreadable_checkpoint_in_one_line(fixture_pretraining_run: Path, fixture_world: Path, tmp_path: Path,
+                                                                capsys) -> None:
+    from copa.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(fixture_pretraining_run, run)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(b"not a checkpoint at all")
+    args = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR), "--set", "pretrain.steps_per_epoch=3", "pretrain",
+            "--root", str(fixture_world), "--annotations", str(fixture_pretraining_run.parent / "annotations"), "--out", str(run)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"copa pretrain: error: {last}: not a readable checkpoint (") and "Traceback" not in "\n".join(err)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from copa.config import Params, ParamsError, load_params
 from copa.data.formats.records import FormatError
+from copa.models.weights import UnreadableWeights
 from copa.run_layout import RunLayout
 from copa.train.architectures import ARCHITECTURES, Architecture, architecture, architecture_of_run
 
@@ -21,7 +22,7 @@ class CommandError(Exception):
 
 
 # What ``main`` reports as one line and exit status 2 (``--debug``: the traceback instead).
-USER_ERRORS = (ParamsError, FormatError, FileNotFoundError, FileExistsError, CommandError)
+USER_ERRORS = (ParamsError, FormatError, FileNotFoundError, FileExistsError, UnreadableWeights, CommandError)
 
 
 def profile_params(args: argparse.Namespace) -> Params:

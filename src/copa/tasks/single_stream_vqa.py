@@ -28,6 +28,7 @@ from copa.data.layout import DataLayout
 from copa.data.tokenizer import load_tokenizer
 from copa.models.single_stream import SingleStreamModel
 from copa.models.text import init_bert_weights
+from copa.models.weights import load_tensors
 from copa.tasks.base import FinetuneTask, run_finetuning
 from copa.tasks.vqa import answer_list, question_data, vqa_record, vqa_splits
 from copa.train.build import single_stream_spec
@@ -107,7 +108,7 @@ def load_vqa_run(run_dir: Path) -> SingleStreamVQARun:
     """A single-stream VQA run's last checkpoint, its parameters, vocabulary and answer list."""
     run_dir = Path(run_dir)
     checkpoint = run_checkpoints(run_dir, "last")[0]
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_tensors(checkpoint)
     params = params_from_dict(ckpt["resolved_params"], f"{checkpoint} (resolved_params)")
     tokenizer = load_tokenizer(run_dir / VOCAB_DIR / "vocab.txt")
     answers_file = run_dir / ANSWERS_FILE

@@ -36,7 +36,7 @@ from copa.models.copa import CopaModel
 from copa.models.objectives.itc import contrastive_loss
 from copa.models.pretraining import CopaPretraining
 from copa.models.vit import load_timm_checkpoint
-from copa.models.weights import read_state_dict
+from copa.models.weights import load_tensors, read_state_dict
 from copa.train.build import copa_spec
 from copa.train.engine import EngineConfig, changed_params, seed_everything, train
 from copa.train.schedule import VIT_NO_DECAY, param_groups
@@ -142,7 +142,7 @@ def finished_stage(params: Params, init_dir: Path) -> dict | None:
     last = Path(init_dir) / "checkpoints" / "last.pt"
     if not last.is_file():
         return None
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt = load_tensors(last)
     expected = json.loads(json.dumps(encoder_init_params(params)))  # as the checkpoint stores it
     changed = changed_params(expected, ckpt["resolved_params"])
     if changed:

@@ -53,6 +53,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from copa.models.weights import load_tensors
 from copa.train import distributed
 from copa.train.distributed import DistContext
 
@@ -229,12 +230,14 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
     )
 
     # 2) fresh start or resume (every rank reads the same file, before DDP wraps the model)
+    if ctx.is_main:
+        _remove_partial_saves(out_dir)
     last = ckpt_dir / "last.pt"
     step, start_epoch, start_batch, metrics = 0, 0, 0, {}
     resumed = last.exists()
     if resumed:
         # weights_only: the payload is plain tensors/containers by construction (_rng_state)
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        ckpt = load_tensors(last)
         changed = changed_params(params, ckpt["resolved_params"], config.resume_ignores)
         if changed:
             raise ValueError(f"{last} was written with other parameters (differing keys: {changed}); "
@@ -382,6 +385,20 @@ def _open_live(live_dir: Path, resumed: bool, step: int):
             kept = [r for r in rows if int(r.split("\t")[step_col]) <= step]
             _atomic_write_text(tsv, header + "".join(kept))
     return live
+
+
+# the temp files of a save a kill interrupted (atomic_torch_save's, _atomic_write_text's): only these names are removed
+PARTIAL_SAVES = (("checkpoints", ".*.pt.*.tmp"), (".", ".*.json.tmp"))
+
+
+def _remove_partial_saves(out_dir: Path) -> None:
+    """Delete what a killed save left half-written in the run folder, saying so (nothing else is touched)."""
+    partial = sorted(p for folder, pattern in PARTIAL_SAVES for p in (out_dir / folder).glob(pattern) if p.is_file())
+    for path in partial:
+        path.unlink()
+    if partial:
+        print(f"{out_dir}: removed {len(partial)} partial save(s) of an interrupted run: {', '.join(p.name for p in partial)}",
+              file=sys.stderr, flush=True)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

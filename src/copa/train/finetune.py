@@ -27,6 +27,7 @@ from copa.config import Params, ParamsError, params_from_dict
 from copa.data.formats.records import FormatError
 from copa.data.tokenizer import load_tokenizer
 from copa.models.copa import CopaModel
+from copa.models.weights import load_tensors
 from copa.train.build import copa_spec
 from copa.train.pretrain import VOCAB_DIR, load_pretraining_checkpoint, run_checkpoints
 
@@ -108,7 +109,7 @@ def load_finetuned(run_dir: Path) -> FinetunedRun:
     """A fine-tuning run's last checkpoint, read once: the CopaModel, its params, its tokenizer,
     where it stands and the task module's other weights."""
     checkpoint = run_checkpoints(Path(run_dir), "last")[0]
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = load_tensors(checkpoint)
     params = params_from_dict(ckpt["resolved_params"], f"{checkpoint} (resolved_params)")
     tokenizer = load_tokenizer(Path(run_dir) / VOCAB_DIR / "vocab.txt")
     model = CopaModel(copa_spec(params, len(tokenizer)))

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 from torch import nn
 
 from copa.config import DOWNSTREAM_SECTIONS, Params, params_from_dict
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import ObjectDataset, PairDataset, elem_index, image_text_pairs, labelled_elems, object_samples
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
+from copa.models.weights import load_tensors
 from copa.train.architectures import architecture, resolve
 from copa.train.encoder_init import INIT_DIR, VOCAB_DIR, train_contrastive_encoders
 from copa.train.engine import RESOLVED_FILE, EngineConfig, epoch_length, seed_everything, train
@@ -186,7 +186,7 @@ def load_pretraining_checkpoint(path: Path) -> tuple[nn.Module, Params, object, 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_tensors(path)
     params = params_from_dict(ckpt["resolved_params"], f"{path} (resolved_params)")
     vocab = path.parent.parent / VOCAB_DIR / "vocab.txt"
     if not vocab.is_file():
