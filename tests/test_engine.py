@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from copa.models.weights import UnreadableWeights
-from copa.train.engine import EngineConfig, atomic_torch_save, train
+from copa.train.engine import EngineConfig, NonFiniteLoss, atomic_torch_save, train
 from conftest import HANG_GUARD_S, PARAMS_DIR, assert_states_equal, final_state, logged, run_script
 from engine_toy import ToyTask, engine_config
 
@@ -192,3 +192,26 @@ def test_the_cli_reports_an_unreadable_checkpoint_in_one_line(fixture_pretrainin
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"copa pretrain: error: {last}: not a readable checkpoint (") and "Traceback" not in "\n".join(err)
+
+
+class NanAtStep(ToyTask):
+    """The toy task whose 5th batch holds a NaN input (epoch 1, batch 5: after the step-3 checkpoint)."""
+
+    def batches(self, epoch: int, rank: int, world_size: int, start: int):
+        for b, batch in enumerate(super().batches(epoch, rank, world_size, start), start=start):
+            if epoch == 0 and b == 4:
+                batch = {**batch, "x": batch["x"].clone().index_fill_(0, torch.tensor([0]), float("nan"))}
+            yield batch
+
+    def describe_batch(self, batch) -> str:
+        return f"{len(batch['x'])} rows"
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_update_naming_the_step(tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLoss) as caught:
+        train(NanAtStep(), engine_config(), tmp_path, PARAMS)
+    assert str(caught.value) == (f"{tmp_path}: step 5 (epoch 1, batch 5): non-finite loss (loss = nan, mae = nan); batch: 8 rows; "
+                                 "the run stops, its last checkpoint unchanged")
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == 3 and all(torch.isfinite(v).all() for v in last["model"].values())
+    assert not (tmp_path / "metrics.json").exists()  # not a finished run

@@ -149,3 +149,13 @@ def test_the_walk_sees_lazy_typing_relative_and_submodule_imports(tmp_path):
     assert found["copa.data.b"] == {"copa.data", "copa.data.a", "copa.config", "copa.report.figures"}
     assert cycles(found) == [["copa.data.a", "copa.data.b"]]
     assert layer_of("copa.report.figures") == "report" and layer_of("copa.single_stream.x") is None
+
+
+def test_the_command_line_starts_without_torch():
+    """Every `copa` process (a Snakemake job each) imports the CLI: torch (seconds) only where a command needs it.
+    The errors it reports in one line live in torch-free modules (copa.config.errors.UserError)."""
+    import subprocess
+    import sys
+
+    code = "import sys, copa.cli; print(sorted(m for m in ('torch', 'transformers', 'timm') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

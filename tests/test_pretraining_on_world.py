@@ -167,3 +167,29 @@ def test_pta_draws_a_fresh_object_at_every_step(fixture_world, tmp_path):
     # the batches are the draws: every rank's slice of the step's global object batch
     first = next(task.batches(0, rank=0, world_size=1, start=0))
     assert first["objects"]["images"].shape[0] == params.pretrain.object_batch_size
+
+
+def test_a_non_finite_loss_exits_naming_the_step_and_the_batchs_images(fixture_world, tmp_path, capsys, monkeypatch):
+    from copa.cli import main
+    from copa.models.pretraining import CopaPretraining
+
+    forward = CopaPretraining.forward
+
+    def diverged(self, batch):
+        out = forward(self, batch)
+        return {**out, "itm": out["itm"] * float("nan"), "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(CopaPretraining, "forward", diverged)
+    params = load_params("fixture", params_dir=PARAMS_DIR)
+    run_filter(fixture_world, params.filter, tmp_path / "annotations", progress=False)
+    args = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR), "--set", "pretrain.encoder_init.method=none",
+            "--set", "pretrain.steps_per_epoch=2", "pretrain", "--root", str(fixture_world), "--annotations",
+            str(tmp_path / "annotations"), "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    first = PretrainTask(params, fixture_world, tmp_path / "annotations", tmp_path / "probe")
+    pairs, objects = next(first.batches(0, 0, 1, 0))["images"]
+    assert error.startswith(f"copa pretrain: error: {tmp_path / 'run'}: step 1 (epoch 1, batch 1): non-finite loss (loss = nan, itm = nan")
+    assert f"pair images {', '.join(pairs)}; object images {', '.join(objects)}" in error
+    assert len(pairs) == params.pretrain.batch_size and len(objects) == params.pretrain.object_batch_size
+    assert not (tmp_path / "run" / "metrics.json").exists()

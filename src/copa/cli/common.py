@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from copa.config import Params, ParamsError, load_params
+from copa.config import Params, ParamsError, UserError, load_params
 from copa.data.formats.records import FormatError
-from copa.models.weights import UnreadableWeights
 from copa.run_layout import RunLayout
 from copa.train.architectures import ARCHITECTURES, Architecture, architecture, architecture_of_run
 
@@ -22,7 +21,7 @@ class CommandError(Exception):
 
 
 # What ``main`` reports as one line and exit status 2 (``--debug``: the traceback instead).
-USER_ERRORS = (ParamsError, FormatError, FileNotFoundError, FileExistsError, UnreadableWeights, CommandError)
+USER_ERRORS = (ParamsError, FormatError, FileNotFoundError, FileExistsError, UserError, CommandError)
 
 
 def profile_params(args: argparse.Namespace) -> Params:

@@ -32,7 +32,7 @@ from copa.config.data_params import (
     SynthSplitSizes,
     XVLMSource,
 )
-from copa.config.errors import ParamsError
+from copa.config.errors import ParamsError, UserError
 from copa.config.loading import (
     DEFAULT_PARAMS_DIR,
     available_profiles,
@@ -83,7 +83,7 @@ from copa.config.ranges import Count, Fraction, KeepRatio, LearningRate, NonNega
 
 __all__ = [
     # loading
-    "DEFAULT_PARAMS_DIR", "ParamsError", "available_profiles", "load_params", "params_from_dict", "parse_override",
+    "DEFAULT_PARAMS_DIR", "ParamsError", "UserError", "available_profiles", "load_params", "params_from_dict", "parse_override",
     "safe_load_unique", "validated_record",
     # ranges
     "Count", "Fraction", "KeepRatio", "LearningRate", "NonNegative", "PositiveInt", "Range", "Seed",

@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import Mapping
 
 
+class UserError(Exception):
+    """An error in what the user gave (a file, a value, a run) rather than in the code: the CLI reports
+    it as its one-line message with exit status 2 (``--debug``: the traceback). Its own module is
+    free of torch, so that the CLI can catch it without importing torch."""
+
+
 class ParamsError(ValueError):
     """A parameter file or override is malformed; the message names the source and key."""
 

@@ -12,11 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from copa.config import UserError
+
 
 WEIGHTS_ONLY_REFUSAL = "WeightsUnpickler error:"  # where torch's message says what it refused
 
 
-class UnreadableWeights(ValueError):
+class UnreadableWeights(UserError, ValueError):
     """A weights or checkpoint file the safe loader refuses: truncated, not a torch file, or pickled code."""
 
 

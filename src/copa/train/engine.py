@@ -53,6 +53,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from copa.config import UserError
 from copa.models.weights import load_tensors
 from copa.train import distributed
 from copa.train.distributed import DistContext
@@ -62,6 +63,10 @@ RESOLVED_FILE = "resolved_params.json"
 STATUS_EVERY_S = 30.0  # without a terminal (logs, batch jobs) a status line this often replaces the bar
 AMP_MODES = ("none", "bf16", "fp16")
 DEVICES = ("cpu", "cuda", "auto")
+
+
+class NonFiniteLoss(UserError, RuntimeError):
+    """A step's loss is NaN or infinite: training stops before the update, naming the step and terms."""
 
 
 class Task(Protocol):
@@ -93,7 +98,8 @@ class Task(Protocol):
         ...
 
     # Optional: ``summary() -> dict[str, float]``, run-level numbers (e.g. how much data the run saw),
-    # computed once at the end and written to metrics.json beside the last logged values.
+    # computed once at the end and written to metrics.json beside the last logged values;
+    # ``describe_batch(batch) -> str``, what a batch holds (e.g. its image ids) for an error naming it.
 
 
 def epoch_length(requested: int | None, examples: int, batch_size: int, key: str) -> int:
@@ -302,7 +308,13 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
         done = start_batch if epoch == start_epoch else 0
         start = done
         for batch in task.batches(epoch, ctx.rank, ctx.world_size, start):
-            out, grad_norm = training_step(net, _to_device(batch, ctx.device), optimizer, scaler, autocast, config.grad_clip)
+            try:
+                out, grad_norm = training_step(net, _to_device(batch, ctx.device), optimizer, scaler, autocast, config.grad_clip)
+            except NonFiniteLoss as exc:
+                describe = getattr(task, "describe_batch", None)
+                raise NonFiniteLoss(f"{out_dir}: step {step + 1} (epoch {epoch + 1}, batch {done + 1}): {exc}"
+                                    + (f"; batch: {describe(batch)}" if describe else "")
+                                    + "; the run stops, its last checkpoint unchanged") from None
             scheduler.step()
             task.after_step(model, step)
             step += 1
@@ -361,6 +373,9 @@ def training_step(net: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, 
     no norm returned), the optimizer's step. Returns the forward's outputs and the norm."""
     with autocast:
         out = net(batch)
+    if not torch.isfinite(out["loss"].detach()):  # before any update: the weights and checkpoints stay finite
+        bad = [f"{k} = {float(v.detach())}" for k, v in out.items() if v.numel() == 1 and not torch.isfinite(v.detach())]
+        raise NonFiniteLoss(f"non-finite loss ({', '.join(bad)})")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(out["loss"]).backward()
     grad_norm = None

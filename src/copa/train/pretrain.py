@@ -92,6 +92,8 @@ class PretrainTask:
                 "pairs": _model_inputs(self.pair_data.collate_fn([self.pair_data[int(i)] for i in pair_idx])),
                 "objects": _model_inputs(self.object_data.collate_fn(objects)),
                 "seed": int(np.random.default_rng([self.params.seed, epoch, step, rank]).integers(2**31)),
+                "images": ([self.pairs[int(i)].image.name for i in pair_idx],  # for an error naming the batch
+                           [self.object_data.objects[int(i)].image.name for i in images[mine]]),
             }
 
     def _orders(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +136,10 @@ class PretrainTask:
 
     def after_step(self, model, step: int) -> None:
         model.after_step(step)
+
+    def describe_batch(self, batch: dict) -> str:
+        pairs, objects = batch["images"]
+        return f"pair images {', '.join(pairs)}; object images {', '.join(objects)}"
 
 
 def _existing(path: str, key: str) -> Path:
