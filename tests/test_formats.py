@@ -561,3 +561,37 @@ def test_a_format_error_survives_pickling_with_its_file_record_and_field():
     error = pickle.loads(pickle.dumps(FormatError("coco/instances.json", "expected a number", "annotations[3]", "bbox")))
     assert isinstance(error, FormatError) and str(error) == "coco/instances.json, record annotations[3], field 'bbox': expected a number"
     assert (error.path, error.problem, error.record, error.field) == ("coco/instances.json", "expected a number", "annotations[3]", "bbox")
+
+
+def test_refs_with_unusable_boxes_are_dropped_and_counted(world: DataLayout, tmp_path: Path) -> None:
+    """RefCOCO+ boxes come from instances.json: a NaN, a coordinate beyond float range (10**400 as JSON
+    digits) or a box outside the image used to pass, and grounding then trained to loss nan."""
+    from copa.data.downstream import grounding_examples
+    from copa.data.validate import format_summary, validate_data_root
+
+    before = refcoco.read_refcoco(world.refcoco, world.coco_images("train2014"))
+    assert not before.dropped
+    val = [r for r in before.refs if r.split == "val"][:3]
+    text = world.refcoco_instances.read_text()
+    data = json.loads(text)
+    bad = {val[0].ann_id: [float("nan"), 1.0, 5.0, 5.0], val[1].ann_id: [10**400, 1.0, 5.0, 5.0], val[2].ann_id: [1.0, 1.0, 1e5, 5.0]}
+    for ann in data["annotations"]:
+        ann["bbox"] = bad.get(ann["id"], ann["bbox"])
+    world.refcoco_instances.write_text(json.dumps(data))
+    after = refcoco.read_refcoco(world.refcoco, world.coco_images("train2014"))
+    assert after.dropped == {"non_finite_box": [val[0].ref_id, val[1].ref_id], "outside_image": [val[2].ref_id]}
+    assert [r.ref_id for r in after.refs] == [r.ref_id for r in before.refs if r.ref_id not in {v.ref_id for v in val}]
+    result = validate_data_root(world.root)
+    source = next(s for s in result.sources if s.source == "refcoco+")
+    assert source.status == "ok" and source.dropped == {"non_finite_box": 2, "outside_image": 1}
+    assert "    dropped as unusable: non_finite_box 2, outside_image 1" in format_summary(result)
+    with pytest.warns(UserWarning, match=r"3 refs left out for unusable boxes \(non_finite_box 2, outside_image 1"):
+        examples = grounding_examples(world, "val")
+    assert not {e.ref_id for e in examples} & {v.ref_id for v in val}
+
+
+def test_a_coordinate_beyond_float_range_is_a_non_finite_box() -> None:
+    from copa.data.annotation_checks import box_defect
+
+    assert box_defect(Box(10**400, 0, 5, 5), 100, 100) == "non_finite_box"  # was an OverflowError traceback
+    assert box_defect(Box(1, 1, 5, -(10**400)), 100, 100) == "non_finite_box"

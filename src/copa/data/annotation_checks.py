@@ -26,7 +26,10 @@ def check_box(box: Box, width: int, height: int, min_area_fraction: float = 0.01
     it counts as ``negative_coordinates`` or ``outside_image``; within it, the box is usable once
     cut to the image, and its area is judged after that cut.
     """
-    x, y, w, h = box
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except OverflowError:  # an integer beyond float range (JSON allows 1e400 as digits)
+        return "non_finite_box", box
     if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(w) and math.isfinite(h)):
         return "non_finite_box", box
     if w <= 0 or h <= 0:

@@ -7,6 +7,7 @@ A split that is not there is an error naming the file and the split, never an em
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -77,6 +78,10 @@ def grounding_examples(layout: DataLayout, split: str) -> list[GroundingExample]
     if split not in refcoco.SPLITS:
         raise ValueError(f"unknown RefCOCO+ split {split!r}: one of {', '.join(refcoco.SPLITS)}")
     data = refcoco.read_refcoco(layout.refcoco, layout.coco_images("train2014"), check_files=False)
+    if data.dropped:
+        warnings.warn(f"{layout.refcoco_refs}: {sum(map(len, data.dropped.values()))} refs left out for unusable boxes "
+                      f"({', '.join(f'{r} {len(ids)}' for r, ids in sorted(data.dropped.items()))}; copa validate-data lists them)",
+                      stacklevel=2)
     images, categories = data.instances.images, data.instances.categories
     objects: dict[int, list[AnnotatedBox]] = {}
     for obj in data.instances.objects:

@@ -30,6 +30,7 @@ class SourceReport:
     kind: str = ""
     texts: int = 0
     error: str = ""
+    dropped: dict[str, int] = field(default_factory=dict)  # records left out as unusable, by reason
 
 
 @dataclass
@@ -127,7 +128,8 @@ class _Validator:
         data = refcoco.read_refcoco(self.layout.refcoco, self.layout.coco_images("train2014"), self.check_files)
         by_split = Counter(r.split for r in data.refs)
         split = " ".join(f"{s}:{by_split[s]}" for s in refcoco.SPLITS)
-        return SourceReport("refcoco+", split, "ok", len(data.instances.images), len(data.refs), "refs", sum(len(r.sentences) for r in data.refs))
+        return SourceReport("refcoco+", split, "ok", len(data.instances.images), len(data.refs), "refs", sum(len(r.sentences) for r in data.refs),
+                            dropped={reason: len(ids) for reason, ids in sorted(data.dropped.items())})
 
     def karpathy(self, path: Path, image_dir: Path) -> SourceReport:
         name, images = karpathy.read_karpathy(path, image_dir, self.check_files)
@@ -194,6 +196,8 @@ def format_summary(result: Validation) -> str:
         lines.append(f"{s.source:<20} {s.split:<36} {s.status:<7} {s.images:>7} {s.annotations:>12}  {s.texts:>7}  {s.kind}".rstrip())
         if s.error:
             lines.append(f"    {s.error}")
+        if s.dropped:
+            lines.append(f"    dropped as unusable: {', '.join(f'{reason} {n}' for reason, n in s.dropped.items())}")
     if result.defects:
         lines.append("injected defects (manifest / recounted from the files):")
         for file, kinds in result.defects.items():

@@ -3,7 +3,8 @@
 ``refs(unc).p`` is a pickled list of dicts {ref_id, ann_id, image_id, category_id, split,
 file_name, sent_ids, sentences: [{sent_id, sent, raw, tokens}]}; splits are train / val /
 testA / testB. ``instances.json`` is a COCO instances file over the referred images; each ref's
-box is its ``ann_id``'s bbox there. The pickle is read with an unpickler that refuses every
+box is its ``ann_id``'s bbox there. A ref whose box is unusable (non-finite, not of positive size,
+outside its image) is dropped and counted by reason (``RefCOCO.dropped``; validate-data lists them). The pickle is read with an unpickler that refuses every
 class, so a tampered file cannot run code.
 """
 
@@ -13,6 +14,7 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+from copa.data.annotation_checks import box_defect
 from copa.data.formats import coco
 from copa.data.formats.records import Box, FormatError, claim_id, list_records
 
@@ -32,10 +34,15 @@ class Ref:
     box: Box  # the bbox of ``ann_id`` in instances.json
 
 
+# a ref's box must be usable: finite, of positive size, inside its image (no minimum area: small referents are the task)
+REF_BOX_MIN_AREA = 0.0
+
+
 @dataclass(frozen=True)
 class RefCOCO:
-    refs: list[Ref]
+    refs: list[Ref]  # the usable ones
     instances: coco.CocoInstances
+    dropped: dict[str, list[int]]  # a box defect (copa.data.annotation_checks) -> the ids of the refs dropped for it
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -65,7 +72,7 @@ def read_refcoco(refcoco_dir: Path, image_dir: Path, check_files: bool = True) -
     instances = coco.read_instances(refcoco_dir / INSTANCES_FILE, image_dir, check_files)
     boxes = {obj.ann_id: obj for obj in instances.objects}
     path = refcoco_dir / REFS_FILE
-    refs, seen = [], set()
+    refs, seen, dropped = [], set(), {}
     for rec in list_records(read_refs(path), path, "refs", id_field="ref_id"):
         split = rec.string("split")
         if split not in SPLITS:
@@ -80,8 +87,13 @@ def read_refcoco(refcoco_dir: Path, image_dir: Path, check_files: bool = True) -
             raise rec.error("sentences", "a ref needs at least one sentence")
         ref = Ref(rec.integer("ref_id"), ann_id, image_id, rec.integer("category_id"), split, sentences, boxes[ann_id].box)
         claim_id(seen, ref.ref_id, rec, "ref_id", "ref id")
-        refs.append(ref)
-    return RefCOCO(refs, instances)
+        image = instances.images[image_id]
+        defect = box_defect(ref.box, image.width, image.height, REF_BOX_MIN_AREA)
+        if defect is None:
+            refs.append(ref)
+        else:
+            dropped.setdefault(defect, []).append(ref.ref_id)
+    return RefCOCO(refs, instances, dropped)
 
 
 def write_refs(path: Path, refs: list[Ref], raw_sentences: dict[int, tuple[str, ...]] | None = None) -> None:
