@@ -180,3 +180,33 @@ def test_cli_writes_report_json_and_appendix_table(fixture_world, tmp_path, caps
     assert f"VG regions {data['sources']['vg_regions']['kept']:,} kept of {data['sources']['vg_regions']['records']:,}" in table
     assert "paper (reference, real data)" in table and "3,699,598 of 5,402,953" in table
     assert "kept of" in capsys.readouterr().out
+
+
+def test_a_decompression_bomb_is_dropped_as_too_large(world, tmp_path, monkeypatch):
+    """PIL refuses to open an image over twice its pixel limit: counted, not a traceback that names no file."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # the fixture's images are far below 2 x this
+    Image.new("L", (600, 600)).save(world.vg / "VG_100K" / "3.jpg", format="JPEG")
+    dropped = _filter(world.root, tmp_path / "out")["sources"]["vg_regions"]["dropped"]
+    assert dropped["image_too_large"] > 0
+
+
+def test_a_truncated_or_foreign_image_is_an_error_naming_it(tmp_path):
+    import pickle
+
+    from PIL import Image
+
+    from copa.data.images import ImageError, read_rgb
+
+    good = tmp_path / "good.jpg"
+    Image.new("RGB", (64, 48), "red").save(good)
+    cut, foreign = tmp_path / "cut.jpg", tmp_path / "notes.jpg"
+    cut.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    foreign.write_text("not an image")
+    assert read_rgb(good).size == (64, 48)
+    for path, why in ((cut, "OSError: Truncated File Read"), (foreign, "cannot identify image file")):
+        with pytest.raises(ImageError, match=rf"^{path}: not a readable image \(.*{why}"):
+            read_rgb(path)
+    error = pickle.loads(pickle.dumps(ImageError(cut, "cut short")))  # crosses a worker's process boundary
+    assert str(error) == f"{cut}: cut short"

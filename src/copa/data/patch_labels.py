@@ -31,6 +31,7 @@ from PIL import Image
 from copa.config import PatchLabelParams
 from copa.data.formats.records import FormatError
 from copa.data.formats.xvlm import Elem, ImageAnnotations, iter_xvlm
+from copa.data.images import read_rgb
 
 # Box edges within this many resized px of a patch boundary count as on it: x and w are scaled
 # separately, so x + w of a box that ends on a boundary can land an ulp past it and would
@@ -343,8 +344,7 @@ def figure_examples(store: PatchLabelStore, filtered_dir: Path, data_root: Path,
     examples = []
     for row in sorted(picked):
         item, elem = picked[row]
-        with Image.open(Path(data_root) / item.image) as im:
-            pixels = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+        pixels = np.asarray(read_rgb(Path(data_root) / item.image).resize((size, size), Image.Resampling.BICUBIC))
         box = resize_boxes(elem.box.as_list(), np.array([item.width]), np.array([item.height]), size)[0]
         title = textwrap.fill(elem.text or elem.caption, 30) + f"\n({item.source} {elem.id})"
         examples.append(LabelledImage(pixels, tuple(box.tolist()), store.labels(row), title))

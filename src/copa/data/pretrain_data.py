@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from copa.data.formats import coco, karpathy, visual_genome, web_pairs
 from copa.data.formats.records import Box, FormatError
 from copa.data.formats.xvlm import iter_xvlm
+from copa.data.images import read_rgb
 from copa.data.layout import COCO_ANNOTATED_SPLITS, DataLayout
 from copa.data.patch_labels import filtered_files, grid_size, rasterise, resize_boxes
 from copa.data.tokenizer import SPECIAL_TOKENS
@@ -218,11 +219,6 @@ class _Base(Dataset):
         }
 
 
-def _open_rgb(path: Path) -> PILImage.Image:
-    with PILImage.open(path) as im:
-        return im.convert("RGB")
-
-
 class PairDataset(_Base):
     """Image-text pairs for ITC / ITM / MLM / PrefixLM.
 
@@ -249,7 +245,7 @@ class PairDataset(_Base):
 
     def __getitem__(self, i: int) -> dict:
         pair = self.pairs[i]
-        image = _open_rgb(pair.image)
+        image = read_rgb(pair.image)
         geometry = self.geometry(i, image.width, image.height)
         return {"image": self.to_tensor(geometry.image(image)), **self.tokens(pair.text), "index": i}
 
@@ -294,7 +290,7 @@ class ObjectDataset(_Base):
         """Image ``i`` with its elem ``j`` as the text; ``rng`` draws the crop and the flip (train)."""
         obj = self.objects[i]
         elem = obj.elems[j]
-        image = _open_rgb(obj.image)
+        image = read_rgb(obj.image)
         if image.size != (obj.width, obj.height):
             raise ValueError(f"{obj.image}: image is {image.width}x{image.height}, annotations say {obj.width}x{obj.height}")
         labelled = labelled_elems(obj, elem, self.labels)  # the chosen elem first

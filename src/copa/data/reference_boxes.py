@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from copa.config import ReferenceBoxesParams
@@ -24,7 +24,8 @@ from copa.data.formats import reference_boxes, web_pairs
 from copa.data.formats.records import FormatError
 from copa.data.layout import DataLayout
 from copa.data.patch_labels import grid_size, rasterise, resize_boxes
-from copa.data.pretrain_data import IMAGENET_MEAN, IMAGENET_STD, _Base, _open_rgb
+from copa.data.images import ImageError, read_rgb
+from copa.data.pretrain_data import IMAGENET_MEAN, IMAGENET_STD, _Base
 
 
 def _sample(count: int, wanted: int, seed: int, what: str, knob: str) -> list[int]:
@@ -42,12 +43,12 @@ def oracle_reference_pairs(layout: DataLayout, params: ReferenceBoxesParams) -> 
 
 
 def _open_image(pair: web_pairs.WebPair, tsv: Path) -> Image.Image:
+    if not Path(pair.path).is_file():
+        raise FormatError(tsv, f"image file {pair.path} does not exist", f"line {pair.line}", "image")
     try:
-        return _open_rgb(pair.path)
-    except FileNotFoundError:
-        raise FormatError(tsv, f"image file {pair.path} does not exist", f"line {pair.line}", "image") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise FormatError(tsv, f"image file {pair.path} cannot be read ({exc})", f"line {pair.line}", "image") from None
+        return read_rgb(pair.path)
+    except ImageError as exc:
+        raise FormatError(tsv, f"image file {pair.path} cannot be read ({exc.problem})", f"line {pair.line}", "image") from None
 
 
 def detected_reference_pairs(layout: DataLayout, params: ReferenceBoxesParams, device: torch.device | str = "cpu",
@@ -121,7 +122,7 @@ class ReferencePairDataset(_Base):
 
     def __getitem__(self, i: int) -> dict:
         pair = self.pairs[i]
-        image = _open_rgb(self.root / pair.image)
+        image = read_rgb(self.root / pair.image)
         if image.size != (pair.width, pair.height):
             raise ValueError(f"{self.root / pair.image}: image is {image.width}x{image.height}, pair {pair.pair_id} says "
                              f"{pair.width}x{pair.height}")

@@ -29,6 +29,7 @@ from PIL import Image
 from copa.config import VQAEvalParams, vqa_image_size
 from copa.data.downstream import VQAExample
 from copa.data.formats.referents import Referents
+from copa.data.images import read_rgb
 from copa.models.selectors import num_keep
 from copa.report.figures import new_figure
 from copa.tasks.vqa import question_data, answer_questions
@@ -121,8 +122,7 @@ def detect_patches(run: FinetunedRun, examples: Sequence[VQAExample], ratios: Se
             mask = np.zeros(side * side, dtype=bool)
             mask[order[i, :num_keep(side * side, ratio, selector.rounding)].numpy()] = True
             kept[ratio] = mask.reshape(side, side)
-        with Image.open(e.image) as image:
-            pixels = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+        pixels = np.asarray(read_rgb(e.image).resize((size, size), Image.Resampling.BICUBIC))
         detections.append(Detection(e, answers[e.question_id], pixels, kept))
     return detections
 
