@@ -85,6 +85,21 @@ def test_bad_override_fails_at_parse_time(workdir):
     assert "--set: unknown key 'synth.sed'; did you mean 'synth.seed'?" in run.stdout
 
 
+ODD_ROOT = "data/w o'r;l\"d-\u00e9 $(touch INJECTED) `touch INJECTED`"  # a space, quotes, a semicolon, non-ASCII, substitutions
+
+
+def test_a_data_root_with_shell_characters_is_one_quoted_path(workdir):
+    """Every path and value reaches the shell quoted: the world is made and validated under the odd
+    root itself, and no command hidden in it runs (a `;` in the root once ran one)."""
+    (workdir / "odd.yaml").write_text(yaml.safe_dump({"profile": "fixture", "set": [f"data.root={ODD_ROOT}"]}, allow_unicode=True),
+                                      encoding="utf-8")
+    run = snakemake(workdir, "results/fixture/data_validation.json", "--cores", "2", *FIXTURE, "--configfile", "odd.yaml")
+    assert run.returncode == 0, run.stdout
+    validation = json.loads((workdir / "results" / "fixture" / "data_validation.json").read_text(encoding="utf-8"))
+    assert validation["ok"] and validation["root"] == ODD_ROOT and (workdir / ODD_ROOT / "synthetic_manifest.json").is_file()
+    assert not list(workdir.rglob("INJECTED")) and not (Path.cwd() / "INJECTED").exists()
+
+
 def test_bad_params_file_fails_at_parse_time(workdir):
     profile = workdir / "params" / "profiles" / "fixture.yaml"
     profile.write_text(profile.read_text().replace("  seed: 0", "  sed: 0"))

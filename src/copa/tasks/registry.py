@@ -58,7 +58,8 @@ def heads_of(architecture: str) -> list[str]:
 
 def head_modules(architecture: str) -> tuple[str, ...]:
     """The modules an architecture's heads name (the rules' per-architecture rerun triggers)."""
-    return tuple(sorted({ref.split(":")[0] for (arch, _), h in HEADS.items() if arch == architecture for ref in vars(h).values()}))
+    return tuple(sorted({ref.split(":")[0] for (arch, _), h in HEADS.items() if arch == architecture
+                         for ref in vars(h).values() if ref is not None}))
 
 
 def answer_cost(architecture: str) -> str | None:
