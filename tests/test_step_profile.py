@@ -129,3 +129,11 @@ def test_the_benchmark_names_a_missing_world_in_one_line(tmp_path, capsys, threa
 def test_the_benchmark_refuses_widths_that_are_not_multiples_of_a_head(text):
     with pytest.raises(SystemExit):
         _benchmark().parser().parse_args(["--widths", text])
+
+
+def test_the_readme_table_is_the_committed_step_profile():
+    committed = (ROOT / "results" / "demo-cpu" / "step.md").read_text(encoding="utf-8")
+    assert committed == step_profile_markdown(json.loads((ROOT / "results" / "demo-cpu" / "step.json").read_text(encoding="utf-8")))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    copy = readme.split("<!-- demo-cpu step: a copy of results/demo-cpu/step.md -->\n", 1)[1].split("\n<!-- end of demo-cpu step -->", 1)[0]
+    assert copy.strip() == committed.split("\n\n", 1)[1].strip()  # the whole file, its title aside
