@@ -28,8 +28,9 @@ pull: $(STAMP)
 	$(BIN)/snakemake --cores all data/synthetic-demo
 	$(BIN)/snakemake --cores all --touch
 
+# In parallel processes, one per core (pytest-xdist), each taking a new test when it finishes one.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 # Re-pin the transitive dependencies after changing a pin in pyproject.toml.
 lock:

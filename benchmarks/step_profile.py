@@ -64,7 +64,9 @@ def width_overrides(width: int) -> list[str]:
 
 
 def measure(profile: str, overrides: list[str], root: Path | None, annotations: Path | None, rounds: int, warmup: int,
-            scratch: Path) -> dict:
+            scratch: Path) -> tuple[dict, dict]:
+    """The profile's step at the width ``overrides`` give (none: its own): the width's entry, and the
+    batch and data root it ran on."""
     params = load_params(profile, overrides)
     root = root or Path(params.data.root)
     annotations = annotations or RunLayout(params.profile).filtered_annotations

@@ -26,6 +26,22 @@ PARAMS_DIR = Path(__file__).parents[1] / "params"
 HANG_GUARD_S = 3600
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "longest: among the longest tests, started first (see pytest_collection_modifyitems)")
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:  # `make test` runs the tests in parallel processes (pytest-xdist): they share the cores
+        threads = str(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+        os.environ["OMP_NUM_THREADS"] = threads  # the subprocesses a test starts use the same count (bit-identity checks)
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest tests first, so that parallel workers do not wait for one at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("longest") is None)  # stable: the rest keep their order
+
+
 # ------------------------------------------------- helpers for engine runs (kill + resume tests)
 def run_script(args: list[str], **env: str) -> subprocess.CompletedProcess:
     """``python *args`` in a subprocess with extra environment variables (e.g. COPA_KILL_AT_STEP)."""

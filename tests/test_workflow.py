@@ -48,6 +48,21 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def dry_runs(workdir: Path, overrides: dict[str, str]) -> dict[str, subprocess.CompletedProcess]:
+    """The fixture DAG's dry run under each `--config set=[...]` override, all at once (they only
+    read the workdir: `--nolock`); name -> the run, as `snakemake` returns it."""
+    started = {name: subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "-n", "--nolock", *FIXTURE,
+                                       "--config", f'set=["{override}"]'],
+                                      cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for name, override in overrides.items()}
+    return {name: _finished(proc) for name, proc in started.items()}
+
+
+def _finished(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, _ = proc.communicate(timeout=HANG_GUARD_S)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, None)
+
+
 def test_lint_is_clean(workdir):
     run = snakemake(workdir, "--lint")
     assert run.returncode == 0, run.stdout
@@ -109,6 +124,7 @@ def test_bad_params_file_fails_at_parse_time(workdir):
     assert "Traceback" not in run.stdout
 
 
+@pytest.mark.longest
 def test_fixture_dag_end_to_end(workdir):
     run = snakemake(workdir, "--cores", "2", *FIXTURE)
     assert run.returncode == 0, run.stdout
@@ -208,45 +224,50 @@ def test_fixture_dag_end_to_end(workdir):
 
     # A rule reruns for its own params sections only: the seed picks the figure's examples and
     # names another pretraining run...
-    seeded = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["seed=5"]')
+    runs = dry_runs(workdir, {  # all at once (each about 10 s of parsing): the overrides below, by name
+        "seeded": "seed=5", "lr": "pretrain.lr_text=2.0e-4", "ft": "finetune.retrieval.lr_text=2.0e-4",
+        "cider": "finetune.captioning.lr_text=2.0e-4", "k": "evaluate.retrieval.k_test=2", "eff": "efficiency.latency.iterations=5",
+        "size": "efficiency.text_length=12", "single": "single_stream.itm_swap_probability=0.3",
+        "threshold": "filter.near_duplicate.threshold=0.9", "reseeded": "synth.seed=1"})
+    seeded = runs["seeded"]
     assert seeded.returncode == 0, seeded.stdout
     assert _scheduled(seeded.stdout) == {"patch_labels", "encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency",
                                          *REPORT_RULES, *TPD_RULES, "all"}
     assert "runs/fixture/pretrain/tpd-loc2-keep0.5-seed5/metrics.json" in seeded.stdout
     # ...a training knob reruns the run and its probes only...
-    lr = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["pretrain.lr_text=2.0e-4"]')
+    lr = runs["lr"]
     assert lr.returncode == 0, lr.stdout
     assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, *TPD_RULES, "all"}  # not the shared init
     # ...a fine-tuning knob, the fine-tune and its evaluation only; an inference setting, the evaluation only...
-    ft = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["finetune.retrieval.lr_text=2.0e-4"]')
+    ft = runs["ft"]
     assert ft.returncode == 0, ft.stdout
     assert _scheduled(ft.stdout) == {"finetune", "evaluate", "table", "claims", "all"}
     assert re.findall(r"^    output: runs/fixture/finetune/\S+/(\w+)/metrics.json", ft.stdout, flags=re.MULTILINE) == ["retrieval"], ft.stdout
-    cider = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["finetune.captioning.lr_text=2.0e-4"]')
+    cider = runs["cider"]
     assert sorted(re.findall(r"^    output: runs/fixture/finetune/\S+/(\w+)/metrics.json", cider.stdout, flags=re.MULTILINE)) == \
         ["captioning", "captioning_cider"], cider.stdout  # the CIDEr stage continues the captioning run
-    k = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["evaluate.retrieval.k_test=2"]')
+    k = runs["k"]
     assert k.returncode == 0, k.stdout
     assert _scheduled(k.stdout) == {"evaluate", "table", "claims", "all"}
-    eff = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["efficiency.latency.iterations=5"]')
+    eff = runs["eff"]
     assert eff.returncode == 0, eff.stdout
     assert _scheduled(eff.stdout) == {"efficiency_paired", "table", "claims", "all"}  # the timing protocol: the tables' timings, not the runs' costs
-    size = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["efficiency.text_length=12"]')
+    size = runs["size"]
     assert _scheduled(size.stdout) == {"efficiency", "efficiency_paired", *REPORT_RULES, "all"}  # the protocol's input: both
     # ...the single-stream section, the single-stream runs only (Table 6)...
-    single = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["single_stream.itm_swap_probability=0.3"]')
+    single = runs["single"]
     assert single.returncode == 0, single.stdout
     assert _scheduled(single.stdout) == {"pretrain", "finetune", "evaluate", "efficiency", "efficiency_paired", "table", "claims", "all"}
     rerun = re.findall(r"^    output: (?:runs|results)/fixture/(?:pretrain|finetune|efficiency)/(\S+?)[/.]", single.stdout, flags=re.MULTILINE)
     assert rerun and all(name.startswith("single-") or name == "paired" for name in rerun), rerun
     assert re.findall(r"^    output: results/fixture/efficiency/paired/(\w+)\.json", single.stdout, flags=re.MULTILINE) == ["table6"]
     # ...a filtering threshold reruns filtering and what reads its output, not the world...
-    threshold = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["filter.near_duplicate.threshold=0.9"]')
+    threshold = runs["threshold"]
     assert threshold.returncode == 0, threshold.stdout
     assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate",
                                             *REPORT_RULES, *TPD_RULES, "all"}
     # ...a synth parameter regenerates the world and everything after it.
-    reseeded = snakemake(workdir, "--cores", "2", "-n", *FIXTURE, "--config", 'set=["synth.seed=1"]')
+    reseeded = runs["reseeded"]
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
     assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "encoder_init", "pretrain",

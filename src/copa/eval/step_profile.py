@@ -82,7 +82,6 @@ def profile_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: I
         step_s.append(stepped - loaded)
         matmul_s.append(time.perf_counter() - stepped)
         flops.append(_step_flops(model, batch))
-    optimizer.zero_grad(set_to_none=True)
     matmul_rate = [matmul_flops / s for s in matmul_s]
     real = [f / (d + s) / m for f, d, s, m in zip(flops, data_s, step_s, matmul_rate)]
     step_only = [f / s / m for f, s, m in zip(flops, step_s, matmul_rate)]
