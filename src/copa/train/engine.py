@@ -370,10 +370,12 @@ def training_step(net: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, 
                   autocast: Any, grad_clip: float | None) -> tuple[dict[str, Tensor], Tensor | None]:
     """One update of ``net`` on a batch already on its device: forward under ``autocast``, backward
     of the (scaled) loss, the gradients' global norm clipped to ``grad_clip`` (None: not clipped,
-    no norm returned), the optimizer's step. Returns the forward's outputs and the norm."""
+    no norm returned), the optimizer's step. Returns the forward's outputs and the norm; a NaN or
+    infinite loss raises :class:`NonFiniteLoss` before anything is updated."""
     with autocast:
         out = net(batch)
-    if not torch.isfinite(out["loss"].detach()):  # before any update: the weights and checkpoints stay finite
+    # before any update, so the weights and checkpoints stay finite (on a GPU this waits for the forward once a step)
+    if not torch.isfinite(out["loss"].detach()):
         bad = [f"{k} = {float(v.detach())}" for k, v in out.items() if v.numel() == 1 and not torch.isfinite(v.detach())]
         raise NonFiniteLoss(f"non-finite loss ({', '.join(bad)})")
     optimizer.zero_grad(set_to_none=True)
