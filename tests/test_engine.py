@@ -215,3 +215,22 @@ def test_a_non_finite_loss_stops_the_run_before_the_update_naming_the_step(tmp_p
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert last["step"] == 3 and all(torch.isfinite(v).all() for v in last["model"].values())
     assert not (tmp_path / "metrics.json").exists()  # not a finished run
+
+
+def test_a_run_records_what_ran_it_and_a_resume_under_other_threads_says_so(reference: Path, tmp_path: Path) -> None:
+    """CPU results are bit-identical at one thread count: the run records it with the commit and versions."""
+    import json
+
+    resolved = json.loads((reference / "resolved_params.json").read_text())["provenance"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parents[1], capture_output=True, text=True).stdout.strip()
+    assert resolved["commit"] == head and isinstance(resolved["dirty"], bool) and resolved["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert resolved["torch_threads"] == torch.load(reference / "checkpoints" / "last.pt", weights_only=True)["provenance"]["torch_threads"]
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    before = torch.get_num_threads()
+    torch.set_num_threads(before + 1)
+    try:
+        with pytest.warns(UserWarning, match=rf"written under other conditions \(torch_threads {before} -> {before + 1}\)"):
+            train(ToyTask(), engine_config(), run, PARAMS)
+    finally:
+        torch.set_num_threads(before)

@@ -8,14 +8,15 @@ What lands in ``out_dir``::
 
     checkpoints/last.pt           every ``checkpoint_every`` steps and at each epoch end
     checkpoints/epoch_{e:03d}.pt  after epoch e (kept, for per-epoch evaluation: Figure 5)
-    resolved_params.json          the resolved params and engine settings, readable
+    resolved_params.json          the resolved params and engine settings, and what ran them (copa.provenance)
     dvclive/                      per-step metrics (DVCLive, for ``dvc plots``)
     metrics.json                  the last logged values
 
 A run killed at any point resumes from ``last.pt`` and, on CPU, ends with bit-for-bit the
 same parameters as an uninterrupted run: the checkpoint holds model, optimizer, scheduler,
 scaler, position (epoch, batch index) and every rank's RNG states, and the task re-creates
-the data stream from (epoch, rank, start) alone.
+the data stream from (epoch, rank, start) alone. That holds at the same torch thread count, library
+versions and device: the checkpoint records them, and a resume under others says what changed.
 
 DDP and buffers: DDP averages gradients, so parameters stay identical on every rank, and
 ``after_step`` (e.g. a momentum update from those parameters) keeps derived state identical
@@ -55,6 +56,7 @@ from tqdm import tqdm
 
 from copa.config import UserError
 from copa.models.weights import load_tensors
+from copa.provenance import code_provenance
 from copa.train import distributed
 from copa.train.distributed import DistContext
 
@@ -238,6 +240,7 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
     # 2) fresh start or resume (every rank reads the same file, before DDP wraps the model)
     if ctx.is_main:
         _remove_partial_saves(out_dir)
+    provenance = {**code_provenance(), "device": str(ctx.device)}
     last = ckpt_dir / "last.pt"
     step, start_epoch, start_batch, metrics = 0, 0, 0, {}
     resumed = last.exists()
@@ -248,6 +251,7 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
         if changed:
             raise ValueError(f"{last} was written with other parameters (differing keys: {changed}); "
                              f"delete {out_dir} to start over with the new ones")
+        _warn_if_not_identical(last, ckpt.get("provenance"), provenance)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -265,7 +269,8 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
 
     if ctx.is_main:  # the run's settings in readable form (the checkpoints hold the same)
         out_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {"params": params, "engine": config.as_dict(), "world_size": ctx.world_size, "device": str(ctx.device)}
+        resolved = {"params": params, "engine": config.as_dict(), "world_size": ctx.world_size, "device": str(ctx.device),
+                    "provenance": provenance}
         _atomic_write_text(out_dir / RESOLVED_FILE, json.dumps(resolved, indent=2, sort_keys=True) + "\n")
 
     net: nn.Module = model
@@ -295,7 +300,7 @@ def _train(task: Task, config: EngineConfig, out_dir: Path, params: dict, ctx: D
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "step": step, "epoch": epoch + 1 if epoch_done else epoch,  # where to resume
                 "batch": 0 if epoch_done else batch, "rng": rng, "metrics": metrics,
-                "resolved_params": params, "engine_config": config.as_dict(),
+                "resolved_params": params, "engine_config": config.as_dict(), "provenance": provenance,
             }
             if epoch_done:
                 atomic_torch_save(payload, ckpt_dir / f"epoch_{epoch:03d}.pt")
@@ -402,6 +407,20 @@ def _open_live(live_dir: Path, resumed: bool, step: int):
             kept = [r for r in rows if int(r.split("\t")[step_col]) <= step]
             _atomic_write_text(tsv, header + "".join(kept))
     return live
+
+
+IDENTITY = ("torch_threads", "packages", "device")  # what a CPU run's bit-identity depends on beyond the params
+
+
+def _warn_if_not_identical(last: Path, stored: dict | None, current: dict) -> None:
+    """A resume under another thread count, library versions or device continues the run, but its
+    numbers will differ from an uninterrupted run's: say so, naming what changed."""
+    if stored is None:  # a checkpoint from before provenance was recorded
+        return
+    changed = [f"{key} {stored.get(key)} -> {current[key]}" for key in IDENTITY if stored.get(key) != current[key]]
+    if changed:
+        warnings.warn(f"{last} was written under other conditions ({'; '.join(changed)}): the resumed run will not be "
+                      "bit-identical to an uninterrupted one", stacklevel=4)
 
 
 # the temp files of a save a kill interrupted (atomic_torch_save's, _atomic_write_text's): only these names are removed
