@@ -26,7 +26,8 @@ class _NoSpice:
 
 
 def test_scores_equal_cocoevalcap(monkeypatch) -> None:
-    ours = caption_metrics(PREDICTIONS, REFERENCES)
+    both = caption_metrics({"ours": PREDICTIONS, "first reference": {i: refs[0] for i, refs in REFERENCES.items()}}, REFERENCES, spice=("ours",))
+    ours = both["ours"]
     coco = COCO()
     coco.dataset = {"images": [{"id": i} for i in REFERENCES],
                     "annotations": [{"id": 10 * i + k, "image_id": i, "caption": c} for i, refs in REFERENCES.items() for k, c in enumerate(refs)]}
@@ -41,10 +42,12 @@ def test_scores_equal_cocoevalcap(monkeypatch) -> None:
     assert 0 < ours["cider"] and 0 < ours["bleu_4"] < 1
     if spice_unavailable_reason() is not None:  # offline: reported as unavailable, never as 0
         assert ours["spice"] is None and "CoreNLP" in ours["spice_unavailable"]
+    assert both["first reference"]["meteor"] > ours["meteor"]  # the scorers serve each set apart
+    assert both["first reference"]["spice_unavailable"] == "not asked for"
 
 
 def test_mismatched_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="1 images without a caption"):
-        caption_metrics({1: "a"}, {1: ["a"], 2: ["b"]}, spice=False)
+        caption_metrics({"a": {1: "a"}}, {1: ["a"], 2: ["b"]})
     with pytest.raises(ValueError, match="no reference caption"):
-        caption_metrics({1: "a"}, {1: []}, spice=False)
+        caption_metrics({"a": {1: "a"}}, {1: []})

@@ -33,7 +33,7 @@ except ParamsError as exc:  # a user error: one line and exit 2, as `copa` gives
 from copa.report.tables import grid_inputs
 from copa.sources import module_sources
 from copa.tasks.registry import TASKS, head_modules
-from copa.train.encoder_init import encoder_init_params
+from copa.train.encoder_init_params import encoder_init_params
 PROFILE = PARAMS.profile  # without --config profile=..., the one named in params/base.yaml
 LAYOUT = RunLayout(PROFILE)  # every path the jobs write or read, as the CLI's defaults (copa.run_layout)
 # A pretraining run's name (copa.report.grids.run_name) in wildcards: its architecture's prefix first.

@@ -28,7 +28,7 @@ rule encoder_init:
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         init=lambda w: json.dumps({k: v for k, v in encoder_init_params(PARAMS).items() if k != "seed"}, sort_keys=True),  # what it reads
-        # the overrides of what it reads (copa.train.encoder_init.encoder_init_params), not Algorithm 1's
+        # the overrides of what it reads (copa.train.encoder_init_params), not Algorithm 1's
         copa=copa_cli("model", "patch_labels", *(f"pretrain.{k}" for k in ("encoder_init", "batch_size", "pair_sources", "weight_decay"))),
         run_dir=lambda w, output: os.path.dirname(output[0]),
     log:

@@ -180,9 +180,10 @@ def evaluate_captioning(run: FinetunedRun, settings: CaptioningEvalParams, data_
     test = karpathy_images(layout, dataset, (split,))
     captions = write_captions(model, tokenizer, test, params, settings, batch_size, progress)
     references = {im.imgid: im.sentences for im in test}
-    scores = caption_metrics({im.imgid: c for im, c in zip(test, captions)}, references, spice=settings.spice)
     constant = constant_caption(karpathy_images(layout, dataset, TRAIN_SPLITS))
-    baseline = caption_metrics({im.imgid: constant for im in test}, references, spice=False)
+    sets = {"model": {im.imgid: c for im, c in zip(test, captions)}, "constant": {im.imgid: constant for im in test}}
+    metrics = caption_metrics(sets, references, spice=("model",) if settings.spice else ())
+    scores, baseline = metrics["model"], metrics["constant"]
     record = {"split": f"{dataset} Karpathy {split}", "beam_size": settings.beam_size,
               "max_length": settings.max_length, **scores, "baselines": {"constant_caption": {"caption": constant, **baseline}}}
     results = [{"image_id": im.cocoid if im.cocoid is not None else im.imgid, "caption": c} for im, c in zip(test, captions)]

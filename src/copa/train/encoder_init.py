@@ -38,6 +38,7 @@ from copa.models.pretraining import CopaPretraining
 from copa.models.vit import load_timm_checkpoint
 from copa.models.weights import load_tensors, read_state_dict
 from copa.train.build import copa_spec
+from copa.train.encoder_init_params import encoder_init_params
 from copa.train.engine import EngineConfig, changed_params, seed_everything, train
 from copa.train.schedule import VIT_NO_DECAY, param_groups
 
@@ -91,18 +92,6 @@ class ContrastiveInitTask:
 
     def after_step(self, model, step: int) -> None:
         pass
-
-
-def encoder_init_params(params: Params) -> dict:
-    """What the contrastive stage reads, as plain values: the parameters its checkpoints record (a
-    resume compares them) and the workflow's rerun trigger. Not the selection (the stage selects
-    nothing) nor Algorithm 1's settings, so that every run of a profile and seed shares it."""
-    p = params.pretrain
-    return {"profile": params.profile, "seed": params.seed,
-            "model": {k: v for k, v in dataclasses.asdict(params.model).items() if k != "selection"},
-            "patch_labels": {"image_size": params.patch_labels.image_size, "patch_size": params.patch_labels.patch_size},
-            "pretrain": {"encoder_init": dataclasses.asdict(p.encoder_init), "batch_size": p.batch_size,
-                         "pair_sources": list(p.pair_sources), "weight_decay": p.weight_decay}}
 
 
 def selection_free(params: Params) -> Params:
