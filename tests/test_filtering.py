@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image as PILImage
 
 from copa.cli import main
 from copa.config import load_params
@@ -109,10 +110,11 @@ def test_bad_records_are_counted_under_their_reason(world, tmp_path):
 
 
 def test_image_size_mismatch_and_unreadable_image(world, tmp_path):
-    _edit_json(world.vg_image_data, lambda data: data[0].update(width=data[0]["width"] + 7))
+    _edit_json(world.vg_image_data, lambda data: (data[0].update(width=data[0]["width"] + 7), data[2].update(width=1, height=1)))
     (world.vg / "VG_100K" / "2.jpg").write_bytes(b"not a jpeg")
+    PILImage.new("RGB", (1, 1)).save(world.vg / "VG_100K" / "3.jpg")  # as annotated, but a 1x1 placeholder
     dropped = _filter(world.root, tmp_path / "out")["sources"]["vg_regions"]["dropped"]
-    assert dropped["image_size_mismatch"] > 0 and dropped["unreadable_image"] > 0
+    assert dropped["image_size_mismatch"] > 0 and dropped["unreadable_image"] > 0 and dropped["image_too_small"] > 0
     # image_check=none trusts the annotated sizes and does not open files
     assert "image_size_mismatch" not in _filter(world.root, tmp_path / "out2", "filter.image_check=none")["sources"]["vg_regions"]["dropped"]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from PIL import Image as PILImage
 
 from copa.cli import main
 from copa.data.formats import coco, karpathy, refcoco, reference_boxes, visual_genome, vqa, web_pairs
@@ -175,7 +176,7 @@ AWKWARD_TEXT = "line\u2028separator, next\x85line, form\x0cfeed, vertical\x0btab
 def test_line_formats_round_trip_text_with_unicode_line_breaks(tmp_path: Path) -> None:
     """str.splitlines() splits at these characters; the line-based readers must not."""
     image = tmp_path / "a.jpg"
-    image.write_bytes(b"")
+    PILImage.new("RGB", (32, 32)).save(image)
     pairs = [web_pairs.WebPair(1, AWKWARD_TEXT, image), web_pairs.WebPair(2, "plain", image)]
     web_pairs.write_web_pairs(tmp_path / "pairs.tsv", pairs)
     assert web_pairs.read_web_pairs(tmp_path / "pairs.tsv") == pairs
@@ -534,6 +535,45 @@ def test_validate_unreadable_manifest_is_a_mismatch_not_a_crash(world: DataLayou
     assert all(s.status == "ok" for s in result.sources)
     assert not result.ok
     assert len(result.defect_mismatches) == 1 and result.defect_mismatches[0].startswith(f"{world.manifest}: not valid JSON")
+
+
+def _first_coco_train_image(lay: DataLayout) -> Path:
+    return lay.coco_images("train2014") / load_json(lay.coco_instances("train2014"))["images"][0]["file_name"]
+
+
+def _first_web_image(lay: DataLayout) -> Path:
+    return lay.cc3m_tsv("train").parent / lay.cc3m_tsv("train").read_text(encoding="utf-8").split("\n")[0].split("\t")[1]
+
+
+@pytest.mark.parametrize(
+    "image_of, damage, problem",
+    [
+        (_first_coco_train_image, lambda p: PILImage.new("RGB", (1, 1)).save(p, "JPEG"), r"is 1x1, (its annotation says \d+x\d+|under 16 px a side)"),
+        (_first_coco_train_image, lambda p: PILImage.new("RGB", (40, 30)).save(p, "JPEG"), r"is 40x30, its annotation says \d+x\d+"),
+        (_first_coco_train_image, lambda p: p.write_bytes(b"<html>not found</html>"), r"is not a readable image \(UnidentifiedImageError"),
+        (_first_web_image, lambda p: PILImage.new("RGB", (1, 1)).save(p, "JPEG"), r"is 1x1, under 16 px a side"),
+    ],
+    ids=["1x1", "wrong-size", "not-an-image", "web-1x1"],
+)
+def test_validate_checks_each_image_file_against_its_annotation(world: DataLayout, image_of, damage, problem) -> None:
+    """Images enter through validation: each file's header is read, its size compared with its
+    annotation (where the format has one) and with a minimum; a bad one is an error naming it."""
+    image = image_of(world)
+    damage(image)
+    result = validate_data_root(world.root)
+    broken = [s for s in result.sources if s.status == "error"]
+    assert not result.ok and broken
+    assert all(f"image file {image} " in s.error for s in broken), [s.error for s in broken]
+    assert all(re.search(problem, s.error) for s in broken), [s.error for s in broken]
+
+
+def test_validate_refuses_an_image_over_the_pixel_limit(world: DataLayout, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decompression bomb is refused by its header (PIL's limit, here lowered to the fixture's sizes)."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    result = validate_data_root(world.root)
+    assert not result.ok and all("DecompressionBombError" in s.error for s in result.sources if s.status == "error")
 
 
 def test_validate_without_image_check_ignores_missing_images(world: DataLayout) -> None:

@@ -17,7 +17,7 @@ from copa.data.layout import DataLayout
 from copa.data.synth import language
 from copa.data.synth.render import _shape_mask, outline
 from copa.data.synth.scene import SHAPES, sample_scene
-from copa.data.synth.world import generate_world
+from copa.data.synth.world import POOLS, generate_world
 from copa.data.validate import validate_data_root
 
 PARAMS_DIR = Path(__file__).parents[1] / "params"
@@ -180,17 +180,42 @@ def test_captions_are_distinct_enough_for_retrieval(fixture_world):
 
 
 def test_synth_cli_replaces_a_world_only_when_asked(tmp_path, capsys):
+    """--overwrite deletes exactly the files the old world's manifest lists (a bigger world's extra
+    images included); a file the user put anywhere in the root stops it, and is kept."""
     from copa.cli import main
+    from copa.data.synth.ownership import SNAKEMAKE_MARKER, files_under, world_files
 
     root = tmp_path / "world"
-    base = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR), "synth", "--root", str(root), "--quiet", "--workers", "1"]
-    assert main(base) == 0
-    stale = root / "coco" / "train2014" / "stale.jpg"
-    stale.write_bytes(b"old")
+    synth = ["synth", "--root", str(root), "--quiet", "--workers", "1"]
+    base = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR), *synth]
+    assert main([*base[:-len(synth)], "--set", "synth.images.coco_train2014=70", *synth]) == 0
+    extra = root / "coco" / "train2014" / coco.file_name("train2014", POOLS["coco_train2014"][0] + 69)
+    assert extra.is_file()
     assert main(base) == 2
     assert "already holds a synthetic world: pass --overwrite" in capsys.readouterr().err
     assert main([*base, "--overwrite"]) == 0
-    assert not stale.exists() and validate_data_root(root).ok
-    (root / "my_notes.txt").write_text("keep me")
-    assert main([*base, "--overwrite"]) == 2
-    assert "does not write (my_notes.txt)" in capsys.readouterr().err and (root / "my_notes.txt").exists()
+    assert not extra.exists() and validate_data_root(root).ok
+    assert {*files_under(root), SNAKEMAKE_MARKER} == world_files(root)  # nothing of the first world lingers
+    for notes in (root / "my_notes.txt", root / "coco" / "mynotes.txt"):
+        notes.write_text("keep me")
+        assert main([*base, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "files the synthetic world did not write" in err
+        assert notes.relative_to(root).as_posix() in err and notes.read_text() == "keep me"
+        notes.unlink()
+
+
+def test_a_killed_synth_leaves_no_partial_world(tmp_path):
+    """The world is drawn beside the root and moved there finished: a killed run's staging folder is
+    the generator's own, cleared by the next run; the root never holds half a world."""
+    from copa.data.synth.ownership import staging_folder
+
+    params = load_params("fixture", [], PARAMS_DIR).synth
+    root = tmp_path / "world"
+    stage = staging_folder(root)
+    (stage / "coco").mkdir(parents=True)
+    (stage / "coco" / "half-written.jpg").write_bytes(b"\xff\xd8")
+    generate_world(params, root, progress=False)
+    assert not stage.exists() and validate_data_root(root).ok
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        generate_world(params, root, progress=False)

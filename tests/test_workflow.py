@@ -115,6 +115,18 @@ def test_a_data_root_with_shell_characters_is_one_quoted_path(workdir):
     assert not list(workdir.rglob("INJECTED")) and not (Path.cwd() / "INJECTED").exists()
 
 
+def test_a_data_root_holding_other_files_is_refused(workdir):
+    """The synth rule's output is the whole data root, which Snakemake deletes to rerun it: a root
+    with files the world did not write (here a user's, beside an old world's) stops the parse, intact."""
+    root = workdir / "data" / "mine"
+    (root / "coco").mkdir(parents=True)
+    (root / "coco" / "mynotes.txt").write_text("keep me")
+    run = snakemake(workdir, "--cores", "1", "-n", *FIXTURE, "--config", 'set=["data.root=data/mine"]')
+    assert run.returncode == 2
+    assert "data root data/mine holds files with no synthetic_manifest.json" in run.stdout and "coco/mynotes.txt" in run.stdout
+    assert "Traceback" not in run.stdout and (root / "coco" / "mynotes.txt").read_text() == "keep me"
+
+
 def test_bad_params_file_fails_at_parse_time(workdir):
     profile = workdir / "params" / "profiles" / "fixture.yaml"
     profile.write_text(profile.read_text().replace("  seed: 0", "  sed: 0"))

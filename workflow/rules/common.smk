@@ -29,7 +29,7 @@ except ParamsError as exc:  # a user error: one line and exit 2, as `copa` gives
     print(f"bad parameters: {exc}", file=sys.stderr)
     sys.exit(2)
 
-# Imported after the check, so that a bad value is refused before torch loads (encoder_init's).
+# Imported after the check, so that a bad value is refused before pandas loads (the tables').
 from copa.report.tables import grid_inputs
 from copa.sources import module_sources
 from copa.tasks.registry import TASKS, head_modules

@@ -1,11 +1,19 @@
 # Data sources: the embedded synthetic world, and the check of a data root by every reader.
+from copa.data.synth.ownership import ForeignFiles, refuse_foreign
 
 if SYNTHETIC:
+    # The synth rule's output is the whole root, which Snakemake deletes before a rerun: a root
+    # holding anything the world's manifest does not list is refused here, before any job.
+    try:
+        refuse_foreign(Path(PARAMS.data.root), "the synth rule (its output is the whole data.root)")
+    except ForeignFiles as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
 
     rule synth:
         # The declared output is the whole data root, not the manifest inside it: Snakemake
         # removes it before a rerun, so a world regenerated with other params keeps no stale
-        # files (the generator overwrites but never cleans). Later rules take the root as input
+        # files (checked above to hold only the world's own). Later rules take the root as input
         # and reach the files inside through the CLI (copa.data.layout); declaring those files
         # as outputs too is impossible (Snakemake forbids outputs inside a directory output).
         input:

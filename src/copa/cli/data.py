@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -35,18 +34,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def clear_previous_world(root: Path, overwrite: bool) -> None:
-    """A non-empty root is an error, unless --overwrite and it holds only what `copa synth` writes
-    (a finished or interrupted world): stale files of another world must not linger."""
-    from copa.data.synth.world import WORLD_ENTRIES
+    """A non-empty root is an error, unless --overwrite and it holds only the files its manifest
+    says `copa synth` wrote (copa.data.synth.ownership): those are deleted, nothing else ever is."""
+    from copa.data.synth.ownership import refuse_foreign, remove_world
 
-    if not root.exists() or not any(root.iterdir()):
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
         return
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in WORLD_ENTRIES)
-    if foreign:
-        raise FileExistsError(f"data root {root} holds files the synthetic world does not write ({', '.join(foreign[:5])}): choose another --root")
+    refuse_foreign(root, "`copa synth --overwrite`")
     if not overwrite:
         raise FileExistsError(f"data root {root} already holds a synthetic world: pass --overwrite to replace it")
-    shutil.rmtree(root)
+    remove_world(root)
 
 
 def cmd_validate_data(args: argparse.Namespace) -> int:

@@ -8,8 +8,8 @@ and every dropped record is counted under one reason (and listed in ``dropped.ts
 
 Checks, in order (the first that applies is the record's reason):
 1. the image: ``unknown_image`` (id not among the file's images), ``missing_image``,
-   ``unreadable_image``, ``image_too_large`` (over PIL's decompression-bomb limit), ``image_size_mismatch``
-   (``filter.image_check``);
+   ``unreadable_image``, ``image_too_large`` (over PIL's decompression-bomb limit), ``image_size_mismatch``,
+   ``image_too_small`` (:func:`copa.data.images.image_file_problem`; ``filter.image_check``);
 2. ``unknown_category`` (COCO category id not in the file);
 3. the box (:func:`copa.data.annotation_checks.box_defect`): non-finite, non-positive size,
    negative coordinates or outside the image by more than ``box_tolerance`` px (within it: the
@@ -31,17 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from PIL import Image as PILImage
 from tqdm import tqdm
 
 from copa.config import FilterParams, XVLMSource
 from copa.data.annotation_checks import check_box, near_duplicates, normalise_text
 from copa.data.formats import coco, visual_genome, xvlm
 from copa.data.formats.records import Box
-from copa.data.images import UNREADABLE, too_large
+from copa.data.images import FILE_PROBLEMS, image_file_problem
 from copa.data.layout import DataLayout
 
-IMAGE_PROBLEMS = ("unknown_image", "missing_image", "unreadable_image", "image_too_large", "image_size_mismatch")
+IMAGE_PROBLEMS = ("unknown_image", *FILE_PROBLEMS)
 DROP_REASONS = (
     *IMAGE_PROBLEMS,
     "unknown_category",
@@ -217,14 +216,10 @@ class ImageChecker:
             return "missing_image", group.width, group.height
         if self.mode == "exists" and group.width is not None:
             return None, group.width, group.height
-        try:
-            with PILImage.open(path) as image:  # reads the header only
-                width, height = image.size
-        except UNREADABLE as exc:
-            return "image_too_large" if too_large(exc) else "unreadable_image", group.width, group.height
-        if group.width is not None and (width, height) != (group.width, group.height):
-            return "image_size_mismatch", group.width, group.height
-        return None, width, height
+        problem, found = image_file_problem(path, None if group.width is None else (group.width, group.height))
+        if problem is not None:
+            return problem.reason, group.width, group.height
+        return None, *found
 
 
 def filter_group(group: ImageGroup, kind: str, params: FilterParams, checker: ImageChecker) -> tuple[list[xvlm.Elem], list[tuple[int, str]], int]:

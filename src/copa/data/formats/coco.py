@@ -20,9 +20,9 @@ from copa.data.formats.records import (
     dump_json,
     load_json,
     records,
-    require_image_file,
     require_known_image,
 )
+from copa.data.images import image_file_problem
 
 LICENSE = {"url": "https://creativecommons.org/licenses/by/4.0/", "id": 1, "name": "CC BY 4.0 (synthetic)"}
 
@@ -80,8 +80,8 @@ def read_images(data: dict, path: Path, image_dir: Path, check_files: bool = Tru
         if width <= 0 or height <= 0:
             raise rec.error("width" if width <= 0 else "height", f"image size must be positive, got {width}x{height}")
         image = Image(image_id, image_dir / rec.string("file_name"), width, height)
-        if check_files:
-            require_image_file(image.path, rec, "file_name")
+        if check_files and (problem := image_file_problem(image.path, (width, height))[0]):
+            raise rec.error("file_name", str(problem))
         images[image_id] = image
     return images
 

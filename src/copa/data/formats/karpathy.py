@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from copa.data.formats.records import FormatError, dump_json, list_records, load_json, records, require_image_file
+from copa.data.formats.records import FormatError, dump_json, list_records, load_json, records
+from copa.data.images import image_file_problem
 
 SPLITS = ("train", "restval", "val", "test")
 
@@ -47,8 +48,8 @@ def read_karpathy(path: Path, image_dir: Path, check_files: bool = True) -> tupl
             srec.strings("tokens")
             sentences.append(srec.string("raw"))
         image = KarpathyImage(rec.integer("imgid"), split, image_path, tuple(sentences), rec.integer("cocoid", optional=True))
-        if check_files:
-            require_image_file(image.path, rec, "filename")
+        if check_files and (problem := image_file_problem(image.path)[0]):
+            raise rec.error("filename", str(problem))
         images.append(image)
     return data["dataset"], images
 

@@ -254,12 +254,6 @@ def top_level_list(data: Any, path: Path) -> list:
     return data
 
 
-def require_image_file(image_path: Path, record: Record, field: str) -> None:
-    """``field``: the record's field the image path comes from."""
-    if not image_path.is_file():
-        raise record.error(field, f"image file {image_path} does not exist")
-
-
 def require_known_image(image_id: int, images: dict[int, Image], record: Record, field: str = "image_id") -> None:
     if image_id not in images:
         raise record.error(field, f"image id {image_id} is not in the file's images")

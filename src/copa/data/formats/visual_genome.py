@@ -25,10 +25,10 @@ from copa.data.formats.records import (
     dump_json,
     list_records,
     load_json,
-    require_image_file,
     require_known_image,
     top_level_list,
 )
+from copa.data.images import image_file_problem
 
 URL_PREFIX = "https://cs.stanford.edu/people/rak248/"
 IMAGE_FOLDER = "VG_100K"
@@ -82,8 +82,8 @@ def read_image_data(path: Path, vg_dir: Path, check_files: bool = True) -> dict[
             coco_id=rec.integer("coco_id", optional=True),
             flickr_id=rec.integer("flickr_id", optional=True),
         )
-        if check_files:
-            require_image_file(image.path, rec, "url" if url else "image_id")
+        if check_files and (problem := image_file_problem(image.path, (width, height))[0]):
+            raise rec.error("url" if url else "image_id", str(problem))
         images[image_id] = image
     return images
 

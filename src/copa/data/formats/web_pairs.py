@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from copa.data.formats.records import FormatError
+from copa.data.images import image_file_problem
 
 TRAIN_FILE = "Train_GCC-training.tsv"
 VAL_FILE = "Validation_GCC-1.1.0-Validation.tsv"
@@ -42,8 +43,8 @@ def read_web_pairs(path: Path, check_files: bool = True) -> list[WebPair]:
         if "://" in image:
             raise FormatError(path, f"{image!r} is a URL: download the images and write their local paths", label, "image")
         pair = WebPair(number, caption, path.parent / image)
-        if check_files and not pair.path.is_file():
-            raise FormatError(path, f"image file {pair.path} does not exist", label, "image")
+        if check_files and (problem := image_file_problem(pair.path)[0]):
+            raise FormatError(path, str(problem), label, "image")
         pairs.append(pair)
     return pairs
 

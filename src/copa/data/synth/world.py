@@ -22,7 +22,7 @@ from copa.data.annotation_checks import words
 from copa.data.formats import coco, karpathy, refcoco, reference_boxes, referents, visual_genome, vqa, web_pairs
 from copa.data.formats.records import Box, Image
 from copa.data.layout import DataLayout
-from copa.data.synth import defects, language
+from copa.data.synth import defects, language, ownership
 from copa.data.synth.render import outline, render
 from copa.data.synth.scene import CURVED_SHAPES, SHAPES, Scene, SceneObject, sample_scene
 
@@ -106,6 +106,7 @@ class World:
             **self.write_web(web),
         }
         referents.write_referents(lay.referents, referents.Referents(**{kind: {r.text_id: r for r in found} for kind, found in self.referred.items()}))
+        manifest[ownership.MANIFEST_FILES] = ownership.files_under(lay.root)  # what `copa synth --overwrite` may delete
         lay.manifest.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         return manifest
 
@@ -369,15 +370,6 @@ class _InProcess:
         return map(fn, items)
 
 
-_LAYOUT = DataLayout(Path())
-# The top-level entries of a data root that `copa synth` writes (and may replace with --overwrite).
-WORLD_ENTRIES = frozenset(
-    p.parts[0]
-    for p in (
-        _LAYOUT.coco, _LAYOUT.vg, _LAYOUT.cc3m, _LAYOUT.vqa, _LAYOUT.refcoco, _LAYOUT.karpathy, _LAYOUT.flickr_images, _LAYOUT.oracle_reference_boxes,
-        _LAYOUT.referents, _LAYOUT.manifest,
-    )
-)
 DEFECT_STREAMS = ("coco_objects", "vg_objects", "vg_regions", "vg_near_duplicates", "oracle_boxes")
 _ID_FIELD = {coco.CocoObject: "ann_id", visual_genome.VGObject: "object_id", visual_genome.VGRegion: "region_id"}
 
@@ -393,6 +385,13 @@ def _polygon_area(flat: list[float]) -> float:
 
 
 def generate_world(params: SynthParams, root: str | Path, progress: bool = True, workers: int = 1) -> dict:
-    """Write the synthetic world under ``root``; returns the manifest (also written there).
-    ``workers`` processes draw the images; the files are the same for any number of workers."""
-    return World(params, Path(root), progress, workers).generate()
+    """Write the synthetic world under ``root`` (absent or empty); returns the manifest (also written
+    there). ``workers`` processes draw the images; the files are the same for any number of workers.
+    The world is drawn in a staging folder and moved to ``root`` once finished (copa.data.synth.ownership)."""
+    root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"data root {root} is not an empty folder: the synthetic world is written only to a new or empty one")
+    stage = ownership.clear_staging(root)
+    manifest = World(params, stage, progress, workers).generate()
+    ownership.publish(stage, root)
+    return manifest
