@@ -63,10 +63,11 @@ def test_killed_finetuning_resumes_to_the_same_weights(fixture_world, fixture_pr
 
 # ------------------------------------------------------------ a checkpoint that does not fit
 def edited_copy(finetuned: Path, folder: Path, edit) -> Path:
-    """A copy of the run's last checkpoint and vocabulary, ``edit`` applied to the checkpoint."""
+    """A copy of the run's last checkpoint, vocabulary and pretrained.json, ``edit`` applied to the checkpoint."""
     run = folder / "run"
     (run / "checkpoints").mkdir(parents=True)
     shutil.copytree(finetuned / "vocab", run / "vocab")
+    shutil.copy(finetuned / "pretrained.json", run / "pretrained.json")
     ckpt = torch.load(finetuned / "checkpoints" / "last.pt", weights_only=True)
     edit(ckpt)
     torch.save(ckpt, run / "checkpoints" / "last.pt")

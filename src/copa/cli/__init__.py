@@ -12,14 +12,22 @@ import argparse
 import sys
 
 from copa.cli import data, downstream, pretraining, report
-from copa.cli.common import USER_ERRORS
+from copa.cli.common import USER_ERRORS, is_user_error, one_line
 from copa.config import DEFAULT_PARAMS_DIR
 
 STAGES = (data, pretraining, downstream, report)  # their subcommands, in this order in --help
 
 
+class Parser(argparse.ArgumentParser):
+    """A parser whose usage errors (an unknown option or choice, a value of the wrong type) are one
+    line with exit status 2, as copa's other user errors; its subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="copa", description=__doc__.splitlines()[0])
+    parser = Parser(prog="copa", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=None, help="scale profile: fixture | demo | paper (default: the one named in params/base.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one parameter, e.g. --set synth.seed=3 (repeatable)")
     parser.add_argument("--params-dir", default=str(DEFAULT_PARAMS_DIR), help="folder holding base.yaml and profiles/ (default: %(default)s)")
@@ -34,11 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
-        if args.debug:
+    except (*USER_ERRORS, OSError) as exc:
+        if args.debug or not is_user_error(exc):  # an internal error keeps its traceback
             raise
-        message = " ".join(line.strip() for line in str(exc).splitlines())  # one line (YAML errors span several)
-        print(f"copa {args.command}: error: {message}", file=sys.stderr)
+        print(f"copa {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -4,7 +4,9 @@ reports as one line, and a run folder's architecture."""
 from __future__ import annotations
 
 import argparse
+import errno
 from pathlib import Path
+from typing import Callable, get_args
 
 from copa.config import Params, ParamsError, UserError, load_params
 from copa.data.formats.records import FormatError
@@ -22,6 +24,44 @@ class CommandError(Exception):
 
 # What ``main`` reports as one line and exit status 2 (``--debug``: the traceback instead).
 USER_ERRORS = (ParamsError, FormatError, FileNotFoundError, FileExistsError, UserError, CommandError)
+
+
+# A write that fails for want of space names no file (the open succeeded): the disk is the user's to fix.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """One of USER_ERRORS, or an OSError on a named path (a folder given where a file goes, a file
+    where a folder goes, no permission to write) or of a full disk: the user's to fix."""
+    return isinstance(exc, USER_ERRORS) or (isinstance(exc, OSError) and (exc.filename is not None or exc.errno in DISK_FULL))
+
+
+def one_line(exc: BaseException) -> str:
+    """The message ``main`` prints for a user error: one line (YAML errors span several); an
+    OSError as ``<path>: <what the system said>``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        if exc.filename is None:  # a full disk, met while writing
+            return f"{exc.strerror} while writing an output: free some space and run the command again"
+        paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        return f"{paths}: {exc.strerror}"
+    return " ".join(line.strip() for line in str(exc).splitlines())
+
+
+def in_range(annotated: object) -> Callable[[str], float]:
+    """An argparse ``type``: a number of the parameter type ``annotated`` (copa.config.ranges, e.g.
+    KeepRatio), refused as a usage error outside its range."""
+    kind, bounds = get_args(annotated)
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not bounds.admits(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {bounds.words(kind)}")
+        return value
+
+    return parse
 
 
 def profile_params(args: argparse.Namespace) -> Params:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from copa.cli.common import HELP_LAYOUT, CommandError, path_or, profile_params
+from copa.cli.common import HELP_LAYOUT, CommandError, in_range, path_or, profile_params
+from copa.config import PositiveInt
 from copa.run_layout import RunLayout, markdown_beside
 
 
@@ -140,7 +141,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="data root to write (default: the profile's data.root)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace a synthetic world already in --root (nothing else is ever deleted)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes drawing images; the output is the same for any number (default: %(default)s)")
+    p.add_argument("--workers", type=in_range(PositiveInt), default=os.cpu_count() or 1, help="processes drawing images; the output is the same for any number (default: %(default)s)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("filter", help="filter object/region annotations (COPA Appendix A) into X-VLM JSON lines")
@@ -148,7 +149,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help=f"folder of the filtered files (default: {layout.filtered_annotations})")
     p.add_argument("--report", help=f"report JSON; the table goes beside it as .md (default: {layout.filter_report})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="sources filtered at once, each in its own process (default: %(default)s)")
+    p.add_argument("--workers", type=in_range(PositiveInt), default=os.cpu_count() or 1, help="sources filtered at once, each in its own process (default: %(default)s)")
     p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("patch-labels", help="turn filtered boxes into bit-packed patch labels (COPA §3.3) and draw a check figure")
@@ -157,7 +158,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--summary", help=f"summary JSON (default: {layout.patch_label_summary})")
     p.add_argument("--figure", help=f"figure stem, written as .png and .pdf (default: {layout.patch_label_figure})")
     p.add_argument("--root", help="data root holding the images (default: the profile's data.root)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="filtered files labelled at once, each in its own process (default: %(default)s)")
+    p.add_argument("--workers", type=in_range(PositiveInt), default=os.cpu_count() or 1, help="filtered files labelled at once, each in its own process (default: %(default)s)")
     p.set_defaults(func=cmd_patch_labels)
 
     p = sub.add_parser("reference-boxes", help="COPA Appendix C.1: boxes of what each caption names on a sample of web pairs "

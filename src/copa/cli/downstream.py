@@ -7,15 +7,16 @@ import argparse
 import json
 from pathlib import Path
 
-from copa.cli.common import HELP_LAYOUT, CommandError, path_or, profile_params, require_instruments, run_head
-from copa.config import load_params
+from copa.cli.common import HELP_LAYOUT, CommandError, in_range, path_or, profile_params, require_instruments, run_head
+from copa.config import Count, KeepRatio, PositiveInt, load_params
 from copa.run_layout import RunLayout, data_beside, predictions_beside, split_size_tag
-from copa.tasks.registry import TASKS
+from copa.tasks.registry import TASKS, check_finetuned, check_start
 from copa.train.architectures import resolve
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     params = profile_params(args)
+    check_start(args.task, Path(args.start))
     run = resolve(run_head(Path(args.start), args.task).finetune)
     metrics = run(params, Path(args.start), Path(args.root or params.data.root), Path(args.out), resume=not args.restart)
     print(f"{args.task} fine-tuning done: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
@@ -34,6 +35,7 @@ def evaluate_outputs(args: argparse.Namespace, layout: RunLayout) -> tuple[Path,
 def cmd_evaluate(args: argparse.Namespace) -> int:
     spec = TASKS[args.task]
     run = Path(args.run)
+    check_finetuned(args.task, run)
     head = run_head(run, args.task)
     finetuned, evaluate = resolve(head.load)(run), resolve(head.evaluate)  # the run's model, data and fine-tuning settings
     params = finetuned.params
@@ -61,6 +63,7 @@ def cmd_detected_patches(args: argparse.Namespace) -> int:
     from copa.train.finetune import load_finetuned
 
     require_instruments(Path(args.run), "detected-patches")
+    check_finetuned("vqa", Path(args.run))
     run = load_finetuned(Path(args.run))
     settings = load_params(args.profile or run.params.profile, args.set, args.params_dir).evaluate.vqa
     layout = DataLayout(Path(args.root))
@@ -109,7 +112,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                   "the run folder's size tag after <task>)")
     p.add_argument("--predictions", help="the answers / captions / boxes / rankings (default: beside --json as <name>_predictions.json; "
                                          "VQA in the official result format, captions in COCO's)")
-    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: %(default)s)")
+    p.add_argument("--batch-size", type=in_range(PositiveInt), default=64, help="evaluation batch size (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
@@ -117,8 +120,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help=f"a fine-tuned VQA run ({layout.finetune_run('<run>', 'vqa')})")
     p.add_argument("--root", required=True, help="data root (its VQA split of evaluate.vqa.split)")
     p.add_argument("--figure", required=True, help="figure stem: <stem>.png, <stem>.pdf and <stem>.json (the paired panel's numbers)")
-    p.add_argument("--questions", type=int, default=4, help="how many questions, one per image (default 4)")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7], help="keeping ratios (default 0.1 0.3 0.5 0.7)")
-    p.add_argument("--pairs", type=int, default=2, help="paired panel: how many images, each under two questions (default 2); "
+    p.add_argument("--questions", type=in_range(PositiveInt), default=4, help="how many questions, one per image (default 4)")
+    p.add_argument("--ratios", type=in_range(KeepRatio), nargs="+", default=[0.1, 0.3, 0.5, 0.7], help="keeping ratios (default 0.1 0.3 0.5 0.7)")
+    p.add_argument("--pairs", type=in_range(Count), default=2, help="paired panel: how many images, each under two questions (default 2); "
                    "the kept-set IoU per pair in <figure>.json")
     p.set_defaults(func=cmd_detected_patches)

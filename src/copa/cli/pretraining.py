@@ -8,8 +8,8 @@ import json
 from functools import partial
 from pathlib import Path
 
-from copa.cli.common import HELP_LAYOUT, CommandError, path_or, profile_params, require_instruments
-from copa.config import load_params
+from copa.cli.common import HELP_LAYOUT, CommandError, in_range, path_or, profile_params, require_instruments
+from copa.config import PositiveInt, load_params
 from copa.data.formats.records import FormatError
 from copa.run_layout import METRICS_FILE, RunLayout
 
@@ -235,7 +235,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("test", "val"), default="test", help="Karpathy split of held-out COCO images (default: %(default)s)")
     p.add_argument("--json", help=f"result JSON (default: {layout.pretrain_eval('<run>')})")
     p.add_argument("--figure", help=f"figure stem, written as .png and .pdf (default: {layout.pretrain_figure('<run>')})")
-    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: %(default)s)")
+    p.add_argument("--batch-size", type=in_range(PositiveInt), default=64, help="evaluation batch size (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pretrain_eval)
 
@@ -246,7 +246,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="data root the reference images are relative to (default: the one the run was trained on)")
     p.add_argument("--checkpoints", choices=("epochs", "last"), default="epochs", help="every per-epoch checkpoint, or the last one (default: %(default)s)")
     p.add_argument("--json", help=f"result JSON (default: {layout.patch_detection('<run>')})")
-    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default: %(default)s)")
+    p.add_argument("--batch-size", type=in_range(PositiveInt), default=64, help="evaluation batch size (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s: CUDA when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_patch_detection)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from copa.config import ParamsError
 from copa.data.formats import coco, refcoco, vqa
 from copa.data.formats.records import Box, FormatError
 from copa.data.formats.referents import read_referents
@@ -37,7 +38,7 @@ class VQAExample:
 def vqa_examples(layout: DataLayout, split: str, need_answers: bool = True) -> list[VQAExample]:
     """The questions of a VQA v2 split, in file order, with the COCO image each one asks about."""
     if split not in VQA_SPLITS:
-        raise ValueError(f"unknown VQA split {split!r}: one of {', '.join(VQA_SPLITS)}")
+        raise ParamsError(f"unknown VQA split {split!r}: one of {', '.join(VQA_SPLITS)}")
     path = layout.vqa_questions(split)
     if not path.is_file():
         raise FormatError(path, f"file not found: the VQA split {split} is not in this data root")
@@ -76,7 +77,7 @@ class GroundingExample:
 def grounding_examples(layout: DataLayout, split: str) -> list[GroundingExample]:
     """One example per (ref, sentence) of a RefCOCO+ split, in file order; images from COCO train2014."""
     if split not in refcoco.SPLITS:
-        raise ValueError(f"unknown RefCOCO+ split {split!r}: one of {', '.join(refcoco.SPLITS)}")
+        raise ParamsError(f"unknown RefCOCO+ split {split!r}: one of {', '.join(refcoco.SPLITS)}")
     data = refcoco.read_refcoco(layout.refcoco, layout.coco_images("train2014"), check_files=False)
     if data.dropped:
         warnings.warn(f"{layout.refcoco_refs}: {sum(map(len, data.dropped.values()))} refs left out for unusable boxes "

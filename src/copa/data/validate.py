@@ -187,7 +187,10 @@ def validate_data_root(root: str | Path, check_files: bool = True) -> Validation
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist or is not a folder")
-    return _Validator(root, check_files).validate()
+    result = _Validator(root, check_files).validate()
+    if all(s.status == "absent" for s in result.sources):  # a real root lacks some sources, never all: a wrong folder
+        raise FileNotFoundError(f"data root {root} holds none of the sources' files (copa.data.layout): is it the data root?")
+    return result
 
 
 def format_summary(result: Validation) -> str:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from copa.config import DEFAULT_PARAMS_DIR, Params
+from copa.data.formats.records import FormatError
 from copa.eval.paired import LEVEL, POWER, PairedDifference, paired_bootstrap
 from copa.report.columns import COLUMNS, PERCENT
 from copa.eval.paired_timing import paired_speedup
@@ -132,7 +134,7 @@ class Tables:
     def frame(self, grid: str) -> pd.DataFrame | None:
         if grid not in self._frames:
             path = self.folder / f"{grid}.csv"
-            self._frames[grid] = pd.read_csv(path).set_index("row") if path.is_file() else None
+            self._frames[grid] = _read_table(path) if path.is_file() else None
         return self._frames[grid]
 
     def value(self, grid: str, row: str, column: str) -> dict | None:
@@ -145,7 +147,10 @@ class Tables:
             name = f"{column}{suffix}"
             return frame.at[row, name] if name in frame.columns else None
 
-        return {"mean": float(frame.at[row, column]), "std": _number(companion("_std")), "seeds": int(companion("_seeds") or 1),
+        mean = frame.at[row, column]
+        if not isinstance(mean, numbers.Real):  # a hand-edited cell
+            raise FormatError(self.folder / f"{grid}.csv", f"{mean!r} is not a number", record=repr(row), field=column)
+        return {"mean": float(mean), "std": _number(companion("_std")), "seeds": int(companion("_seeds") or 1),
                 "examples": _number(companion("_examples")), "paper": _number(companion("_paper"))}
 
     def speedup(self, grid: str, faster: str, slower: str) -> dict | None:
@@ -176,6 +181,17 @@ class Tables:
                 return None
             results.append((path, json.loads(path.read_text(encoding="utf-8"))))
         return spec.seed_mean_scores(results)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A table's CSV as `copa table` writes it, indexed by its 'row' column."""
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise FormatError(path, f"not a CSV table ({exc})") from None
+    if "row" not in frame.columns:
+        raise FormatError(path, "no 'row' column: not a table `copa table` writes")
+    return frame.set_index("row")
 
 
 def _number(value) -> float | None:
@@ -373,6 +389,8 @@ def write_claims(tables_dir: Path, profile: str, out: Path, params: Params | Non
                  params_dir: str | Path = DEFAULT_PARAMS_DIR) -> list[Path]:
     """``out`` (.md) and the same verdicts as JSON beside it; with ``params``, accuracy differences
     are paired where the result files beside the tables (results/<profile>/) keep per-example scores."""
+    if not Path(tables_dir).is_dir():
+        raise FileNotFoundError(f"{tables_dir}: no such folder (the tables `copa table` writes)")
     verdicts = check_claims(Tables(tables_dir, params, params_dir=params_dir))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(claims_markdown(verdicts, profile), encoding="utf-8")

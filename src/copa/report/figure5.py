@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from copa.data.formats.records import FormatError, load_json
 from copa.data.formats.reference_boxes import ORACLE_SOURCE
 from copa.eval.patch_detection import DEFINITIONS, chance
 from copa.report.figures import new_figure, save_figure
@@ -32,9 +33,13 @@ CHANGES = ("accuracy", "recall")
 
 
 def _read(path: Path) -> dict:
+    """A result of `copa pretrain-eval` or `copa patch-detection`: its probes, per checkpoint."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (run the workflow's earlier stage first)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    result = load_json(path)
+    if not isinstance(result, dict) or not isinstance(result.get("checkpoints"), list):
+        raise FormatError(path, "no 'checkpoints' list: not a result of `copa pretrain-eval` or `copa patch-detection`")
+    return result
 
 
 def figure5_frame(in_domain: dict, out_of_domain: dict) -> pd.DataFrame:

@@ -6,8 +6,9 @@ through these tables only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from copa.config import ParamsError
+from copa.config import ParamsError, UserError
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,32 @@ def answer_cost(architecture: str) -> str | None:
     """The architecture's VQA answer-writing cost function ("module:function"), or None (no decoder)."""
     vqa = HEADS.get((architecture, "vqa"))
     return vqa.answer_cost if vqa is not None else None
+
+
+def check_start(task: str, run: Path) -> None:
+    """Refuse a run ``task`` does not start from: a fine-tuning run (it has ``pretrained.json``) for a
+    task that starts from a pretraining run, or a pretraining run for one that continues another task's."""
+    from copa.train.pretrain import PRETRAINED_FILE
+
+    earlier = TASKS[task].starts_from
+    finetuned = (run / PRETRAINED_FILE).is_file()
+    if earlier is None and finetuned:
+        raise UserError(f"{run} is a fine-tuning run ({PRETRAINED_FILE}): {task} starts from a pretraining run (copa pretrain --out)")
+    if earlier is not None and not finetuned and run.is_dir():
+        raise UserError(f"{run} is not a fine-tuning run (no {PRETRAINED_FILE}): {task} continues the {earlier} run (copa finetune --task {earlier} --out)")
+
+
+def check_finetuned(task: str, run: Path) -> None:
+    """Refuse reading ``run`` as a ``task`` run where its ``pretrained.json`` names another task
+    (runs fine-tuned before it named one pass)."""
+    from copa.data.formats.records import load_json
+    from copa.train.pretrain import PRETRAINED_FILE
+
+    path = run / PRETRAINED_FILE
+    record = load_json(path) if path.is_file() else None
+    trained = record.get("task") if isinstance(record, dict) else None
+    if trained is not None and trained != task:
+        raise UserError(f"{run} is a {trained} run ({path}), not a {task} one")
 
 
 def head(architecture: str, task: str, run: object) -> Head:

@@ -176,8 +176,10 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:  # a failed write (a full disk) names no file: this one
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     # make the rename itself durable (POSIX: fsync the directory entry)
     dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -29,9 +29,7 @@ from copa.data.tokenizer import load_tokenizer
 from copa.models.copa import CopaModel
 from copa.models.weights import load_tensors
 from copa.train.build import copa_spec
-from copa.train.pretrain import VOCAB_DIR, load_pretraining_checkpoint, run_checkpoints
-
-PRETRAINED_FILE = "pretrained.json"
+from copa.train.pretrain import PRETRAINED_FILE, VOCAB_DIR, load_pretraining_checkpoint, run_checkpoints
 
 
 class CheckpointMismatch(FormatError):
@@ -46,16 +44,16 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
     (copa.train.architectures). The new run's parameters are that
     run's with ``finetune.<task>`` and the seed of ``current`` (so editing another task's section
     does not change this run's parameters, which resuming checks); its vocabulary is copied to
-    ``out_dir`` and ``pretrained.json`` records where it started."""
+    ``out_dir`` and ``pretrained.json`` records the task and where it started."""
     run, out_dir = Path(run), Path(out_dir)
     checkpoint = run_checkpoints(run, "last")[0]
     if (run / PRETRAINED_FILE).is_file():
         model, earlier, tokenizer, state = load_finetuned(run)[:4]
-        record = {"checkpoint": str(checkpoint), "finetuned_run": str(run), **state}
+        record = {"task": task, "checkpoint": str(checkpoint), "finetuned_run": str(run), **state}
     else:
         pretraining, earlier, tokenizer, state = load_pretraining_checkpoint(checkpoint)
         model = pretraining.model
-        record = {"checkpoint": str(checkpoint), **state}
+        record = {"task": task, "checkpoint": str(checkpoint), **state}
     merged = earlier.to_dict()
     merged["finetune"][task] = current.to_dict()["finetune"][task]
     merged["seed"] = current.seed
@@ -108,6 +106,8 @@ class FinetunedRun(NamedTuple):
 def load_finetuned(run_dir: Path) -> FinetunedRun:
     """A fine-tuning run's last checkpoint, read once: the CopaModel, its params, its tokenizer,
     where it stands and the task module's other weights."""
+    if not (Path(run_dir) / PRETRAINED_FILE).is_file():
+        raise FileNotFoundError(f"{Path(run_dir) / PRETRAINED_FILE}: not found; is {run_dir} a fine-tuning run folder (copa finetune --out)?")
     checkpoint = run_checkpoints(Path(run_dir), "last")[0]
     ckpt = load_tensors(checkpoint)
     params = params_from_dict(ckpt["resolved_params"], f"{checkpoint} (resolved_params)")

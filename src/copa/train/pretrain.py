@@ -8,7 +8,6 @@ processes sees the same global batches and a resumed run continues exactly.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Iterator
 import numpy as np
 from torch import nn
 
-from copa.config import DOWNSTREAM_SECTIONS, Params, params_from_dict
+from copa.config import DOWNSTREAM_SECTIONS, Params, UserError, params_from_dict
+from copa.data.formats.records import FormatError, load_json
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import ObjectDataset, PairDataset, elem_index, image_text_pairs, labelled_elems, object_samples
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
@@ -26,6 +26,10 @@ from copa.train.architectures import architecture, resolve
 from copa.train.encoder_init import INIT_DIR, VOCAB_DIR, train_contrastive_encoders
 from copa.train.engine import RESOLVED_FILE, EngineConfig, epoch_length, seed_everything, train
 from copa.train.schedule import model_param_groups, warmup_cosine_lambda
+
+# In a fine-tuning run folder (copa.train.finetune): which checkpoint it started from. A run folder
+# without it is a pretraining run's.
+PRETRAINED_FILE = "pretrained.json"
 
 
 class PairSource:
@@ -198,6 +202,9 @@ def load_pretraining_checkpoint(path: Path) -> tuple[nn.Module, Params, object, 
     if not vocab.is_file():
         raise FileNotFoundError(f"{vocab}: the run's vocabulary is missing (expected beside {path.parent})")
     tokenizer = load_tokenizer(vocab)
+    run = path.parent.parent
+    if (run / PRETRAINED_FILE).is_file():
+        raise UserError(f"{run} is a fine-tuning run ({PRETRAINED_FILE}): {path} is no pretraining checkpoint (copa pretrain --out)")
     model = resolve(architecture(params).build_pretraining)(params, tokenizer)
     model.load_state_dict(ckpt["model"])
     return model.eval(), params, tokenizer, {"step": ckpt["step"], "epoch": ckpt["epoch"]}
@@ -208,7 +215,10 @@ def run_params(run_dir: Path) -> Params:
     path = Path(run_dir) / RESOLVED_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; is {run_dir} a pretraining run folder (copa pretrain --out)?")
-    return params_from_dict(json.loads(path.read_text(encoding="utf-8"))["params"], str(path))
+    resolved = load_json(path)
+    if not isinstance(resolved, dict) or not isinstance(resolved.get("params"), dict):
+        raise FormatError(path, "no 'params' mapping: not the resolved_params.json `copa pretrain` writes")
+    return params_from_dict(resolved["params"], str(path))
 
 
 def run_checkpoints(run_dir: Path, which: str = "epochs") -> list[Path]:
