@@ -10,7 +10,7 @@ from pathlib import Path
 
 from copa.cli.common import HELP_LAYOUT, CommandError, in_range, path_or, profile_params, require_instruments
 from copa.config import PositiveInt, load_params
-from copa.data.formats.records import FormatError
+from copa.data.formats.records import FormatError, load_json
 from copa.run_layout import METRICS_FILE, RunLayout
 
 
@@ -153,7 +153,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
         current = load_params(args.profile or params.profile, args.set, args.params_dir)
         settings, decoding = current.efficiency, current.evaluate.vqa
         metrics = run / METRICS_FILE
-        step = json.loads(metrics.read_text(encoding="utf-8")).get("step") if metrics.is_file() else None
+        step = load_json(metrics).get("step") if metrics.is_file() else None
         name, source = run.name, {"run": str(run), "trained_steps": step}
     else:  # --from-params: the model of the current profile and overrides (e.g. selection none: the mPLUG baseline)
         params = profile_params(args)

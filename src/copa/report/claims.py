@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from copa.config import DEFAULT_PARAMS_DIR, Params
-from copa.data.formats.records import FormatError
+from copa.data.formats.records import FormatError, load_json
 from copa.eval.paired import LEVEL, POWER, PairedDifference, paired_bootstrap
 from copa.report.columns import COLUMNS, PERCENT
 from copa.eval.paired_timing import paired_speedup
@@ -160,7 +160,7 @@ class Tables:
         path = paired_result(self.results, grid)
         if not path.is_file():
             return None
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = load_json(path)
         models = record.get("models", {})
         if faster not in models or slower not in models:
             return None
@@ -179,7 +179,7 @@ class Tables:
             path = row_result(grid_row, spec.source, self.params, self.results, seed)
             if not path.is_file():
                 return None
-            results.append((path, json.loads(path.read_text(encoding="utf-8"))))
+            results.append((path, load_json(path)))
         return spec.seed_mean_scores(results)
 
 

@@ -31,6 +31,7 @@ from typing import Sequence
 import pandas as pd
 
 from copa.config import Params
+from copa.data.formats.records import load_json
 from copa.eval.paired import LEVEL, RESAMPLES, PairedDifference, paired_bootstrap
 from copa.report.columns import COLUMNS, COST_SOURCES, PERCENT
 from copa.report.grids import (PAPER_PRETRAIN_SIZE, PAPER_PROTOCOL_SIZE, Grid, GridRow, paired_result, profile_resolution, row_result,
@@ -110,10 +111,7 @@ def _cell(values: list[float | None], examples: int | None) -> Cell:
 def _read(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: a result the table needs is missing (run the workflow for it)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return load_json(path)
 
 
 def paired_columns(grid: Grid) -> list[str]:

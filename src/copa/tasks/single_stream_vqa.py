@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from copa.config import Params, VQAEvalParams, params_from_dict, vqa_image_size
 from copa.data.downstream import VQAExample, vqa_examples
+from copa.data.formats.records import load_json
 from copa.data.layout import DataLayout
 from copa.data.tokenizer import load_tokenizer
 from copa.models.single_stream import SingleStreamModel
@@ -114,7 +115,7 @@ def load_vqa_run(run_dir: Path) -> SingleStreamVQARun:
     answers_file = run_dir / ANSWERS_FILE
     if not answers_file.is_file():
         raise FileNotFoundError(f"{answers_file}: the run's answer list is missing (written by copa finetune --task vqa)")
-    answers = json.loads(answers_file.read_text(encoding="utf-8"))
+    answers = load_json(answers_file)
     model = VQAClassifier(SingleStreamModel(single_stream_spec(params, len(tokenizer))), len(answers))
     try:
         model.load_state_dict(ckpt["model"])
