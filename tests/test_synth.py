@@ -219,3 +219,18 @@ def test_a_killed_synth_leaves_no_partial_world(tmp_path):
     assert not stage.exists() and validate_data_root(root).ok
     with pytest.raises(FileExistsError, match="not an empty folder"):
         generate_world(params, root, progress=False)
+
+
+def test_overwrite_never_deletes_outside_the_root(tmp_path):
+    """A hand-edited manifest listing a path outside the root ("../x", absolute) deletes nothing there."""
+    from copa.data.synth.ownership import MANIFEST_FILES, remove_world
+
+    root, outside = tmp_path / "world", tmp_path / "outside.txt"
+    generate_world(load_params("fixture", [], PARAMS_DIR).synth, root, progress=False)
+    outside.write_text("keep me")
+    manifest = DataLayout(root).manifest
+    record = json.loads(manifest.read_text())
+    record[MANIFEST_FILES] += ["../outside.txt", str(outside)]
+    manifest.write_text(json.dumps(record))
+    remove_world(root)
+    assert not root.exists() and outside.read_text() == "keep me"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from copa.config import UserError
 from copa.data.layout import DataLayout
@@ -42,7 +42,11 @@ def world_files(root: Path) -> frozenset[str] | None:
         listed = json.loads(manifest.read_text(encoding="utf-8")).get(MANIFEST_FILES)
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         listed = None
-    return None if listed is None else frozenset(listed) | {manifest.name, SNAKEMAKE_MARKER}
+    if not isinstance(listed, list):
+        return None
+    # only paths inside the root: a hand-edited entry such as "../x" must never be deleted
+    inside = (p for p in listed if isinstance(p, str) and not PurePosixPath(p).is_absolute() and ".." not in PurePosixPath(p).parts)
+    return frozenset(inside) | {manifest.name, SNAKEMAKE_MARKER}
 
 
 def files_under(root: Path) -> list[str]:
