@@ -157,6 +157,10 @@ class RunLayout:
     def finetune_predictions(self, run: str, task: str, size: str = "") -> Path:
         return predictions_beside(self.finetune_result(run, task, size))
 
+    def vqa_scratch_result(self, run: str) -> Path:
+        """The evaluation of the from-scratch VQA anchor run ``run`` (`copa vqa-scratch`)."""
+        return self.results / "vqa_scratch" / f"{run}.json"
+
     def table(self, name: str) -> Path:
         """The stem of a table (a grid's, or figure5): .csv .md .tex .json."""
         return self.tables / name
@@ -192,6 +196,10 @@ class RunLayout:
 
     def finetune_run(self, run: str, task: str, size: str = "") -> Path:
         return self.runs / "finetune" / run / f"{task}{size}"
+
+    def vqa_scratch_run(self, run: str) -> Path:
+        """A run of the from-scratch VQA anchor (params vqa_scratch; e.g. one per seed)."""
+        return self.runs / "vqa_scratch" / run
 
     # --- a workflow job's log and benchmark, by the job's name: its rule, then its wildcards as a path
     def log(self, job: str) -> Path:

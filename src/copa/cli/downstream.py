@@ -53,6 +53,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def vqa_scratch_outputs(args: argparse.Namespace, layout: RunLayout) -> tuple[Path, Path]:
+    """`copa vqa-scratch`'s (result JSON, predictions) in ``layout``: by default the result of the
+    anchor run named as the --out folder, predictions beside it."""
+    out = path_or(args.json, layout.vqa_scratch_result(Path(args.out).name))
+    return out, path_or(args.predictions, predictions_beside(out))
+
+
+def cmd_vqa_scratch(args: argparse.Namespace) -> int:
+    from copa.tasks.vqa_scratch import evaluate_scratch_vqa, load_scratch_vqa, train_scratch_vqa
+
+    params = profile_params(args)
+    root, run = Path(args.root or params.data.root), Path(args.out)
+    train_scratch_vqa(params, root, run, resume=not args.restart)
+    scratch = load_scratch_vqa(run)
+    record, predictions, summary = evaluate_scratch_vqa(scratch, params.evaluate.vqa, root, progress=not args.quiet)
+    out, answers = vqa_scratch_outputs(args, RunLayout(params.profile))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    identity = {"task": "vqa", "model": "vqa_scratch", "description": "FiLM CNN + GRU trained from scratch on the VQA training questions"}
+    out.write_text(json.dumps({**identity, "run": str(run), "profile": params.profile, **scratch.state, **record}, indent=2) + "\n",
+                   encoding="utf-8")
+    answers.write_text(json.dumps(predictions, indent=1) + "\n", encoding="utf-8")
+    print(f"from-scratch {summary} -> {out}; predictions {answers}")
+    return 0
+
+
 def cmd_detected_patches(args: argparse.Namespace) -> int:
     from copa.data.downstream import vqa_examples
     from copa.data.layout import DataLayout
@@ -115,6 +140,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=in_range(PositiveInt), default=64, help="evaluation batch size (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("vqa-scratch", help="the supervised-from-scratch VQA anchor (params vqa_scratch): train a FiLM model on the "
+                                           "VQA training questions (resuming from the run's last checkpoint), evaluate it as the VQA rows")
+    p.add_argument("--out", required=True,
+                   help=f"run folder: checkpoints, DVCLive, the word list, answers.json (e.g. {layout.vqa_scratch_run('seed0')})")
+    p.add_argument("--root", help="data root (default: the profile's data.root)")
+    p.add_argument("--json", help=f"result JSON (default: {layout.vqa_scratch_result('<name of --out>')})")
+    p.add_argument("--predictions", help="the answers in the official result format (default: beside --json as <name>_predictions.json)")
+    p.add_argument("--restart", action="store_true", help="refuse to resume (fails if the run folder has checkpoints)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_vqa_scratch)
 
     p = sub.add_parser("detected-patches", help="COPA Figure 4: the patches a VQA run's TPD keeps for a few test questions, at several ratios")
     p.add_argument("--run", required=True, help=f"a fine-tuned VQA run ({layout.finetune_run('<run>', 'vqa')})")

@@ -76,8 +76,10 @@ from copa.config.params import (
     TrainingMemoryParams,
     VQAEvalParams,
     VQAFinetuneParams,
+    VQAScratchParams,
     WarmUpParams,
     vqa_image_size,
+    vqa_scratch_image_size,
 )
 from copa.config.ranges import Count, Fraction, KeepRatio, LearningRate, NonNegative, PositiveInt, Range, Seed
 
@@ -89,7 +91,7 @@ __all__ = [
     "Count", "Fraction", "KeepRatio", "LearningRate", "NonNegative", "PositiveInt", "Range", "Seed",
     # the tree: the root, its section groups, the choices other modules enumerate
     "Params", "DOWNSTREAM_SECTIONS", "INFERENCE_SECTIONS", "ITM_GUIDANCES", "SELECTION_METHODS", "ItmGuidance",
-    "SelectionMethod", "vqa_image_size",
+    "SelectionMethod", "vqa_image_size", "vqa_scratch_image_size",
     # the tree: sections
     "CaptioningEvalParams", "CaptioningFinetuneParams", "CiderFinetuneParams", "DataParams", "DecodingParams",
     "DefectRates", "EfficiencyParams", "MIN_TIMING_ROUNDS", "EncoderInitParams", "EvaluateParams", "FilterParams", "FinetuneParams",
@@ -97,5 +99,5 @@ __all__ = [
     "LossWeights", "ModelParams", "NearDuplicateParams", "OracleBoxNoise", "PatchLabelParams", "PretrainParams",
     "ReferenceBoxesParams", "ReportParams", "RetrievalEvalParams", "RetrievalFinetuneParams", "SelectionParams",
     "SingleStreamParams", "SynthParams", "SynthSplitSizes", "ThroughputParams", "TimingParams", "TrainingMemoryParams",
-    "VQAEvalParams", "VQAFinetuneParams", "WarmUpParams", "XVLMSource",
+    "VQAEvalParams", "VQAFinetuneParams", "VQAScratchParams", "WarmUpParams", "XVLMSource",
 ]

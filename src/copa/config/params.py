@@ -15,9 +15,9 @@ from copa.config.ranges import Count, Fraction, KeepRatio, LearningRate, NonNega
 # Sections a training stage does not read: editing them does not block resuming it
 # (EngineConfig.resume_ignores). Fine-tuning reads neither the inference settings, nor the
 # cost protocol, nor Figure 5's reference boxes; pretraining, in addition, none of the
-# fine-tuning settings.
+# fine-tuning settings nor the from-scratch VQA anchor's.
 INFERENCE_SECTIONS = ("evaluate", "efficiency", "reference_boxes")
-DOWNSTREAM_SECTIONS = ("finetune", *INFERENCE_SECTIONS)
+DOWNSTREAM_SECTIONS = ("finetune", "vqa_scratch", *INFERENCE_SECTIONS)
 
 
 # model.selection.method (copa.models.selectors); an architecture takes some of them (copa.train.architectures)
@@ -309,6 +309,28 @@ class SingleStreamParams:
 
 
 @dataclass(frozen=True)
+class VQAScratchParams:
+    """The supervised-from-scratch VQA anchor (issue 23, ``copa vqa-scratch``): a CNN + GRU + FiLM
+    classifier (Perez et al. 2018; copa.models.film) trained on the training questions of
+    ``finetune.vqa.train_splits`` alone, evaluated as the fine-tuned VQA rows are (``evaluate.vqa``)."""
+
+    channels: PositiveInt  # of the stem and the FiLM blocks
+    grid: PositiveInt  # the feature map's side: image_size / grid in 1, 2, 4, 8, 16 (four stem convolutions of stride 1 or 2)
+    word_dim: PositiveInt
+    gru_dim: PositiveInt
+    blocks: PositiveInt  # FiLM residual blocks
+    answers: PositiveInt  # the classifier's answers: the most frequent training answers
+    epochs: PositiveInt
+    steps_per_epoch: PositiveInt | None  # None: one pass over the training images; N: N steps on a fresh seeded draw each epoch
+    batch_size: PositiveInt  # images per step, each with every training question about it
+    lr: LearningRate  # AdamW, linear warm-up then cosine decay to 0
+    weight_decay: NonNegative  # 0: Adam
+    warmup_steps: Count
+    checkpoint_every: PositiveInt
+    image_size: PositiveInt | None  # None: the pretraining resolution (patch_labels.image_size)
+
+
+@dataclass(frozen=True)
 class ReportParams:
     """The tables, figures and claims check; which runs each needs: params/grids/."""
 
@@ -331,6 +353,7 @@ class Params:
     efficiency: EfficiencyParams
     reference_boxes: ReferenceBoxesParams
     single_stream: SingleStreamParams
+    vqa_scratch: VQAScratchParams
     report: ReportParams
     # Where each leaf value came from ("params/base.yaml", "--set", ...), for messages.
     provenance: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -346,3 +369,9 @@ def vqa_image_size(params: Params) -> int:
     """The resolution VQA fine-tunes and answers at: ``finetune.vqa.image_size`` (COPA Table 5), or
     the pretraining's (``patch_labels.image_size``)."""
     return params.finetune.vqa.image_size or params.patch_labels.image_size  # on the patch grid: copa.config.relations
+
+
+def vqa_scratch_image_size(params: Params) -> int:
+    """The resolution the from-scratch VQA anchor trains and answers at: ``vqa_scratch.image_size``,
+    or the pretraining's (``patch_labels.image_size``)."""
+    return params.vqa_scratch.image_size or params.patch_labels.image_size

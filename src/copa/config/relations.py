@@ -7,7 +7,7 @@ import typing
 from typing import Any
 
 from copa.config.errors import ParamsError, source_of
-from copa.config.params import Params
+from copa.config.params import Params, vqa_scratch_image_size
 
 
 # Where model.selection.location may point (copa.models.vit.VisionEncoder guards its direct callers the
@@ -60,6 +60,11 @@ def check_relations(params: Params) -> None:
     cider = params.finetune.captioning_cider
     if cider.baseline == "mean" and cider.samples < 2:
         refuse("finetune.captioning_cider.samples", cider.samples, ">= 2 with baseline mean (the mean reward of the other samples)")
+    # the FiLM anchor's four stem convolutions stride 1 or 2 (copa.models.film.stem_strides guards its direct callers the same way)
+    scratch_size, grid = vqa_scratch_image_size(params), params.vqa_scratch.grid
+    if scratch_size % grid or (scratch_size // grid) not in (1, 2, 4, 8, 16):
+        refuse("vqa_scratch.grid", grid,
+               f"image size ({scratch_size} px) / 1, 2, 4, 8 or 16: four convolutions of stride 1 or 2 reach it")
     seeds = list(params.report.seeds)
     if not seeds or len(set(seeds)) < len(seeds):
         refuse("report.seeds", seeds, "one or more seeds, each once")

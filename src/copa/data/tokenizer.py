@@ -133,6 +133,19 @@ def train_wordpiece(
     return path
 
 
+def train_word_vocabulary(texts: Iterable[str], out_dir: Path) -> Path:
+    """A whole-word vocabulary: the special tokens, then every word of ``texts`` (as the same
+    normalisation and pre-tokenisation split them), most frequent first, ties in alphabetical order;
+    written to ``out_dir/vocab.txt`` for :func:`load_tokenizer`. It has no ``##`` pieces, so a word
+    the texts lack is one [UNK] (a model with word embeddings, not word pieces: copa.models.film)."""
+    counts = _word_counts(texts)
+    words = sorted(counts, key=lambda w: (-counts[w], w))  # punctuation is split off: no word is a [special] token
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "vocab.txt"
+    path.write_text("".join(t + "\n" for t in (*SPECIAL_TOKENS, *words)), encoding="utf-8")
+    return path
+
+
 def load_tokenizer(vocab_path: Path) -> BertTokenizer:
     """A lower-casing BERT WordPiece tokenizer over ``vocab_path`` (one token per line, id = line).
 

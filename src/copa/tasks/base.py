@@ -78,6 +78,11 @@ class FinetuneTask:
         return getattr(self.params.finetune, self.name)
 
     @property
+    def section(self) -> str:
+        """The params key of ``settings``, for messages."""
+        return f"finetune.{self.name}"
+
+    @property
     def n_examples(self) -> int:
         raise NotImplementedError
 
@@ -91,12 +96,12 @@ class FinetuneTask:
 
     def steps_per_epoch(self, world_size: int) -> int:
         s = self.settings
-        return epoch_length(s.steps_per_epoch, self.n_examples, s.batch_size, f"finetune.{self.name}.steps_per_epoch")
+        return epoch_length(s.steps_per_epoch, self.n_examples, s.batch_size, f"{self.section}.steps_per_epoch")
 
     def batches(self, epoch: int, rank: int, world_size: int, start: int) -> Iterator[dict]:
         s = self.settings
         if s.batch_size % world_size:
-            raise ValueError(f"finetune.{self.name}.batch_size {s.batch_size} does not split over {world_size} processes")
+            raise ValueError(f"{self.section}.batch_size {s.batch_size} does not split over {world_size} processes")
         per_rank = s.batch_size // world_size
         order = np.random.default_rng([self.params.seed, epoch]).permutation(self.n_examples)
         for step in range(start, self.steps_per_epoch(world_size)):

@@ -44,6 +44,22 @@ def soft_score(count: int) -> float:
     return min(1.0, 0.3 * count)
 
 
+def answer_scores(examples: Sequence[VQAExample], index: dict[str, int]) -> Tensor:
+    """(B, A) the classifier's targets: each answer's soft score among the question's human answers;
+    an answer outside the vocabulary ``index`` cannot be predicted (ViLT drops it too)."""
+    targets = torch.zeros(len(examples), len(index))
+    for row, example in enumerate(examples):
+        for answer, count in Counter(example.answers).items():
+            if answer in index:
+                targets[row, index[answer]] = soft_score(count)
+    return targets
+
+
+def classifier_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """ViLT's VQA loss: binary cross-entropy against the soft scores, summed over the answers (the mean times A)."""
+    return F.binary_cross_entropy_with_logits(logits, targets) * logits.shape[1]
+
+
 class VQAClassifier(nn.Module):
     def __init__(self, model: SingleStreamModel, answers: int):
         super().__init__()
@@ -59,7 +75,7 @@ class VQAClassifier(nn.Module):
     def forward(self, batch: dict) -> dict[str, Tensor]:
         """``batch``: images, input_ids / attention_mask (questions), targets (B, A) soft scores."""
         logits = self.logits(batch["images"], batch["input_ids"], batch["attention_mask"])
-        loss = F.binary_cross_entropy_with_logits(logits, batch["targets"]) * logits.shape[1]
+        loss = classifier_loss(logits, batch["targets"])
         return {"loss": loss, "target_mass": batch["targets"].sum(1).mean()}
 
 
@@ -84,13 +100,8 @@ class SingleStreamVQATask(FinetuneTask):
 
     def collate(self, indices: Sequence[int], epoch: int) -> dict:
         batch = self.data.collate_fn([self.data[i] for i in indices])
-        targets = torch.zeros(len(indices), len(self.answers))
-        for row, i in enumerate(indices):
-            for answer, count in Counter(self.examples[i].answers).items():
-                if answer in self.index:  # an answer outside the vocabulary cannot be predicted (ViLT drops it too)
-                    targets[row, self.index[answer]] = soft_score(count)
         return {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                "targets": targets}
+                "targets": answer_scores([self.examples[i] for i in indices], self.index)}
 
 
 def run_vqa_finetuning(params: Params, start_run: Path, data_root: Path, out_dir: Path, resume: bool = True) -> dict:

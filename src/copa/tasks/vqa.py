@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from copa.config import Params, VQAEvalParams, vqa_image_size
+from copa.config import Params, ParamsError, VQAEvalParams, vqa_image_size
 from copa.data.downstream import VQAExample, referent_targets, vqa_examples
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
@@ -243,7 +243,7 @@ def vqa_splits(params: Params, data_root: Path, split: str) -> tuple[list[VQAExa
     layout = DataLayout(Path(data_root))
     trained_on = params.finetune.vqa.train_splits
     if split in trained_on:
-        raise ValueError(f"evaluate.vqa.split {split} is one the run was fine-tuned on ({', '.join(trained_on)})")
+        raise ParamsError(f"evaluate.vqa.split {split} is one the run was fine-tuned on ({', '.join(trained_on)})")
     return [e for s in trained_on for e in vqa_examples(layout, s)], vqa_examples(layout, split)
 
 
