@@ -19,13 +19,14 @@ import yaml
 
 from copa.cli import build_parser, data, downstream, pretraining, report
 from copa.config import load_params
-from copa.report.grids import run_name
+from copa.report.grids import available_grids, load_grid, run_name
+from copa.report.tables import cost_cells
 from copa.run_layout import (METRICS_FILE, RunLayout, data_beside, predictions_beside, size_tag, split_size_tag, tag_size)
 from copa.train.architectures import ARCHITECTURES
 from test_workflow import DVC_STAGE_RULES, REPO, copy_workflow, snakemake
 
 PROFILES = ("demo", "fixture")
-JOB_COUNTS = {"demo": 79, "fixture": 81}  # the DAG: one paired timing per speed table (5) since the paired protocol
+JOB_COUNTS = {"demo": 54, "fixture": 58}  # the DAG: one paired timing per speed table (5), one job for every cost
 WORKFLOW_PROFILE = {"demo": "default", "fixture": "fixture"}  # profiles/: the one that selects it
 
 
@@ -63,7 +64,7 @@ def dags(tmp_path_factory) -> dict[str, list[dict]]:
 
 def _run(wildcards: dict[str, str]) -> str:
     """The job's pretraining run: its `run` wildcard, or the name copa.report.grids.run_name gives
-    the pretrain and efficiency rules' wildcards (the rules' spelling of a run must be its)."""
+    the pretrain rule's wildcards (the rules' spelling of a run must be its)."""
     if "run" in wildcards:
         return wildcards["run"]
     arch = next(a.name for a in ARCHITECTURES.values() if a.run_prefix == wildcards["stream"])
@@ -71,6 +72,12 @@ def _run(wildcards: dict[str, str]) -> str:
     name = run_name(wildcards["method"], location, float(wildcards["keep"]), int(wildcards["seed"]), arch)
     assert name == f"{wildcards['stream']}{wildcards['method']}-loc{wildcards['location']}-keep{wildcards['keep']}-seed{wildcards['seed']}"
     return name
+
+
+def _cost_cells(layout: RunLayout) -> dict[Path, list[str]]:
+    """Every cost the profile's tables read, and its default run's: the efficiency job's outputs."""
+    params = load_params(layout.profile)
+    return cost_cells([load_grid(name) for name in available_grids()], params, layout.results, params.report.seeds)
 
 
 def _files(stem: Path, *suffixes: str) -> list[Path]:
@@ -96,7 +103,7 @@ def _expected(job: dict, layout: RunLayout, data_root: str) -> tuple[list[Path],
         "pretrain_eval": lambda: ([layout.pretrain_eval(run), *_files(layout.pretrain_figure(run), *FIGURE)], f"pretrain_eval/{run}"),
         "finetune": lambda: ([layout.finetune_run(run, task, size) / METRICS_FILE], f"finetune/{run}/{task}{size}"),
         "evaluate": lambda: ([layout.finetune_result(run, task, size), layout.finetune_predictions(run, task, size)], f"evaluate/{run}/{task}{size}"),
-        "efficiency": lambda: ([layout.efficiency(run, size)], f"efficiency/{run}{size}"),
+        "efficiency": lambda: (list(_cost_cells(layout)), "efficiency/costs"),
         "efficiency_paired": lambda: ([layout.efficiency_paired(grid)], f"efficiency/paired/{grid}"),
         "reference_boxes": lambda: ([layout.reference_boxes, layout.reference_boxes_summary], "reference_boxes"),
         "patch_detection": lambda: ([layout.patch_detection(run)], f"patch_detection/{run}"),
@@ -169,12 +176,8 @@ def test_the_rules_pass_what_the_cli_defaults_to(dags, profile):
         elif rule == "patch_detection":
             assert pretraining.patch_detection_output(_without(args, "json"), layout) == Path(args.json), where
         elif rule == "efficiency":
-            # the rule measures the model of the parameters (--from-params); `copa efficiency --run` of the
-            # pretraining run writes the same file where the profile's own resolution is measured
-            run = _run(job["wildcards"])
-            measured = argparse.Namespace(run=str(layout.pretrain_run(run)), from_params=False, json=None)
-            assert (pretraining.efficiency_output(measured, layout, run) == Path(args.json)) == (job["wildcards"]["size"] == ""), where
-            assert pretraining.efficiency_output(_without(args, "json"), layout, run) == layout.efficiency_from_params(run)
+            # one job for every cost: the CLI writes each where copa.report.tables.cost_cells puts it, as the job's outputs (above)
+            assert args.grid_costs and args.json is None, where
         elif rule == "efficiency_paired":
             assert pretraining.efficiency_output(_without(args, "json"), layout, args.grid) == Path(args.json), where
         elif rule in ("table", "figure", "figure5"):
@@ -258,7 +261,7 @@ def test_committed_demo_files_are_where_the_layout_puts_them(dags):
     committed = subprocess.run(["git", "ls-files", "results/demo", "figures/demo"], cwd=REPO, stdout=subprocess.PIPE, text=True,
                                check=True).stdout.split()
     outputs = {p for job in dags["demo"] for p in job["output"]}
-    runs = {_run(job["wildcards"]) for job in dags["demo"] if job["rule"] == "efficiency"}
+    runs = {split_size_tag(Path(p).stem)[0] for job in dags["demo"] if job["rule"] == "efficiency" for p in job["output"]}
     layout = RunLayout("demo")
     for path in sorted(set(committed) - outputs):
         run, tag = split_size_tag(Path(path).stem)

@@ -30,7 +30,7 @@ except ParamsError as exc:  # a user error: one line and exit 2, as `copa` gives
     sys.exit(2)
 
 # Imported after the check, so that a bad value is refused before pandas loads (the tables').
-from copa.report.tables import grid_inputs
+from copa.report.tables import cost_cells, grid_inputs
 from copa.sources import module_sources
 from copa.tasks.registry import TASKS, head_modules
 from copa.train.encoder_init_params import encoder_init_params

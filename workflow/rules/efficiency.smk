@@ -3,12 +3,13 @@
 # params section `efficiency`, conventions in src/copa/eval/efficiency.py. None of it depends on
 # the weights, so the model is built from the parameters (vocabulary: model.vocab_size) and no
 # pretraining is needed: every cell of a grid gets its cost, trained or not. The memory is measured
-# under each ITM encoding (pretrain.itm_guidance), the run's as the headline. The tables ask for
+# under each ITM encoding (pretrain.itm_guidance), the run's as the headline. The tables read
 # results by path, e.g.
 #   results/demo/efficiency/tpd-loc3-keep0.5-seed0.json
 # or, at another resolution than the protocol's (COPA Table 5's rows, the paper's px in every
 # profile), ...-seed0-384px.json; a run's name starts with its architecture's prefix (COPA Table 6's
-# single-stream models: single-<method>-loc...json).
+# single-stream models: single-<method>-loc...json). Another model's cost: `copa efficiency
+# --from-params` (or --run) by hand.
 # Speed (throughput, latency) is measured per table instead (rule efficiency_paired): a table's
 # models timed together, interleaved, each paired with the table's baseline round by round, so that
 # what the machine does meanwhile slows them alike (copa.eval.paired_timing).
@@ -20,34 +21,39 @@ MEMORY_STEP_OPTIONS = ("itm_guidance", "itc_image", "queue_size")
 # The efficiency section's timing settings: the paired timing's alone (rule efficiency_paired), not a run's costs.
 TIMING_KEYS = ("throughput", "latency", "timing")
 COST_SETTINGS = {k: v for k, v in PARAMS.to_dict()["efficiency"].items() if k not in TIMING_KEYS}  # the rest: what a run's costs read
+# Every cost the tables read, and the default run's (copa.report.tables.cost_cells), in one job: once
+# torch and transformers are loaded (about 4 s a process) a model's costs take about a second, and
+# the grids hold some twenty cells. Its rerun triggers are the union of the cells' (a single-stream
+# knob reruns them all: a minute at most).
+COST_CELLS = cost_cells(GRIDS.values(), PARAMS, LAYOUT.results, PARAMS.report.seeds)
+ARCHITECTURE_SECTIONS = sorted({a.params_section for a in ARCHITECTURES.values() if a.params_section})
 
 
 rule efficiency:
     input:
-        code=run_sources("copa.eval.efficiency", "copa.data.tokenizer", "copa.report.grids", "copa.train.distributed", "copa.train.pretrain",
-                         "copa.tasks.registry", "copa.tasks.generation"),
+        code=sources("copa.eval.efficiency", "copa.data.tokenizer", "copa.report.grids", "copa.report.tables", "copa.train.distributed",
+                     "copa.train.pretrain", "copa.tasks.registry", "copa.tasks.generation",
+                     *(m for a in ARCHITECTURES.values() for m in code_modules(a))),
     output:
-        LAYOUT.efficiency(RUN_PATTERN, "{size}"),
+        [str(path) for path in COST_CELLS],
     params:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
-        efficiency=lambda w: json.dumps(COST_SETTINGS, sort_keys=True),  # rerun triggers: the protocol (not its timing) and the model
-        model=with_architecture_section(section_json("model")),
+        # rerun triggers (functions, as section_json's: braces in a string would read as wildcards): which models,
+        cells=lambda w: json.dumps({str(path): sets for path, sets in COST_CELLS.items()}, sort_keys=True),
+        efficiency=lambda w: json.dumps(COST_SETTINGS, sort_keys=True),  # the protocol (not its timing), the models' sections
+        sections=lambda w: json.dumps({s: PARAMS.to_dict()[s] for s in ("model", *ARCHITECTURE_SECTIONS)}, sort_keys=True),
         pretrain=lambda w: json.dumps({k: PARAMS.to_dict()["pretrain"][k] for k in MEMORY_STEP_OPTIONS}, sort_keys=True),
         decoding=lambda w: json.dumps(PARAMS.to_dict()["evaluate"]["vqa"], sort_keys=True),  # the decoder column: one VQA answer
-        copa=with_architecture_cli(lambda w: copa_cli(*(f"efficiency.{k}" for k in COST_SETTINGS), "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS),
-                                                      "evaluate.vqa")
-                                   + size_override(w, "efficiency")),
-        location=lambda w: f"model.selection.location=[{', '.join(w.location.split('-'))}]",
+        copa=copa_cli(*(f"efficiency.{k}" for k in COST_SETTINGS), "model", "patch_labels", *(f"pretrain.{k}" for k in MEMORY_STEP_OPTIONS),
+                      "evaluate.vqa", "report.seeds", "seed", "architecture", *ARCHITECTURE_SECTIONS),
     log:
-        LAYOUT.log(f"efficiency/{RUN_PATTERN}{{size}}"),
+        LAYOUT.log("efficiency/costs"),
     benchmark:
-        LAYOUT.benchmark(f"efficiency/{RUN_PATTERN}{{size}}"),
+        LAYOUT.benchmark("efficiency/costs"),
     conda:
         "../envs/copa.yaml"
     shell:
-        "{params.gpu}{params.copa} --set model.selection.method={wildcards.method:q} --set {params.location:q}"
-        " --set model.selection.keep_ratio={wildcards.keep:q} --set seed={wildcards.seed:q}"
-        " efficiency --from-params --no-timing --json {output:q} > {log:q} 2>&1"
+        "{params.gpu}{params.copa} efficiency --grid-costs > {log:q} 2>&1"
 
 
 rule efficiency_paired:

@@ -133,14 +133,10 @@ def efficiency_output(args: argparse.Namespace, layout: RunLayout, name: str) ->
 def cmd_efficiency(args: argparse.Namespace) -> int:
     if args.grid:
         return _paired_efficiency(args)
-    import time
-
+    if args.grid_costs:
+        return _grid_costs(args)
     from copa.data.tokenizer import load_tokenizer
-    from copa.eval.efficiency import measure_efficiency, summary_line
     from copa.report.grids import run_name
-    from copa.tasks import registry
-    from copa.train.architectures import architecture, resolve
-    from copa.train.distributed import resolve_device
     from copa.train.pretrain import VOCAB_DIR, run_params
 
     if args.run:  # the run's model and vocabulary size; the protocol from the current params of its profile
@@ -161,21 +157,57 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
         s = params.model.selection
         name = run_name(s.method, s.location, s.keep_ratio, params.seed, params.architecture)
         source = {"params": params.profile, "overrides": list(args.set)}
+    out = efficiency_output(args, RunLayout(params.profile), name)
+    _write_costs(params, vocab_size, settings, decoding, _device(args), ("flops", "memory") if args.no_timing else ("flops", "speed", "memory"),
+                 {"name": name, "profile": params.profile, **source}, out)
+    return 0
+
+
+def _grid_costs(args: argparse.Namespace) -> int:
+    """`copa efficiency --grid-costs`: every row cost the tables read, and the profile's own model's
+    (copa.report.tables.cost_cells), FLOPs and memory, in one process: after torch loads, a model's
+    costs take about a second."""
+    from copa.report.grids import available_grids, load_grid, run_name
+    from copa.report.tables import cost_cells
+
+    if args.json:
+        raise CommandError("--grid-costs writes each cost where the tables read it (results/<profile>/efficiency/): no --json")
+    params = profile_params(args)
+    device = _device(args)
+    grids = [load_grid(name, args.params_dir) for name in available_grids(args.params_dir)]
+    for out, overrides in cost_cells(grids, params, RunLayout(params.profile).results, params.report.seeds).items():
+        row = load_params(params.profile, [*args.set, *overrides], args.params_dir)
+        s = row.model.selection
+        head = {"name": run_name(s.method, s.location, s.keep_ratio, row.seed, row.architecture), "profile": row.profile,
+                "params": row.profile, "overrides": [*args.set, *overrides]}
+        _write_costs(row, row.model.vocab_size, row.efficiency, row.evaluate.vqa, device, ("flops", "memory"), head, out)
+    return 0
+
+
+def _device(args: argparse.Namespace):
+    from copa.train.distributed import resolve_device
+
     try:
-        device = resolve_device(args.device)
+        return resolve_device(args.device)
     except RuntimeError as exc:
         raise CommandError(exc) from exc
+
+
+def _write_costs(params, vocab_size: int, settings, decoding, device, parts: tuple[str, ...], head: dict, out: Path) -> None:
+    """Measure ``parts`` of the model of ``params`` and write the record (``head`` first) to ``out``."""
+    import time
+
+    from copa.eval.efficiency import measure_efficiency, summary_line
+    from copa.tasks import registry
+    from copa.train.architectures import architecture, resolve
+
     start = time.perf_counter()
-    parts = ("flops", "memory") if args.no_timing else ("flops", "speed", "memory")
     answer_cost = registry.answer_cost(architecture(params).name)  # the decoder column (None: no decoder)
     answer_flops = None if answer_cost is None else partial(resolve(answer_cost), decoding=decoding)
-    record = measure_efficiency(params, vocab_size, settings, device, parts, answer_flops)
-    record = {"name": name, "profile": params.profile, **source, **record, "wall_s": time.perf_counter() - start}
-    out = efficiency_output(args, RunLayout(params.profile), name)
+    record = {**head, **measure_efficiency(params, vocab_size, settings, device, parts, answer_flops), "wall_s": time.perf_counter() - start}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"efficiency {name} ({device}): {summary_line(record)} -> {out}")
-    return 0
+    print(f"efficiency {head['name']} ({device}): {summary_line(record)} -> {out}")
 
 
 def _paired_efficiency(args: argparse.Namespace) -> int:
@@ -184,17 +216,13 @@ def _paired_efficiency(args: argparse.Namespace) -> int:
 
     from copa.eval.efficiency import measure_paired_speed
     from copa.report.grids import load_grid, row_cost_overrides
-    from copa.train.distributed import resolve_device
 
     params = profile_params(args)
     grid = load_grid(args.grid, args.params_dir)
     if grid.baseline is None:
         raise CommandError(f"grid {args.grid}: no baseline row to pair the speedups with (its key 'baseline')")
     models = {row.label: load_params(params.profile, [*args.set, *row_cost_overrides(row, params)], args.params_dir) for row in grid.rows}
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as exc:
-        raise CommandError(exc) from exc
+    device = _device(args)
     start = time.perf_counter()
     record = measure_paired_speed(models, params.model.vocab_size, device, grid.baseline)
     record = {"grid": args.grid, "profile": params.profile, "overrides": list(args.set), **record, "wall_s": time.perf_counter() - start}
@@ -257,6 +285,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--from-params", action="store_true", help="the model of --profile / --set instead (vocabulary: model.vocab_size)")
     which.add_argument("--grid", help="a grid of params/grids/ (a table): its rows' models timed together, throughput, latency and "
                                       "paired speedups over its baseline row (copa.eval.paired_timing); no FLOPs or memory")
+    which.add_argument("--grid-costs", action="store_true", help="every row cost the tables of params/grids/ read and the profile's own "
+                                                                 "model's (FLOPs and memory, no timing), each where the tables read it: "
+                                                                 "one process for them all (the workflow's efficiency rule)")
     p.add_argument("--no-timing", action="store_true", help="FLOPs and memory only (the workflow times a table's models together: --grid)")
     p.add_argument("--json", help=f"result JSON (default: {layout.efficiency('<run>')}; {layout.efficiency_from_params('<name>')} with "
                                   f"--from-params; {layout.efficiency_paired('<grid>')} with --grid)")

@@ -26,7 +26,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -34,8 +34,8 @@ from copa.config import Params
 from copa.data.formats.records import load_json
 from copa.eval.paired import LEVEL, RESAMPLES, PairedDifference, paired_bootstrap
 from copa.report.columns import COLUMNS, COST_SOURCES, PERCENT
-from copa.report.grids import (PAPER_PRETRAIN_SIZE, PAPER_PROTOCOL_SIZE, Grid, GridRow, paired_result, profile_resolution, row_result,
-                               row_run, row_selection)
+from copa.report.grids import (PAPER_PRETRAIN_SIZE, PAPER_PROTOCOL_SIZE, Grid, GridRow, paired_result, profile_resolution,
+                               result_path, row_cost_overrides, row_result, row_run, row_selection, run_name)
 
 NOT_TRAINED = "not trained"
 NOT_MEASURED = "not measured"  # (not "n/a": pandas reads that back as NaN)
@@ -59,6 +59,20 @@ def grid_inputs(grid: Grid, params: Params, results: Path, seeds: Sequence[int])
                 if source == "efficiency" or row.label in trained:
                     paths.append(row_result(row, source, params, results, seed))
     return sorted(set(paths))
+
+
+def cost_cells(grids: Iterable[Grid], params: Params, results: Path, seeds: Sequence[int]) -> dict[Path, list[str]]:
+    """Every row cost (a model's FLOPs and memory, `copa efficiency`) that the tables of ``grids``
+    read in the profile of ``params``, and the cost of the model of ``params`` itself (the workflow's
+    default run): result path -> the ``--set`` overrides that give the model."""
+    s = params.model.selection
+    costs = {result_path(results, "efficiency", run_name(s.method, s.location, s.keep_ratio, params.seed, params.architecture)): []}
+    for grid in grids:
+        if "efficiency" in _row_sources(grid):
+            for row in grid.rows:
+                for seed in seeds:
+                    costs[row_result(row, "efficiency", params, results, seed)] = [*row_cost_overrides(row, params), f"seed={seed}"]
+    return dict(sorted(costs.items()))
 
 
 @dataclass(frozen=True)
