@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -108,16 +108,20 @@ def run_vqa_finetuning(params: Params, start_run: Path, data_root: Path, out_dir
     return run_finetuning(SingleStreamVQATask(params, start_run, data_root, out_dir), out_dir, resume)
 
 
-class SingleStreamVQARun(NamedTuple):
-    model: VQAClassifier  # eval mode
+class ClassifierVQARun(NamedTuple):
+    """A VQA classifier run (single-stream, or the from-scratch anchor of copa.tasks.vqa_scratch), read once."""
+
+    model: nn.Module  # eval mode: (images, input_ids, attention_mask) -> answer logits
     params: Params
     tokenizer: object
     state: dict  # where it stands: step, epoch
     answers: list[str]
 
 
-def load_vqa_run(run_dir: Path) -> SingleStreamVQARun:
-    """A single-stream VQA run's last checkpoint, its parameters, vocabulary and answer list."""
+def load_classifier_run(run_dir: Path, build: Callable[[Params, object, int], nn.Module], written_by: str, what: str,
+                        model_state: Callable[[dict], dict] = lambda state: state) -> ClassifierVQARun:
+    """A VQA classifier run's last checkpoint, its parameters, vocabulary and answer list:
+    ``build(params, tokenizer, answers)`` makes the model that ``model_state(checkpoint's model)`` fills."""
     run_dir = Path(run_dir)
     checkpoint = run_checkpoints(run_dir, "last")[0]
     ckpt = load_tensors(checkpoint)
@@ -125,18 +129,24 @@ def load_vqa_run(run_dir: Path) -> SingleStreamVQARun:
     tokenizer = load_tokenizer(run_dir / VOCAB_DIR / "vocab.txt")
     answers_file = run_dir / ANSWERS_FILE
     if not answers_file.is_file():
-        raise FileNotFoundError(f"{answers_file}: the run's answer list is missing (written by copa finetune --task vqa)")
+        raise FileNotFoundError(f"{answers_file}: the run's answer list is missing (written by {written_by})")
     answers = load_json(answers_file)
-    model = VQAClassifier(SingleStreamModel(single_stream_spec(params, len(tokenizer))), len(answers))
+    model = build(params, tokenizer, len(answers))
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(model_state(ckpt["model"]))
     except RuntimeError as exc:
-        raise CheckpointMismatch(checkpoint, f"does not fit the single-stream VQA model its resolved_params describe: {exc}") from None
-    return SingleStreamVQARun(model.eval(), params, tokenizer, {"step": ckpt["step"], "epoch": ckpt["epoch"]}, answers)
+        raise CheckpointMismatch(checkpoint, f"does not fit the {what} its resolved_params describe: {exc}") from None
+    return ClassifierVQARun(model.eval(), params, tokenizer, {"step": ckpt["step"], "epoch": ckpt["epoch"]}, answers)
 
 
-@torch.no_grad()
-def classify_questions(run: SingleStreamVQARun, examples: Sequence[VQAExample], batch_size: int = 64,
+def load_vqa_run(run_dir: Path) -> ClassifierVQARun:
+    """A single-stream VQA run's last checkpoint, its parameters, vocabulary and answer list."""
+    return load_classifier_run(
+        run_dir, lambda params, tokenizer, answers: VQAClassifier(SingleStreamModel(single_stream_spec(params, len(tokenizer))), answers),
+        "copa finetune --task vqa", "single-stream VQA model")
+
+
+def classify_questions(run: ClassifierVQARun, examples: Sequence[VQAExample], batch_size: int = 64,
                        progress: bool = True) -> dict[int, str]:
     """question id -> the arg-max answer."""
     data = question_data(examples, run.tokenizer, run.params)
@@ -149,7 +159,7 @@ def classify_questions(run: SingleStreamVQARun, examples: Sequence[VQAExample], 
     return out
 
 
-def evaluate_vqa(run: SingleStreamVQARun, settings: VQAEvalParams, data_root: Path, split: str,
+def evaluate_vqa(run: ClassifierVQARun, settings: VQAEvalParams, data_root: Path, split: str,
                  batch_size: int = 64, progress: bool = True) -> tuple[dict, list[dict], str]:
     """(metrics record, answers in the official result format, a one-line summary), as the
     dual-stream ``copa.tasks.vqa.evaluate_vqa`` writes them; ``inference`` is "classifier"."""

@@ -24,25 +24,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from copa.config import INFERENCE_SECTIONS, Params, VQAEvalParams, params_from_dict, vqa_scratch_image_size
+from copa.config import INFERENCE_SECTIONS, Params, VQAEvalParams, vqa_scratch_image_size
 from copa.data.downstream import VQAExample
-from copa.data.formats.records import load_json
 from copa.data.pretrain_data import PairDataset
 from copa.data.tokenizer import load_tokenizer, train_word_vocabulary
 from copa.models.film import FiLMSpec, FiLMVQA
-from copa.models.weights import load_tensors
 from copa.tasks.base import FinetuneTask, resized_pairs
-from copa.tasks.single_stream_vqa import ANSWERS_FILE, answer_scores, classifier_loss
+from copa.tasks.single_stream_vqa import ANSWERS_FILE, ClassifierVQARun, answer_scores, classifier_loss, load_classifier_run
 from copa.tasks.vqa import answer_list, vqa_record, vqa_splits
 from copa.train.engine import EngineConfig, train
-from copa.train.finetune import CheckpointMismatch
-from copa.train.pretrain import VOCAB_DIR, run_checkpoints
+from copa.train.pretrain import VOCAB_DIR
 from copa.train.schedule import is_no_decay, warmup_cosine_lambda
 
 SECTION = "vqa_scratch"
@@ -145,36 +142,14 @@ def train_scratch_vqa(params: Params, data_root: Path, out_dir: Path, resume: bo
     return train(task, config, out_dir, params.to_dict(), resume=resume)
 
 
-class ScratchVQARun(NamedTuple):
-    model: FiLMVQA  # eval mode
-    params: Params
-    tokenizer: object
-    state: dict  # where it stands: step, epoch
-    answers: list[str]
-
-
-def load_scratch_vqa(run_dir: Path) -> ScratchVQARun:
+def load_scratch_vqa(run_dir: Path) -> ClassifierVQARun:
     """An anchor run's last checkpoint, its parameters, word list and answer list."""
-    run_dir = Path(run_dir)
-    checkpoint = run_checkpoints(run_dir, "last")[0]
-    ckpt = load_tensors(checkpoint)
-    params = params_from_dict(ckpt["resolved_params"], f"{checkpoint} (resolved_params)")
-    tokenizer = load_tokenizer(run_dir / VOCAB_DIR / "vocab.txt")
-    answers_file = run_dir / ANSWERS_FILE
-    if not answers_file.is_file():
-        raise FileNotFoundError(f"{answers_file}: the run's answer list is missing (written by copa vqa-scratch)")
-    answers = load_json(answers_file)
-    model = build_model(params, tokenizer, len(answers))
-    prefix = "model."  # ScratchVQATraining's
-    try:
-        model.load_state_dict({k.removeprefix(prefix): v for k, v in ckpt["model"].items()})
-    except RuntimeError as exc:
-        raise CheckpointMismatch(checkpoint, f"does not fit the FiLM model its resolved_params describe: {exc}") from None
-    return ScratchVQARun(model.eval(), params, tokenizer, {"step": ckpt["step"], "epoch": ckpt["epoch"]}, answers)
+    return load_classifier_run(run_dir, build_model, "copa vqa-scratch", "FiLM model",
+                               lambda state: {k.removeprefix("model."): v for k, v in state.items()})  # ScratchVQATraining's prefix
 
 
 @torch.no_grad()
-def classify_questions(run: ScratchVQARun, examples: Sequence[VQAExample], batch_size: int = 64,
+def classify_questions(run: ClassifierVQARun, examples: Sequence[VQAExample], batch_size: int = 64,
                        progress: bool = True) -> dict[int, str]:
     """question id -> the arg-max answer."""
     data = question_images(examples, run.tokenizer, run.params)
@@ -187,7 +162,7 @@ def classify_questions(run: ScratchVQARun, examples: Sequence[VQAExample], batch
     return out
 
 
-def evaluate_scratch_vqa(run: ScratchVQARun, settings: VQAEvalParams, data_root: Path, batch_size: int = 64,
+def evaluate_scratch_vqa(run: ClassifierVQARun, settings: VQAEvalParams, data_root: Path, batch_size: int = 64,
                          progress: bool = True) -> tuple[dict, list[dict], str]:
     """(metrics record, answers in the official result format, a one-line summary) on
     ``settings.split``, as ``copa evaluate --task vqa`` writes them; ``inference`` is "classifier"."""
