@@ -21,12 +21,12 @@ from copa.cli import build_parser, data, downstream, pretraining, report
 from copa.config import load_params
 from copa.report.grids import available_grids, load_grid, run_name
 from copa.report.tables import cost_cells
-from copa.run_layout import (METRICS_FILE, RunLayout, data_beside, predictions_beside, size_tag, split_size_tag, tag_size)
+from copa.run_layout import (METRICS_FILE, RunLayout, data_beside, predictions_beside, seed_run, size_tag, split_size_tag, tag_size)
 from copa.train.architectures import ARCHITECTURES
 from test_workflow import DVC_STAGE_RULES, REPO, copy_workflow, snakemake
 
 PROFILES = ("demo", "fixture")
-JOB_COUNTS = {"demo": 54, "fixture": 58}  # the DAG: one paired timing per speed table (5), one job for every cost
+JOB_COUNTS = {"demo": 55, "fixture": 59}  # the DAG: one paired timing per speed table (5), one job for every cost
 WORKFLOW_PROFILE = {"demo": "default", "fixture": "fixture"}  # profiles/: the one that selects it
 
 
@@ -103,6 +103,9 @@ def _expected(job: dict, layout: RunLayout, data_root: str) -> tuple[list[Path],
         "pretrain_eval": lambda: ([layout.pretrain_eval(run), *_files(layout.pretrain_figure(run), *FIGURE)], f"pretrain_eval/{run}"),
         "finetune": lambda: ([layout.finetune_run(run, task, size) / METRICS_FILE], f"finetune/{run}/{task}{size}"),
         "evaluate": lambda: ([layout.finetune_result(run, task, size), layout.finetune_predictions(run, task, size)], f"evaluate/{run}/{task}{size}"),
+        "vqa_scratch": lambda: ([layout.anchor_run("vqa_scratch", seed_run(w.get("seed"))) / METRICS_FILE,
+                                 layout.anchor_result("vqa_scratch", seed_run(w.get("seed"))),
+                                 predictions_beside(layout.anchor_result("vqa_scratch", seed_run(w.get("seed"))))], f"vqa_scratch/seed{w.get('seed')}"),
         "efficiency": lambda: (list(_cost_cells(layout)), "efficiency/costs"),
         "efficiency_paired": lambda: ([layout.efficiency_paired(grid)], f"efficiency/paired/{grid}"),
         "reference_boxes": lambda: ([layout.reference_boxes, layout.reference_boxes_summary], "reference_boxes"),
@@ -151,6 +154,7 @@ DEFAULTS = {
     "reference_boxes": (data.reference_box_outputs, ("out", "summary")),
     "pretrain_eval": (pretraining.pretrain_eval_outputs, ("json", "figure")),
     "evaluate": (downstream.evaluate_outputs, ("json", "predictions")),
+    "vqa_scratch": (downstream.vqa_scratch_outputs, ("json", "predictions")),
     "claims": (report.claims_paths, ("tables", "out")),
 }
 

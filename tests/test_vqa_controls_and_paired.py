@@ -134,6 +134,50 @@ def test_vqa_table_shows_the_controls_and_the_paired_difference(params_dir: Path
     assert r"$\Delta$" in paths[2].read_text()
 
 
+
+def test_an_anchor_row_fills_its_tasks_columns_paired_with_the_baseline(params_dir: Path, tmp_path: Path) -> None:
+    """A grid's anchor (the from-scratch VQA model, copa vqa-scratch) is read from its own result per seed,
+    in the VQA columns and their controls, with its paired difference to the baseline row; the costs are
+    not measured for it, the paper has no number for it, and a profile that does not name it leaves it
+    not trained (no result file asked)."""
+    from copa.eval.paired import paired_bootstrap
+    from copa.report.grids import anchor_result
+    from copa.report.tables import NOT_MEASURED, grid_inputs
+
+    text = GRID.replace("trained: {paper: all, demo: [a, base], fixture: []}",
+                        "anchors:\n  - {label: film, model: vqa_scratch}\ntrained: {paper: all, demo: [a, base, film], fixture: [a]}")
+    (params_dir / "grids" / "mine.yaml").write_text(text)
+    grid, demo, fixture = load_grid("mine", params_dir), load_params("demo", params_dir=params_dir), load_params("fixture", params_dir=params_dir)
+    results = tmp_path / "results"
+    assert anchor_result(grid.anchors[0], results, 0) == results / "vqa_scratch" / "seed0.json"
+    assert anchor_result(grid.anchors[0], results, 0) in grid_inputs(grid, demo, results, [0])
+    assert not [p for p in grid_inputs(grid, fixture, results, [0]) if "vqa_scratch" in str(p)]
+    film_scores, base_scores = [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0, 0.3, 0.0, 0.3, 1.0]
+    for label, scores in (("a", base_scores), ("base", base_scores)):
+        _write_result(results, "vqa", row_run(grid.row(label), demo, 0), _vqa_result(scores, 31.0, 35.0))
+    for label in ("a", "base", "c"):
+        _write_result(results, "efficiency", row_run(grid.row(label), demo, 0),
+                      {"flops": {"gmacs": {"total": 0.2}}, "device": {"device": "cpu", "cpu": "test", "threads": 1}})
+    film = anchor_result(grid.anchors[0], results, 0)
+    film.parent.mkdir(parents=True)
+    film.write_text(json.dumps(_vqa_result(film_scores, 31.0, 20.0)))
+    paths, cells, _ = write_table(grid, demo, results, [0], tmp_path / "tables" / "mine")
+    frame = pd.read_csv(paths[0]).set_index("row")
+    assert frame.at["film", "vqa"] == pytest.approx(87.5) and frame.at["film", "vqa_swapped"] == 20.0
+    assert frame.at["film", "method"] == "anchor: vqa_scratch" and pd.isna(frame.at["film", "vqa_paper"])
+    assert frame.at["film", "gmacs_status"] == NOT_MEASURED and pd.isna(frame.at["film", "gmacs"])
+    expected = paired_bootstrap(film_scores, base_scores).scaled(100.0)
+    assert frame.at["film", "vqa_vs_baseline"] == pytest.approx(expected.estimate, abs=1e-4)
+    d = cells["film"]["vqa"].difference
+    assert f"| film | 87.50 |  | {d.estimate:+.2f} [{d.low:+.2f}, {d.high:+.2f}] | 31.00 | 20.00 | {NOT_MEASURED} |" in paths[1].read_text()
+    bad = text.replace("columns: [vqa, gmacs]", "columns: [gmacs]").replace(", paper: {vqa: 1.0}", ", paper: {}")
+    (params_dir / "grids" / "mine.yaml").write_text(bad)
+    with pytest.raises(ParamsError, match="anchors\\[0\\]'.*answers vqa, a column the grid does not have"):
+        load_grid("mine", params_dir)
+    (params_dir / "grids" / "mine.yaml").write_text(text.replace("model: vqa_scratch", "model: film"))
+    with pytest.raises(ParamsError, match="anchors"):
+        load_grid("mine", params_dir)
+
 def test_rows_scored_on_other_examples_are_refused(params_dir: Path, tmp_path: Path) -> None:
     (params_dir / "grids" / "mine.yaml").write_text(GRID)
     grid, demo = load_grid("mine", params_dir), load_params("demo", params_dir=params_dir)

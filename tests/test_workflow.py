@@ -175,8 +175,8 @@ def test_fixture_dag_end_to_end(workdir):
     for name in available_grids():
         grid = load_grid(name)
         frame = pd.read_csv(tables / f"{name}.csv")
-        assert list(frame["row"]) == [r.label for r in grid.rows] + [r.label for r in grid.reference], name
-        trained = {r.label for r in grid.trained_rows("fixture")}
+        assert list(frame["row"]) == [r.label for r in (*grid.rows, *grid.anchors, *grid.reference)], name
+        trained = {r.label for r in (*grid.trained_rows("fixture"), *grid.trained_anchors("fixture"))}
         for column in grid.columns:  # trained rows measured (SPICE aside: no jars here), the others marked
             status = dict(zip(frame["row"], frame[f"{column}_status"]))
             assert all(status[label] in ("measured", "not measured") for label in trained), (name, column, status)
@@ -194,6 +194,11 @@ def test_fixture_dag_end_to_end(workdir):
     assert sorted(p.name for p in (workdir / "runs" / "fixture" / "pretrain").iterdir()) == sorted(
         {"tpd-loc2-keep0.5-seed0", "tpd-loc2-keep1.0-seed0", "cls_attention-loc2-keep0.5-seed0", "none-loc2-keep1.0-seed0",
          "single-tpd-loc2-keep0.5-seed0", "single-none-loc2-keep1.0-seed0"})
+    # Table 10's anchor, the from-scratch VQA model: trained once, in its VQA columns
+    table10 = pd.read_csv(tables / "table10.csv").set_index("row")
+    anchor = load_grid("table10").anchors[0].label
+    assert table10.at[anchor, "vqa_status"] == "measured" and table10.at[anchor, "gmacs_status"] == "not measured"
+    assert [p.name for p in (workdir / "runs" / "fixture" / "vqa_scratch").iterdir()] == ["seed0"]
     single = json.loads((workdir / "results" / "fixture" / "finetune" / "single-tpd-loc2-keep0.5-seed0" / "vqa.json").read_text())
     assert single["inference"] == "classifier"
     assert json.loads((workdir / "results" / "fixture" / "efficiency" / "single-none-loc2-keep1.0-seed0.json").read_text())["model"]["architecture"] \
@@ -240,7 +245,7 @@ def test_fixture_dag_end_to_end(workdir):
         "seeded": "seed=5", "lr": "pretrain.lr_text=2.0e-4", "ft": "finetune.retrieval.lr_text=2.0e-4",
         "cider": "finetune.captioning.lr_text=2.0e-4", "k": "evaluate.retrieval.k_test=2", "eff": "efficiency.latency.iterations=5",
         "size": "efficiency.text_length=12", "single": "single_stream.itm_swap_probability=0.3",
-        "threshold": "filter.near_duplicate.threshold=0.9", "reseeded": "synth.seed=1"})
+        "threshold": "filter.near_duplicate.threshold=0.9", "reseeded": "synth.seed=1", "scratch": "vqa_scratch.lr=2.0e-3"})
     seeded = runs["seeded"]
     assert seeded.returncode == 0, seeded.stdout
     assert _scheduled(seeded.stdout) == {"patch_labels", "encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency",
@@ -284,8 +289,13 @@ def test_fixture_dag_end_to_end(workdir):
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
     assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "encoder_init", "pretrain",
-                                           "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, *TPD_RULES, "reference_boxes",
+                                           "pretrain_eval", "finetune", "evaluate", "vqa_scratch", *REPORT_RULES, *TPD_RULES, "reference_boxes",
                                            "all"}  # costs need no data
+    # The from-scratch VQA anchor's knob reruns it and the tables that show it (Table 10), not a pretraining run
+    scratch = runs["scratch"]
+    assert scratch.returncode == 0, scratch.stdout
+    assert _scheduled(scratch.stdout) == {"vqa_scratch", "table", "claims", "all"}
+    assert re.findall(r"^    output: results/fixture/tables/(\w+)\.csv", scratch.stdout, flags=re.MULTILINE) == ["table10"]
 
 
 REPORT_RULES = ("table", "figure", "claims")
@@ -350,7 +360,7 @@ def test_threads_and_resources_live_in_the_workflow_profiles():
     assert set(profiles["default"]["set-threads"]) == set(profiles["fixture"]["set-threads"])
     assert profiles["default"]["set-resources"] == profiles["fixture"]["set-resources"]
     assert set(profiles["paper"]["set-threads"]) == set(profiles["default"]["set-threads"]) - {"synth"}  # no world to draw
-    assert len(gpu_rules) == 9
+    assert len(gpu_rules) == 10
 
 
 @pytest.mark.parametrize("options, message", [
@@ -395,11 +405,11 @@ RULE_COMMANDS = {  # the function of the CLI package (src/copa/cli/) behind each
     "encoder_init": "cmd_encoder_init", "pretrain": "cmd_pretrain", "pretrain_eval": "cmd_pretrain_eval", "finetune": "cmd_finetune",
     "evaluate": "cmd_evaluate", "efficiency": "cmd_efficiency", "efficiency_paired": "_paired_efficiency", "reference_boxes": "cmd_reference_boxes",
     "patch_detection": "cmd_patch_detection", "figure5": "cmd_figure5", "table": "cmd_table", "figure": "cmd_table",
-    "figure4": "cmd_detected_patches", "claims": "cmd_claims",
+    "figure4": "cmd_detected_patches", "claims": "cmd_claims", "vqa_scratch": "cmd_vqa_scratch",
 }
 DVC_STAGE_RULES = {  # the rules whose jobs each DVC stage's `snakemake` target runs beyond the earlier stages'
     "data": ("synth", "validate_data"), "filter": ("filter_annotations",), "patch_labels": ("patch_labels",),
-    "runs": ("encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency", "efficiency_paired"),
+    "runs": ("encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "vqa_scratch", "efficiency", "efficiency_paired"),
     "tables": ("table",), "figures": ("figure",), "figure4": ("figure4",), "figure5": ("reference_boxes", "patch_detection", "figure5"),
     "claims": ("claims",),
 }

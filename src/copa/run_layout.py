@@ -41,6 +41,12 @@ def split_size_tag(name: str) -> tuple[str, str]:
     return stem, tag or ""
 
 
+def seed_run(seed: int | str) -> str:
+    """The name of the workflow's run of a seed where a seed is all that tells runs apart (the
+    encoder init, the anchors)."""
+    return f"seed{seed}"
+
+
 def markdown_beside(report: Path) -> Path:
     """The Markdown table `copa filter` writes beside its report JSON."""
     return report.with_suffix(".md")
@@ -157,9 +163,10 @@ class RunLayout:
     def finetune_predictions(self, run: str, task: str, size: str = "") -> Path:
         return predictions_beside(self.finetune_result(run, task, size))
 
-    def vqa_scratch_result(self, run: str) -> Path:
-        """The evaluation of the from-scratch VQA anchor run ``run`` (`copa vqa-scratch`)."""
-        return self.results / "vqa_scratch" / f"{run}.json"
+    def anchor_result(self, model: str, run: str) -> Path:
+        """The evaluation of run ``run`` of anchor model ``model`` (copa.report.grids.ANCHOR_TASKS; the workflow's
+        run of a seed: ``seed_run``), e.g. `copa vqa-scratch`'s."""
+        return self.results / model / f"{run}.json"
 
     def table(self, name: str) -> Path:
         """The stem of a table (a grid's, or figure5): .csv .md .tex .json."""
@@ -189,7 +196,7 @@ class RunLayout:
     # --- training runs (folders)
     def encoder_init(self, seed: int | str) -> Path:
         """The contrastive encoder init shared by the pretraining runs of ``seed``."""
-        return self.runs / "encoder_init" / f"seed{seed}"
+        return self.runs / "encoder_init" / seed_run(seed)
 
     def pretrain_run(self, run: str) -> Path:
         return self.runs / "pretrain" / run
@@ -197,9 +204,9 @@ class RunLayout:
     def finetune_run(self, run: str, task: str, size: str = "") -> Path:
         return self.runs / "finetune" / run / f"{task}{size}"
 
-    def vqa_scratch_run(self, run: str) -> Path:
-        """A run of the from-scratch VQA anchor (params vqa_scratch; e.g. one per seed)."""
-        return self.runs / "vqa_scratch" / run
+    def anchor_run(self, model: str, run: str) -> Path:
+        """Run ``run`` of anchor model ``model`` (e.g. ``vqa_scratch``, params vqa_scratch)."""
+        return self.runs / model / run
 
     # --- a workflow job's log and benchmark, by the job's name: its rule, then its wildcards as a path
     def log(self, job: str) -> Path:

@@ -1,5 +1,6 @@
 # Run control, the resolved parameters and helpers shared by every rule file.
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -10,8 +11,8 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from copa.config import SELECTION_METHODS, ParamsError, load_params
-from copa.run_layout import METRICS_FILE, SIZE_TAG_PATTERN, RunLayout, data_beside, tag_size
+from copa.config import SELECTION_METHODS, VQA_SCRATCH_READS, ParamsError, load_params
+from copa.run_layout import METRICS_FILE, SIZE_TAG_PATTERN, RunLayout, data_beside, predictions_beside, seed_run, tag_size
 from copa.report.grids import available_grids, load_grid, run_name
 from copa.train.architectures import ARCHITECTURES, architecture, architecture_of_run, code_modules
 
@@ -78,6 +79,13 @@ def size_override(wildcards, section):
     """`--set <section>.image_size=N` for a result tagged -Npx (COPA Table 5's resolutions), else ""."""
     size = tag_size(wildcards.size)
     return f" --set {section}.image_size={size}" if size else ""
+
+
+def values_json(keys):
+    """The params at dotted `keys` (sections or values, e.g. "finetune.vqa.train_splits") as canonical JSON:
+    a rule param, so editing one of them reruns the job; a function, as section_json explains."""
+    text = json.dumps({key: functools.reduce(dict.__getitem__, key.split("."), PARAMS.to_dict()) for key in keys}, sort_keys=True)
+    return lambda wildcards: text
 
 
 def section_json(name):

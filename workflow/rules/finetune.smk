@@ -60,3 +60,32 @@ rule evaluate:
     shell:
         "{params.gpu}{params.copa} evaluate --task {wildcards.task:q} --run {params.run_dir:q} --root {input.root:q} --json {output.metrics:q}"
         " --predictions {output.predictions:q} --quiet > {log:q} 2>&1"
+
+
+rule vqa_scratch:
+    # The supervised-from-scratch VQA anchor (issue 23; params vqa_scratch, copa.tasks.vqa_scratch): a
+    # FiLM model trained on the VQA training questions alone, at the VQA fine-tune's budget, scored as
+    # every VQA row; the grids that name it as an anchor show it beside the pretrained rows. One job
+    # trains and evaluates; as for fine-tuning, of the run folder only metrics.json is declared, so a
+    # killed run resumes.
+    input:
+        root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
+        code=sources("copa.tasks.vqa_scratch"),
+    output:
+        metrics=LAYOUT.anchor_run("vqa_scratch", seed_run("{seed}")) / METRICS_FILE,  # (not the checkpoints beside it)
+        json=LAYOUT.anchor_result("vqa_scratch", seed_run("{seed}")),
+        predictions=predictions_beside(LAYOUT.anchor_result("vqa_scratch", seed_run("{seed}"))),
+    params:
+        gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
+        reads=values_json(VQA_SCRATCH_READS),  # rerun trigger: what the anchor reads
+        copa=copa_cli(*VQA_SCRATCH_READS),
+        run_dir=lambda w, output: os.path.dirname(output.metrics),
+    log:
+        LAYOUT.log(f"vqa_scratch/{seed_run('{seed}')}"),
+    benchmark:
+        LAYOUT.benchmark(f"vqa_scratch/{seed_run('{seed}')}"),
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.gpu}{params.copa} --set seed={wildcards.seed:q} vqa-scratch --root {input.root:q} --out {params.run_dir:q}"
+        " --json {output.json:q} --predictions {output.predictions:q} --quiet > {log:q} 2>&1"

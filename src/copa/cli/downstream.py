@@ -9,7 +9,7 @@ from pathlib import Path
 
 from copa.cli.common import HELP_LAYOUT, CommandError, in_range, path_or, profile_params, require_instruments, run_head
 from copa.config import Count, KeepRatio, PositiveInt, load_params
-from copa.run_layout import RunLayout, data_beside, predictions_beside, split_size_tag
+from copa.run_layout import RunLayout, data_beside, predictions_beside, seed_run, split_size_tag
 from copa.tasks.registry import TASKS, check_finetuned, check_start
 from copa.train.architectures import resolve
 
@@ -56,7 +56,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def vqa_scratch_outputs(args: argparse.Namespace, layout: RunLayout) -> tuple[Path, Path]:
     """`copa vqa-scratch`'s (result JSON, predictions) in ``layout``: by default the result of the
     anchor run named as the --out folder, predictions beside it."""
-    out = path_or(args.json, layout.vqa_scratch_result(Path(args.out).name))
+    out = path_or(args.json, layout.anchor_result("vqa_scratch", Path(args.out).name))
     return out, path_or(args.predictions, predictions_beside(out))
 
 
@@ -144,9 +144,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vqa-scratch", help="the supervised-from-scratch VQA anchor (params vqa_scratch): train a FiLM model on the "
                                            "VQA training questions (resuming from the run's last checkpoint), evaluate it as the VQA rows")
     p.add_argument("--out", required=True,
-                   help=f"run folder: checkpoints, DVCLive, the word list, answers.json (e.g. {layout.vqa_scratch_run('seed0')})")
+                   help=f"run folder: checkpoints, DVCLive, the word list, answers.json (e.g. {layout.anchor_run('vqa_scratch', seed_run(0))})")
     p.add_argument("--root", help="data root (default: the profile's data.root)")
-    p.add_argument("--json", help=f"result JSON (default: {layout.vqa_scratch_result('<name of --out>')})")
+    p.add_argument("--json", help=f"result JSON (default: {layout.anchor_result('vqa_scratch', '<name of --out>')})")
     p.add_argument("--predictions", help="the answers in the official result format (default: beside --json as <name>_predictions.json)")
     p.add_argument("--restart", action="store_true", help="refuse to resume (fails if the run folder has checkpoints)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

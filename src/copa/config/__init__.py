@@ -79,6 +79,7 @@ from copa.config.params import (
     VQAScratchParams,
     WarmUpParams,
     vqa_image_size,
+    VQA_SCRATCH_READS,
     vqa_scratch_image_size,
 )
 from copa.config.ranges import Count, Fraction, KeepRatio, LearningRate, NonNegative, PositiveInt, Range, Seed
@@ -91,7 +92,7 @@ __all__ = [
     "Count", "Fraction", "KeepRatio", "LearningRate", "NonNegative", "PositiveInt", "Range", "Seed",
     # the tree: the root, its section groups, the choices other modules enumerate
     "Params", "DOWNSTREAM_SECTIONS", "INFERENCE_SECTIONS", "ITM_GUIDANCES", "SELECTION_METHODS", "ItmGuidance",
-    "SelectionMethod", "vqa_image_size", "vqa_scratch_image_size",
+    "SelectionMethod", "vqa_image_size", "vqa_scratch_image_size", "VQA_SCRATCH_READS",
     # the tree: sections
     "CaptioningEvalParams", "CaptioningFinetuneParams", "CiderFinetuneParams", "DataParams", "DecodingParams",
     "DefectRates", "EfficiencyParams", "MIN_TIMING_ROUNDS", "EncoderInitParams", "EvaluateParams", "FilterParams", "FinetuneParams",

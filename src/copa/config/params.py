@@ -371,6 +371,11 @@ def vqa_image_size(params: Params) -> int:
     return params.finetune.vqa.image_size or params.patch_labels.image_size  # on the patch grid: copa.config.relations
 
 
+# What the from-scratch VQA anchor (copa.tasks.vqa_scratch) reads of the params beside the seed: the rerun
+# triggers of its workflow job and the overrides the job passes on
+VQA_SCRATCH_READS = ("vqa_scratch", "finetune.vqa.train_splits", "evaluate.vqa", "patch_labels.image_size", "model.max_text_length")
+
+
 def vqa_scratch_image_size(params: Params) -> int:
     """The resolution the from-scratch VQA anchor trains and answers at: ``vqa_scratch.image_size``,
     or the pretraining's (``patch_labels.image_size``)."""

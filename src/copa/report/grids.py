@@ -22,6 +22,12 @@ A row's ``architecture`` is ``dual_stream`` (COPA, mPLUG) unless it names anothe
 starts with its architecture's ``run_prefix`` (``single-``), and its selector must be one the
 architecture takes.
 
+``anchors`` are models trained for one task alone on the same data and budget, not pretrained
+and not the paper's (issue 23: the from-scratch VQA model, ``copa vqa-scratch``): a table shows
+each after the rows, in its task's columns, with its paired difference to the baseline row, so a
+pretrained row can be read against what the task's own data teach (``ANCHOR_TASKS``). A profile
+trains them where ``trained`` names them (``all`` does).
+
 A row may fix its VQA fine-tuning ``resolution`` (COPA Table 5, in the paper's px). A profile
 scales the paper's px for each result by the resolution that stands for the paper's
 (``profile_resolution``), to a multiple of the patch size: the VQA fine-tuning by its pretraining
@@ -40,14 +46,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from copa.config import (DEFAULT_PARAMS_DIR, KeepRatio, ParamsError, Params, SelectionMethod, available_profiles, safe_load_unique,
                          validated_record, vqa_image_size)
 from copa.report.columns import COLUMNS, CONTROLS, COST_SOURCES, with_controls
-from copa.run_layout import RunLayout, size_tag
+from copa.run_layout import RunLayout, seed_run, size_tag
 from copa.train.architectures import architecture
 
 GRIDS_DIR = "grids"
@@ -67,6 +73,22 @@ class GridRow:
     architecture: str = "dual_stream"  # a name of copa.train.architectures (COPA Table 6: COPA-S and ViLT are single_stream)
 
 
+# anchor model (copa.run_layout: its runs and results) -> the task whose columns it fills
+ANCHOR_TASKS = {"vqa_scratch": "vqa"}
+
+
+@dataclass(frozen=True)
+class AnchorRow:
+    """A model trained for one task alone on the grid's data and budget (see the module docstring)."""
+
+    label: str
+    model: Literal["vqa_scratch"]  # a key of ANCHOR_TASKS
+
+    @property
+    def task(self) -> str:
+        return ANCHOR_TASKS[self.model]
+
+
 @dataclass(frozen=True)
 class ReferenceRow:
     """A model of the paper's table that the harness does not implement: its numbers only."""
@@ -80,8 +102,9 @@ class Grid:
     title: str
     columns: tuple[str, ...]
     rows: tuple[GridRow, ...]
-    trained: dict[str, list[str]]  # profile -> labels of the rows it trains
+    trained: dict[str, list[str]]  # profile -> labels of the rows (and anchors) it trains
     reference: tuple[ReferenceRow, ...] = ()
+    anchors: tuple[AnchorRow, ...] = ()
     selection_columns: bool = False  # show each row's detection location and keeping ratio (COPA Table 6's EL, KR)
     baseline: str | None = None  # the row the others' paired differences are taken against (a label of ``rows``)
     name: str = field(default="", compare=False)
@@ -92,6 +115,10 @@ class Grid:
     def trained_rows(self, profile: str) -> list[GridRow]:
         labels = set(self.trained[profile])
         return [r for r in self.rows if r.label in labels]
+
+    def trained_anchors(self, profile: str) -> list[AnchorRow]:
+        labels = set(self.trained[profile])
+        return [a for a in self.anchors if a.label in labels]
 
     @property
     def sources(self) -> set[str]:
@@ -143,7 +170,7 @@ def _normalised(raw: dict[str, Any], path: Path, profiles: list[str]) -> dict[st
         missing = [p for p in profiles if p not in trained]
         if missing:
             raise ParamsError(f"{path}: key 'trained' must name every profile; missing: {', '.join(missing)}")
-        labels = [r.get("label") for r in raw.get("rows", []) if isinstance(r, dict)]
+        labels = [r.get("label") for key in ("rows", "anchors") for r in raw.get(key, []) if isinstance(r, dict)]
         raw["trained"] = {p: labels if v == "all" else v for p, v in trained.items()}
     return raw
 
@@ -157,7 +184,7 @@ def _check(grid: Grid, path: Path) -> None:
             raise ParamsError(f"{path}: column {column!r} in 'columns' is a control, shown after {shown_after[0]!r} by itself")
     if grid.baseline is not None and grid.baseline not in {r.label for r in grid.rows}:
         raise ParamsError(f"{path}: key 'baseline' names no row: {grid.baseline!r}")
-    labels = [r.label for r in grid.rows] + [r.label for r in grid.reference]
+    labels = [r.label for r in (*grid.rows, *grid.anchors, *grid.reference)]
     duplicated = sorted({label for label in labels if labels.count(label) > 1})
     if duplicated:
         raise ParamsError(f"{path}: row labels must be unique; repeated: {', '.join(duplicated)}")
@@ -179,8 +206,11 @@ def _check(grid: Grid, path: Path) -> None:
                               f"{', '.join(arch.selection_methods)}")
         if not row.location or not all(1 <= k <= PAPER_DEPTH for k in row.location):
             raise ParamsError(f"{path}: key 'rows[{i}].location' must be layers 1..{PAPER_DEPTH} of the paper's ViT, got {list(row.location)}")
+    for i, anchor in enumerate(grid.anchors):
+        if anchor.task not in {COLUMNS[c].source for c in grid.columns}:
+            raise ParamsError(f"{path}: key 'anchors[{i}]': {anchor.model} answers {anchor.task}, a column the grid does not have")
     for profile, chosen in grid.trained.items():
-        unknown = [label for label in chosen if label not in {r.label for r in grid.rows}]
+        unknown = [label for label in chosen if label not in {r.label for r in (*grid.rows, *grid.anchors)}]
         if unknown:
             raise ParamsError(f"{path}: key 'trained.{profile}' names no row: {', '.join(map(repr, unknown))}")
 
@@ -252,6 +282,11 @@ def result_path(results: Path, source: str, run: str, image_size: int | None = N
 def paired_result(results: Path, grid: str) -> Path:
     """Where the workflow writes the speed of grid ``grid``'s models, timed together, in the results folder ``results``."""
     return RunLayout(results.name, results).efficiency_paired(grid)
+
+
+def anchor_result(anchor: AnchorRow, results: Path, seed: int) -> Path:
+    """The result file of ``anchor`` for ``seed`` in the results folder ``results``."""
+    return RunLayout(results.name, results).anchor_result(anchor.model, seed_run(seed))
 
 
 def row_result(row: GridRow, source: str, params: Params, results: Path, seed: int) -> Path:

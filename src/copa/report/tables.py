@@ -34,8 +34,9 @@ from copa.config import Params
 from copa.data.formats.records import load_json
 from copa.eval.paired import LEVEL, RESAMPLES, PairedDifference, paired_bootstrap
 from copa.report.columns import COLUMNS, COST_SOURCES, PERCENT
-from copa.report.grids import (PAPER_PRETRAIN_SIZE, PAPER_PROTOCOL_SIZE, Grid, GridRow, paired_result, profile_resolution,
+from copa.report.grids import (PAPER_PRETRAIN_SIZE, PAPER_PROTOCOL_SIZE, AnchorRow, Grid, GridRow, anchor_result, paired_result, profile_resolution,
                                result_path, row_cost_overrides, row_result, row_run, row_selection, run_name)
+from copa.run_layout import seed_run
 
 NOT_TRAINED = "not trained"
 NOT_MEASURED = "not measured"  # (not "n/a": pandas reads that back as NaN)
@@ -58,6 +59,7 @@ def grid_inputs(grid: Grid, params: Params, results: Path, seeds: Sequence[int])
             for source in _row_sources(grid):
                 if source == "efficiency" or row.label in trained:
                     paths.append(row_result(row, source, params, results, seed))
+    paths += [anchor_result(anchor, results, seed) for anchor in grid.trained_anchors(params.profile) for seed in seeds]
     return sorted(set(paths))
 
 
@@ -163,6 +165,14 @@ def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> 
 
     out: dict[str, dict[str, Cell]] = {}
     scores: dict[str, dict[str, dict[str, float] | None]] = {}  # label -> paired column -> example id -> score
+
+    def measured(label: str, name: str, paths: Iterable[Path]) -> Cell:
+        """Column ``name`` of row ``label`` from its seeds' result files (keeping the per-example scores to pair)."""
+        column, read = COLUMNS[name], [(path, record(path)) for path in paths]
+        if name in paired_columns(grid):
+            scores.setdefault(label, {})[name] = column.seed_mean_scores(read)
+        return _cell([column.value(r) for _, r in read], column.examples(read[0][1]))
+
     gmacs = COLUMNS["gmacs"]
     base = next((r for r in grid.rows if r.label == grid.baseline), None)
     base_gmacs = gmacs.value(record(row_result(base, "efficiency", params, results, seeds[0]))) if speedup_columns(grid) else None
@@ -180,11 +190,13 @@ def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> 
             if column.source not in COST_SOURCES and row.label not in trained:
                 cells[name] = Cell(None, None, 0, NOT_TRAINED)
                 continue
-            read = [(path, record(path)) for path in (row_result(row, column.source, params, results, seed) for seed in seeds)]
-            cells[name] = _cell([column.value(r) for _, r in read], column.examples(read[0][1]))
-            if name in paired_columns(grid):
-                scores.setdefault(row.label, {})[name] = column.seed_mean_scores(read)
+            cells[name] = measured(row.label, name, (row_result(row, column.source, params, results, seed) for seed in seeds))
         out[row.label] = cells
+    for anchor in grid.anchors:  # its task's columns only
+        out[anchor.label] = {name: (Cell(None, None, 0, NOT_MEASURED) if COLUMNS[name].source != anchor.task else
+                                    Cell(None, None, 0, NOT_TRAINED) if anchor.label not in trained else
+                                    measured(anchor.label, name, (anchor_result(anchor, results, seed) for seed in seeds)))
+                             for name in grid.columns}
     for label, cells in out.items():
         for name in paired_columns(grid):
             first, second = scores.get(label, {}).get(name), scores.get(grid.baseline, {}).get(name)
@@ -241,32 +253,20 @@ def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], s
     """The canonical CSV's frame: one line per row (reference rows last), per column the measured
     mean, std, number of seeds and the paper's value."""
     lines = []
-    for row in grid.rows:
-        line: dict = {"row": row.label, "run": row_run(row, params, seeds[0]) if len(seeds) == 1 else "",
-                      "method": row.method, "trained": row.label in grid.trained[params.profile]}
+    for row in (*grid.rows, *grid.anchors):
+        line: dict = {"row": row.label, "trained": row.label in grid.trained[params.profile]}
+        if isinstance(row, AnchorRow):
+            line.update(run=seed_run(seeds[0]) if len(seeds) == 1 else "", method=f"anchor: {row.model}")
+            lines.append(_column_values(grid, line, cells[row.label], {}))
+            continue
+        line.update(run=row_run(row, params, seeds[0]) if len(seeds) == 1 else "", method=row.method)
         if row.resolution is not None:  # Table 5: the px of the VQA fine-tuning and of the costs in this profile
             line["vqa_image_size"] = profile_resolution(row.resolution, params, "vqa")
             line["efficiency_image_size"] = profile_resolution(row.resolution, params, "efficiency")
         if grid.selection_columns:  # Table 6: the architecture, detection location (profile layers) and keeping ratio
             line["architecture"] = row.architecture
             line["location"], line["keep"] = row_selection(row, params.model.vision_depth)
-        for name in grid.columns:
-            cell = cells[row.label][name]
-            line.update({name: cell.mean, f"{name}_std": cell.std, f"{name}_seeds": cell.n, f"{name}_examples": cell.examples,
-                         f"{name}_status": cell.status or "measured", f"{name}_paper": row.paper.get(name)})
-            if name in paired_columns(grid):  # points, against the baseline row
-                d = cell.difference
-                line.update({f"{name}_vs_baseline{part}": None if d is None else getattr(d, field)
-                             for part, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))})
-            if cell.iqr is not None:
-                line.update({f"{name}_q1": cell.iqr[0], f"{name}_q3": cell.iqr[1]})
-            if name in speedup_columns(grid):  # over the baseline row: paired by timing round, and over the FLOP ratio
-                up = cell.speedup
-                per_flop = (None, None, None) if up is None or up.per_flop is None else up.per_flop
-                line.update({f"{name}_speedup": None if up is None else up.estimate, f"{name}_speedup_low": None if up is None else up.low,
-                             f"{name}_speedup_high": None if up is None else up.high, f"{name}_speedup_per_flop": per_flop[0],
-                             f"{name}_speedup_per_flop_low": per_flop[1], f"{name}_speedup_per_flop_high": per_flop[2]})
-        lines.append(line)
+        lines.append(_column_values(grid, line, cells[row.label], row.paper))
     for ref in grid.reference:
         line = {"row": ref.label, "run": "", "method": "reference", "trained": False}
         for name in grid.columns:
@@ -279,6 +279,28 @@ def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], s
         frame["baseline"] = grid.baseline
     frame["seeds"] = " ".join(str(s) for s in seeds)
     return frame
+
+
+def _column_values(grid: Grid, line: dict, cells: dict[str, Cell], paper: dict[str, float]) -> dict:
+    """``line`` of the canonical CSV with a row's ``cells``: per column the measured mean, std, number of seeds,
+    examples, status, the paper's value, the paired difference and speedup against the baseline row."""
+    for name in grid.columns:
+        cell = cells[name]
+        line.update({name: cell.mean, f"{name}_std": cell.std, f"{name}_seeds": cell.n, f"{name}_examples": cell.examples,
+                     f"{name}_status": cell.status or "measured", f"{name}_paper": paper.get(name)})
+        if name in paired_columns(grid):  # points, against the baseline row
+            d = cell.difference
+            line.update({f"{name}_vs_baseline{part}": None if d is None else getattr(d, field)
+                         for part, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))})
+        if cell.iqr is not None:
+            line.update({f"{name}_q1": cell.iqr[0], f"{name}_q3": cell.iqr[1]})
+        if name in speedup_columns(grid):  # over the baseline row: paired by timing round, and over the FLOP ratio
+            up = cell.speedup
+            per_flop = (None, None, None) if up is None or up.per_flop is None else up.per_flop
+            line.update({f"{name}_speedup": None if up is None else up.estimate, f"{name}_speedup_low": None if up is None else up.low,
+                         f"{name}_speedup_high": None if up is None else up.high, f"{name}_speedup_per_flop": per_flop[0],
+                         f"{name}_speedup_per_flop_low": per_flop[1], f"{name}_speedup_per_flop_high": per_flop[2]})
+    return line
 
 
 def _display(grid: Grid, cells: dict[str, dict[str, Cell]], params: Params) -> tuple[list[str], list[list[str]]]:
@@ -295,7 +317,7 @@ def _display(grid: Grid, cells: dict[str, dict[str, Cell]], params: Params) -> t
         header += [difference_header(grid, name)] * (name in paired_columns(grid))
         header += speedup_headers(grid, name) if name in speedup_columns(grid) else []
     body = []
-    for row in (*grid.rows, *grid.reference):
+    for row in (*grid.rows, *grid.anchors, *grid.reference):
         line = [row.label]
         if grid.selection_columns:  # reference rows: the paper's numbers only
             (location, keep), (paper_location, paper_keep) = ((row_selection(row, params.model.vision_depth), row_selection(row))
@@ -304,7 +326,7 @@ def _display(grid: Grid, cells: dict[str, dict[str, Cell]], params: Params) -> t
         for name in grid.columns:
             column = COLUMNS[name]
             measured = cells[row.label][name].text(column.digits) if row.label in cells else "paper only"
-            paper = row.paper.get(name)
+            paper = getattr(row, "paper", {}).get(name)  # an anchor is not the paper's
             line += [measured] + ["" if paper is None else f"{paper:g}"] * column.in_paper
             if name in paired_columns(grid):
                 line.append(difference_text(grid, row.label, cells[row.label][name], column.digits) if row.label in cells else "")
@@ -392,7 +414,7 @@ def latex_table(header: Sequence[str], body: Sequence[Sequence[str]], caption_te
 def latex(grid: Grid, cells: dict[str, dict[str, Cell]], caption_text: str, params: Params) -> str:
     header, body = _display(grid, cells, params)
     return latex_table(header, body, caption_text, f"tab:{grid.name}", "l" + "r" * (len(header) - 1),
-                       len(grid.rows) if grid.reference else None)
+                       len(grid.rows) + len(grid.anchors) if grid.reference else None)
 
 
 def metrics_json(grid: Grid, cells: dict[str, dict[str, Cell]]) -> dict:
