@@ -347,3 +347,20 @@ def test_readme_shows_the_committed_demo_results():
     readme = REPO / "README.md"
     text = readme.read_text(encoding="utf-8")
     assert replace_block(text, results_block("demo", REPO), readme) == text
+
+
+def test_the_full_grid_trains_every_row_and_anchor(params_dir, tmp_path):
+    """report.cells all (the full grid): every row and anchor of a grid is trained, whatever its
+    `trained` says for the profile; the default, trained, keeps to what it names."""
+    from copa.report.grids import anchor_result, trained_labels
+
+    _write(params_dir, "mine", GOOD.replace("trained:", "anchors:\n  - {label: film, model: vqa_scratch}\ntrained:"))
+    grid = load_grid("mine", params_dir)
+    demo, full = load_params("demo", params_dir=params_dir), load_params("demo", ["report.cells=all"], params_dir=params_dir)
+    assert trained_labels(grid, demo) == {"a"} and trained_labels(grid, full) == {"a", "b", "film"}
+    results = tmp_path / "results"
+    b = row_run(grid.row("b"), demo, 0)
+    assert result_path(results, "vqa", b) not in grid_inputs(grid, demo, results, [0])
+    assert {result_path(results, "vqa", b), anchor_result(grid.anchors[0], results, 0)} <= set(grid_inputs(grid, full, results, [0]))
+    with pytest.raises(ParamsError, match="report.cells"):
+        load_params("demo", ["report.cells=some"], params_dir=params_dir)

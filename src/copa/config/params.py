@@ -335,6 +335,7 @@ class ReportParams:
     """The tables, figures and claims check; which runs each needs: params/grids/."""
 
     seeds: tuple[Seed, ...]  # every trained row of a grid is run once per seed
+    cells: Literal["trained", "all"]  # trained: the rows each grid's `trained` names for the profile | all: every row (the full grid)
 
 
 @dataclass(frozen=True)

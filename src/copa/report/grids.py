@@ -112,14 +112,6 @@ class Grid:
     def row(self, label: str) -> GridRow:
         return next(r for r in self.rows if r.label == label)
 
-    def trained_rows(self, profile: str) -> list[GridRow]:
-        labels = set(self.trained[profile])
-        return [r for r in self.rows if r.label in labels]
-
-    def trained_anchors(self, profile: str) -> list[AnchorRow]:
-        labels = set(self.trained[profile])
-        return [a for a in self.anchors if a.label in labels]
-
     @property
     def sources(self) -> set[str]:
         """Where the grid's columns are read from (copa.report.columns: tasks, efficiency, paired)."""
@@ -129,6 +121,14 @@ class Grid:
     def tasks(self) -> list[str]:
         """The fine-tuning tasks a trained row needs for the grid's columns."""
         return sorted(self.sources - set(COST_SOURCES))
+
+
+def trained_labels(grid: Grid, params: Params) -> set[str]:
+    """The labels of the rows and anchors of ``grid`` that the params' profile trains: those its
+    ``trained`` names, or every one with ``report.cells: all`` (the full grid)."""
+    if params.report.cells == "all":
+        return {r.label for r in (*grid.rows, *grid.anchors)}
+    return set(grid.trained[params.profile])
 
 
 def grid_path(name: str, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> Path:

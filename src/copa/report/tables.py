@@ -35,7 +35,8 @@ from copa.data.formats.records import load_json
 from copa.eval.paired import LEVEL, RESAMPLES, PairedDifference, paired_bootstrap
 from copa.report.columns import COLUMNS, COST_SOURCES, PERCENT
 from copa.report.grids import (PAPER_PRETRAIN_SIZE, PAPER_PROTOCOL_SIZE, AnchorRow, Grid, GridRow, anchor_result, paired_result, profile_resolution,
-                               result_path, row_cost_overrides, row_result, row_run, row_selection, run_name)
+                               result_path, row_cost_overrides, row_result, row_run, row_selection, run_name,
+                               trained_labels)
 from copa.run_layout import seed_run
 
 NOT_TRAINED = "not trained"
@@ -52,14 +53,14 @@ def _row_sources(grid: Grid) -> list[str]:
 
 def grid_inputs(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> list[Path]:
     """Every result file the table of ``grid`` reads in the profile of ``params``."""
-    trained = grid.trained[params.profile]
+    trained = trained_labels(grid, params)
     paths = [paired_result(results, grid.name)] if "paired" in grid.sources else []
     for row in grid.rows:
         for seed in seeds:
             for source in _row_sources(grid):
                 if source == "efficiency" or row.label in trained:
                     paths.append(row_result(row, source, params, results, seed))
-    paths += [anchor_result(anchor, results, seed) for anchor in grid.trained_anchors(params.profile) for seed in seeds]
+    paths += [anchor_result(anchor, results, seed) for anchor in grid.anchors if anchor.label in trained for seed in seeds]
     return sorted(set(paths))
 
 
@@ -155,7 +156,7 @@ def measure(grid: Grid, params: Params, results: Path, seeds: Sequence[int]) -> 
     """(label -> column -> Cell for the grid's rows in the profile of ``params``, with the paired
     differences to the baseline row; the devices the efficiency columns were measured on: one,
     normally); each result file is read once."""
-    trained = grid.trained[params.profile]
+    trained = trained_labels(grid, params)
     records: dict[Path, dict] = {}  # result file -> its JSON
 
     def record(path: Path) -> dict:
@@ -254,7 +255,7 @@ def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], s
     mean, std, number of seeds and the paper's value."""
     lines = []
     for row in (*grid.rows, *grid.anchors):
-        line: dict = {"row": row.label, "trained": row.label in grid.trained[params.profile]}
+        line: dict = {"row": row.label, "trained": row.label in trained_labels(grid, params)}
         if isinstance(row, AnchorRow):
             line.update(run=seed_run(seeds[0]) if len(seeds) == 1 else "", method=f"anchor: {row.model}")
             lines.append(_column_values(grid, line, cells[row.label], {}))
