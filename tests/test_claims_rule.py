@@ -184,10 +184,14 @@ def test_vqa_record_keeps_per_question_scores():
     from copa.data.downstream import VQAExample
     from copa.tasks.vqa import vqa_record
 
-    examples = [VQAExample(i, Path(f"{i}.jpg"), "q", ("yes",) * 10 if i % 2 else ("no",) * 10, "yes/no") for i in range(1, 5)]
-    record, _, _ = vqa_record(lambda qs: {q.question_id: "yes" for q in qs}, examples, examples, "val2014", 128, "generate", False)
+    examples = [VQAExample(i, Path(f"{i}.jpg"), "q", ("yes",) * 10 if i % 2 else ("no",) * 10, "yes/no", "is the" if i < 4 else "is there a")
+                for i in range(1, 5)]
+    record, _, _ = vqa_record(lambda qs: {q.question_id: "yes" for q in qs}, examples, examples, "val2014", 128, "generate", True)
     assert record["per_question"] == {"1": 1.0, "2": 0.0, "3": 1.0, "4": 0.0}
     assert record["overall"] == pytest.approx(100 * np.mean(list(record["per_question"].values())))
+    # per question type, for the model and its swapped-image control (an answer that ignores the image: the same)
+    assert record["per_question_type"] == record["controls"]["swapped_image"]["per_question_type"] == {"is the": pytest.approx(200 / 3),
+                                                                                                        "is there a": 0.0}
 
 
 # ---------------------------------------------------------------- the rule in the file

@@ -243,11 +243,12 @@ def test_claim6_without_figure5(tmp_path: Path) -> None:
     assert claims["6a"].verdict == claims["6b"].verdict == UNMEASURABLE and "Figure 5 missing" in claims["6a"].measured
 
 
-def test_reference_boxes_do_not_block_resuming_training() -> None:
-    from copa.config import DOWNSTREAM_SECTIONS, INFERENCE_SECTIONS
+def test_reference_boxes_and_the_report_do_not_block_resuming_training() -> None:
+    from copa.config import AFTER_TRAINING_SECTIONS, DOWNSTREAM_SECTIONS
     from copa.train.engine import changed_params
 
     before = load_params("fixture", params_dir=PARAMS_DIR).to_dict()
-    after = load_params("fixture", ["reference_boxes.pairs=3", "reference_boxes.detector=grounding_dino"], PARAMS_DIR).to_dict()
-    assert changed_params(after, before) == ["reference_boxes"]
-    assert changed_params(after, before, INFERENCE_SECTIONS) == changed_params(after, before, DOWNSTREAM_SECTIONS) == []
+    after = load_params("fixture", ["reference_boxes.pairs=3", "reference_boxes.detector=grounding_dino", "report.cells=all",
+                                    "report.seeds=[0, 1]"], PARAMS_DIR).to_dict()
+    assert changed_params(after, before) == ["reference_boxes", "report"]
+    assert changed_params(after, before, AFTER_TRAINING_SECTIONS) == changed_params(after, before, DOWNSTREAM_SECTIONS) == []

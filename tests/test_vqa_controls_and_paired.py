@@ -65,6 +65,8 @@ def test_majority_answer_per_question_type() -> None:
     assert typed["overall"] == pytest.approx(200 / 3)  # red and circle right, "red" for "how many" wrong
     assert baselines["majority_answer"]["answer"] == "red" and baselines["majority_answer"]["overall"] == pytest.approx(100 / 3)
     assert baselines["majority_per_answer_type"]["answers"] == {"other": "red"}
+    assert typed["per_question_type"] == {"how many": 0.0, "what color is the": 100.0, "what shape is the": 100.0}
+    assert baselines["majority_answer"]["per_question_type"] == {"how many": 0.0, "what color is the": 100.0, "what shape is the": 0.0}
 
 
 # ----------------------------------------------------------------------- tables

@@ -43,8 +43,8 @@ from copa.config.loading import (
     validated_record,
 )
 from copa.config.params import (
+    AFTER_TRAINING_SECTIONS,
     DOWNSTREAM_SECTIONS,
-    INFERENCE_SECTIONS,
     ITM_GUIDANCES,
     SELECTION_METHODS,
     CaptioningEvalParams,
@@ -91,7 +91,7 @@ __all__ = [
     # ranges
     "Count", "Fraction", "KeepRatio", "LearningRate", "NonNegative", "PositiveInt", "Range", "Seed",
     # the tree: the root, its section groups, the choices other modules enumerate
-    "Params", "DOWNSTREAM_SECTIONS", "INFERENCE_SECTIONS", "ITM_GUIDANCES", "SELECTION_METHODS", "ItmGuidance",
+    "Params", "DOWNSTREAM_SECTIONS", "AFTER_TRAINING_SECTIONS", "ITM_GUIDANCES", "SELECTION_METHODS", "ItmGuidance",
     "SelectionMethod", "vqa_image_size", "vqa_scratch_image_size", "VQA_SCRATCH_READS",
     # the tree: sections
     "CaptioningEvalParams", "CaptioningFinetuneParams", "CiderFinetuneParams", "DataParams", "DecodingParams",

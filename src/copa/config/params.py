@@ -14,10 +14,11 @@ from copa.config.ranges import Count, Fraction, KeepRatio, LearningRate, NonNega
 
 # Sections a training stage does not read: editing them does not block resuming it
 # (EngineConfig.resume_ignores). Fine-tuning reads neither the inference settings, nor the
-# cost protocol, nor Figure 5's reference boxes; pretraining, in addition, none of the
-# fine-tuning settings nor the from-scratch VQA anchor's.
-INFERENCE_SECTIONS = ("evaluate", "efficiency", "reference_boxes")
-DOWNSTREAM_SECTIONS = ("finetune", "vqa_scratch", *INFERENCE_SECTIONS)
+# cost protocol, nor Figure 5's reference boxes, nor which grid cells the report trains and with
+# which seeds (a run of the demo resumes under the full grid); pretraining, in addition, none of
+# the fine-tuning settings nor the from-scratch VQA anchor's.
+AFTER_TRAINING_SECTIONS = ("evaluate", "efficiency", "reference_boxes", "report")
+DOWNSTREAM_SECTIONS = ("finetune", "vqa_scratch", *AFTER_TRAINING_SECTIONS)
 
 
 # model.selection.method (copa.models.selectors); an architecture takes some of them (copa.train.architectures)

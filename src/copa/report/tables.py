@@ -251,8 +251,8 @@ def _device_name(info: dict) -> str:
 
 
 def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], seeds: Sequence[int]) -> pd.DataFrame:
-    """The canonical CSV's frame: one line per row (reference rows last), per column the measured
-    mean, std, number of seeds and the paper's value."""
+    """The canonical CSV's frame: one line per row (then the anchors, method "anchor: <model>"; reference
+    rows last), per column the measured mean, std, number of seeds and the paper's value."""
     lines = []
     for row in (*grid.rows, *grid.anchors):
         line: dict = {"row": row.label, "trained": row.label in trained_labels(grid, params)}

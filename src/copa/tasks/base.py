@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from copa.config import INFERENCE_SECTIONS, Params
+from copa.config import AFTER_TRAINING_SECTIONS, Params
 from copa.data.pretrain_data import Pair, PairDataset
 from copa.models.copa import CopaModel
 from copa.train.build import copa_spec
@@ -119,5 +119,5 @@ def run_finetuning(task: FinetuneTask, out_dir: Path, resume: bool = True) -> di
     total = s.epochs * task.steps_per_epoch(int(os.environ.get("WORLD_SIZE", 1)))  # torchrun sets WORLD_SIZE
     lambdas = [warmup_cosine_lambda(g["lr"], s.warmup_steps, total, s.min_lr) for g in task.param_groups()]
     config = EngineConfig(epochs=s.epochs, lr_lambda=lambdas, checkpoint_every=s.checkpoint_every, seed=task.params.seed,
-                          resume_ignores=INFERENCE_SECTIONS)
+                          resume_ignores=AFTER_TRAINING_SECTIONS)
     return train(task, config, out_dir, task.params.to_dict(), resume=resume)

@@ -220,8 +220,19 @@ def majority_baselines(train: Sequence[VQAExample], test: Sequence[VQAExample]) 
         answers = {group: _most_frequent_answer(members) for group, members in groups.items()}
         guess = vqa_accuracy({e.question_id: answers.get(getattr(e, key), majority) if key else majority for e in test}, truth)
         out[name] = {**({"answers": answers} if key else {"answer": majority}), "overall": guess["overall"],
-                     "per_answer_type": guess["per_answer_type"]}
+                     "per_answer_type": guess["per_answer_type"], "per_question_type": per_question_type(guess["per_question"], test)}
     return out
+
+
+def per_question_type(per_question: Mapping[int, float], test: Sequence[VQAExample]) -> dict[str, float]:
+    """Accuracy (points) per question type (the annotations' ``question_type``: "what shape is the", "how
+    many"...) from each question's (0-1), over the questions that have one: where a model stops (issue 23:
+    the demo's COPA answered shape questions at chance while colour ones rose)."""
+    groups: dict[str, list[float]] = {}
+    for e in test:
+        if e.question_type:
+            groups.setdefault(e.question_type, []).append(per_question[e.question_id])
+    return {kind: 100 * sum(scores) / len(scores) for kind, scores in sorted(groups.items())}
 
 
 def evaluate_vqa(run: FinetunedRun, settings: VQAEvalParams, data_root: Path, split: str,
@@ -256,11 +267,13 @@ def vqa_record(answer: Callable[[Sequence[VQAExample]], dict[int, str]], train: 
     truth = {e.question_id: (e.answers, e.answer_type) for e in test}
     accuracy = vqa_accuracy(predictions, truth)
     per_question = accuracy.pop("per_question")
-    record = {"split": f"VQA v2 {split}", "image_size": image_size, "inference": inference, **accuracy, "baselines": majority_baselines(train, test)}
+    record = {"split": f"VQA v2 {split}", "image_size": image_size, "inference": inference, **accuracy,
+              "per_question_type": per_question_type(per_question, test), "baselines": majority_baselines(train, test)}
     if swapped_image_control:
         swapped = answer(swap_images(test))
         control = vqa_accuracy(swapped, truth)
         record["controls"] = {"swapped_image": {"overall": control["overall"], "per_answer_type": control["per_answer_type"],
+                                                "per_question_type": per_question_type(control["per_question"], test),
                                                 "answers_changed": sum(swapped[q] != a for q, a in predictions.items()) / len(predictions)}}
     # last, after the summary numbers: each question's accuracy (0-1) by id, for paired comparisons of runs (copa.eval.paired)
     record["per_question"] = {str(qid): round(score, 6) for qid, score in sorted(per_question.items())}

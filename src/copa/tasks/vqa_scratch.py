@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from copa.config import INFERENCE_SECTIONS, Params, VQAEvalParams, vqa_scratch_image_size
+from copa.config import AFTER_TRAINING_SECTIONS, Params, VQAEvalParams, vqa_scratch_image_size
 from copa.data.downstream import VQAExample
 from copa.data.pretrain_data import PairDataset
 from copa.data.tokenizer import load_tokenizer, train_word_vocabulary
@@ -44,7 +44,7 @@ from copa.train.schedule import is_no_decay, warmup_cosine_lambda
 
 SECTION = "vqa_scratch"
 # the top-level params the anchor's training reads none of: editing them does not block its resume
-NOT_READ = ("architecture", "pretrain", "single_stream", "report", *INFERENCE_SECTIONS)
+NOT_READ = ("architecture", "pretrain", "single_stream", *AFTER_TRAINING_SECTIONS)
 
 
 def film_spec(params: Params, vocab_size: int, answers: int, pad_id: int) -> FiLMSpec:
