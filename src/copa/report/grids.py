@@ -46,7 +46,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -82,7 +82,7 @@ class AnchorRow:
     """A model trained for one task alone on the grid's data and budget (see the module docstring)."""
 
     label: str
-    model: Literal["vqa_scratch"]  # a key of ANCHOR_TASKS
+    model: str  # a key of ANCHOR_TASKS (checked when the grid loads)
 
     @property
     def task(self) -> str:
@@ -207,6 +207,8 @@ def _check(grid: Grid, path: Path) -> None:
         if not row.location or not all(1 <= k <= PAPER_DEPTH for k in row.location):
             raise ParamsError(f"{path}: key 'rows[{i}].location' must be layers 1..{PAPER_DEPTH} of the paper's ViT, got {list(row.location)}")
     for i, anchor in enumerate(grid.anchors):
+        if anchor.model not in ANCHOR_TASKS:
+            raise ParamsError(f"{path}: key 'anchors[{i}].model': unknown anchor {anchor.model!r} (known: {', '.join(ANCHOR_TASKS)})")
         if anchor.task not in {COLUMNS[c].source for c in grid.columns}:
             raise ParamsError(f"{path}: key 'anchors[{i}]': {anchor.model} answers {anchor.task}, a column the grid does not have")
     for profile, chosen in grid.trained.items():
