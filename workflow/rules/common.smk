@@ -13,7 +13,7 @@ from snakemake.utils import validate
 
 from copa.config import SELECTION_METHODS, VQA_SCRATCH_READS, ParamsError, load_params
 from copa.run_layout import METRICS_FILE, SIZE_TAG_PATTERN, RunLayout, data_beside, predictions_beside, seed_run, tag_size
-from copa.report.grids import available_grids, load_grid, run_name
+from copa.report.grids import available_grids, load_grid, params_run_name
 from copa.train.architectures import ARCHITECTURES, architecture, architecture_of_run, code_modules
 
 # `config` holds run control only (profile, overrides); experiment parameters live in params/.
@@ -189,8 +189,7 @@ def pretrained_files():
 
 
 # the run of the profile's own parameters (COPA's default: TPD after the middle layer keeping 50%)
-DEFAULT_RUN = run_name(PARAMS.model.selection.method, PARAMS.model.selection.location, PARAMS.model.selection.keep_ratio, PARAMS.seed,
-                       PARAMS.architecture)
+DEFAULT_RUN = params_run_name(PARAMS)
 
 
 def finetune_start(wildcards):

@@ -136,7 +136,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     if args.grid_costs:
         return _grid_costs(args)
     from copa.data.tokenizer import load_tokenizer
-    from copa.report.grids import run_name
+    from copa.report.grids import params_run_name
     from copa.train.pretrain import VOCAB_DIR, run_params
 
     if args.run:  # the run's model and vocabulary size; the protocol from the current params of its profile
@@ -154,8 +154,7 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
     else:  # --from-params: the model of the current profile and overrides (e.g. selection none: the mPLUG baseline)
         params = profile_params(args)
         vocab_size, settings, decoding = params.model.vocab_size, params.efficiency, params.evaluate.vqa
-        s = params.model.selection
-        name = run_name(s.method, s.location, s.keep_ratio, params.seed, params.architecture)
+        name = params_run_name(params)
         source = {"params": params.profile, "overrides": list(args.set)}
     out = efficiency_output(args, RunLayout(params.profile), name)
     _write_costs(params, vocab_size, settings, decoding, _device(args), ("flops", "memory") if args.no_timing else ("flops", "speed", "memory"),
@@ -167,7 +166,7 @@ def _grid_costs(args: argparse.Namespace) -> int:
     """`copa efficiency --grid-costs`: every row cost the tables read, and the profile's own model's
     (copa.report.tables.cost_cells), FLOPs and memory, in one process: after torch loads, a model's
     costs take about a second."""
-    from copa.report.grids import available_grids, load_grid, run_name
+    from copa.report.grids import available_grids, load_grid, params_run_name
     from copa.report.tables import cost_cells
 
     if args.json:
@@ -177,8 +176,7 @@ def _grid_costs(args: argparse.Namespace) -> int:
     grids = [load_grid(name, args.params_dir) for name in available_grids(args.params_dir)]
     for out, overrides in cost_cells(grids, params, RunLayout(params.profile).results, params.report.seeds).items():
         row = load_params(params.profile, [*args.set, *overrides], args.params_dir)
-        s = row.model.selection
-        head = {"name": run_name(s.method, s.location, s.keep_ratio, row.seed, row.architecture), "profile": row.profile,
+        head = {"name": params_run_name(row), "profile": row.profile,
                 "params": row.profile, "overrides": [*args.set, *overrides]}
         _write_costs(row, row.model.vocab_size, row.efficiency, row.evaluate.vqa, device, ("flops", "memory"), head, out)
     return 0

@@ -228,6 +228,13 @@ def run_name(method: str, location: tuple[int, ...] | list[int], keep: float, se
     return f"{architecture(arch).run_prefix}{method}-loc{'-'.join(str(k) for k in location)}-keep{keep}-seed{seed}"
 
 
+def params_run_name(params: Params) -> str:
+    """The run of the model ``params`` describe (its selection, seed and architecture): the workflow's
+    default run for a profile's own params, a cost's name for a row's."""
+    s = params.model.selection
+    return run_name(s.method, s.location, s.keep_ratio, params.seed, params.architecture)
+
+
 def _row_selection_in_profile(row: GridRow, params: Params) -> tuple[list[int], float]:
     """(detection location in the profile's layers, keeping ratio) of ``row``'s model."""
     if row.method == "none":  # nothing selected: one model whatever the row says

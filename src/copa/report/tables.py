@@ -35,7 +35,7 @@ from copa.data.formats.records import load_json
 from copa.eval.paired import LEVEL, RESAMPLES, PairedDifference, paired_bootstrap
 from copa.report.columns import COLUMNS, COST_SOURCES, PERCENT
 from copa.report.grids import (PAPER_PRETRAIN_SIZE, PAPER_PROTOCOL_SIZE, AnchorRow, Grid, GridRow, anchor_result, paired_result, profile_resolution,
-                               result_path, row_cost_overrides, row_result, row_run, row_selection, run_name,
+                               params_run_name, result_path, row_cost_overrides, row_result, row_run, row_selection,
                                trained_labels)
 from copa.run_layout import seed_run
 
@@ -68,8 +68,7 @@ def cost_cells(grids: Iterable[Grid], params: Params, results: Path, seeds: Sequ
     """Every row cost (a model's FLOPs and memory, `copa efficiency`) that the tables of ``grids``
     read in the profile of ``params``, and the cost of the model of ``params`` itself (the workflow's
     default run): result path -> the ``--set`` overrides that give the model."""
-    s = params.model.selection
-    costs = {result_path(results, "efficiency", run_name(s.method, s.location, s.keep_ratio, params.seed, params.architecture)): []}
+    costs = {result_path(results, "efficiency", params_run_name(params)): []}
     for grid in grids:
         if "efficiency" in _row_sources(grid):
             for row in grid.rows:
@@ -253,9 +252,9 @@ def _device_name(info: dict) -> str:
 def table_frame(grid: Grid, params: Params, cells: dict[str, dict[str, Cell]], seeds: Sequence[int]) -> pd.DataFrame:
     """The canonical CSV's frame: one line per row (then the anchors, method "anchor: <model>"; reference
     rows last), per column the measured mean, std, number of seeds and the paper's value."""
-    lines = []
+    lines, trained = [], trained_labels(grid, params)
     for row in (*grid.rows, *grid.anchors):
-        line: dict = {"row": row.label, "trained": row.label in trained_labels(grid, params)}
+        line: dict = {"row": row.label, "trained": row.label in trained}
         if isinstance(row, AnchorRow):
             line.update(run=seed_run(seeds[0]) if len(seeds) == 1 else "", method=f"anchor: {row.model}")
             lines.append(_column_values(grid, line, cells[row.label], {}))

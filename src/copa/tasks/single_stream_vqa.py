@@ -26,6 +26,7 @@ from copa.config import Params, VQAEvalParams, params_from_dict, vqa_image_size
 from copa.data.downstream import VQAExample, vqa_examples
 from copa.data.formats.records import load_json
 from copa.data.layout import DataLayout
+from copa.data.pretrain_data import PairDataset
 from copa.data.tokenizer import load_tokenizer
 from copa.models.single_stream import SingleStreamModel
 from copa.models.text import init_bert_weights
@@ -111,7 +112,7 @@ def run_vqa_finetuning(params: Params, start_run: Path, data_root: Path, out_dir
 class ClassifierVQARun(NamedTuple):
     """A VQA classifier run (single-stream, or the from-scratch anchor of copa.tasks.vqa_scratch), read once."""
 
-    model: nn.Module  # eval mode: (images, input_ids, attention_mask) -> answer logits
+    model: nn.Module  # eval mode: the single-stream VQAClassifier (answer logits: .logits) or the anchor's FiLMVQA (its forward)
     params: Params
     tokenizer: object
     state: dict  # where it stands: step, epoch
@@ -146,17 +147,24 @@ def load_vqa_run(run_dir: Path) -> ClassifierVQARun:
         "copa finetune --task vqa", "single-stream VQA model")
 
 
-def classify_questions(run: ClassifierVQARun, examples: Sequence[VQAExample], batch_size: int = 64,
-                       progress: bool = True) -> dict[int, str]:
-    """question id -> the arg-max answer."""
-    data = question_data(examples, run.tokenizer, run.params)
+@torch.no_grad()
+def classify(run: ClassifierVQARun, logits: Callable[[Tensor, Tensor, Tensor], Tensor], data: PairDataset,
+             examples: Sequence[VQAExample], batch_size: int = 64, progress: bool = True) -> dict[int, str]:
+    """question id -> the arg-max answer of ``logits(images, input_ids, attention_mask)`` over ``data``
+    (one item per example, in order): either classifier run's answers."""
     out: dict[int, str] = {}
     for start in tqdm(range(0, len(examples), batch_size), desc="VQA answers", disable=not progress):
         idx = range(start, min(start + batch_size, len(examples)))
         batch = data.collate_fn([data[i] for i in idx])
-        best = run.model.logits(batch["image"], batch["input_ids"], batch["attention_mask"]).argmax(dim=1)
+        best = logits(batch["image"], batch["input_ids"], batch["attention_mask"]).argmax(dim=1)
         out.update((examples[i].question_id, run.answers[int(b)]) for i, b in zip(idx, best))
     return out
+
+
+def classify_questions(run: ClassifierVQARun, examples: Sequence[VQAExample], batch_size: int = 64,
+                       progress: bool = True) -> dict[int, str]:
+    """question id -> the single-stream run's arg-max answer."""
+    return classify(run, run.model.logits, question_data(examples, run.tokenizer, run.params), examples, batch_size, progress)
 
 
 def evaluate_vqa(run: ClassifierVQARun, settings: VQAEvalParams, data_root: Path, split: str,

@@ -28,7 +28,6 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from copa.config import AFTER_TRAINING_SECTIONS, Params, VQAEvalParams, vqa_scratch_image_size
 from copa.data.downstream import VQAExample
@@ -36,7 +35,7 @@ from copa.data.pretrain_data import PairDataset
 from copa.data.tokenizer import load_tokenizer, train_word_vocabulary
 from copa.models.film import FiLMSpec, FiLMVQA
 from copa.tasks.base import FinetuneTask, resized_pairs
-from copa.tasks.single_stream_vqa import ANSWERS_FILE, ClassifierVQARun, answer_scores, classifier_loss, load_classifier_run
+from copa.tasks.single_stream_vqa import ANSWERS_FILE, ClassifierVQARun, answer_scores, classifier_loss, classify, load_classifier_run
 from copa.tasks.vqa import answer_list, vqa_record, vqa_splits
 from copa.train.engine import EngineConfig, train
 from copa.train.pretrain import VOCAB_DIR
@@ -148,18 +147,10 @@ def load_scratch_vqa(run_dir: Path) -> ClassifierVQARun:
                                lambda state: {k.removeprefix("model."): v for k, v in state.items()})  # ScratchVQATraining's prefix
 
 
-@torch.no_grad()
 def classify_questions(run: ClassifierVQARun, examples: Sequence[VQAExample], batch_size: int = 64,
                        progress: bool = True) -> dict[int, str]:
-    """question id -> the arg-max answer."""
-    data = question_images(examples, run.tokenizer, run.params)
-    out: dict[int, str] = {}
-    for start in tqdm(range(0, len(examples), batch_size), desc="VQA answers", disable=not progress):
-        idx = range(start, min(start + batch_size, len(examples)))
-        batch = data.collate_fn([data[i] for i in idx])
-        best = run.model(batch["image"], batch["input_ids"], batch["attention_mask"]).argmax(dim=1)
-        out.update((examples[i].question_id, run.answers[int(b)]) for i, b in zip(idx, best))
-    return out
+    """question id -> the anchor's arg-max answer."""
+    return classify(run, run.model, question_images(examples, run.tokenizer, run.params), examples, batch_size, progress)
 
 
 def evaluate_scratch_vqa(run: ClassifierVQARun, settings: VQAEvalParams, data_root: Path, batch_size: int = 64,
