@@ -136,6 +136,42 @@ def test_runs_share_one_selection_free_encoder_init(fixture_world, tmp_path):
     assert last.stat().st_mtime_ns == stamp and not (tmp_path / "tpd" / "encoder_init").exists()
 
 
+def test_encoder_init_contrasts_boxes_with_their_texts(fixture_world, tmp_path):
+    """pretrain.encoder_init.objective captions_and_boxes: the contrastive stage also trains on PTA's
+    object stream (a box's feature: the mean of the last patch tokens its labels mark), records what
+    that stream reads, and without the filtered annotations stops with one line naming the objective."""
+    import json
+
+    import pytest
+
+    from copa.cli import main
+    from copa.train.encoder_init import box_features
+
+    tokens = torch.arange(12.0).view(1, 3, 4).repeat(2, 1, 1).requires_grad_()  # (2 boxes, 3 patches, 4)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    features = box_features(tokens, labels)
+    assert torch.equal(features[0], (tokens[0, 0] + tokens[0, 2]).detach() / 2) and torch.equal(features[1], torch.zeros(4))
+    features.sum().backward()
+    assert tokens.grad[0, 1].abs().sum() == 0 and tokens.grad[1].abs().sum() == 0  # only the box's patches learn from it
+
+    run_filter(fixture_world, load_params("fixture", params_dir=PARAMS_DIR).filter, tmp_path / "annotations", progress=False)
+    common = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR), "--set", "pretrain.encoder_init.objective=captions_and_boxes",
+              "--set", "pretrain.encoder_init.steps=2", "encoder-init", "--root", str(fixture_world)]
+    assert main([*common, "--annotations", str(tmp_path / "annotations"), "--out", str(tmp_path / "init")]) == 0
+    metrics = json.loads((tmp_path / "init" / "metrics.json").read_text())
+    assert math.isfinite(metrics["train/box_contrastive"]) and metrics["train/loss"] > metrics["train/contrastive"]
+    recorded = torch.load(tmp_path / "init" / "checkpoints" / "last.pt", weights_only=True)["resolved_params"]
+    assert recorded["pretrain"]["encoder_init"]["objective"] == "captions_and_boxes" and "object_batch_size" in recorded["pretrain"]
+
+    from copa.train.encoder_init import train_contrastive_encoders
+    from copa.train.pretrain import PairSource
+
+    params = load_params("fixture", ["pretrain.encoder_init.objective=captions_and_boxes"], params_dir=PARAMS_DIR)
+    source = PairSource(params, fixture_world, tmp_path / "other")
+    with pytest.raises(ValueError, match="objective is 'captions_and_boxes'.*--annotations"):
+        train_contrastive_encoders(params, source.pair_data, source.vocab_file, tmp_path / "other" / "init")
+
+
 def test_pta_draws_a_fresh_object_at_every_step(fixture_world, tmp_path):
     # Before: one elem and crop per (epoch, image), so an image met at several steps of an epoch
     # repeated the same example; and only a 5% share of the images with boxes took part.

@@ -340,3 +340,27 @@ def test_encoding_again_from_the_prefix_equals_encoding_from_the_images(name, lo
             assert again[key] is None
         else:
             torch.testing.assert_close(again[key], fresh[key])
+
+
+def test_conv_stem_gives_the_patch_grid_centred_on_each_patch_and_fits_no_timm_checkpoint(timm_vit):
+    """The conv stem (model.vision_stem conv): one token per 16 px patch as the patch stem gives, at
+    other resolutions too; a token sees pixels around its patch, centred on it (the patch labels and
+    the selection take token j for patch j); a timm ViT checkpoint, made for the patch stem, is refused
+    naming the stem's keys."""
+    torch.manual_seed(0)  # the norm's statistics spread a little of every pixel over every token: the centre moves with the weights
+    model = VisionEncoder(build_selector("none", D), 2, **SMALL, stem="conv").eval()
+    assert model.patch_embed(images()).shape == (2, 4, 4, D)
+    assert model(images(size=96))["tokens"].shape == (2, 1 + 36, D)
+    pixels = images(batch=1).requires_grad_()
+    model.patch_embed(pixels)[0, 1, 2].sum().backward()  # the token of patch (1, 2): rows 16-31, columns 32-47
+    weight = pixels.grad.abs().sum(1)[0]  # (64, 64)
+    rows, columns = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    centre = (float((weight * rows).sum() / weight.sum()), float((weight * columns).sum() / weight.sum()))
+    assert centre == pytest.approx((23.5, 39.5), abs=2.0)  # 3x3 kernels would centre it on (16, 32)
+    assert weight[16:32, 32:48].sum() < 0.5 * weight.sum()  # most of what it sees lies around the patch
+    with pytest.raises(KeyError, match="patch_embed"):
+        load_timm_state_dict(model, timm_vit.state_dict())
+    with pytest.raises(ValueError, match="power of 2"):
+        VisionEncoder(build_selector("none", D), 2, **{**SMALL, "img_size": 60, "patch_size": 12}, stem="conv")
+    with pytest.raises(ValueError, match="stem"):
+        VisionEncoder(build_selector("none", D), 2, **SMALL, stem="resnet")

@@ -399,6 +399,21 @@ def test_pretrain_rule_is_parameterised_by_run(workdir):
     assert bad.returncode != 0 and "MissingRuleException" in bad.stdout
 
 
+def test_encoder_init_reads_the_filtered_boxes_only_when_its_objective_contrasts_them(workdir):
+    """pretrain.encoder_init.objective captions_and_boxes: the shared encoder init waits for the filter
+    and is told how PTA's object stream is drawn; the default (captions) needs neither."""
+    target = "runs/fixture/encoder_init/seed0/metrics.json"
+    default = snakemake(workdir, target, "-n", "-p", "--cores", "2", *FIXTURE)
+    assert default.returncode == 0, default.stdout
+    assert "filter_annotations" not in _scheduled(default.stdout)
+    boxes = snakemake(workdir, target, "-n", "-p", "--cores", "2", *FIXTURE, "--config",
+                      'set=["pretrain.encoder_init.objective=captions_and_boxes", "pretrain.object_batch_size=4"]')
+    assert boxes.returncode == 0, boxes.stdout
+    assert "filter_annotations" in _scheduled(boxes.stdout)
+    assert "--set pretrain.encoder_init.objective=captions_and_boxes" in boxes.stdout
+    assert "--set pretrain.object_batch_size=4" in boxes.stdout
+
+
 # The rules' copa sources (copa.sources via common.smk's `sources`): each rule's code inputs are the
 # closure of the modules its `copa` subcommand calls into, and dvc.yaml's stages list the same files.
 RULE_COMMANDS = {  # the function of the CLI package (src/copa/cli/) behind each rule's `copa` subcommand

@@ -75,7 +75,7 @@ def build_toy_pretraining(params, tokenizer) -> ToyPretraining:
     return ToyPretraining(ToyModel(toy_spec(params, len(tokenizer))))
 
 
-def initialise_toy(step, params, pair_data, vocab_file, init_dir) -> None:
+def initialise_toy(step, params, pair_data, vocab_file, init_dir, box_data=None) -> None:
     return None  # starts from its seeded initialisation
 
 

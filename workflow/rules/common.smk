@@ -34,7 +34,7 @@ except ParamsError as exc:  # a user error: one line and exit 2, as `copa` gives
 from copa.report.tables import cost_cells, grid_inputs
 from copa.sources import module_sources
 from copa.tasks.registry import TASKS, head_modules
-from copa.train.encoder_init_params import encoder_init_params
+from copa.train.encoder_init_params import encoder_init_params, reads_boxes
 PROFILE = PARAMS.profile  # without --config profile=..., the one named in params/base.yaml
 LAYOUT = RunLayout(PROFILE)  # every path the jobs write or read, as the CLI's defaults (copa.run_layout)
 # A pretraining run's name (copa.report.grids.run_name) in wildcards: its architecture's prefix first.
@@ -215,6 +215,11 @@ def grid_results(name):
 def grid_json(wildcards):
     """The job's grid as canonical JSON: a rule param, so editing the grid file reruns its table."""
     return json.dumps(dataclasses.asdict(GRIDS[wildcards.grid]), sort_keys=True)
+
+
+def encoder_init_boxes(wildcards):
+    """The filtered annotations, when the contrastive encoder init contrasts their boxes too."""
+    return [rules.filter_annotations.output.annotations] if reads_boxes(PARAMS) else []
 
 
 def encoder_init_input(wildcards):

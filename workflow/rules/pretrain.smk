@@ -22,6 +22,7 @@ rule encoder_init:
     # selection-free, so one node per seed that every run of the grids starts from.
     input:
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
+        boxes=encoder_init_boxes,  # read from its default path (copa encoder-init --annotations)
         code=sources("copa.train.pretrain"),
     output:
         LAYOUT.encoder_init("{seed}") / METRICS_FILE,
@@ -29,7 +30,8 @@ rule encoder_init:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         init=lambda w: json.dumps({k: v for k, v in encoder_init_params(PARAMS).items() if k != "seed"}, sort_keys=True),  # what it reads
         # the overrides of what it reads (copa.train.encoder_init_params), not Algorithm 1's
-        copa=copa_cli("model", "patch_labels", *(f"pretrain.{k}" for k in ("encoder_init", "batch_size", "pair_sources", "weight_decay"))),
+        copa=copa_cli("model", "patch_labels", *(f"pretrain.{k}" for k in ("encoder_init", "batch_size", "pair_sources", "weight_decay",
+                                                                             *(("object_batch_size", "pta_labels") if reads_boxes(PARAMS) else ())))),
         run_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         LAYOUT.log("encoder_init/seed{seed}"),

@@ -18,7 +18,8 @@ def cmd_encoder_init(args: argparse.Namespace) -> int:
     from copa.train.pretrain import run_encoder_init
 
     params = profile_params(args)
-    metrics = run_encoder_init(params, Path(args.root or params.data.root), Path(args.out))
+    annotations = path_or(args.annotations, RunLayout(params.profile).filtered_annotations)
+    metrics = run_encoder_init(params, Path(args.root or params.data.root), Path(args.out), annotations)
     print("contrastive encoder init done: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
     return 0
 
@@ -250,6 +251,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                             "selection-free, shared by every pretraining run of a profile and seed")
     p.add_argument("--out", required=True, help="folder: checkpoints/, dvclive/, metrics.json, vocab/")
     p.add_argument("--root", help="data root (default: the profile's data.root)")
+    p.add_argument("--annotations", help=f"filtered annotations, read when pretrain.encoder_init.objective is captions_and_boxes "
+                                         f"(default: {layout.filtered_annotations})")
     p.set_defaults(func=cmd_encoder_init)
 
     p = sub.add_parser("pretrain-eval", help="held-out probes of a pretraining run (ITC retrieval, patch detection, ITM accuracy, "

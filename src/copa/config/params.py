@@ -47,6 +47,7 @@ class ModelParams:
     vision_pre_norm: bool  # a LayerNorm before the first block (CLIP's ViTs)
     vision_activation: Literal["gelu", "quick_gelu"]  # OpenAI CLIP's ViTs: quick_gelu
     vision_pos_init: Literal["trunc_normal", "sincos"]  # position embeddings' init (a checkpoint replaces it)
+    vision_stem: Literal["patch", "conv"]  # pixels -> patch tokens: ViT's linear map | a convolutional stem
     text_dim: PositiveInt
     text_heads: PositiveInt
     text_intermediate: PositiveInt
@@ -76,6 +77,7 @@ class EncoderInitParams:
     method: Literal["none", "contrastive", "checkpoints"]
     steps: Count  # 0: none (the paper profile's checkpoints)
     lr: LearningRate
+    objective: Literal["captions", "captions_and_boxes"]  # contrastive: + boxes against their texts (copa.train.encoder_init)
     vision_checkpoint: str | None  # .safetensors or torch file; relative paths from the working directory
     text_checkpoint: str | None
     decoder_from_text_checkpoint: bool  # mPLUG: the decoder starts from the same BERT (self-attention, FFN, embeddings)

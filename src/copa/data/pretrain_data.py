@@ -277,6 +277,7 @@ class ObjectDataset(_Base):
         self.objects, self.patch_size, self.min_overlap, self.labels = list(objects), patch_size, min_overlap, labels
         self.augment = BoxAugmentation(image_size, crop_scale, flip_p)
         self.elem_pairs = [(i, j) for i, obj in enumerate(self.objects) for j in range(len(obj.elems))] if every_elem else None
+        self.elem_counts = np.array([len(o.elems) for o in self.objects], dtype=np.int64)  # (images,)
 
     def __len__(self) -> int:
         return len(self.objects) if self.elem_pairs is None else len(self.elem_pairs)
@@ -285,6 +286,20 @@ class ObjectDataset(_Base):
         rng = self.rng(k)
         i, j = (k, int(elem_index(len(self.objects[k].elems), rng.random()))) if self.elem_pairs is None else self.elem_pairs[k]
         return self.example(i, j, rng)
+
+    def draw(self, order: np.ndarray, step: int, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The object mini-batch of a step: image indices (``order``, a permutation of the images,
+        cycled: they are fewer than the pairs), each image's elem, drawn afresh at every step by
+        ``rng`` (not once per epoch: an image met twice in an epoch gets another object), and each
+        example's seed of its crop and flip. A process of several takes its slice of the whole draw."""
+        images = np.take(order, range(step * batch_size, (step + 1) * batch_size), mode="wrap")
+        choices, geometry_seeds = rng.random(batch_size), rng.integers(2**63, size=batch_size)
+        return images, elem_index(self.elem_counts[images], choices), geometry_seeds
+
+    def batch(self, images: np.ndarray, elems: np.ndarray, geometry_seeds: np.ndarray) -> dict:
+        """The collated examples of :meth:`draw`'s (image, elem, seed) triples."""
+        return self.collate_fn([self.example(int(i), int(j), np.random.default_rng(int(g)))
+                                for i, j, g in zip(images, elems, geometry_seeds)])
 
     def example(self, i: int, j: int, rng: np.random.Generator) -> dict:
         """Image ``i`` with its elem ``j`` as the text; ``rng`` draws the crop and the flip (train)."""
@@ -333,4 +348,12 @@ def collate(batch: Sequence[dict], pad_id: int = PAD_ID) -> dict:
             out[key] = torch.tensor(values, dtype=torch.long)
         else:
             out[key] = values
+    return out
+
+
+def model_inputs(batch: dict) -> dict:
+    """A collated batch as the pretraining models read it (images, token ids, mask; patch labels of objects)."""
+    out = {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "patch_labels" in batch:
+        out["patch_labels"] = batch["patch_labels"]
     return out

@@ -40,6 +40,7 @@ class CopaSpec:
     vision_pre_norm: bool = False  # CLIP's ViTs: True
     vision_activation: str = "gelu"  # OpenAI CLIP's ViTs: quick_gelu
     vision_pos_init: str = "trunc_normal"  # sincos: from scratch (a checkpoint replaces either)
+    vision_stem: str = "patch"  # conv: a convolutional stem (copa.models.vit.conv_stem)
     text_dim: int = 768
     text_heads: int = 12
     text_intermediate: int = 3072
@@ -74,6 +75,7 @@ class CopaModel(nn.Module):
             spec_selector(spec), spec.location, spec.image_size, spec.patch_size,
             spec.vision_dim, spec.vision_depth, spec.vision_heads,
             pre_norm=spec.vision_pre_norm, activation=spec.vision_activation, pos_init=spec.vision_pos_init,
+            stem=spec.vision_stem,
         )
         text_sizes = dict(hidden_size=spec.text_dim, num_heads=spec.text_heads, intermediate_size=spec.text_intermediate)
         self.text = TextEncoder(vocab_size=spec.vocab_size, num_layers=spec.text_layers, max_position_embeddings=spec.max_text_length, pad_token_id=spec.pad_id, **text_sizes)

@@ -72,6 +72,7 @@ class SingleStreamSpec:
     pre_norm: bool = False
     activation: str = "gelu"
     pos_init: str = "trunc_normal"
+    stem: str = "patch"
     max_text_length: int = 40
     selection: str = "tpd"
     location: int | Sequence[int] = 6
@@ -133,7 +134,7 @@ class SingleStreamModel(nn.Module):
             options.update(text_dim=d * (2 if spec.tpd_query == "overall_and_text_cls" else 1), fusion=spec.tpd_fusion)
         self.vision = VisionEncoder(build_selector(spec.selection, d, **options), spec.location, spec.image_size, spec.patch_size,
                                     d, spec.depth, spec.heads, pre_norm=spec.pre_norm, activation=spec.activation,
-                                    pos_init=spec.pos_init)
+                                    pos_init=spec.pos_init, stem=spec.stem)
         sizes = dict(hidden_size=d, num_heads=spec.heads, intermediate_size=4 * d)
         self.text_embeddings = BertEmbeddings(bert_config(vocab_size=spec.vocab_size, num_layers=1, pad_token_id=spec.pad_id,
                                                           max_position_embeddings=spec.max_text_length, **sizes))

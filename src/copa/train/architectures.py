@@ -32,7 +32,7 @@ class Architecture:
     describe: str  # "module:function" (model) -> what the efficiency record says of the model
     build_pretraining: str  # "module:function" (params, tokenizer) -> the pretraining step module: forward(batch) ->
                             # {"loss", terms...}, after_step(step), a bool buffer detector_on (efficiency sets it)
-    initialise: str  # "module:function" (step module, params, pair_data, vocab_file, init_dir) -> metrics or None
+    initialise: str  # "module:function" (step module, params, pair_data, vocab_file, init_dir, box_data) -> metrics or None
     objectives: tuple[str, ...]  # its pretraining loss terms (copa.models.objectives.LOSS_NAMES)
     selection_methods: tuple[str, ...]  # the model.selection.method values it takes
     max_locations: int | None = None  # how many detection locations its selection takes (None: the selector decides)

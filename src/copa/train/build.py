@@ -19,6 +19,7 @@ def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
         patch_size=params.patch_labels.patch_size,
         vision_dim=m.vision_dim, vision_depth=m.vision_depth, vision_heads=m.vision_heads,
         vision_pre_norm=m.vision_pre_norm, vision_activation=m.vision_activation, vision_pos_init=m.vision_pos_init,
+        vision_stem=m.vision_stem,
         text_dim=m.text_dim, text_heads=m.text_heads, text_intermediate=m.text_intermediate,
         text_layers=m.text_layers, fusion_layers=m.fusion_layers, fusion_stride=m.fusion_stride,
         decoder_layers=m.decoder_layers, max_text_length=m.max_text_length, embed_dim=m.embed_dim,
@@ -64,7 +65,7 @@ def single_stream_spec(params: Params, vocab_size: int) -> SingleStreamSpec:
         return SingleStreamSpec(
             vocab_size=vocab_size, image_size=params.patch_labels.image_size, patch_size=params.patch_labels.patch_size,
             dim=m.vision_dim, depth=m.vision_depth, heads=m.vision_heads, pre_norm=m.vision_pre_norm,
-            activation=m.vision_activation, pos_init=m.vision_pos_init, max_text_length=m.max_text_length,
+            activation=m.vision_activation, pos_init=m.vision_pos_init, stem=m.vision_stem, max_text_length=m.max_text_length,
             selection=selection.method, location=selection.location, keep_ratio=selection.keep_ratio, tpd_fusion=selection.tpd_fusion,
             tpd_query=params.single_stream.tpd_query,
         )

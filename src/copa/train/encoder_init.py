@@ -7,7 +7,11 @@ for 280 steps (measured; our unmeasured reading: the gradient through near-ident
 is small next to the four other losses). Where no checkpoint exists, ``contrastive`` stands in for those weights: a
 short stage of in-batch image-text contrastive learning (CLIP's symmetric InfoNCE, image
 features text-free) on the same pairs trains the encoders, their projections and the
-temperature; pretraining then starts from them. Like CLIP, the stage selects no patches: it trains a
+temperature; pretraining then starts from them. With ``objective: captions_and_boxes`` it also
+contrasts boxes with their texts (X-VLM's visual concepts, papers/001: a box's feature is the mean of
+the ViT's last patch tokens inside it) over PTA's object stream: the patch tokens then have to say
+what lies under them and where (the world's shapes, which the captions alone did not teach the demo's
+ViT; README, issue 23). Like CLIP, the stage selects no patches: it trains a
 selection-free copy of the model (same sizes, vocabulary and seed), whose encoders are then copied
 into the run's (the selector's own weights, the TPD's MLP, start fresh). So every run of a profile
 and seed can share one stage (the workflow's ``encoder_init`` rule, ``copa encoder-init``); by
@@ -31,6 +35,7 @@ import torch
 from torch import nn
 
 from copa.config import Params
+from copa.data.pretrain_data import model_inputs
 from copa.models.bert_init import load_bert_decoder_weights, load_bert_weights
 from copa.models.copa import CopaModel
 from copa.models.objectives.itc import contrastive_loss
@@ -38,7 +43,7 @@ from copa.models.pretraining import CopaPretraining
 from copa.models.vit import load_timm_checkpoint
 from copa.models.weights import load_tensors, read_state_dict
 from copa.train.build import copa_spec
-from copa.train.encoder_init_params import encoder_init_params
+from copa.train.encoder_init_params import encoder_init_params, reads_boxes
 from copa.train.engine import EngineConfig, changed_params, seed_everything, train
 from copa.train.schedule import VIT_NO_DECAY, param_groups
 
@@ -47,8 +52,16 @@ VOCAB_DIR = "vocab"
 INIT_PARTS = ("vision", "text", "vision_proj", "text_proj", "temperature")
 
 
+def box_features(patch_tokens: torch.Tensor, patch_labels: torch.Tensor) -> torch.Tensor:
+    """X-VLM's concept [CLS]: the mean of the patch tokens (B, N, D) that a box's labels (B, N) mark
+    (a row marking none gets zeros, kept finite by the loss's normalisation)."""
+    weights = patch_labels.to(patch_tokens.dtype)
+    return (patch_tokens * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0)  # (B, D)
+
+
 class ContrastiveEncoders(nn.Module):
-    """The unimodal parts of a :class:`CopaModel` (shared, not copied) under the contrastive loss."""
+    """The unimodal parts of a :class:`CopaModel` (shared, not copied) under the contrastive loss:
+    images against their captions, and with a batch's ``boxes`` those against their texts too."""
 
     def __init__(self, model: CopaModel):
         super().__init__()
@@ -60,15 +73,24 @@ class ContrastiveEncoders(nn.Module):
         image = p["vision"](batch["images"], None, use_detector=False)["tokens"]  # text-free selection
         temperature = p["temperature"]()
         # the [CLS] features ITC uses (CopaModel.image_feature / text_feature; normalised in the loss)
-        loss = contrastive_loss(p["vision_proj"](image[:, 0]), p["text_proj"](text[:, 0]), temperature)
-        return {"loss": loss, "contrastive": loss.detach(), "temperature": temperature.detach()}
+        captions = contrastive_loss(p["vision_proj"](image[:, 0]), p["text_proj"](text[:, 0]), temperature)
+        out = {"loss": captions, "contrastive": captions.detach(), "temperature": temperature.detach()}
+        if "boxes" in batch:  # same projections and temperature: a box and a whole image live in one space
+            boxes = batch["boxes"]
+            box_text = p["text"](boxes["input_ids"], boxes["attention_mask"])
+            patches = p["vision"](boxes["images"], None, use_detector=False)["tokens"][:, 1:]  # (B, N, D): nothing selected
+            box_loss = contrastive_loss(p["vision_proj"](box_features(patches, boxes["patch_labels"])),
+                                        p["text_proj"](box_text[:, 0]), temperature)
+            out.update(loss=captions + box_loss, box_contrastive=box_loss.detach())
+        return out
 
 
 class ContrastiveInitTask:
-    """The engine's Task: ``steps`` steps, one epoch, on batches of the pretraining pairs."""
+    """The engine's Task: ``steps`` steps, one epoch, on batches of the pretraining pairs (and, with
+    ``box_data``, of pretrain.object_batch_size boxes drawn as Algorithm 1 draws PTA's)."""
 
-    def __init__(self, model: CopaModel, pair_data, params: Params):
-        self.model, self.pair_data, self.params = ContrastiveEncoders(model), pair_data, params
+    def __init__(self, model: CopaModel, pair_data, params: Params, box_data=None):
+        self.model, self.pair_data, self.params, self.box_data = ContrastiveEncoders(model), pair_data, params, box_data
 
     def param_groups(self) -> list[dict]:
         init = self.params.pretrain.encoder_init  # one rate; decay as in pretraining (none on biases, norms, VIT_NO_DECAY)
@@ -79,16 +101,22 @@ class ContrastiveInitTask:
 
     def batches(self, epoch: int, rank: int, world_size: int, start: int) -> Iterator[dict]:
         p = self.params.pretrain
-        if p.batch_size % world_size:
-            raise ValueError(f"batch size {p.batch_size} does not split over {world_size} processes")
-        per_rank = p.batch_size // world_size
+        if p.batch_size % world_size or p.object_batch_size % world_size:
+            raise ValueError(f"batch sizes {p.batch_size} / {p.object_batch_size} do not split over {world_size} processes")
+        per_rank, boxes_per_rank = p.batch_size // world_size, p.object_batch_size // world_size
         order = np.random.default_rng([self.params.seed, epoch, 1]).permutation(len(self.pair_data))  # its own stream
+        box_order = np.random.default_rng([self.params.seed, epoch, 2]).permutation(len(self.box_data)) if self.box_data else None
         self.pair_data.set_epoch(epoch)
         for step in range(start, self.steps_per_epoch(world_size)):
             first = (step * p.batch_size + rank * per_rank) % len(order)  # cycles if steps x batch > pairs
             idx = np.take(order, range(first, first + per_rank), mode="wrap")
-            batch = self.pair_data.collate_fn([self.pair_data[int(i)] for i in idx])
-            yield {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            batch = model_inputs(self.pair_data.collate_fn([self.pair_data[int(i)] for i in idx]))
+            if box_order is not None:  # every rank draws the whole batch and takes its slice
+                draw = np.random.default_rng([self.params.seed, epoch, step, 2])
+                images, elems, seeds = self.box_data.draw(box_order, step, p.object_batch_size, draw)
+                mine = slice(rank * boxes_per_rank, (rank + 1) * boxes_per_rank)
+                batch["boxes"] = model_inputs(self.box_data.batch(images[mine], elems[mine], seeds[mine]))
+            yield batch
 
     def after_step(self, model, step: int) -> None:
         pass
@@ -99,12 +127,13 @@ def selection_free(params: Params) -> Params:
     return dataclasses.replace(params, model=dataclasses.replace(params.model, selection=selection))
 
 
-def train_contrastive_encoders(params: Params, pair_data, vocab_file: Path, init_dir: Path,
+def train_contrastive_encoders(params: Params, pair_data, vocab_file: Path, init_dir: Path, box_data=None,
                                read_finished: bool = True) -> tuple[CopaModel, dict]:
     """The contrastive stage in ``init_dir``: a selection-free model of the run's sizes and
     vocabulary (``vocab_file``, copied into ``init_dir/vocab/``), read from the folder when the
     stage has finished there (``read_finished``), trained (or resumed: the engine rewrites the
-    stage's metrics at its end, what a rerun of `copa encoder-init` must do) otherwise."""
+    stage's metrics at its end, what a rerun of `copa encoder-init` must do) otherwise.
+    ``box_data``: PTA's object images (an ObjectDataset), which ``captions_and_boxes`` trains on."""
     init = params.pretrain.encoder_init
     if init.method != "contrastive":
         raise ValueError(f"pretrain.encoder_init.method is {init.method!r}: the contrastive stage runs for 'contrastive' only")
@@ -120,8 +149,12 @@ def train_contrastive_encoders(params: Params, pair_data, vocab_file: Path, init
     if finished is not None:  # read only: runs sharing the stage may start side by side
         ContrastiveEncoders(model).load_state_dict(finished["model"])
         return model, finished["metrics"]
+    if reads_boxes(params) and box_data is None:
+        raise ValueError(f"pretrain.encoder_init.objective is {init.objective!r}: the encoder init needs the filtered annotations "
+                         "(copa encoder-init --annotations DIR)")
     config = EngineConfig(epochs=1, checkpoint_every=max(init.steps, 1), seed=params.seed)
-    return model, train(ContrastiveInitTask(model, pair_data, params), config, init_dir, encoder_init_params(params))
+    task = ContrastiveInitTask(model, pair_data, params, box_data if reads_boxes(params) else None)
+    return model, train(task, config, init_dir, encoder_init_params(params))
 
 
 def finished_stage(params: Params, init_dir: Path) -> dict | None:
@@ -149,11 +182,12 @@ def copy_encoders(source: CopaModel, target: CopaModel) -> None:
             raise ValueError(f"encoder init: the run's {name} does not match the stage's (missing {missing}, unexpected {unexpected})")
 
 
-def initialise_encoders(model: CopaModel, pair_data, params: Params, init_dir: Path, vocab_file: Path | None = None) -> dict | None:
+def initialise_encoders(model: CopaModel, pair_data, params: Params, init_dir: Path, vocab_file: Path | None = None,
+                        box_data=None) -> dict | None:
     """Run ``pretrain.encoder_init`` for ``model`` (in place); returns the contrastive stage's last
     metrics, or what ``checkpoints`` loaded (None for ``none``). ``init_dir``: the contrastive
     stage's folder, a run's own or one shared by the runs of a profile and seed; a finished stage
-    is only read."""
+    is only read. ``box_data``: see :func:`train_contrastive_encoders`."""
     init = params.pretrain.encoder_init
     given = {name: getattr(init, name) for name in ("vision_checkpoint", "text_checkpoint") if getattr(init, name)}
     if init.method != "checkpoints" and given:
@@ -165,15 +199,16 @@ def initialise_encoders(model: CopaModel, pair_data, params: Params, init_dir: P
         return load_encoder_checkpoints(model, init.vision_checkpoint, init.text_checkpoint, init.decoder_from_text_checkpoint)
     if vocab_file is None:
         raise ValueError("the contrastive encoder init needs the run's vocabulary file")
-    trained, metrics = train_contrastive_encoders(params, pair_data, vocab_file, init_dir)
+    trained, metrics = train_contrastive_encoders(params, pair_data, vocab_file, init_dir, box_data)
     copy_encoders(trained, model)
     return metrics
 
 
-def initialise_copa(step: CopaPretraining, params: Params, pair_data, vocab_file: Path, init_dir: Path) -> dict | None:
+def initialise_copa(step: CopaPretraining, params: Params, pair_data, vocab_file: Path, init_dir: Path,
+                    box_data=None) -> dict | None:
     """The dual-stream architecture's start before Algorithm 1 (copa.train.architectures):
     ``pretrain.encoder_init`` for its model, then the momentum encoders as copies of the result."""
-    metrics = initialise_encoders(step.model, pair_data, params, init_dir, vocab_file)
+    metrics = initialise_encoders(step.model, pair_data, params, init_dir, vocab_file, box_data)
     if metrics is not None:
         step.sync_momentum()
     return metrics

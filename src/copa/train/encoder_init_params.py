@@ -16,8 +16,19 @@ def encoder_init_params(params: Params) -> dict:
     rerun trigger. Not the selection (the stage selects nothing) nor Algorithm 1's settings, so
     that every run of a profile and seed shares it."""
     p = params.pretrain
-    return {"profile": params.profile, "seed": params.seed,
+    read = {"profile": params.profile, "seed": params.seed,
             "model": {k: v for k, v in dataclasses.asdict(params.model).items() if k != "selection"},
             "patch_labels": {"image_size": params.patch_labels.image_size, "patch_size": params.patch_labels.patch_size},
             "pretrain": {"encoder_init": dataclasses.asdict(p.encoder_init), "batch_size": p.batch_size,
                          "pair_sources": list(p.pair_sources), "weight_decay": p.weight_decay}}
+    if reads_boxes(params):  # how PTA's object stream is drawn and labelled
+        read["patch_labels"]["min_overlap"] = params.patch_labels.min_overlap
+        read["pretrain"].update(object_batch_size=p.object_batch_size, pta_labels=p.pta_labels)
+    return read
+
+
+def reads_boxes(params: Params) -> bool:
+    """Whether the contrastive stage trains on PTA's object stream too (``objective: captions_and_boxes``):
+    it then reads the filtered annotations."""
+    init = params.pretrain.encoder_init
+    return init.method == "contrastive" and init.objective == "captions_and_boxes"

@@ -19,11 +19,12 @@ from torch import nn
 from copa.config import DOWNSTREAM_SECTIONS, Params, UserError, params_from_dict
 from copa.data.formats.records import FormatError, load_json
 from copa.data.layout import DataLayout
-from copa.data.pretrain_data import ObjectDataset, PairDataset, elem_index, image_text_pairs, labelled_elems, object_samples
+from copa.data.pretrain_data import ObjectDataset, PairDataset, image_text_pairs, labelled_elems, model_inputs, object_samples
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.models.weights import load_tensors
 from copa.train.architectures import architecture, resolve
 from copa.train.encoder_init import INIT_DIR, VOCAB_DIR, train_contrastive_encoders
+from copa.train.encoder_init_params import reads_boxes
 from copa.train.engine import RESOLVED_FILE, EngineConfig, epoch_length, seed_everything, train
 from copa.train.schedule import model_param_groups, warmup_cosine_lambda
 
@@ -51,19 +52,23 @@ class PairSource:
         self.pair_data = PairDataset(self.pairs, self.tokenizer, params.patch_labels.image_size, params.model.max_text_length, params.seed)
 
 
+def object_dataset(params: Params, annotations: Path, data_root: Path, tokenizer) -> ObjectDataset:
+    """The object images of the filtered ``annotations`` as PTA reads them (and the contrastive
+    encoder init's box-text pairs, ``pretrain.encoder_init.objective``)."""
+    objects = object_samples(annotations, data_root)
+    if not objects:
+        raise ValueError(f"{annotations}: no object images for PTA (the filtered files list no image with a kept box)")
+    size, patch, length = params.patch_labels.image_size, params.patch_labels.patch_size, params.model.max_text_length
+    return ObjectDataset(objects, tokenizer, size, patch, length, params.seed, params.patch_labels.min_overlap,
+                         labels=params.pretrain.pta_labels)
+
+
 class PretrainTask:
     def __init__(self, params: Params, data_root: Path, annotations: Path, out_dir: Path):
         self.params = params
-        p = params.pretrain
         source = PairSource(params, data_root, out_dir)
         self.pairs, self.tokenizer, self.pair_data, self.vocab_file = source.pairs, source.tokenizer, source.pair_data, source.vocab_file
-        objects = object_samples(annotations, data_root)
-        if not objects:
-            raise ValueError(f"{annotations}: no object images for PTA (the filtered files list no image with a kept box)")
-        size, patch, length = params.patch_labels.image_size, params.patch_labels.patch_size, params.model.max_text_length
-        self.object_data = ObjectDataset(objects, self.tokenizer, size, patch, length, params.seed, params.patch_labels.min_overlap,
-                                         labels=p.pta_labels)
-        self.elem_counts = np.array([len(o.elems) for o in objects], dtype=np.int64)  # (images,)
+        self.object_data = object_dataset(params, annotations, data_root, self.tokenizer)
         self.model = self.build_model()
 
     def build_model(self) -> nn.Module:
@@ -90,11 +95,9 @@ class PretrainTask:
             pair_idx = pair_order[step * p.batch_size + rank * pair_b:][:pair_b]
             images, elems, geometry_seeds = self.object_draws(object_order, epoch, step)
             mine = slice(rank * object_b, (rank + 1) * object_b)
-            objects = [self.object_data.example(int(i), int(j), np.random.default_rng(int(g)))
-                       for i, j, g in zip(images[mine], elems[mine], geometry_seeds[mine])]
             yield {
-                "pairs": _model_inputs(self.pair_data.collate_fn([self.pair_data[int(i)] for i in pair_idx])),
-                "objects": _model_inputs(self.object_data.collate_fn(objects)),
+                "pairs": model_inputs(self.pair_data.collate_fn([self.pair_data[int(i)] for i in pair_idx])),
+                "objects": model_inputs(self.object_data.batch(images[mine], elems[mine], geometry_seeds[mine])),
                 "seed": int(np.random.default_rng([self.params.seed, epoch, step, rank]).integers(2**31)),
                 "images": ([self.pairs[int(i)].image.name for i in pair_idx],  # for an error naming the batch
                            [self.object_data.objects[int(i)].image.name for i in images[mine]]),
@@ -106,22 +109,16 @@ class PretrainTask:
         return rng.permutation(len(self.pair_data)), rng.permutation(len(self.object_data))
 
     def object_draws(self, object_order: np.ndarray, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The global object mini-batch of a step: image indices (the epoch's order, cycled: the
-        object images are fewer than the pairs), each image's elem, drawn afresh every step (not once
-        per epoch: an image met twice in an epoch gets another object), and each example's seed
-        of its crop and flip. Every rank draws the whole batch and takes its slice."""
-        b = self.params.pretrain.object_batch_size
-        images = np.take(object_order, range(step * b, (step + 1) * b), mode="wrap")
+        """The global object mini-batch of a step (ObjectDataset.draw), from the epoch's order."""
         draw = np.random.default_rng([self.params.seed, epoch, step])
-        choices, geometry_seeds = draw.random(b), draw.integers(2**63, size=b)
-        return images, elem_index(self.elem_counts[images], choices), geometry_seeds
+        return self.object_data.draw(object_order, step, self.params.pretrain.object_batch_size, draw)
 
     def summary(self) -> dict[str, float]:
         """What PTA's object stream covered over the whole run (the same draws as ``batches``):
         how many (image, object, text) examples it saw, and how many of its texts fit several
         boxes of their image (labelled as one under ``pta_labels: chosen_box``: ambiguous)."""
         p, objects = self.params.pretrain, self.object_data.objects
-        first_elem = np.concatenate([[0], np.cumsum(self.elem_counts)[:-1]])  # (images,) each image's first global elem
+        first_elem = np.concatenate([[0], np.cumsum(self.object_data.elem_counts)[:-1]])  # (images,) each image's first global elem
         shares_text = np.array([len(labelled_elems(o, e, "same_text")) > 1 for o in objects for e in o.elems], dtype=bool)
         seen = np.zeros(len(shares_text), dtype=bool)
         shared = draws = 0
@@ -152,19 +149,13 @@ def _existing(path: str, key: str) -> Path:
     return Path(path)
 
 
-def _model_inputs(batch: dict) -> dict:
-    """A collated batch as CopaPretraining reads it."""
-    out = {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if "patch_labels" in batch:
-        out["patch_labels"] = batch["patch_labels"]
-    return out
-
-
-def run_encoder_init(params: Params, data_root: Path, out_dir: Path) -> dict:
+def run_encoder_init(params: Params, data_root: Path, out_dir: Path, annotations: Path | None = None) -> dict:
     """``copa encoder-init``: the contrastive encoder init alone, in ``out_dir``, for every run of
-    the profile and seed to start from (``copa pretrain --encoder-init``)."""
+    the profile and seed to start from (``copa pretrain --encoder-init``). ``annotations``: the
+    filtered files, read when its objective contrasts boxes too."""
     source = PairSource(params, data_root, out_dir)
-    return train_contrastive_encoders(params, source.pair_data, source.vocab_file, out_dir, read_finished=False)[1]
+    boxes = object_dataset(params, annotations, data_root, source.tokenizer) if reads_boxes(params) and annotations else None
+    return train_contrastive_encoders(params, source.pair_data, source.vocab_file, out_dir, boxes, read_finished=False)[1]
 
 
 def run_pretraining(params: Params, data_root: Path, annotations: Path, out_dir: Path, resume: bool = True,
@@ -174,7 +165,7 @@ def run_pretraining(params: Params, data_root: Path, annotations: Path, out_dir:
     ``encoder_init/``; a shared one is reused when finished)."""
     task = PretrainTask(params, data_root, annotations, out_dir)
     init_dir = Path(init_dir) if init_dir is not None else Path(out_dir) / INIT_DIR
-    resolve(architecture(params).initialise)(task.model, params, task.pair_data, task.vocab_file, init_dir)
+    resolve(architecture(params).initialise)(task.model, params, task.pair_data, task.vocab_file, init_dir, task.object_data)
     return train_pretraining(task, params, out_dir, resume)
 
 

@@ -14,7 +14,8 @@ from copa.models.vit import load_timm_checkpoint
 from copa.train.encoder_init import train_contrastive_encoders
 
 
-def initialise_vit(step: SingleStreamPretraining, params: Params, pair_data, vocab_file: Path, init_dir: Path) -> dict | None:
+def initialise_vit(step: SingleStreamPretraining, params: Params, pair_data, vocab_file: Path, init_dir: Path,
+                   box_data=None) -> dict | None:
     """Start the transformer from ViT weights, as ViLT does: ``pretrain.encoder_init``'s contrastive
     stage (its ViT; shared with the dual-stream runs of the profile and seed) or ``checkpoints``'
     ``vision_checkpoint`` (a timm ViT). The text embeddings and heads start fresh (ViLT)."""
@@ -27,7 +28,7 @@ def initialise_vit(step: SingleStreamPretraining, params: Params, pair_data, voc
                               "model starts from a ViT")
         load_timm_checkpoint(model.vision, init.vision_checkpoint)
         return {"vision_checkpoint": init.vision_checkpoint}
-    trained, metrics = train_contrastive_encoders(params, pair_data, vocab_file, init_dir)
+    trained, metrics = train_contrastive_encoders(params, pair_data, vocab_file, init_dir, box_data)
     missing, unexpected = model.vision.load_state_dict(trained.vision.state_dict(), strict=False)
     if unexpected or any(not key.startswith("selector.") for key in missing):
         raise ValueError(f"encoder init: its ViT does not fit the single-stream model (missing {missing}, unexpected {unexpected})")
