@@ -43,6 +43,9 @@ def test_vqa_end_to_end(fixture_world, fixture_pretraining_run, tmp_path) -> Non
     control = record["controls"]["swapped_image"]
     assert 0.0 <= control["overall"] <= 100.0 and 0.0 <= control["answers_changed"] <= 1.0
     assert record["image_size"] == params.patch_labels.image_size
+    probes = record["instruments"]["state_probes"]  # evaluate.vqa.state_probe: per question type, held out
+    assert probes and all(0 < p["fitted"] <= params.evaluate.vqa.state_probe and p["tested"] > 0 for p in probes.values())
+    assert all(0.0 <= p[state] <= 100.0 for p in probes.values() for state in ("question_only", "fused_text", "fused_image", "majority"))
 
 
 def test_vqa_at_another_resolution_than_the_pretraining(fixture_world, fixture_pretraining_run, tmp_path) -> None:

@@ -16,7 +16,8 @@ from copa.data.pretrain_data import image_text_pairs
 from copa.data.synth.scene import COLOURS, IN_DOMAIN_BACKGROUNDS
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.eval.itm_accuracy import balanced_accuracy, itm_accuracy, itm_negatives, matching, positive_texts
-from copa.eval.linear_probe import image_split, probe_accuracies, ridge_probe, single_box_patches
+from copa.eval.linear_probe import image_split, probe_accuracies, single_box_patches
+from copa.eval.ridge import ridge_probe
 from copa.eval.same_image_contrast import contrast_pairs, same_image_contrast, tpd_contrast
 from copa.models.copa import CopaModel
 from copa.train.build import copa_spec

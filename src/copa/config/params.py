@@ -222,6 +222,7 @@ class VQAEvalParams(DecodingParams):
     answer_list_size: PositiveInt  # rank: the most frequent training answers
     rank_k: PositiveInt  # rank: candidates kept by first-token probability, then scored whole (ALBEF: 128)
     swapped_image_control: bool  # also answer each question about the image of another question of its type (a second pass)
+    state_probe: Count  # training questions per question type for ridge probes of the model's states (copa.tasks.vqa_probe); 0: none
 
 
 @dataclass(frozen=True)

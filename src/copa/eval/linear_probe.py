@@ -10,15 +10,13 @@ On the held-out images (copa.data.heldout), with the labels of ``heldout_attribu
 - **image [CLS]** -> the image's attributes (number of objects; the background in the synthetic
   world): the final, text-free [CLS] (selection by image-[CLS] attention), which ITC projects.
 
-The classifier is ridge regression onto one-hot classes (closed form) on standardised features,
-fitted on a seeded half of the images and tested on the other half (split by image, so no image
-gives examples to both), with its accuracy beside the majority class's (the training half's most
-frequent class, scored on the test half).
+The classifier (copa.eval.ridge) is fitted on a seeded half of the images and tested on the other
+half (split by image, so no image gives examples to both), with its accuracy beside the majority
+class's (the training half's most frequent class, scored on the test half).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -29,10 +27,10 @@ from tqdm import tqdm
 from copa.data.heldout import HeldoutAttributes, HeldoutObjects
 from copa.data.patch_labels import rasterise, resize_boxes
 from copa.data.pretrain_data import ObjectDataset
+from copa.eval.ridge import ridge_probe
 from copa.models.copa import CopaModel
 
 PATCH_INSIDE = 0.5  # a patch belongs to a box when the box covers at least half of it
-RIDGE = 1e-2  # the ridge penalty per training example, on standardised features
 
 
 def image_split(n_images: int, seed: int) -> Tensor:
@@ -40,27 +38,6 @@ def image_split(n_images: int, seed: int) -> Tensor:
     train = torch.zeros(n_images, dtype=torch.bool)
     train[torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))[: n_images // 2]] = True
     return train
-
-
-def ridge_probe(train_x: Tensor, train_y: Sequence[str], test_x: Tensor, test_y: Sequence[str]) -> dict:
-    """Accuracy of a ridge classifier fitted on (train_x (N, D), train_y), tested on the rest, and
-    the majority class's; a note when a half is empty or the training half has one class."""
-    classes = sorted(set(train_y))
-    if len(test_y) == 0 or len(classes) < 2:
-        return {"train": len(train_y), "test": len(test_y), "note": "too few examples or classes to fit"}
-    x = train_x.double()
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    x = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # a bias column
-    index = {c: k for k, c in enumerate(classes)}
-    targets = torch.nn.functional.one_hot(torch.tensor([index[y] for y in train_y]), len(classes)).double()
-    penalty = RIDGE * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
-    weights = torch.linalg.solve(x.t() @ x + penalty, x.t() @ targets)  # (D + 1, classes)
-    t = (test_x.double() - mean) / std
-    predicted = (torch.cat([t, torch.ones(len(t), 1, dtype=t.dtype)], 1) @ weights).argmax(1)
-    accuracy = float(np.mean([classes[p] == y for p, y in zip(predicted.tolist(), test_y)]))
-    majority = Counter(train_y).most_common(1)[0][0]
-    return {"accuracy": accuracy, "majority": float(np.mean([y == majority for y in test_y])), "classes": len(classes),
-            "train": len(train_y), "test": len(test_y)}
 
 
 def single_box_patches(sample, image_size: int, patch_size: int) -> tuple[Tensor, Tensor]:

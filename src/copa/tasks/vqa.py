@@ -27,6 +27,7 @@ resolution) without crops or flips: a crop can remove the object a question coun
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ from copa.eval.vqa import official_result_file, vqa_accuracy
 from copa.models.copa import CopaModel
 from copa.tasks.base import FinetuneTask, extend_vocabulary, resized_pairs, run_finetuning
 from copa.tasks.generation import condition, decode_text, generate, sequence_log_probs, tokenize
+from copa.tasks.vqa_probe import state_probes
 from copa.train.finetune import FinetunedRun, start_from
 
 
@@ -246,7 +248,14 @@ def evaluate_vqa(run: FinetunedRun, settings: VQAEvalParams, data_root: Path, sp
     def answer(examples: Sequence[VQAExample]) -> dict[int, str]:
         return answer_questions(model, tokenizer, examples, params, settings, candidates, batch_size, progress, targets)
 
-    return vqa_record(answer, train, test, split, vqa_image_size(params), settings.inference, settings.swapped_image_control)
+    instruments = None
+    if settings.state_probe:
+        questions = functools.partial(question_data, tokenizer=tokenizer, params=params)
+        probe_targets = None if targets is None else {**oracle_targets(model, params, DataLayout(Path(data_root)), train), **targets}
+        instruments = {"state_probes": state_probes(model, questions, train, test, settings.state_probe, params.seed,
+                                                    functools.partial(batch_targets, probe_targets))}
+    return vqa_record(answer, train, test, split, vqa_image_size(params), settings.inference, settings.swapped_image_control,
+                      instruments)
 
 
 def vqa_splits(params: Params, data_root: Path, split: str) -> tuple[list[VQAExample], list[VQAExample]]:
@@ -259,10 +268,11 @@ def vqa_splits(params: Params, data_root: Path, split: str) -> tuple[list[VQAExa
 
 
 def vqa_record(answer: Callable[[Sequence[VQAExample]], dict[int, str]], train: Sequence[VQAExample], test: Sequence[VQAExample],
-               split: str, image_size: int, inference: str, swapped_image_control: bool) -> tuple[dict, list[dict], str]:
+               split: str, image_size: int, inference: str, swapped_image_control: bool,
+               instruments: dict | None = None) -> tuple[dict, list[dict], str]:
     """``evaluate_vqa``'s outputs for any model, ``answer(questions) -> {question id: answer}``: the
-    accuracy, the majority baselines and (``swapped_image_control``) the same questions asked about
-    other images."""
+    accuracy, the majority baselines, (``swapped_image_control``) the same questions asked about
+    other images, and the model's ``instruments`` as given."""
     predictions = answer(test)
     truth = {e.question_id: (e.answers, e.answer_type) for e in test}
     accuracy = vqa_accuracy(predictions, truth)
@@ -275,6 +285,8 @@ def vqa_record(answer: Callable[[Sequence[VQAExample]], dict[int, str]], train: 
         record["controls"] = {"swapped_image": {"overall": control["overall"], "per_answer_type": control["per_answer_type"],
                                                 "per_question_type": per_question_type(control["per_question"], test),
                                                 "answers_changed": sum(swapped[q] != a for q, a in predictions.items()) / len(predictions)}}
+    if instruments:
+        record["instruments"] = instruments
     # last, after the summary numbers: each question's accuracy (0-1) by id, for paired comparisons of runs (copa.eval.paired)
     record["per_question"] = {str(qid): round(score, 6) for qid, score in sorted(per_question.items())}
     types = ", ".join(f"{t} {v:.1f}" for t, v in accuracy["per_answer_type"].items())
