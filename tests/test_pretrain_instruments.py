@@ -234,7 +234,8 @@ def test_pretrain_eval_json_holds_the_instruments(fixture_pretraining_run, fixtu
     args = ["pretrain-eval", "--run", str(fixture_pretraining_run), "--root", str(fixture_world), "--json", str(tmp_path / "probe.json"),
             "--figure", str(tmp_path / "figure"), "--checkpoints", "last", "--quiet"]
     assert main(args) == 0
-    assert "ITM balanced accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ITM balanced accuracy" in printed and "masked colour words within class" in printed
     (probe,) = json.loads((tmp_path / "probe.json").read_text())["checkpoints"]
     itm = probe["itm"]
     assert itm["constant"] == 0.5 and all(0 <= itm[kind]["balanced"] <= 1 for kind in ("hard", "random"))
@@ -244,4 +245,49 @@ def test_pretrain_eval_json_holds_the_instruments(fixture_pretraining_run, fixtu
     probes = probe["linear_probes"]
     assert set(probes["patch_tokens"]) == {"shape", "colour", "row", "column"} and set(probes["image_cls"]) == {"objects", "background"}
     assert all(0 <= p["accuracy"] <= 1 and 0 <= p["majority"] <= 1 for part in ("patch_tokens", "image_cls") for p in probes[part].values())
+    grounding = probe["word_grounding"]  # the fixture world's captions name categories and colours
+    assert set(grounding) == {"category", "colour"} and all(g["examples"] > 0 for g in grounding.values())
     assert (tmp_path / "figure.png").is_file()
+
+
+def test_word_grounding_scores_a_fusion_that_reads_the_colour_from_the_image(tmp_path) -> None:
+    """An MLM head that names the colour drawn in the image: right with the caption's own image,
+    wrong with another; the class's other words and plain words are not masked."""
+    from PIL import Image
+
+    from copa.data.heldout import RetrievalSet
+    from copa.data.tokenizer import load_tokenizer
+    from copa.eval.word_grounding import word_grounding
+
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "star", *colours]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = load_tokenizer(tmp_path / "vocab.txt")
+    paths = []
+    for name, rgb in colours.items():
+        paths.append(tmp_path / f"{name}.png")
+        Image.new("RGB", (16, 16), rgb).save(paths[-1])
+    data = RetrievalSet(tuple(paths), tuple(f"a {name} star" for name in colours), (0, 1, 2))
+    colour_ids = torch.tensor([tokenizer.convert_tokens_to_ids(name) for name in colours])
+
+    class ColourReader(torch.nn.Module):
+        def encode_text(self, ids, mask):
+            return torch.zeros(*ids.shape, 3)
+
+        def encode_image(self, images, guide, use_detector):
+            return {"tokens": images.mean((2, 3))[:, None]}  # (B, 1, 3): the image's mean colour
+
+        def fuse(self, image, text, mask):
+            return image, text + image  # every text state gets the image's colour
+
+        def mlm_logits(self, fused):
+            logits = torch.zeros(*fused.shape[:2], len(vocab))
+            logits[..., colour_ids] = fused
+            return logits
+
+    result = word_grounding(ColourReader(), tokenizer, data, {"colour": tuple(colours), "category": ("star",)}, 16, 8, False,
+                            progress=False)
+    colour = result["colour"]
+    assert colour["examples"] == 3 and colour["words"] == 3 and colour["within_class_chance"] == pytest.approx(100 / 3)
+    assert colour["own_image"] == colour["own_image_within_class"] == 100.0 and colour["other_image"] == 0.0
+    assert result["category"]["own_image"] == 0.0  # the head never names a shape

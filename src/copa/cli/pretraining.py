@@ -43,7 +43,7 @@ def pretrain_eval_outputs(args: argparse.Namespace, layout: RunLayout) -> tuple[
 
 
 def cmd_pretrain_eval(args: argparse.Namespace) -> int:
-    from copa.data.heldout import heldout_attributes, heldout_object_samples, karpathy_retrieval_set
+    from copa.data.heldout import grounding_words, heldout_attributes, heldout_object_samples, karpathy_retrieval_set
     from copa.data.layout import DataLayout
     from copa.eval.pretraining import evaluate_checkpoints
     from copa.eval.target_recall import target_questions
@@ -60,8 +60,9 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     # what each question is about: the synthetic world's sidecar only (real data has none)
     questions = (target_questions(layout, params.evaluate.vqa.split, labels.image_size, labels.patch_size, labels.min_overlap)
                  if layout.referents.is_file() else None)
-    probes = evaluate_checkpoints(run_checkpoints(run, args.checkpoints), pairs, objects, heldout_attributes(layout, objects), args.batch_size,
-                                  progress=not args.quiet, target_questions=questions)
+    attributes = heldout_attributes(layout, objects)
+    probes = evaluate_checkpoints(run_checkpoints(run, args.checkpoints), pairs, objects, attributes, grounding_words(layout, attributes),
+                                  args.batch_size, progress=not args.quiet, target_questions=questions)
     out, figure = pretrain_eval_outputs(args, RunLayout(params.profile))
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"run": run.name, "profile": params.profile, "heldout": f"COCO Karpathy {args.split} split", "checkpoints": probes}
@@ -82,6 +83,9 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     if "contrast" in last["same_image_contrast"]:
         contrast = last["same_image_contrast"]["contrast"]
         summary += f"; same-image AP contrast {contrast['estimate']:+.3f} [{contrast['low']:+.3f}, {contrast['high']:+.3f}]"
+    for cls, grounding in last["word_grounding"].items():
+        summary += (f"; masked {cls} words within class {grounding['own_image_within_class']:.1f}% with their image, "
+                    f"{grounding['other_image_within_class']:.1f}% with another (chance {grounding['within_class_chance']:.1f}%)")
     print(f"{summary} -> {out}; figure {figure}.png")
     return 0
 

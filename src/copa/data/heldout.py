@@ -8,7 +8,9 @@ do the same), so these images can measure what a pretrained checkpoint learnt:
   stage's rules (COPA Appendix A) and worded with its template, each box an example, for the
   detector's patch precision / recall against patch labels (PTA's targets);
 - :func:`heldout_attributes`: what the linear probes (copa.eval.linear_probe) predict of those
-  images and boxes.
+  images and boxes;
+- :func:`grounding_words`: the word classes whose words the MLM grounding probe masks
+  (copa.eval.word_grounding).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from copa.config import FilterParams
 from copa.data.filtering import ImageChecker, coco_groups, filter_group
-from copa.data.formats import karpathy
+from copa.data.formats import coco, karpathy
 from copa.data.formats.records import FormatError
 from copa.data.layout import COCO_ANNOTATED_SPLITS, DataLayout
 from copa.data.formats.records import load_json
@@ -148,3 +150,16 @@ def heldout_attributes(layout: DataLayout, objects: HeldoutObjects) -> HeldoutAt
 
 def _scene(params: dict, pool: str, image_id: int):
     return scene_of(params["seed"], tuple(params["image_side"]), tuple(params["objects_per_image"]), pool, image_id - POOLS[pool][0])
+
+
+def grounding_words(layout: DataLayout, attributes: HeldoutAttributes) -> dict[str, tuple[str, ...]]:
+    """Word classes for the MLM grounding probe: the COCO category names (both annotated splits) and,
+    where the world says so, the colours of the held-out boxes (``heldout_attributes``)."""
+    names: set[str] = set()
+    for split in COCO_ANNOTATED_SPLITS:
+        path = layout.coco_instances(split)
+        if path.is_file():
+            names.update(c.name.lower() for c in coco.read_instances(path, layout.coco_images(split), check_files=False,
+                                                                      check_references=False).categories.values())
+    colours = {box["colour"] for boxes in attributes.objects for box in boxes if "colour" in box}
+    return {"category": tuple(sorted(names)), **({"colour": tuple(sorted(colours))} if colours else {})}

@@ -17,14 +17,15 @@ Karpathy test images that pretraining never sees (copa.data.heldout).
   text-aware detector (copa.eval.patch_ranking): the kept-patch precision is capped by the
   keeping ratio, AP is not.
 - **ITM accuracy** (copa.eval.itm_accuracy), the **same-image contrast** of the TPD's scores
-  under two texts of one image (copa.eval.same_image_contrast) and **linear probes** of the
-  frozen ViT features (copa.eval.linear_probe).
+  under two texts of one image (copa.eval.same_image_contrast), **linear probes** of the
+  frozen ViT features (copa.eval.linear_probe) and the fusion's **word grounding**: MLM of a
+  masked category / colour word with the caption's image against another's (copa.eval.word_grounding).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -38,6 +39,7 @@ from copa.eval.patch_ranking import annotation_references, average_precision
 from copa.eval.retrieval import chance_recalls, encode_retrieval_set, retrieval_recall
 from copa.eval.same_image_contrast import tpd_contrast
 from copa.eval.target_recall import TargetQuestions, target_recall
+from copa.eval.word_grounding import word_grounding
 from copa.models.copa import CopaModel
 from copa.models.objectives.pta import PatchCounts, detected_patches, kept_mask, mask_confusion, metrics_from_counts
 from copa.train.pretrain import load_pretraining_checkpoint
@@ -119,9 +121,11 @@ def patch_detection(model: CopaModel, tokenizer, objects: HeldoutObjects, image_
 
 
 def evaluate_checkpoints(checkpoints: list[Path], pairs: RetrievalSet, objects: HeldoutObjects, attributes: HeldoutAttributes,
-                         batch_size: int = 64, progress: bool = True, target_questions: TargetQuestions | None = None) -> list[dict]:
+                         word_classes: Mapping[str, Sequence[str]], batch_size: int = 64, progress: bool = True,
+                         target_questions: TargetQuestions | None = None) -> list[dict]:
     """Every probe on every checkpoint, in the order given (``attributes``: the linear probes' labels;
-    ``target_questions``: target-patch recall, copa.eval.target_recall, where given)."""
+    ``word_classes``: the words the grounding probe masks; ``target_questions``: target-patch recall,
+    copa.eval.target_recall, where given)."""
     results = []
     for path in checkpoints:
         model, params, tokenizer, state = load_pretraining_checkpoint(path)
@@ -136,6 +140,8 @@ def evaluate_checkpoints(checkpoints: list[Path], pairs: RetrievalSet, objects: 
             "same_image_contrast": tpd_contrast(m, tokenizer, objects, size, patch, length, overlap, params.pretrain.pta_labels, batch_size,
                                                 params.seed, progress),
             "linear_probes": linear_probes(m, tokenizer, objects, attributes, size, patch, length, batch_size, params.seed, progress),
+            "word_grounding": word_grounding(m, tokenizer, pairs, word_classes, size, length, bool(model.detector_on),
+                                             batch_size=batch_size, seed=params.seed, progress=progress),
             **({"target_recall": target_recall(m, tokenizer, target_questions, length, batch_size=batch_size, seed=params.seed,
                                                progress=progress)} if target_questions is not None else {}),
         })
