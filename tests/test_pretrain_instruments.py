@@ -251,8 +251,9 @@ def test_pretrain_eval_json_holds_the_instruments(fixture_pretraining_run, fixtu
 
 
 def test_word_grounding_scores_a_fusion_that_reads_the_colour_from_the_image(tmp_path) -> None:
-    """An MLM head that names the colour drawn in the image: right with the caption's own image,
-    wrong with another; the class's other words and plain words are not masked."""
+    """An MLM head that names the colour drawn in the image at the masked position only: right with
+    the caption's own image, wrong with another (captions of different lengths: the padded batch keeps
+    each word's position); a class word that is not one word piece is not masked."""
     from PIL import Image
 
     from copa.data.heldout import RetrievalSet
@@ -267,27 +268,31 @@ def test_word_grounding_scores_a_fusion_that_reads_the_colour_from_the_image(tmp
     for name, rgb in colours.items():
         paths.append(tmp_path / f"{name}.png")
         Image.new("RGB", (16, 16), rgb).save(paths[-1])
-    data = RetrievalSet(tuple(paths), tuple(f"a {name} star" for name in colours), (0, 1, 2))
+    data = RetrievalSet(tuple(paths), ("a red star", "a star a green star", "blue"), (0, 1, 2))
     colour_ids = torch.tensor([tokenizer.convert_tokens_to_ids(name) for name in colours])
 
     class ColourReader(torch.nn.Module):
         def encode_text(self, ids, mask):
-            return torch.zeros(*ids.shape, 3)
+            return (ids == tokenizer.mask_token_id).float()[..., None].expand(-1, -1, 3)  # 1 at the masked word only
 
         def encode_image(self, images, guide, use_detector):
             return {"tokens": images.mean((2, 3))[:, None]}  # (B, 1, 3): the image's mean colour
 
         def fuse(self, image, text, mask):
-            return image, text + image  # every text state gets the image's colour
+            return image, text * image  # the masked word's state gets the image's colour
 
         def mlm_logits(self, fused):
             logits = torch.zeros(*fused.shape[:2], len(vocab))
             logits[..., colour_ids] = fused
             return logits
 
-    result = word_grounding(ColourReader(), tokenizer, data, {"colour": tuple(colours), "category": ("star",)}, 16, 8, False,
-                            progress=False)
+    result = word_grounding(ColourReader(), tokenizer, data, {"colour": tuple(colours), "category": ("star", "two words")}, 16, 8,
+                            False, progress=False)
     colour = result["colour"]
     assert colour["examples"] == 3 and colour["words"] == 3 and colour["within_class_chance"] == pytest.approx(100 / 3)
+    assert result["category"]["examples"] == 3 and result["category"]["words"] == 1  # "star" three times; "two words" is none
     assert colour["own_image"] == colour["own_image_within_class"] == 100.0 and colour["other_image"] == 0.0
     assert result["category"]["own_image"] == 0.0  # the head never names a shape
+    with pytest.raises(ValueError, match="at least two"):
+        word_grounding(ColourReader(), tokenizer, RetrievalSet(tuple(paths[:1]), ("a red star",), (0,)), {"colour": ("red",)}, 16, 8,
+                       False, progress=False)

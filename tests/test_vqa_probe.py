@@ -55,6 +55,7 @@ def test_a_fused_state_that_holds_the_answer_probes_far_above_the_question_alone
 
 
 def test_a_question_type_with_one_answer_or_no_evaluated_question_is_left_out():
-    train = _questions(range(0, 30, 3)) + _questions(range(30), "how many")  # "what color" answers: all red
-    probes = state_probes(ImageReadingModel(), Questions, train, _questions(range(100, 103), "how many"), per_type=100)
-    assert set(probes) == {"how many"}
+    train = _questions(range(0, 30, 3)) + _questions(range(30), "how many") + _questions(range(30), "is there a")
+    test = _questions(range(100, 103)) + _questions(range(100, 103), "how many")
+    probes = state_probes(ImageReadingModel(), Questions, train, test, per_type=100)
+    assert set(probes) == {"how many"}  # "what color is the": every training answer is red; "is there a": not evaluated

@@ -30,8 +30,9 @@ rule encoder_init:
         gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
         init=lambda w: json.dumps({k: v for k, v in encoder_init_params(PARAMS).items() if k != "seed"}, sort_keys=True),  # what it reads
         # the overrides of what it reads (copa.train.encoder_init_params), not Algorithm 1's
-        copa=copa_cli("model", "patch_labels", *(f"pretrain.{k}" for k in ("encoder_init", "batch_size", "pair_sources", "weight_decay",
-                                                                             *(("object_batch_size", "pta_labels") if reads_boxes(PARAMS) else ())))),
+        copa=copa_cli("model", "patch_labels", *(("filter",) if reads_boxes(PARAMS) else ()),
+                      *(f"pretrain.{k}" for k in ("encoder_init", "batch_size", "pair_sources", "weight_decay",
+                                                  *(("object_batch_size", "pta_labels") if reads_boxes(PARAMS) else ())))),
         run_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         LAYOUT.log("encoder_init/seed{seed}"),

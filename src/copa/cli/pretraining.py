@@ -260,7 +260,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_encoder_init)
 
     p = sub.add_parser("pretrain-eval", help="held-out probes of a pretraining run (ITC retrieval, patch detection, ITM accuracy, "
-                                             "same-image TPD contrast, linear probes; on the synthetic world, target-patch "
+                                             "same-image TPD contrast, linear probes, the fusion's word grounding; on the synthetic world, target-patch "
                                              "recall on evaluate.vqa.split's questions) per checkpoint, and its figure")
     p.add_argument("--run", required=True, help="the run folder (copa pretrain --out)")
     p.add_argument("--root", help="data root (default: the one the run was trained on)")

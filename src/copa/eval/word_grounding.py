@@ -1,7 +1,8 @@
 """Does the fusion read the image? MLM on held-out captions with one content word masked (issue 23).
 
-For each word class (the COCO categories; on the synthetic world also the colours), every caption
-token that is a word of the class, one at a time, is masked and predicted by the fused MLM head
+For each word class (the COCO categories; on the synthetic world also the colours), caption tokens
+that are a word of the class (a seeded sample of at most ``per_class``), one at a time, are masked
+and predicted by the fused MLM head
 (the selection guided by the masked caption, as in pretraining), with the caption's own image and
 with another image of the split (a seeded derangement of the images): the control, which scores
 what the caption's other words tell. Accuracy over the whole vocabulary, and among the class's own
@@ -24,12 +25,18 @@ from copa.data.pretrain_data import Pair, PairDataset
 from copa.models.copa import CopaModel
 
 
-def masked_words(tokenizer, texts: Sequence[str], word_classes: Mapping[str, Sequence[str]], max_length: int,
+def class_token_ids(tokenizer, word_classes: Mapping[str, Sequence[str]]) -> dict[str, torch.Tensor]:
+    """Each class's words that are one word piece of the vocabulary, as token ids."""
+    return {cls: torch.tensor(sorted({tokenizer.convert_tokens_to_ids(w) for w in words} - {tokenizer.unk_token_id}), dtype=torch.long)
+            for cls, words in word_classes.items()}
+
+
+def masked_words(tokenizer, texts: Sequence[str], class_ids: Mapping[str, torch.Tensor], max_length: int,
                  per_class: int, seed: int) -> list[tuple[int, int, str, int]]:
-    """(text index, token position, class, token id) of the class words that are one word piece, at
+    """(text index, token position, class, token id) of the class words (``class_token_ids``), at
     most ``per_class`` of each class (a seeded draw), in text order."""
-    ids_of = {cls: {tokenizer.convert_tokens_to_ids(w) for w in words} - {tokenizer.unk_token_id} for cls, words in word_classes.items()}
-    found: dict[str, list[tuple[int, int, str, int]]] = {cls: [] for cls in word_classes}
+    ids_of = {cls: set(ids.tolist()) for cls, ids in class_ids.items()}
+    found: dict[str, list[tuple[int, int, str, int]]] = {cls: [] for cls in class_ids}
     for t, text in enumerate(texts):
         for position, token in enumerate(tokenizer(text, truncation=True, max_length=max_length)["input_ids"]):
             for cls, ids in ids_of.items():
@@ -47,12 +54,13 @@ def word_grounding(model: CopaModel, tokenizer, data: RetrievalSet, word_classes
                    progress: bool = True) -> dict[str, dict]:
     """class -> {own_image, other_image, own_image_within_class, other_image_within_class (percent),
     within_class_chance, words, examples}; a class none of whose words is one word piece is left out."""
-    items = masked_words(tokenizer, data.texts, word_classes, max_length, per_class, seed)
-    images = PairDataset([Pair(path, "", "karpathy") for path in data.images], tokenizer, image_size, max_length, seed=0, train=False)
     n = len(data.images)
-    other = (np.arange(n) + np.random.default_rng(seed).integers(1, n)) % n if n > 1 else np.arange(n)  # never the image itself
-    class_ids = {cls: torch.tensor(sorted({tokenizer.convert_tokens_to_ids(w) for w in words} - {tokenizer.unk_token_id}))
-                 for cls, words in word_classes.items()}
+    if n < 2:
+        raise ValueError(f"word grounding needs at least two held-out images (its control is another image), got {n}")
+    class_ids = class_token_ids(tokenizer, word_classes)
+    items = masked_words(tokenizer, data.texts, class_ids, max_length, per_class, seed)
+    images = PairDataset([Pair(path, "", "karpathy") for path in data.images], tokenizer, image_size, max_length, seed=0, train=False)
+    other = (np.arange(n) + np.random.default_rng(seed).integers(1, n)) % n  # a shift of 1..n-1: never the image itself
     hits: dict[str, dict[str, list[bool]]] = {cls: {key: [] for key in ("own", "other", "own_within", "other_within")} for cls in word_classes}
     for start in tqdm(range(0, len(items), batch_size), desc="word grounding", disable=not progress):
         chunk = items[start:start + batch_size]

@@ -38,7 +38,7 @@ def conv_stem(img_size: int, patch_size: int, embed_dim: int) -> HybridEmbed:
     """Xiao et al. 2021 ("Early convolutions help transformers see better"): log2(patch_size)
     stride-2 convolutions, each with a norm and ReLU, widths doubling up to ``embed_dim``, then a 1x1
     convolution to ``embed_dim``: the same grid of tokens as the patch stem, each seeing a neighbourhood
-    of about two patches. A from-scratch ViT's stand-in for the local features a pretrained one brings
+    of about three patches (46 px at patch 16). A from-scratch ViT's stand-in for the local features a pretrained one brings
     (timm's ConvStem). The norm is one group over channels and positions (GroupNorm1), not BatchNorm: no
     batch statistics for the momentum encoder or DDP; not a per-position LayerNorm over channels either,
     which removes each pixel's brightness (measured: a patch's colour then read at 0.19). Measured on the

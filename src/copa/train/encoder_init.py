@@ -9,7 +9,8 @@ short stage of in-batch image-text contrastive learning (CLIP's symmetric InfoNC
 features text-free) on the same pairs trains the encoders, their projections and the
 temperature; pretraining then starts from them. With ``objective: captions_and_boxes`` it also
 contrasts boxes with their texts (X-VLM's visual concepts, papers/001: a box's feature is the mean of
-the ViT's last patch tokens inside it) over PTA's object stream: the patch tokens then have to say
+the ViT's last patch tokens that PTA's labels mark for it: inside it, and under ``pta_labels:
+same_text`` inside the image's other boxes of the same text) over PTA's object stream: the patch tokens then have to say
 what lies under them and where (the world's shapes, which the captions alone did not teach the demo's
 ViT; README, issue 23). Like CLIP, the stage selects no patches: it trains a
 selection-free copy of the model (same sizes, vocabulary and seed), whose encoders are then copied
@@ -101,7 +102,7 @@ class ContrastiveInitTask:
 
     def batches(self, epoch: int, rank: int, world_size: int, start: int) -> Iterator[dict]:
         p = self.params.pretrain
-        if p.batch_size % world_size or p.object_batch_size % world_size:
+        if p.batch_size % world_size or (self.box_data is not None and p.object_batch_size % world_size):
             raise ValueError(f"batch sizes {p.batch_size} / {p.object_batch_size} do not split over {world_size} processes")
         per_rank, boxes_per_rank = p.batch_size // world_size, p.object_batch_size // world_size
         order = np.random.default_rng([self.params.seed, epoch, 1]).permutation(len(self.pair_data))  # its own stream
