@@ -8,6 +8,7 @@ A split that is not there is an error naming the file and the split, never an em
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,6 +34,11 @@ class VQAExample:
     answers: tuple[str, ...]  # the 10 human answers; () where the split has no annotations
     answer_type: str  # yes/no | number | other; "" without annotations
     question_type: str = ""  # the annotations' question_type: the question's first words ("what color is the"); "" without
+
+    @property
+    def top_answer(self) -> str:
+        """The most frequent human answer (the first seen on ties)."""
+        return Counter(self.answers).most_common(1)[0][0]
 
 
 def vqa_examples(layout: DataLayout, split: str, need_answers: bool = True) -> list[VQAExample]:

@@ -99,13 +99,18 @@ def two_stage_scores(coarse: Tensor, k: int, rerank: Callable[[Tensor, Tensor], 
     return i2t, t2i.t().contiguous()
 
 
+def retrieval_images(data: RetrievalSet, tokenizer, image_size: int, max_length: int, progress: bool = True) -> Tensor:
+    """The set's images (n_images, 3, S, S), resized and normalised as for evaluation."""
+    images_only = PairDataset([Pair(path, "", "karpathy") for path in data.images], tokenizer, image_size, max_length, seed=0, train=False)
+    return torch.stack([images_only[i]["image"] for i in tqdm(range(len(images_only)), desc="images", disable=not progress)])
+
+
 @torch.no_grad()
 def encode_retrieval_set(model: CopaModel, tokenizer, data: RetrievalSet, image_size: int, max_length: int,
                          batch_size: int = 64, progress: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Images (n_images, 3, S, S), text-free image features (n_images, E), text states (n_texts, L, H),
     text masks (n_texts, L) and text features (n_texts, E) of a retrieval set."""
-    images_only = PairDataset([Pair(path, "", "karpathy") for path in data.images], tokenizer, image_size, max_length, seed=0, train=False)
-    images = torch.stack([images_only[i]["image"] for i in tqdm(range(len(images_only)), desc="images", disable=not progress)])
+    images = retrieval_images(data, tokenizer, image_size, max_length, progress)
     image_feats = torch.cat([model.image_feature(model.encode_image(images[i:i + batch_size], None, use_detector=False)["tokens"])
                              for i in range(0, len(images), batch_size)])
     enc = tokenizer(list(data.texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")

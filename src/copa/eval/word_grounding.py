@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from copa.data.heldout import RetrievalSet
-from copa.data.pretrain_data import Pair, PairDataset
+from copa.eval.retrieval import retrieval_images
 from copa.models.copa import CopaModel
 
 
@@ -59,7 +59,7 @@ def word_grounding(model: CopaModel, tokenizer, data: RetrievalSet, word_classes
         raise ValueError(f"word grounding needs at least two held-out images (its control is another image), got {n}")
     class_ids = class_token_ids(tokenizer, word_classes)
     items = masked_words(tokenizer, data.texts, class_ids, max_length, per_class, seed)
-    images = PairDataset([Pair(path, "", "karpathy") for path in data.images], tokenizer, image_size, max_length, seed=0, train=False)
+    images = retrieval_images(data, tokenizer, image_size, max_length, progress)  # read once: each is met by many words
     other = (np.arange(n) + np.random.default_rng(seed).integers(1, n)) % n  # a shift of 1..n-1: never the image itself
     hits: dict[str, dict[str, list[bool]]] = {cls: {key: [] for key in ("own", "other", "own_within", "other_within")} for cls in word_classes}
     for start in tqdm(range(0, len(items), batch_size), desc="word grounding", disable=not progress):
@@ -72,8 +72,7 @@ def word_grounding(model: CopaModel, tokenizer, data: RetrievalSet, word_classes
         text = model.encode_text(ids, enc["attention_mask"])
         own = [data.text_image[t] for t, *_ in chunk]
         for name, image_idx in (("own", own), ("other", [int(other[i]) for i in own])):
-            pixels = torch.stack([images[i]["image"] for i in image_idx])
-            tokens = model.encode_image(pixels, text[:, 0], use_detector=use_detector)["tokens"]
+            tokens = model.encode_image(images[image_idx], text[:, 0], use_detector=use_detector)["tokens"]
             _, fused = model.fuse(tokens, text, enc["attention_mask"])
             logits = model.mlm_logits(fused)[rows, positions]  # (B, V)
             for row, (_, _, cls, token) in enumerate(chunk):

@@ -202,7 +202,7 @@ def swap_images(examples: Sequence[VQAExample]) -> list[VQAExample]:
 
 def _most_frequent_answer(examples: Sequence[VQAExample]) -> str:
     """The most frequent of the questions' most frequent human answers (first seen on ties)."""
-    return Counter(Counter(e.answers).most_common(1)[0][0] for e in examples).most_common(1)[0][0]
+    return Counter(e.top_answer for e in examples).most_common(1)[0][0]
 
 
 def majority_baselines(train: Sequence[VQAExample], test: Sequence[VQAExample]) -> dict:

@@ -1,7 +1,7 @@
 """Where a VQA model's answers stop (issue 23): ridge probes of its question-conditioned states.
 
 Per question type, a ridge classifier (copa.eval.ridge) maps a state of one
-pass (copa.tasks.generation.condition) to the question's answer (the mode of its human answers):
+pass (copa.tasks.generation.condition) to the question's answer (its most frequent human answer):
 fitted on up to ``per_type`` training questions of the type, tested on every evaluated question of
 it. The states:
 
@@ -18,7 +18,7 @@ whether the patches hold it at all).
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Callable, Sequence
 
 import numpy as np
@@ -71,15 +71,12 @@ def state_probes(model: CopaModel, questions: Questions, train: Sequence[VQAExam
     for question_type in sorted(by_type):
         rows = [i for i, e in enumerate(fitted) if e.question_type == question_type]
         held = [i for i, e in enumerate(tested) if e.question_type == question_type]
-        labels = [_answer(fitted[i]) for i in rows]
+        labels = [fitted[i].top_answer for i in rows]
         if len(set(labels)) < 2 or not held:
             continue
-        truth = [_answer(tested[i]) for i in held]
+        truth = [tested[i].top_answer for i in held]
         probes = {name: ridge_probe(fitted_states[name][rows], labels, tested_states[name][held], truth) for name in STATES}
         out[question_type] = {**{name: round(100 * probe["accuracy"], 2) for name, probe in probes.items()},
                               "majority": round(100 * probes["question_only"]["majority"], 2), "fitted": len(rows), "tested": len(held)}
     return out
 
-
-def _answer(example: VQAExample) -> str:
-    return Counter(example.answers).most_common(1)[0][0]
