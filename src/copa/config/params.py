@@ -24,6 +24,7 @@ DOWNSTREAM_SECTIONS = ("finetune", "vqa_scratch", *AFTER_TRAINING_SECTIONS)
 # model.selection.method (copa.models.selectors); an architecture takes some of them (copa.train.architectures)
 SelectionMethod = Literal["none", "tpd", "cls_attention", "text_attention", "oracle", "random"]
 SELECTION_METHODS: tuple[str, ...] = typing.get_args(SelectionMethod)
+Perception = Literal["encoder", "oracle"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class ModelParams:
     vocab_size: PositiveInt  # of the WordPiece vocabulary trained on the captions (unused with vocab_file)
     vocab_file: str | None  # a vocab.txt to use instead (bert-base-uncased's with BERT weights)
     selection: SelectionParams
+    # encoder: the ViT; oracle: the synthetic scene's perfect image tokens (copa.models.scene_tokens), set by
+    # finetune.vqa.perception for a VQA run
+    perception: Perception
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,9 @@ class VQAFinetuneParams(FinetuneSchedule):
 
     train_splits: tuple[Literal["train2014", "val2014"], ...]  # COPA: train2014 + val2014 (+ VG QA, not here)
     image_size: PositiveInt | None  # fine-tuning and answering resolution (COPA Table 5); None: the pretraining's
+    # issue 23's perception bracket: oracle fine-tunes and answers with the scene's perfect image tokens
+    # in place of the ViT (synthetic world only); None: the pretraining run's (the ViT)
+    perception: Perception | None
     # the selector fine-tuned and answered with (issue 19's references: oracle, random), at the
     # pretraining run's location and keep ratio; None: the pretraining run's own (and for runs
     # resolved before this option)

@@ -26,7 +26,7 @@ from copa.data.formats.records import FormatError
 from copa.data.layout import COCO_ANNOTATED_SPLITS, DataLayout
 from copa.data.formats.records import load_json
 from copa.data.pretrain_data import ObjectElem, ObjectImage, Pair, text_key
-from copa.data.synth.world import POOLS, scene_of
+from copa.data.scene_grid import coco_scene
 
 HELDOUT_SPLITS = ("val", "test")
 TRAIN_SPLITS = ("train", "restval")  # Karpathy's training images (restval: COCO val2014 images beyond val/test)
@@ -135,7 +135,7 @@ def heldout_attributes(layout: DataLayout, objects: HeldoutObjects) -> HeldoutAt
         boxes = [{"shape": text_key(elem.text)} for elem in sample.elems]
         image = {"objects": str(len(sample.elems))}
         if manifest is not None:
-            scene = _scene(manifest["params"], f"coco_{split}", image_id)
+            scene = coco_scene(manifest["params"], split, image_id)
             by_box = {obj.box: obj for obj in scene.objects}
             for labels, elem in zip(boxes, sample.elems):
                 if elem.box not in by_box:
@@ -146,10 +146,6 @@ def heldout_attributes(layout: DataLayout, objects: HeldoutObjects) -> HeldoutAt
         per_image.append(image)
     source = "COCO categories + synthetic scenes (manifest)" if manifest is not None else "COCO categories"
     return HeldoutAttributes(source, tuple(per_box), tuple(per_image))
-
-
-def _scene(params: dict, pool: str, image_id: int):
-    return scene_of(params["seed"], tuple(params["image_side"]), tuple(params["objects_per_image"]), pool, image_id - POOLS[pool][0])
 
 
 def grounding_words(layout: DataLayout, attributes: HeldoutAttributes) -> dict[str, tuple[str, ...]]:

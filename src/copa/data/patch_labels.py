@@ -79,11 +79,17 @@ def rasterise(boxes_xywh: np.ndarray, image_size: int, patch_size: int, min_over
             cols = _span_mask(b[:, 0], b[:, 2], patch_size, grid)  # (m, G) over x
             np.logical_and(rows[:, :, None], cols[:, None, :], out=out[start : start + chunk])
         else:
-            rows = _overlap(b[:, 1], b[:, 3], patch_size, grid)
-            cols = _overlap(b[:, 0], b[:, 2], patch_size, grid)
-            area = rows[:, :, None] * cols[:, None, :]  # (m, G, G) px² of each patch covered
-            np.greater_equal(area, min_overlap * patch_size**2, out=out[start : start + chunk])
+            np.greater_equal(patch_coverage(b, image_size, patch_size), min_overlap * patch_size**2, out=out[start : start + chunk])
     return out
+
+
+def patch_coverage(boxes_xywh: np.ndarray, image_size: int, patch_size: int) -> np.ndarray:
+    """(M, 4) xywh boxes in resized px -> (M, G, G) px² of each patch that each box covers."""
+    grid = grid_size(image_size, patch_size)
+    boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+    rows = _overlap(boxes[:, 1], boxes[:, 3], patch_size, grid)
+    cols = _overlap(boxes[:, 0], boxes[:, 2], patch_size, grid)
+    return rows[:, :, None] * cols[:, None, :]
 
 
 def _span_mask(start: np.ndarray, length: np.ndarray, patch: int, grid: int) -> np.ndarray:

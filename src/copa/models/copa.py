@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from copa.models.decoder import Decoder, LMHead
 from copa.models.fusion import SkipConnectedFusion
 from copa.models.objectives.itc import Temperature
+from copa.models.scene_tokens import SceneTokens
 from copa.models.selectors import build_selector
 from copa.models.text import TextEncoder, bert_config, init_bert_weights
 from copa.models.vit import VisionEncoder
@@ -55,6 +56,8 @@ class CopaSpec:
     keep_ratio: float = 0.5
     tpd_fusion: str = "softmax"  # the TPD's fused-token weights (COPA eq. 1); or "normalized"
     pad_id: int = 0
+    perception: str = "encoder"  # oracle: the scene's perfect image tokens in place of the ViT (copa.models.scene_tokens)
+    scene_attributes: tuple[int, ...] = ()  # oracle: the number of values of each attribute of a scene grid
 
 
 def spec_selector(spec: CopaSpec) -> nn.Module:
@@ -71,12 +74,17 @@ class CopaModel(nn.Module):
     def __init__(self, spec: CopaSpec):
         super().__init__()
         self.spec = spec
-        self.vision = VisionEncoder(
-            spec_selector(spec), spec.location, spec.image_size, spec.patch_size,
-            spec.vision_dim, spec.vision_depth, spec.vision_heads,
-            pre_norm=spec.vision_pre_norm, activation=spec.vision_activation, pos_init=spec.vision_pos_init,
-            stem=spec.vision_stem,
-        )
+        if spec.perception == "oracle":
+            if not spec.scene_attributes:
+                raise ValueError("perception oracle needs the scene's attributes (CopaSpec.scene_attributes)")
+            self.vision = SceneTokens(spec.scene_attributes, spec.vision_dim)
+        else:
+            self.vision = VisionEncoder(
+                spec_selector(spec), spec.location, spec.image_size, spec.patch_size,
+                spec.vision_dim, spec.vision_depth, spec.vision_heads,
+                pre_norm=spec.vision_pre_norm, activation=spec.vision_activation, pos_init=spec.vision_pos_init,
+                stem=spec.vision_stem,
+            )
         text_sizes = dict(hidden_size=spec.text_dim, num_heads=spec.text_heads, intermediate_size=spec.text_intermediate)
         self.text = TextEncoder(vocab_size=spec.vocab_size, num_layers=spec.text_layers, max_position_embeddings=spec.max_text_length, pad_token_id=spec.pad_id, **text_sizes)
         self.fusion = SkipConnectedFusion(image_dim=spec.vision_dim, num_layers=spec.fusion_layers, stride=spec.fusion_stride, **text_sizes)
@@ -97,7 +105,7 @@ class CopaModel(nn.Module):
 
     def encode_image(self, images: Tensor, text_cls: Tensor | None = None, use_detector: bool = True,
                      prefix: Tensor | None = None, need_scores: bool = False, targets: Tensor | None = None) -> dict[str, Tensor | None]:
-        """``text_cls`` guides the selection (TPD, TRIPS); ``use_detector=False`` selects by image-[CLS]
+        """``images``: pixels, or with ``perception`` oracle the scene grids; ``text_cls`` guides the selection (TPD, TRIPS); ``use_detector=False`` selects by image-[CLS]
         attention instead (COPA's warm-up, and the text-free uses: captioning, coarse retrieval);
         ``prefix``: an earlier call's for the same images; ``need_scores``: the TPD's scores even
         where the selection does not use them; ``targets`` (B, n): the patches each text refers to,

@@ -19,6 +19,11 @@ own (its mask is all False). In the swapped-image control a question keeps the p
 referents, which are not in the other image: the oracle answers from the patches the question
 as asked is about, wherever they fall in that image.
 
+With ``finetune.vqa.perception`` oracle (issue 23's perception bracket), the ViT is replaced by the
+scene's perfect image tokens (copa.models.scene_tokens, from copa.data.scene_grid): the same fine-tune
+and answers, the text encoder, fusion and decoder alone to learn, the swap control and state probes
+reading the other image's scene.
+
 Images are resized to ``finetune.vqa.image_size`` (COPA Table 5's sweep; by default the pretraining
 resolution) without crops or flips: a crop can remove the object a question counts, a flip swaps
 "left of" and "right of".
@@ -40,6 +45,7 @@ from copa.config import Params, ParamsError, VQAEvalParams, vqa_image_size
 from copa.data.downstream import VQAExample, referent_targets, vqa_examples
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
+from copa.data.scene_grid import SceneGridPairs, scene_grids
 from copa.data.tokenizer import missing_pieces
 from copa.eval.vqa import official_result_file, vqa_accuracy
 from copa.models.copa import CopaModel
@@ -71,10 +77,18 @@ def answer_targets(human_answers: Sequence[str]) -> list[tuple[str, float]]:
     return [(answer, n / len(human_answers)) for answer, n in counts.most_common()]
 
 
-def question_data(examples: Sequence[VQAExample], tokenizer, params: Params) -> PairDataset:
+def question_data(examples: Sequence[VQAExample], tokenizer, params: Params, layout: DataLayout | None = None) -> PairDataset:
+    """The model's (image, question) inputs; with ``model.perception`` oracle the images are the scene
+    grids of ``layout``'s synthetic world (copa.data.scene_grid)."""
     # at another resolution than the pretraining's, the ViT resamples its position embeddings (copa.models.vit)
-    return resized_pairs([e.image for e in examples], [e.question for e in examples], tokenizer, params, "vqa",
-                         vqa_image_size(params))
+    size = vqa_image_size(params)
+    data = resized_pairs([e.image for e in examples], [e.question for e in examples], tokenizer, params, "vqa", size)
+    if params.model.perception != "oracle":
+        return data
+    if layout is None:
+        raise ValueError("a model with perception oracle answers from scene grids: question_data needs the data root's layout")
+    grids = scene_grids(layout, [e.image for e in examples], size, params.patch_labels.patch_size)
+    return SceneGridPairs(data.pairs, grids, tokenizer, size, params.model.max_text_length, params.seed)
 
 
 def oracle_targets(model: CopaModel, params: Params, layout: DataLayout, examples: Sequence[VQAExample]) -> dict[int, Tensor] | None:
@@ -112,7 +126,7 @@ class VQATask(FinetuneTask):
         if pieces:
             print(f"vqa: {len(pieces)} character pieces added to the vocabulary for the answers: {' '.join(pieces[:20])}")
         model, self.tokenizer = extend_vocabulary(model, self.params, out_dir, pieces, self.params.seed)
-        self.data = question_data(self.examples, self.tokenizer, self.params)
+        self.data = question_data(self.examples, self.tokenizer, self.params, layout)
         self.model = VQAFinetuning(model)
 
     @property
@@ -165,9 +179,10 @@ def rank_answers(model: CopaModel, cond, tokenizer, candidates: Sequence[str], k
 @torch.no_grad()
 def answer_questions(model: CopaModel, tokenizer, examples: Sequence[VQAExample], params: Params, settings: VQAEvalParams,
                      candidates: Sequence[str] | None = None, batch_size: int = 64, progress: bool = True,
-                     targets: Mapping[int, Tensor] | None = None) -> dict[int, str]:
-    """question id -> predicted answer; ``targets`` (``oracle_targets``): the oracle's patches by question id."""
-    data = question_data(examples, tokenizer, params)
+                     targets: Mapping[int, Tensor] | None = None, layout: DataLayout | None = None) -> dict[int, str]:
+    """question id -> predicted answer; ``targets`` (``oracle_targets``): the oracle's patches by question id;
+    ``layout``: the data root's, for a model with perception oracle (``question_data``)."""
+    data = question_data(examples, tokenizer, params, layout)
     out: dict[int, str] = {}
     for start in tqdm(range(0, len(examples), batch_size), desc="VQA answers", disable=not progress):
         idx = range(start, min(start + batch_size, len(examples)))
@@ -243,15 +258,16 @@ def evaluate_vqa(run: FinetunedRun, settings: VQAEvalParams, data_root: Path, sp
     model, params, tokenizer = run.model, run.params, run.tokenizer
     train, test = vqa_splits(params, data_root, split)
     candidates = answer_list(train, settings.answer_list_size) if settings.inference == "rank" else None
-    targets = oracle_targets(model, params, DataLayout(Path(data_root)), test)  # by question id: a swapped question keeps its own
+    layout = DataLayout(Path(data_root))
+    targets = oracle_targets(model, params, layout, test)  # by question id: a swapped question keeps its own
 
     def answer(examples: Sequence[VQAExample]) -> dict[int, str]:
-        return answer_questions(model, tokenizer, examples, params, settings, candidates, batch_size, progress, targets)
+        return answer_questions(model, tokenizer, examples, params, settings, candidates, batch_size, progress, targets, layout)
 
     instruments = None
     if settings.state_probe:
-        questions = functools.partial(question_data, tokenizer=tokenizer, params=params)
-        probe_targets = None if targets is None else {**oracle_targets(model, params, DataLayout(Path(data_root)), train), **targets}
+        questions = functools.partial(question_data, tokenizer=tokenizer, params=params, layout=layout)
+        probe_targets = None if targets is None else {**oracle_targets(model, params, layout, train), **targets}
         instruments = {"state_probes": state_probes(model, questions, train, test, settings.state_probe, params.seed,
                                                     functools.partial(batch_targets, probe_targets))}
     return vqa_record(answer, train, test, split, vqa_image_size(params), settings.inference, settings.swapped_image_control,

@@ -4,10 +4,16 @@
 from __future__ import annotations
 
 from copa.config import Params, ParamsError
+from copa.data.scene_grid import ATTRIBUTES
 from copa.models.copa import CopaModel, CopaSpec
 from copa.models.pretraining import CopaPretraining
 from copa.models.single_stream import SingleStreamModel, SingleStreamSpec
 from copa.models.single_stream_pretraining import SingleStreamPretraining
+
+
+def scene_attributes(perception: str) -> tuple[int, ...]:
+    """What a CopaModel perceiving with ``perception`` needs of the scene grids (copa.data.scene_grid)."""
+    return tuple(len(values) for values in ATTRIBUTES.values()) if perception == "oracle" else ()
 
 
 def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
@@ -27,6 +33,8 @@ def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
         location=selection.location,
         keep_ratio=selection.keep_ratio,
         tpd_fusion=selection.tpd_fusion,
+        perception=m.perception,
+        scene_attributes=scene_attributes(m.perception),
     )
 
 
@@ -36,6 +44,9 @@ def build_pretraining(params: Params, tokenizer) -> CopaPretraining:
     if params.model.selection.method == "oracle":  # it keeps the patches a text refers to: nothing in pretraining says which
         raise ParamsError("model.selection.method oracle: no pretraining objective passes the referent boxes it selects by; "
                           "the oracle is a reference for copa pretrain-eval's target-patch recall")
+    if params.model.perception != "encoder":
+        raise ParamsError(f"model.perception {params.model.perception}: pretraining trains the ViT; the oracle's image tokens are "
+                          "a VQA bracket (finetune.vqa.perception)")
     special = [tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens]
     model = CopaModel(copa_spec(params, len(tokenizer)))
     return CopaPretraining(

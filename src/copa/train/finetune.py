@@ -28,7 +28,7 @@ from copa.data.formats.records import FormatError
 from copa.data.tokenizer import load_tokenizer
 from copa.models.copa import CopaModel
 from copa.models.weights import load_tensors
-from copa.train.build import copa_spec
+from copa.train.build import copa_spec, scene_attributes
 from copa.train.pretrain import PRETRAINED_FILE, VOCAB_DIR, load_pretraining_checkpoint, run_checkpoints
 
 
@@ -60,12 +60,21 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
     selection = merged["finetune"][task].get("selection")  # None: the run's own
     if selection is not None:
         merged["model"]["selection"]["method"] = selection
+    perception = merged["finetune"][task].get("perception")  # None: the run's own
+    if perception is not None:
+        merged["model"]["perception"] = perception
     params = params_from_dict(merged, f"{checkpoint} + the current finetune.{task} parameters")
     if model.spec.selection != params.model.selection.method:
         try:
             model = with_selection(model, params.model.selection.method, params.seed)
         except ValueError as exc:  # a selector the architecture or the run's location does not take
             raise ParamsError(f"finetune.{task}.selection {selection} for the run {run}: {exc}") from None
+    if getattr(model.spec, "perception", "encoder") != params.model.perception:
+        if not isinstance(model, CopaModel):
+            raise ParamsError(f"finetune.{task}.perception {perception}: the dual-stream model's bracket; the run {run} is "
+                              f"{params.architecture}")
+        model = respecified(model, params.seed, "vision.", perception=params.model.perception,
+                            scene_attributes=scene_attributes(params.model.perception))
     (out_dir / VOCAB_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / VOCAB_DIR / "vocab.txt", out_dir / VOCAB_DIR / "vocab.txt")
     (out_dir / PRETRAINED_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -77,12 +86,17 @@ def with_selection(model: nn.Module, method: str, seed: int) -> nn.Module:
     selectors) selecting with ``method`` at the same location(s) and keep ratio: every weight but
     the old selector's is kept; a selector with weights of its own starts fresh (drawn with
     ``seed``), a parameter-free one (oracle, random, cls_attention, none) has none."""
+    return respecified(model, seed, "vision.selector.", selection=method)
+
+
+def respecified(model: nn.Module, seed: int, new_part: str, **changes) -> nn.Module:
+    """``model`` rebuilt with ``changes`` to its spec: every weight is kept but those under ``new_part``,
+    which the new part (drawn with ``seed``) has in their place, if any."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        switched = type(model)(dataclasses.replace(model.spec, selection=method))
-    prefix = "vision.selector."
+        switched = type(model)(dataclasses.replace(model.spec, **changes))
     state = switched.state_dict()
-    state.update({k: v for k, v in model.state_dict().items() if not k.startswith(prefix)})
+    state.update({k: v for k, v in model.state_dict().items() if not k.startswith(new_part)})
     switched.load_state_dict(state)
     return switched.to(next(model.parameters()).device).train(model.training)
 

@@ -7,6 +7,8 @@ instances, ``categories``. Image files are found as ``<image_dir>/<file_name>``.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -67,6 +69,12 @@ class CocoCaptions:
 def file_name(split: str, image_id: int) -> str:
     """``COCO_train2014_000000000042.jpg``, the official 2014/2015 naming."""
     return f"COCO_{split}_{image_id:012d}.jpg"
+
+
+def image_id(split: str, name: str) -> int | None:
+    """The id in an image file ``name`` of ``split`` (the inverse of :func:`file_name`); None for another name."""
+    found = re.fullmatch(rf"COCO_{re.escape(split)}_(\d{{12}})\.jpg", name)
+    return int(found.group(1)) if found else None
 
 
 # --------------------------------------------------------------------------- reading

@@ -1,0 +1,86 @@
+"""What the synthetic world draws under each patch: the inputs of the VQA perception bracket (issue 23).
+
+``finetune.vqa.perception: oracle`` fine-tunes and answers VQA with perfect image tokens instead of the
+ViT's (copa.models.scene_tokens): each patch of the square-resized image gets the attributes (shape,
+colour, size, texture) of the scene object that covers it. The scenes are drawn again from the
+manifest's seed (copa.data.synth.world.scene_of), as the linear probes' colours are
+(copa.data.heldout), so only the synthetic world has them.
+
+A patch belongs to the object covering the largest part of it when that part is at least
+``PATCH_SHARE`` of the patch; an object too small to cover that much of any patch still gets the
+patch it covers most (where two such objects share a patch, the later one of the scene keeps it), so
+every object can be counted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from copa.data.formats import coco
+from copa.data.formats.records import FormatError, load_json
+from copa.data.layout import VQA_SPLITS, DataLayout
+from copa.data.patch_labels import grid_size, patch_coverage, resize_boxes
+from copa.data.pretrain_data import Pair, PairDataset
+from copa.data.synth.scene import COLOURS, SHAPES, SIZES, TEXTURES, Scene
+from copa.data.synth.world import POOLS, scene_of
+
+# attribute -> its values; in a grid, value index len(values) means "no object here"
+ATTRIBUTES: dict[str, tuple[str, ...]] = {"shape": SHAPES, "colour": tuple(COLOURS), "size": tuple(SIZES), "texture": TEXTURES}
+PATCH_SHARE = 0.25
+
+
+def coco_scene(manifest_params: Mapping, split: str, image_id: int) -> Scene:
+    """The scene of the synthetic world's COCO ``split`` image ``image_id`` (manifest ``params``)."""
+    pool = f"coco_{split}"
+    return scene_of(manifest_params["seed"], tuple(manifest_params["image_side"]), tuple(manifest_params["objects_per_image"]),
+                    pool, image_id - POOLS[pool][0])
+
+
+def scene_grid(scene: Scene, image_size: int, patch_size: int) -> np.ndarray:
+    """(n, len(ATTRIBUTES)) int64: per patch of the ``image_size`` square resize, its object's attribute indices."""
+    n = grid_size(image_size, patch_size) ** 2
+    grid = np.tile(np.array([len(values) for values in ATTRIBUTES.values()]), (n, 1))
+    if not scene.objects:
+        return grid
+    boxes = resize_boxes([o.box.as_list() for o in scene.objects], np.array([scene.width]), np.array([scene.height]), image_size)
+    cover = patch_coverage(boxes, image_size, patch_size).reshape(len(boxes), n)  # (M, n) px²
+    owner = np.where(cover.max(0) >= PATCH_SHARE * patch_size**2, cover.argmax(0), -1)
+    for k, best in enumerate(cover.argmax(1)):
+        if (owner == k).sum() == 0:
+            owner[best] = k
+    values = np.array([[ATTRIBUTES[a].index(getattr(o, a)) for a in ATTRIBUTES] for o in scene.objects])
+    grid[owner >= 0] = values[owner[owner >= 0]]
+    return grid
+
+
+def scene_grids(layout: DataLayout, images: Iterable[Path], image_size: int, patch_size: int) -> dict[Path, torch.Tensor]:
+    """COCO image path (of a VQA split) -> its ``scene_grid``, from the synthetic world's manifest."""
+    if not layout.manifest.is_file():
+        raise FileNotFoundError(f"{layout.manifest}: not found; finetune.vqa.perception oracle reads the scenes the synthetic world "
+                                "drew, which only its manifest describes")
+    params = load_json(layout.manifest)["params"]
+    grids = {}
+    for path in set(images):
+        found = [(split, coco.image_id(split, path.name)) for split in VQA_SPLITS if path.parent == layout.coco_images(split)]
+        if not found or found[0][1] is None:
+            raise FormatError(path, f"not a COCO image of {', '.join(str(layout.coco_images(s)) for s in VQA_SPLITS)}: "
+                                    "the perception oracle has no scene for it")
+        grids[path] = torch.from_numpy(scene_grid(coco_scene(params, *found[0]), image_size, patch_size))
+    return grids
+
+
+class SceneGridPairs(PairDataset):
+    """(image, text) examples whose "image" is the image's scene grid (n, len(ATTRIBUTES)), not its pixels."""
+
+    def __init__(self, pairs: Sequence[Pair], grids: Mapping[Path, torch.Tensor], tokenizer, image_size: int, max_length: int,
+                 seed: int) -> None:
+        super().__init__(pairs, tokenizer, image_size, max_length, seed, train=False)
+        self.grids = grids
+
+    def __getitem__(self, i: int) -> dict:
+        pair = self.pairs[i]
+        return {"image": self.grids[pair.image], **self.tokens(pair.text), "index": i}

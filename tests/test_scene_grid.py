@@ -1,0 +1,104 @@
+"""The VQA perception bracket (issue 23): scene grids (copa.data.scene_grid), the perfect image tokens
+built from them (copa.models.scene_tokens), and the fine-tune that answers with them end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from copa.cli import main
+from copa.config import ParamsError, load_params
+from copa.data.downstream import vqa_examples
+from copa.data.formats import coco
+from copa.data.formats.records import Box, FormatError, load_json
+from copa.data.layout import DataLayout
+from copa.data.scene_grid import ATTRIBUTES, coco_scene, scene_grid, scene_grids
+from copa.data.synth.scene import Scene, SceneObject
+from copa.models.scene_tokens import SceneTokens
+
+PARAMS_DIR = Path(__file__).parents[1] / "params"
+BASE = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR)]
+NONE = [len(values) for values in ATTRIBUTES.values()]  # "no object" per attribute
+
+
+def _values(obj: SceneObject) -> list[int]:
+    return [ATTRIBUTES[a].index(getattr(obj, a)) for a in ATTRIBUTES]
+
+
+def test_each_patch_gets_the_object_covering_most_of_it_and_every_object_a_patch() -> None:
+    big = SceneObject("star", "red", "large", "solid", Box(0, 0, 40, 40))  # 200 x 100 px image -> 64 x 64: x / 3.125, y / 1.5625
+    small = SceneObject("ring", "blue", "small", "dotted", Box(150, 70, 12, 12))  # 3.84 x 7.68 px: under a quarter of any patch
+    scene = Scene(200, 100, "in_domain", "white", "plain", (big, small))
+    grid = scene_grid(scene, 64, 16).reshape(4, 4, len(ATTRIBUTES))
+    # the star spans x 0-12.8, y 0-25.6: patch (0, 0) fully, (1, 0) 12.8 x 9.6 = 48% of it; (0, 1) and (1, 1) not at all
+    assert grid[0, 0].tolist() == _values(big) and grid[1, 0].tolist() == _values(big)
+    assert grid[2, 0].tolist() == NONE and grid[0, 1].tolist() == NONE
+    # the ring (x 48-51.8, y 44.8-52.5) covers patches (2, 3) and (3, 3) a little: it keeps (3, 3), covered most
+    ring = [tuple(int(i) for i in p) for p in np.argwhere((grid == _values(small)).all(-1))]
+    assert ring == [(3, 3)]
+    assert (grid == NONE).all(-1).sum() == 16 - 3
+
+
+def test_scene_grids_of_the_world_hold_its_objects(fixture_world) -> None:
+    layout = DataLayout(fixture_world)
+    questions = vqa_examples(layout, "val2014")
+    grids = scene_grids(layout, [q.image for q in questions], 64, 16)
+    assert set(grids) == {q.image for q in questions}
+    manifest = load_json(layout.manifest)["params"]
+    image = questions[0].image
+    scene = coco_scene(manifest, "val2014", coco.image_id("val2014", image.name))
+    held = {tuple(v) for v in grids[image].tolist()} - {tuple(NONE)}
+    assert grids[image].shape == (16, len(ATTRIBUTES)) and held == {tuple(_values(o)) for o in scene.objects}
+
+    with pytest.raises(FormatError, match="elsewhere.jpg"):
+        scene_grids(layout, [fixture_world / "elsewhere.jpg"], 64, 16)
+
+
+def test_scene_grids_need_the_manifest(fixture_world, tmp_path) -> None:
+    root = tmp_path / "world"
+    shutil.copytree(fixture_world / "coco", root / "coco")
+    with pytest.raises(FileNotFoundError, match="synthetic_manifest.json: not found"):
+        scene_grids(DataLayout(root), [], 64, 16)
+
+
+def test_scene_tokens_are_a_fixed_code_of_the_attributes() -> None:
+    counts = [len(values) for values in ATTRIBUTES.values()]
+    grids = torch.tensor([[NONE, [1, 2, 0, 1], [1, 2, 0, 1], [3, 2, 0, 1]]])  # (1, 4 patches, 4 attributes)
+    first, again = SceneTokens(counts, 32)(grids)["tokens"], SceneTokens(counts, 32)(grids, "ignored", targets=None)["tokens"]
+    assert first.shape == (1, 5, 32) and torch.equal(first, again)  # [CLS] + 4 patches, the same code in every model
+    assert torch.allclose(first.mean(-1), torch.zeros(1, 5), atol=1e-5)  # LayerNorm-ed
+    # patches 1 and 2 hold the same object at different places (the position is part of the token)
+    assert not torch.allclose(first[0, 2], first[0, 3])
+    other = grids.clone()
+    other[0, 1, 0] = 5  # patch 1: another shape, the same colour, size and texture
+    reshaped = SceneTokens(counts, 32)(other)["tokens"]
+    assert torch.allclose(reshaped[0, 3], first[0, 3]) and not torch.allclose(reshaped[0, 2], first[0, 2])
+    with pytest.raises(ValueError, match=r"\(B, n, 4\)"):
+        SceneTokens(counts, 32)(torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_vqa_with_perfect_perception_end_to_end(fixture_world, fixture_pretraining_run, tmp_path) -> None:
+    run, out = tmp_path / "vqa", tmp_path / "vqa.json"
+    assert main(BASE + ["--set", "finetune.vqa.perception=oracle", "finetune", "--task", "vqa", "--pretrained",
+                        str(fixture_pretraining_run), "--root", str(fixture_world), "--out", str(run)]) == 0
+    assert main(BASE + ["evaluate", "--task", "vqa", "--run", str(run), "--root", str(fixture_world), "--json", str(out), "--quiet"]) == 0
+    record = json.loads(out.read_text())
+    assert 0.0 <= record["overall"] <= 100.0 and 0.0 <= record["controls"]["swapped_image"]["answers_changed"] <= 1.0
+    assert record["instruments"]["state_probes"]  # the probes read the same grids
+    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert state["resolved_params"]["model"]["perception"] == "oracle"
+    assert not [k for k in state["model"] if k.startswith("model.vision.")]  # no ViT: nothing of the image is learned
+    assert any(k.startswith("model.fusion.") for k in state["model"])
+
+
+def test_pretraining_refuses_perfect_perception() -> None:
+    from copa.train.build import build_pretraining
+
+    params = load_params("fixture", ["model.perception=oracle"], params_dir=PARAMS_DIR)
+    with pytest.raises(ParamsError, match="model.perception oracle: pretraining trains the ViT"):
+        build_pretraining(params, tokenizer=None)  # refused before the vocabulary is read
