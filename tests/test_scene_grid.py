@@ -17,7 +17,9 @@ from copa.data.downstream import vqa_examples
 from copa.data.formats import coco
 from copa.data.formats.records import Box, FormatError, load_json
 from copa.data.layout import DataLayout
-from copa.data.scene_grid import ATTRIBUTES, coco_scene, scene_grid, scene_grids
+from copa.data.patch_labels import patch_coverage, resize_boxes
+from copa.data.scene_grid import ATTRIBUTES, scene_grid, scene_grids
+from copa.data.synth.world import manifest_scene
 from copa.data.synth.scene import Scene, SceneObject
 from copa.models.scene_tokens import SceneTokens
 
@@ -35,7 +37,7 @@ def test_each_patch_gets_the_object_covering_most_of_it_and_every_object_a_patch
     small = SceneObject("ring", "blue", "small", "dotted", Box(150, 70, 12, 12))  # 3.84 x 7.68 px: under a quarter of any patch
     scene = Scene(200, 100, "in_domain", "white", "plain", (big, small))
     grid = scene_grid(scene, 64, 16).reshape(4, 4, len(ATTRIBUTES))
-    # the star spans x 0-12.8, y 0-25.6: patch (0, 0) fully, (1, 0) 12.8 x 9.6 = 48% of it; (0, 1) and (1, 1) not at all
+    # the star spans x 0-12.8, y 0-25.6: 80% of patch (0, 0), 12.8 x 9.6 = 48% of (1, 0); (0, 1) and (1, 1) not at all
     assert grid[0, 0].tolist() == _values(big) and grid[1, 0].tolist() == _values(big)
     assert grid[2, 0].tolist() == NONE and grid[0, 1].tolist() == NONE
     # the ring (x 48-51.8, y 44.8-52.5) covers patches (2, 3) and (3, 3) a little: it keeps (3, 3), covered most
@@ -44,16 +46,32 @@ def test_each_patch_gets_the_object_covering_most_of_it_and_every_object_a_patch
     assert (grid == NONE).all(-1).sum() == 16 - 3
 
 
+def test_a_small_object_takes_a_patch_its_neighbour_can_spare() -> None:
+    thin = SceneObject("square", "red", "small", "solid", Box(0, 0, 16, 5))  # 31% of patch (0, 0): its only patch
+    tiny = SceneObject("cross", "blue", "small", "solid", Box(10, 6, 8, 4))  # 24 px² of (0, 0), 8 px² of (0, 1)
+    grid = scene_grid(Scene(64, 64, "in_domain", "white", "plain", (thin, tiny)), 64, 16).reshape(4, 4, len(ATTRIBUTES))
+    assert grid[0, 0].tolist() == _values(thin) and grid[0, 1].tolist() == _values(tiny)
+
+
 def test_scene_grids_of_the_world_hold_its_objects(fixture_world) -> None:
     layout = DataLayout(fixture_world)
     questions = vqa_examples(layout, "val2014")
     grids = scene_grids(layout, [q.image for q in questions], 64, 16)
     assert set(grids) == {q.image for q in questions}
-    manifest = load_json(layout.manifest)["params"]
-    image = questions[0].image
-    scene = coco_scene(manifest, "val2014", coco.image_id("val2014", image.name))
-    held = {tuple(v) for v in grids[image].tolist()} - {tuple(NONE)}
-    assert grids[image].shape == (16, len(ATTRIBUTES)) and held == {tuple(_values(o)) for o in scene.objects}
+    instances = load_json(layout.coco_instances("val2014"))
+    shapes = {c["id"]: c["name"] for c in instances["categories"]}
+    for image in sorted(grids)[:5]:
+        image_id = coco.image_id("val2014", image.name)
+        scene = manifest_scene(load_json(layout.manifest)["params"], "coco_val2014", image_id)
+        # the scene is the one the world's files describe: its boxes and shapes are the image's annotations
+        annotated = {(tuple(a["bbox"]), shapes[a["category_id"]]) for a in instances["annotations"] if a["image_id"] == image_id}
+        assert {(tuple(o.box), o.shape) for o in scene.objects} <= annotated
+        assert grids[image].shape == (16, len(ATTRIBUTES))
+        for obj in scene.objects:  # each object holds a patch, and only patches its box touches (square-resized to 64 px)
+            box = resize_boxes([obj.box.as_list()], np.array([scene.width]), np.array([scene.height]), 64)
+            touched = patch_coverage(box, 64, 16).reshape(-1) > 0
+            owned = (grids[image] == torch.tensor(_values(obj))).all(-1).numpy()
+            assert owned.any() and not (owned & ~touched).any(), f"{image.name}: {obj}"
 
     with pytest.raises(FormatError, match="elsewhere.jpg"):
         scene_grids(layout, [fixture_world / "elsewhere.jpg"], 64, 16)
@@ -82,23 +100,56 @@ def test_scene_tokens_are_a_fixed_code_of_the_attributes() -> None:
         SceneTokens(counts, 32)(torch.zeros(1, 4, dtype=torch.long))
 
 
-def test_vqa_with_perfect_perception_end_to_end(fixture_world, fixture_pretraining_run, tmp_path) -> None:
+def test_vqa_with_perfect_perception_end_to_end(fixture_world, fixture_pretraining_run, tmp_path, capsys) -> None:
     run, out = tmp_path / "vqa", tmp_path / "vqa.json"
-    assert main(BASE + ["--set", "finetune.vqa.perception=oracle", "finetune", "--task", "vqa", "--pretrained",
-                        str(fixture_pretraining_run), "--root", str(fixture_world), "--out", str(run)]) == 0
+    finetune = BASE + ["--set", "finetune.vqa.perception=oracle", "finetune", "--task", "vqa", "--pretrained",
+                       str(fixture_pretraining_run), "--root", str(fixture_world), "--out", str(run)]
+    assert main(finetune) == 0
+    assert main(finetune) == 0  # finished: resumed with the same parameters, nothing to train
     assert main(BASE + ["evaluate", "--task", "vqa", "--run", str(run), "--root", str(fixture_world), "--json", str(out), "--quiet"]) == 0
     record = json.loads(out.read_text())
-    assert 0.0 <= record["overall"] <= 100.0 and 0.0 <= record["controls"]["swapped_image"]["answers_changed"] <= 1.0
+    assert record["perception"] == "oracle" and 0.0 <= record["overall"] <= 100.0
     assert record["instruments"]["state_probes"]  # the probes read the same grids
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert state["resolved_params"]["model"]["perception"] == "oracle"
     assert not [k for k in state["model"] if k.startswith("model.vision.")]  # no ViT: nothing of the image is learned
     assert any(k.startswith("model.fusion.") for k in state["model"])
 
+    # the model's inputs: each question's own image's grid, and in the swap control the other image's
+    from copa.tasks.vqa import question_data, swap_images
+    from copa.train.finetune import load_finetuned
 
-def test_pretraining_refuses_perfect_perception() -> None:
-    from copa.train.build import build_pretraining
+    fine = load_finetuned(run)
+    layout = DataLayout(fixture_world)
+    questions = vqa_examples(layout, "val2014")[:6]
+    for asked in (questions, swap_images(vqa_examples(layout, "val2014"))[:6]):
+        data = question_data(asked, fine.tokenizer, fine.params, layout)
+        expected = scene_grids(layout, [q.image for q in asked], 64, 16)
+        assert all(torch.equal(data[i]["image"], expected[q.image]) for i, q in enumerate(asked))
+
+    # what needs the ViT refuses the run in one line
+    from copa.eval.cost_inputs import protocol_model
+    from copa.report.detected_patches import detect_patches
+
+    with pytest.raises(ParamsError, match="model.perception oracle: the cost protocol needs the ViT"):
+        protocol_model(fine.params, 50, fine.params.efficiency)
+    with pytest.raises(ParamsError, match=r"model.perception oracle: Figure 4 \(the TPD's detections\) needs the ViT"):
+        detect_patches(fine, questions[:2], [0.5], fine.params.evaluate.vqa)
+    # the bracket keeps every patch: a selection beside it is refused
+    assert main(BASE + ["--set", "finetune.vqa.perception=oracle", "--set", "finetune.vqa.selection=random", "finetune", "--task", "vqa",
+                        "--pretrained", str(fixture_pretraining_run), "--root", str(fixture_world), "--out", str(tmp_path / "other")]) == 2
+    assert "finetune.vqa.perception oracle keeps every patch: finetune.vqa.selection must be null, got random" in capsys.readouterr().err
+
+
+def test_what_trains_the_vit_refuses_perfect_perception() -> None:
+    from copa.train.build import build_pretraining, single_stream_spec
 
     params = load_params("fixture", ["model.perception=oracle"], params_dir=PARAMS_DIR)
-    with pytest.raises(ParamsError, match="model.perception oracle: pretraining trains the ViT"):
+    with pytest.raises(ParamsError, match="model.perception oracle: pretraining needs the ViT"):
         build_pretraining(params, tokenizer=None)  # refused before the vocabulary is read
+    with pytest.raises(ParamsError, match="model.perception oracle: the single-stream model needs the ViT"):
+        single_stream_spec(params, 50)
+    from copa.train.encoder_init import train_contrastive_encoders
+
+    with pytest.raises(ParamsError, match="model.perception oracle: the contrastive encoder init needs the ViT"):
+        train_contrastive_encoders(params, pair_data=None, vocab_file=Path("unread"), init_dir=Path("unwritten"))

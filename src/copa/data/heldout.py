@@ -26,7 +26,7 @@ from copa.data.formats.records import FormatError
 from copa.data.layout import COCO_ANNOTATED_SPLITS, DataLayout
 from copa.data.formats.records import load_json
 from copa.data.pretrain_data import ObjectElem, ObjectImage, Pair, text_key
-from copa.data.scene_grid import coco_scene
+from copa.data.synth.world import manifest_scene
 
 HELDOUT_SPLITS = ("val", "test")
 TRAIN_SPLITS = ("train", "restval")  # Karpathy's training images (restval: COCO val2014 images beyond val/test)
@@ -126,7 +126,7 @@ def heldout_attributes(layout: DataLayout, objects: HeldoutObjects) -> HeldoutAt
     Every data root: a box's ``shape`` is its COCO category (as its text, the filter's template of
     the category, "This is a circle."), an image's ``objects`` the number of its kept boxes. The synthetic world
     also gives a box's ``colour`` and an image's ``background``: its scenes are drawn again from
-    the manifest's seed (copa.data.synth.world.scene_of) and each box matched to the scene's
+    the manifest's seed (copa.data.synth.world.manifest_scene) and each box matched to the scene's
     object with that exact box, as copa.data.synth.ambiguity checks the files against the scenes.
     """
     manifest = load_json(layout.manifest) if layout.manifest.is_file() else None
@@ -135,7 +135,7 @@ def heldout_attributes(layout: DataLayout, objects: HeldoutObjects) -> HeldoutAt
         boxes = [{"shape": text_key(elem.text)} for elem in sample.elems]
         image = {"objects": str(len(sample.elems))}
         if manifest is not None:
-            scene = coco_scene(manifest["params"], split, image_id)
+            scene = manifest_scene(manifest["params"], f"coco_{split}", image_id)
             by_box = {obj.box: obj for obj in scene.objects}
             for labels, elem in zip(boxes, sample.elems):
                 if elem.box not in by_box:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from copa.config import EfficiencyParams, Params
 from copa.data.tokenizer import SPECIAL_TOKENS
 from copa.train.architectures import architecture, resolve
+from copa.train.build import require_encoder
 
 
 def protocol_spec(params: Params, vocab_size: int, image_size: int, text_length: int) -> Any:
@@ -26,6 +27,7 @@ def protocol_spec(params: Params, vocab_size: int, image_size: int, text_length:
 def protocol_model(params: Params, vocab_size: int, settings: EfficiencyParams) -> tuple[nn.Module, Callable, dict]:
     """The model whose costs are measured (fresh, seeded, at the protocol's sizes), its forward
     (the architecture's ``cost_forward``) and its description for the record."""
+    require_encoder(params, "the cost protocol")
     arch = architecture(params)
     spec = protocol_spec(params, vocab_size, settings.image_size, settings.text_length)
     torch.manual_seed(params.seed)

@@ -105,7 +105,8 @@ class CopaModel(nn.Module):
 
     def encode_image(self, images: Tensor, text_cls: Tensor | None = None, use_detector: bool = True,
                      prefix: Tensor | None = None, need_scores: bool = False, targets: Tensor | None = None) -> dict[str, Tensor | None]:
-        """``images``: pixels, or with ``perception`` oracle the scene grids; ``text_cls`` guides the selection (TPD, TRIPS); ``use_detector=False`` selects by image-[CLS]
+        """``images``: pixels, or with ``perception`` oracle the scene grids (copa.models.scene_tokens);
+        ``text_cls`` guides the selection (TPD, TRIPS); ``use_detector=False`` selects by image-[CLS]
         attention instead (COPA's warm-up, and the text-free uses: captioning, coarse retrieval);
         ``prefix``: an earlier call's for the same images; ``need_scores``: the TPD's scores even
         where the selection does not use them; ``targets`` (B, n): the patches each text refers to,

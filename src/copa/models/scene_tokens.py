@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-CODE_SEED = 0  # the vectors are a fixed code: the same for every run, at every grid size
+CODE_SEED = 0  # the vectors are a fixed code, the same for every run (the positions' for each grid size)
 
 
 class SceneTokens(nn.Module):
@@ -35,9 +35,13 @@ class SceneTokens(nn.Module):
         """(n, dim) one vector per patch of an n-patch grid (a stream of its own: n >= 1)."""
         return torch.randn(n, self.dim, generator=torch.Generator().manual_seed(CODE_SEED + n))
 
-    def forward(self, grids: Tensor, *_, **__) -> dict[str, Tensor]:
-        """``grids`` (B, n, attributes) value indices -> {"tokens": (B, 1 + n, dim)}; the ViT's other
-        arguments (the guiding text, the selection's) are accepted and ignored."""
+    def forward(self, grids: Tensor, text_cls: Tensor | None = None, use_detector: bool = True, prefix: Tensor | None = None,
+                need_scores: bool = False, targets: Tensor | None = None) -> dict[str, Tensor]:
+        """``grids`` (B, n, attributes) value indices -> {"tokens": (B, 1 + n, dim)}. The ViT's selection
+        arguments (``text_cls``, ``use_detector``, ``targets``) are ignored: every patch is kept; there is
+        no selector's score nor layer prefix to give."""
+        if need_scores or prefix is not None:
+            raise ValueError("perception oracle has no selector's scores and no ViT layers: need_scores and prefix are the ViT's")
         if grids.dim() != 3 or grids.shape[-1] != self.attributes:
             raise ValueError(f"scene grids must be (B, n, {self.attributes}) attribute indices, got {tuple(grids.shape)}")
         patches = self.positions(grids.shape[1]).to(self.cls.device).expand(grids.shape[0], -1, -1)

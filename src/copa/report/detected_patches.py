@@ -33,6 +33,7 @@ from copa.data.images import read_rgb
 from copa.models.selectors import num_keep
 from copa.report.figures import new_figure
 from copa.tasks.vqa import question_data, answer_questions
+from copa.train.build import require_encoder
 from copa.train.finetune import FinetunedRun
 
 
@@ -104,6 +105,7 @@ def pair_summary(pairs: Sequence[tuple[Detection, Detection]], ratio: float) -> 
 def detect_patches(run: FinetunedRun, examples: Sequence[VQAExample], ratios: Sequence[float],
                    settings: VQAEvalParams) -> list[Detection]:
     model, params = run.model, run.params
+    require_encoder(params, "Figure 4 (the TPD's detections)")
     selector = model.vision.selector
     if params.model.selection.method != "tpd":
         raise ValueError(f"{run.checkpoint}: the run selects with {params.model.selection.method!r}; Figure 4 shows the TPD's detections")

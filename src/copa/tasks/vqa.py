@@ -21,8 +21,8 @@ as asked is about, wherever they fall in that image.
 
 With ``finetune.vqa.perception`` oracle (issue 23's perception bracket), the ViT is replaced by the
 scene's perfect image tokens (copa.models.scene_tokens, from copa.data.scene_grid): the same fine-tune
-and answers, the text encoder, fusion and decoder alone to learn, the swap control and state probes
-reading the other image's scene.
+and answers, the text encoder, fusion and decoder alone to learn; the swap control reads the other
+image's scene grid.
 
 Images are resized to ``finetune.vqa.image_size`` (COPA Table 5's sweep; by default the pretraining
 resolution) without crops or flips: a crop can remove the object a question counts, a flip swaps
@@ -77,7 +77,8 @@ def answer_targets(human_answers: Sequence[str]) -> list[tuple[str, float]]:
     return [(answer, n / len(human_answers)) for answer, n in counts.most_common()]
 
 
-def question_data(examples: Sequence[VQAExample], tokenizer, params: Params, layout: DataLayout | None = None) -> PairDataset:
+def question_data(examples: Sequence[VQAExample], tokenizer, params: Params,
+                  layout: DataLayout | None = None) -> PairDataset | SceneGridPairs:
     """The model's (image, question) inputs; with ``model.perception`` oracle the images are the scene
     grids of ``layout``'s synthetic world (copa.data.scene_grid)."""
     # at another resolution than the pretraining's, the ViT resamples its position embeddings (copa.models.vit)
@@ -87,8 +88,7 @@ def question_data(examples: Sequence[VQAExample], tokenizer, params: Params, lay
         return data
     if layout is None:
         raise ValueError("a model with perception oracle answers from scene grids: question_data needs the data root's layout")
-    grids = scene_grids(layout, [e.image for e in examples], size, params.patch_labels.patch_size)
-    return SceneGridPairs(data.pairs, grids, tokenizer, size, params.model.max_text_length, params.seed)
+    return SceneGridPairs(data, scene_grids(layout, [e.image for e in examples], size, params.patch_labels.patch_size))
 
 
 def oracle_targets(model: CopaModel, params: Params, layout: DataLayout, examples: Sequence[VQAExample]) -> dict[int, Tensor] | None:
@@ -270,8 +270,11 @@ def evaluate_vqa(run: FinetunedRun, settings: VQAEvalParams, data_root: Path, sp
         probe_targets = None if targets is None else {**oracle_targets(model, params, layout, train), **targets}
         instruments = {"state_probes": state_probes(model, questions, train, test, settings.state_probe, params.seed,
                                                     functools.partial(batch_targets, probe_targets))}
-    return vqa_record(answer, train, test, split, vqa_image_size(params), settings.inference, settings.swapped_image_control,
-                      instruments)
+    record, results, summary = vqa_record(answer, train, test, split, vqa_image_size(params), settings.inference,
+                                          settings.swapped_image_control, instruments)
+    if params.model.perception != "encoder":  # a bracket's record says so, wherever its file is put
+        summary = f"perception {params.model.perception} (the scene's image tokens): {summary}"
+    return {"perception": params.model.perception, **record}, results, summary
 
 
 def vqa_splits(params: Params, data_root: Path, split: str) -> tuple[list[VQAExample], list[VQAExample]]:

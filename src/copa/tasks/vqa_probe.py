@@ -26,6 +26,7 @@ import torch
 
 from copa.data.downstream import VQAExample
 from copa.data.pretrain_data import PairDataset
+from copa.data.scene_grid import SceneGridPairs
 from copa.eval.ridge import ridge_probe
 from copa.models.copa import CopaModel
 from copa.tasks.generation import condition
@@ -33,7 +34,8 @@ from copa.tasks.generation import condition
 STATES = ("question_only", "fused_text", "fused_image")
 
 
-Questions = Callable[[Sequence[VQAExample]], PairDataset]  # the model's (image, question) inputs (copa.tasks.vqa.question_data)
+# the model's (image, question) inputs (copa.tasks.vqa.question_data)
+Questions = Callable[[Sequence[VQAExample]], PairDataset | SceneGridPairs]
 Targets = Callable[[Sequence[VQAExample]], "torch.Tensor | None"]  # the oracle selector's patches (copa.tasks.vqa.batch_targets)
 
 

@@ -11,9 +11,17 @@ from copa.models.single_stream import SingleStreamModel, SingleStreamSpec
 from copa.models.single_stream_pretraining import SingleStreamPretraining
 
 
-def scene_attributes(perception: str) -> tuple[int, ...]:
-    """What a CopaModel perceiving with ``perception`` needs of the scene grids (copa.data.scene_grid)."""
-    return tuple(len(values) for values in ATTRIBUTES.values()) if perception == "oracle" else ()
+def perception_spec(perception: str) -> dict:
+    """The CopaSpec fields of ``perception``: with the oracle, what it needs of the scene grids (copa.data.scene_grid)."""
+    return {"perception": perception,
+            "scene_attributes": tuple(len(values) for values in ATTRIBUTES.values()) if perception == "oracle" else ()}
+
+
+def require_encoder(params: Params, what: str) -> None:
+    """Refuse ``what`` (which needs the ViT) for parameters whose model perceives otherwise."""
+    if params.model.perception != "encoder":
+        raise ParamsError(f"model.perception {params.model.perception}: {what} needs the ViT; the oracle's image tokens are "
+                          "a VQA bracket (finetune.vqa.perception)")
 
 
 def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
@@ -33,8 +41,7 @@ def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
         location=selection.location,
         keep_ratio=selection.keep_ratio,
         tpd_fusion=selection.tpd_fusion,
-        perception=m.perception,
-        scene_attributes=scene_attributes(m.perception),
+        **perception_spec(m.perception),
     )
 
 
@@ -44,9 +51,7 @@ def build_pretraining(params: Params, tokenizer) -> CopaPretraining:
     if params.model.selection.method == "oracle":  # it keeps the patches a text refers to: nothing in pretraining says which
         raise ParamsError("model.selection.method oracle: no pretraining objective passes the referent boxes it selects by; "
                           "the oracle is a reference for copa pretrain-eval's target-patch recall")
-    if params.model.perception != "encoder":
-        raise ParamsError(f"model.perception {params.model.perception}: pretraining trains the ViT; the oracle's image tokens are "
-                          "a VQA bracket (finetune.vqa.perception)")
+    require_encoder(params, "pretraining")
     special = [tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens]
     model = CopaModel(copa_spec(params, len(tokenizer)))
     return CopaPretraining(
@@ -72,6 +77,7 @@ def single_stream_spec(params: Params, vocab_size: int) -> SingleStreamSpec:
     """The single-stream model of a profile: the ViT's sizes (``model.vision_*``) at the pretraining
     resolution, the run's selection, ``single_stream.tpd_query``."""
     m, selection = params.model, params.model.selection
+    require_encoder(params, "the single-stream model")
     try:
         return SingleStreamSpec(
             vocab_size=vocab_size, image_size=params.patch_labels.image_size, patch_size=params.patch_labels.patch_size,

@@ -43,7 +43,7 @@ from copa.models.objectives.itc import contrastive_loss
 from copa.models.pretraining import CopaPretraining
 from copa.models.vit import load_timm_checkpoint
 from copa.models.weights import load_tensors, read_state_dict
-from copa.train.build import copa_spec
+from copa.train.build import copa_spec, require_encoder
 from copa.train.encoder_init_params import encoder_init_params, reads_boxes
 from copa.train.engine import EngineConfig, changed_params, seed_everything, train
 from copa.train.schedule import VIT_NO_DECAY, param_groups
@@ -136,6 +136,7 @@ def train_contrastive_encoders(params: Params, pair_data, vocab_file: Path, init
     stage's metrics at its end, what a rerun of `copa encoder-init` must do) otherwise.
     ``box_data``: PTA's object images (an ObjectDataset), which ``captions_and_boxes`` trains on."""
     init = params.pretrain.encoder_init
+    require_encoder(params, "the contrastive encoder init")
     if init.method != "contrastive":
         raise ValueError(f"pretrain.encoder_init.method is {init.method!r}: the contrastive stage runs for 'contrastive' only")
     kept = Path(init_dir) / VOCAB_DIR / "vocab.txt"

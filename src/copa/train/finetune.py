@@ -9,7 +9,9 @@ pretraining run's (the model) with the task's ``finetune`` section and the seed 
 params; a task section's ``selection`` (VQA: the oracle and random references, issue 19), where
 set, replaces ``model.selection.method`` there, so everything that rebuilds the fine-tuned model
 from its parameters (``load_finetuned``, the vocabulary growth, ``copa efficiency``) builds it
-with that selector.
+with that selector. VQA's ``perception`` (issue 23's bracket) replaces ``model.perception`` the same
+way: the run's model has the scene's image tokens in place of the ViT, which ``load_finetuned`` and
+the vocabulary growth rebuild, and what needs the ViT (the cost protocol, Figure 4) refuses.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from copa.data.formats.records import FormatError
 from copa.data.tokenizer import load_tokenizer
 from copa.models.copa import CopaModel
 from copa.models.weights import load_tensors
-from copa.train.build import copa_spec, scene_attributes
+from copa.train.build import copa_spec, perception_spec
 from copa.train.pretrain import PRETRAINED_FILE, VOCAB_DIR, load_pretraining_checkpoint, run_checkpoints
 
 
@@ -62,6 +64,9 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
         merged["model"]["selection"]["method"] = selection
     perception = merged["finetune"][task].get("perception")  # None: the run's own
     if perception is not None:
+        if perception != "encoder" and selection is not None:
+            raise ParamsError(f"finetune.{task}.perception {perception} keeps every patch: finetune.{task}.selection must be null, "
+                              f"got {selection}")
         merged["model"]["perception"] = perception
     params = params_from_dict(merged, f"{checkpoint} + the current finetune.{task} parameters")
     if model.spec.selection != params.model.selection.method:
@@ -73,8 +78,7 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
         if not isinstance(model, CopaModel):
             raise ParamsError(f"finetune.{task}.perception {perception}: the dual-stream model's bracket; the run {run} is "
                               f"{params.architecture}")
-        model = respecified(model, params.seed, "vision.", perception=params.model.perception,
-                            scene_attributes=scene_attributes(params.model.perception))
+        model = respecified(model, params.seed, "vision.", **perception_spec(params.model.perception))
     (out_dir / VOCAB_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / VOCAB_DIR / "vocab.txt", out_dir / VOCAB_DIR / "vocab.txt")
     (out_dir / PRETRAINED_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

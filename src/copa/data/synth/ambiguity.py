@@ -26,7 +26,7 @@ from copa.data.formats.records import Box, load_json
 from copa.data.layout import VQA_SPLITS, DataLayout
 from copa.data.synth.meaning import fitting, parse_description, parse_relation, readings
 from copa.data.synth.scene import Scene, SceneObject, holds, holds_loosely, union_box
-from copa.data.synth.world import POOLS, scene_of
+from copa.data.synth.world import manifest_scene
 
 COLOUR_QUESTION = re.compile(r"what color is the (.+)\?")
 SHAPE_QUESTION = re.compile(r"what shape is the (.+)\?")
@@ -92,10 +92,9 @@ def ambiguity_report(root: str | Path) -> dict[str, dict[str, int]]:
     scenes: dict[tuple[str, int], Scene] = {}
 
     def scene(pool: str, image_id: int) -> Scene:
-        key = (pool, image_id - POOLS[pool][0])
-        if key not in scenes:
-            scenes[key] = scene_of(params["seed"], tuple(params["image_side"]), tuple(params["objects_per_image"]), pool, key[1])
-        return scenes[key]
+        if (pool, image_id) not in scenes:
+            scenes[pool, image_id] = manifest_scene(params, pool, image_id)
+        return scenes[pool, image_id]
 
     counts = _Counts()
     # VG region descriptions (the clean ones: the injected copies are the filter's business)

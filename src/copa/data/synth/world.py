@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from concurrent.futures import Executor, ProcessPoolExecutor
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -346,6 +346,11 @@ def scene_of(seed: int, image_side: tuple[int, int], objects_per_image: tuple[in
     while not scene.objects:  # only in absurdly crowded settings
         scene = sample_scene(scene_rng, image_side, objects_per_image, POOLS[pool][1])
     return scene
+
+
+def manifest_scene(params: Mapping, pool: str, image_id: int) -> Scene:
+    """The scene of a pool's image ``image_id`` in the world whose manifest holds ``params`` (its "params")."""
+    return scene_of(params["seed"], tuple(params["image_side"]), tuple(params["objects_per_image"]), pool, image_id - POOLS[pool][0])
 
 
 def _draw_one(job: tuple) -> Pictured:
