@@ -10,8 +10,8 @@ A patch belongs to the object whose box covers the largest part of it when that 
 ``PATCH_SHARE`` of the patch (a box, not the drawn shape: a ring or a star does not fill its box). An
 object too small for that gets, of the patches its box touches, the one it covers most among those
 free or held by an object that keeps another patch, so that each object can be counted; only an
-object whose every touched patch is another's last one stays unseen (none among 1,500 scenes of the
-demo's 128 px grid; 18 of 5,272 objects at the fixture's 64 px).
+object whose every touched patch is another's last one stays unseen (measured: none of the 5,320
+objects of 1,500 fixture scenes at 64 px, nor of the 8,130 of 1,500 demo scenes at 128 px).
 """
 
 from __future__ import annotations
