@@ -65,11 +65,11 @@ def scene_grids(layout: DataLayout, images: Iterable[Path], image_size: int, pat
     params = load_json(layout.manifest)["params"]
     grids = {}
     for path in set(images):
-        found = [(split, coco.image_id(split, path.name)) for split in VQA_SPLITS if path.parent == layout.coco_images(split)]
-        if not found or found[0][1] is None:
+        split = next((s for s in VQA_SPLITS if path.parent == layout.coco_images(s)), None)
+        image_id = coco.image_id(split, path.name) if split else None
+        if image_id is None:
             raise FormatError(path, f"not a COCO image of {', '.join(str(layout.coco_images(s)) for s in VQA_SPLITS)}: "
                                     "the perception oracle has no scene for it")
-        split, image_id = found[0]
         grids[path] = torch.from_numpy(scene_grid(manifest_scene(params, f"coco_{split}", image_id), image_size, patch_size))
     return grids
 
