@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/snakemake --cores all
 	$(BIN)/snakemake --report results/demo/report.html
+	$(BIN)/copa targets
 	$(BIN)/copa readme-results
 
 # A fresh clone without retraining: the runs and results from the DVC remote, the synthetic world

@@ -324,6 +324,7 @@ def test_readme_results_section_is_written_from_the_files(tmp_path, monkeypatch,
     for name in FIGURES:
         (figures / f"{name}.png").write_bytes(b"png")
     (results / "claims.md").write_text("# Claims title\n\n| claim | verdict |\n")
+    (results / "targets.md").write_text("| what | target | measured | |\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n\n{BEGIN}\nold numbers\n{END}\n\nafter\n")
     monkeypatch.chdir(tmp_path)  # README.md, results/ and figures/ of the working folder
@@ -334,6 +335,7 @@ def test_readme_results_section_is_written_from_the_files(tmp_path, monkeypatch,
     assert text.startswith("intro\n\n" + BEGIN) and text.endswith(END + "\n\nafter\n") and "old numbers" not in text
     assert text.index("table9 value") < text.index("table10 value") and "![figure3](figures/fixture/figure3.png)" in text
     assert "| claim | verdict |" in text and "Claims title" not in text
+    assert text.index("| what | target | measured |") < text.index("table9 value")  # the targets first
     assert main(cli + ["--check"]) == 0
     readme.write_text("no markers\n")
     assert main(cli) == 2
@@ -364,3 +366,56 @@ def test_the_full_grid_trains_every_row_and_anchor(params_dir, tmp_path):
     assert {result_path(results, "vqa", b), anchor_result(grid.anchors[0], results, 0)} <= set(grid_inputs(grid, full, results, [0]))
     with pytest.raises(ParamsError, match="report.cells"):
         load_params("demo", ["report.cells=some"], params_dir=params_dir)
+
+
+def test_the_perception_bracket_trains_on_the_synthetic_world_only():
+    """Table 10's bracket reads the scenes' perfect image tokens: on real data the full grid and `all` leave it "not trained"."""
+    from copa.report.grids import trained_labels
+
+    grid = load_grid("table10")
+    bracket = {a.label for a in grid.anchors if a.model == "perception_oracle"}
+    assert len(bracket) == 1
+    assert bracket <= trained_labels(grid, load_params("demo"))
+    assert not bracket & trained_labels(grid, load_params("paper"))
+    assert not bracket & trained_labels(grid, load_params("demo", ["data.source=real", "report.cells=all"]))
+
+
+def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, capsys):
+    """Each target from its record: met, not met, not run (file missing); a record without a target's key names it."""
+    from copa.cli import main
+    from copa.report.grids import params_run_name
+    from copa.report.targets import TARGETS
+    from copa.run_layout import RunLayout
+
+    layout, run = RunLayout("fixture"), params_run_name(load_params("fixture"))
+    monkeypatch.chdir(tmp_path)  # the layout's relative paths: results/ and logs/ of the working folder
+    cli = ["--profile", "fixture", "--params-dir", str(REPO / "params"), "targets"]
+
+    def write(path: Path, record) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+
+    write(layout.finetune_result(run, "vqa"), {"overall": 80.0, "per_answer_type": {"other": 60.0},
+                                               "controls": {"swapped_image": {"overall": 50.0, "answers_changed": 0.4}}})
+    write(layout.finetune_result(run, "retrieval"), {"tr_r1": 45.0, "ir_r1": 20.0})
+    write(layout.anchor_result("vqa_scratch", "seed0"), {"overall": 79.0, "per_answer_type": {"other": 81.5}})
+    recall = {name: [{"keep_ratio": 0.3, "micro": value}] for name, value in
+              (("tpd", 0.7), ("cls_attention", 0.5), ("oracle", 1.0), ("random", 0.3))}
+    write(layout.pretrain_eval(run), {"checkpoints": [{"itm": {"hard": {"balanced": 0.9}, "constant": 0.5},
+                                                       "patch_detection": {"score_ap": {"text": 0.5, "other_text": 0.2}},
+                                                       "same_image_contrast": {"contrast": {"estimate": 0.2, "low": -0.01, "high": 0.4}},
+                                                       "target_recall": {"selectors": recall}}]})
+    write(layout.claims_json, [{"verdict": UNMEASURABLE}, {"verdict": HOLDS}])
+    assert main(cli) == 0
+    rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
+    assert [rows[what]["met"] for what, _, _ in TARGETS] == [
+        True, False, True, True, True, False,  # VQA 80, other 60, 80 - 50 = 30, ITM 90%, AP 0.5, contrast's interval reaches 0
+        True, False, None, True, None]  # recall 0.7 - 0.5, IR@1 20 < 25, no grounding record, 1 of 2, no benchmarks
+    assert rows["VQA overall minus swapped-image control"]["measured"].startswith("30.0 (80.0 - 50.0; 40% of answers change)")
+    assert rows["VQA overall, COPA run"]["measured"] == "80.0; FiLM from scratch (VQA data only) 79.0"  # the bracket did not run
+    assert rows["workflow time, 2 cores"]["measured"].startswith("not run (logs/fixture/benchmarks: no Snakemake benchmark files")
+    assert "6 of 11 targets met." in layout.targets.read_text()
+    write(layout.finetune_result(run, "retrieval"), {"tr_r1": 45.0})
+    assert main(cli) == 2
+    err = capsys.readouterr().err
+    assert f"'retrieval TR@1 / IR@1 (Karpathy-style test split)': {layout.finetune_result(run, 'retrieval')}: no 'ir_r1'" in err

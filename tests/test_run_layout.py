@@ -26,7 +26,7 @@ from copa.train.architectures import ARCHITECTURES
 from test_workflow import DVC_STAGE_RULES, REPO, copy_workflow, snakemake
 
 PROFILES = ("demo", "fixture")
-JOB_COUNTS = {"demo": 55, "fixture": 59}  # the DAG: one paired timing per speed table (5), one job for every cost
+JOB_COUNTS = {"demo": 56, "fixture": 60}  # the DAG: one paired timing per speed table (5), one job for every cost
 WORKFLOW_PROFILE = {"demo": "default", "fixture": "fixture"}  # profiles/: the one that selects it
 
 
@@ -106,6 +106,10 @@ def _expected(job: dict, layout: RunLayout, data_root: str) -> tuple[list[Path],
         "vqa_scratch": lambda: ([layout.anchor_run("vqa_scratch", seed_run(w.get("seed"))) / METRICS_FILE,
                                  layout.anchor_result("vqa_scratch", seed_run(w.get("seed"))),
                                  predictions_beside(layout.anchor_result("vqa_scratch", seed_run(w.get("seed"))))], f"vqa_scratch/seed{w.get('seed')}"),
+        "perception_oracle": lambda: ([layout.anchor_run("perception_oracle", seed_run(w.get("seed"))) / METRICS_FILE,
+                                       layout.anchor_result("perception_oracle", seed_run(w.get("seed"))),
+                                       predictions_beside(layout.anchor_result("perception_oracle", seed_run(w.get("seed"))))],
+                                      f"perception_oracle/seed{w.get('seed')}"),
         "efficiency": lambda: (list(_cost_cells(layout)), "efficiency/costs"),
         "efficiency_paired": lambda: ([layout.efficiency_paired(grid)], f"efficiency/paired/{grid}"),
         "reference_boxes": lambda: ([layout.reference_boxes, layout.reference_boxes_summary], "reference_boxes"),
@@ -257,9 +261,9 @@ def test_dvc_outs_are_the_outputs_of_the_jobs_each_stage_runs(dags):
 
 
 def test_committed_demo_files_are_where_the_layout_puts_them(dags):
-    """The demo results and figures in git are outputs of the demo DAG (nothing moved on disk), or
-    costs of one of its runs at a resolution its grids no longer ask for (left from an earlier
-    scaling of COPA Table 5), at the layout's place for them."""
+    """The demo results and figures in git are outputs of the demo DAG (nothing moved on disk), the
+    outcome targets `copa targets` writes after it, or costs of one of its runs at a resolution its
+    grids no longer ask for (left from an earlier scaling of COPA Table 5), at the layout's place for them."""
     import subprocess
 
     committed = subprocess.run(["git", "ls-files", "results/demo", "figures/demo"], cwd=REPO, stdout=subprocess.PIPE, text=True,
@@ -267,6 +271,7 @@ def test_committed_demo_files_are_where_the_layout_puts_them(dags):
     outputs = {p for job in dags["demo"] for p in job["output"]}
     runs = {split_size_tag(Path(p).stem)[0] for job in dags["demo"] if job["rule"] == "efficiency" for p in job["output"]}
     layout = RunLayout("demo")
+    outputs |= {str(layout.targets), str(layout.targets.with_suffix(".json"))}
     for path in sorted(set(committed) - outputs):
         run, tag = split_size_tag(Path(path).stem)
         assert run in runs and tag and layout.efficiency(run, tag) == Path(path), f"{path}: not where the run layout puts an output"

@@ -177,7 +177,7 @@ def test_an_anchor_row_fills_its_tasks_columns_paired_with_the_baseline(params_d
     with pytest.raises(ParamsError, match="anchors\\[0\\]'.*answers vqa, a column the grid does not have"):
         load_grid("mine", params_dir)
     (params_dir / "grids" / "mine.yaml").write_text(text.replace("model: vqa_scratch", "model: film"))
-    with pytest.raises(ParamsError, match=r"anchors\[0\].model': unknown anchor 'film' \(known: vqa_scratch\)"):
+    with pytest.raises(ParamsError, match=r"anchors\[0\].model': unknown anchor 'film' \(known: vqa_scratch, perception_oracle\)"):
         load_grid("mine", params_dir)
 
 def test_rows_scored_on_other_examples_are_refused(params_dir: Path, tmp_path: Path) -> None:

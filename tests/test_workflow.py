@@ -195,11 +195,13 @@ def test_fixture_dag_end_to_end(workdir):
     assert sorted(p.name for p in (workdir / "runs" / "fixture" / "pretrain").iterdir()) == sorted(
         {"tpd-loc2-keep0.5-seed0", "tpd-loc2-keep1.0-seed0", "cls_attention-loc2-keep0.5-seed0", "none-loc2-keep1.0-seed0",
          "single-tpd-loc2-keep0.5-seed0", "single-none-loc2-keep1.0-seed0"})
-    # Table 10's anchor, the from-scratch VQA model: trained once, in its VQA columns
+    # Table 10's anchors, the from-scratch VQA model and the perception bracket: each trained once, in the VQA columns
     table10 = pd.read_csv(tables / "table10.csv").set_index("row")
-    anchor = load_grid("table10").anchors[0].label
-    assert table10.at[anchor, "vqa_status"] == "measured" and table10.at[anchor, "gmacs_status"] == "not measured"
-    assert [p.name for p in (workdir / "runs" / "fixture" / "vqa_scratch").iterdir()] == ["seed0"]
+    for anchor in load_grid("table10").anchors:
+        assert table10.at[anchor.label, "vqa_status"] == "measured" and table10.at[anchor.label, "gmacs_status"] == "not measured"
+        assert [p.name for p in (workdir / "runs" / "fixture" / anchor.model).iterdir()] == ["seed0"]
+    bracket = json.loads((workdir / "results" / "fixture" / "perception_oracle" / "seed0.json").read_text())
+    assert bracket["perception"] == "oracle" and bracket["run"].endswith("perception_oracle/seed0")
     single = json.loads((workdir / "results" / "fixture" / "finetune" / "single-tpd-loc2-keep0.5-seed0" / "vqa.json").read_text())
     assert single["inference"] == "classifier"
     assert json.loads((workdir / "results" / "fixture" / "efficiency" / "single-none-loc2-keep1.0-seed0.json").read_text())["model"]["architecture"] \
@@ -231,6 +233,10 @@ def test_fixture_dag_end_to_end(workdir):
     times = subprocess.run([sys.executable, "-m", "copa", "--profile", "fixture", "stage-times", str(benchmarks)],
                            stdout=subprocess.PIPE, text=True, check=True).stdout
     assert "| pretrain | 6 |" in times and "| finetune |" in times
+    # issue 23's outcome targets, read from the records this run wrote: every one measured
+    subprocess.run([sys.executable, "-m", "copa", "--profile", "fixture", "targets"], cwd=workdir, check=True, stdout=subprocess.PIPE)
+    rows = json.loads((workdir / "results" / "fixture" / "targets.json").read_text())
+    assert len(rows) == 11 and all(r["met"] is not None for r in rows), rows
     report = snakemake(workdir, *FIXTURE, "--report", "report.html")
     assert report.returncode == 0, report.stdout
     html = (workdir / "report.html").read_text()
@@ -255,7 +261,8 @@ def test_fixture_dag_end_to_end(workdir):
     # ...a training knob reruns the run and its probes only...
     lr = runs["lr"]
     assert lr.returncode == 0, lr.stdout
-    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", *REPORT_RULES, *TPD_RULES, "all"}  # not the shared init
+    assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", "perception_oracle", *REPORT_RULES, *TPD_RULES,
+                                     "all"}  # not the shared init
     # ...a fine-tuning knob, the fine-tune and its evaluation only; an inference setting, the evaluation only...
     ft = runs["ft"]
     assert ft.returncode == 0, ft.stdout
@@ -284,13 +291,14 @@ def test_fixture_dag_end_to_end(workdir):
     threshold = runs["threshold"]
     assert threshold.returncode == 0, threshold.stdout
     assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate",
-                                            *REPORT_RULES, *TPD_RULES, "all"}
+                                            "perception_oracle", *REPORT_RULES, *TPD_RULES, "all"}
     # ...a synth parameter regenerates the world and everything after it.
     reseeded = runs["reseeded"]
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
     assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "encoder_init", "pretrain",
-                                           "pretrain_eval", "finetune", "evaluate", "vqa_scratch", *REPORT_RULES, *TPD_RULES, "reference_boxes",
+                                           "pretrain_eval", "finetune", "evaluate", "vqa_scratch", "perception_oracle", *REPORT_RULES, *TPD_RULES,
+                                           "reference_boxes",
                                            "all"}  # costs need no data
     # The from-scratch VQA anchor's knob reruns it and the tables that show it (Table 10), not a pretraining run
     scratch = runs["scratch"]
@@ -361,7 +369,7 @@ def test_threads_and_resources_live_in_the_workflow_profiles():
     assert set(profiles["default"]["set-threads"]) == set(profiles["fixture"]["set-threads"])
     assert profiles["default"]["set-resources"] == profiles["fixture"]["set-resources"]
     assert set(profiles["paper"]["set-threads"]) == set(profiles["default"]["set-threads"]) - {"synth"}  # no world to draw
-    assert len(gpu_rules) == 10
+    assert len(gpu_rules) == 11
 
 
 @pytest.mark.parametrize("options, message", [
@@ -422,10 +430,12 @@ RULE_COMMANDS = {  # the function of the CLI package (src/copa/cli/) behind each
     "evaluate": "cmd_evaluate", "efficiency": "cmd_efficiency", "efficiency_paired": "_paired_efficiency", "reference_boxes": "cmd_reference_boxes",
     "patch_detection": "cmd_patch_detection", "figure5": "cmd_figure5", "table": "cmd_table", "figure": "cmd_table",
     "figure4": "cmd_detected_patches", "claims": "cmd_claims", "vqa_scratch": "cmd_vqa_scratch",
+    "perception_oracle": ("cmd_finetune", "cmd_evaluate"),  # one job, two subcommands
 }
 DVC_STAGE_RULES = {  # the rules whose jobs each DVC stage's `snakemake` target runs beyond the earlier stages'
     "data": ("synth", "validate_data"), "filter": ("filter_annotations",), "patch_labels": ("patch_labels",),
-    "runs": ("encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "vqa_scratch", "efficiency", "efficiency_paired"),
+    "runs": ("encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "vqa_scratch", "perception_oracle", "efficiency",
+             "efficiency_paired"),
     "tables": ("table",), "figures": ("figure",), "figure4": ("figure4",), "figure5": ("reference_boxes", "patch_detection", "figure5"),
     "claims": ("claims",),
 }
@@ -506,9 +516,10 @@ def test_rule_inputs_hold_what_their_subcommand_runs(demo_jobs):
     for rule, _, code in demo_jobs:
         by_rule.setdefault(rule, set()).update(code)
     assert set(RULE_COMMANDS) == {rule for rule, code in by_rule.items() if code}  # every rule with code inputs is named
-    for rule, function in RULE_COMMANDS.items():
-        missing = _closure(*_command_imports(function)) - by_rule[rule]
-        assert not missing, f"rule {rule} (copa.cli {function}): its inputs lack {sorted(missing)}: name the module in its sources(...)"
+    for rule, functions in RULE_COMMANDS.items():
+        functions = (functions,) if isinstance(functions, str) else functions
+        missing = _closure(*(m for f in functions for m in _command_imports(f))) - by_rule[rule]
+        assert not missing, f"rule {rule} (copa.cli {', '.join(functions)}): its inputs lack {sorted(missing)}: name the module in its sources(...)"
     for rule, output, code in demo_jobs:
         if rule in RUN_RULES:
             arch = architecture_of_run(Path(output).parts[3])  # runs/<profile>/<stage>/<run>..., results/<profile>/<stage>/<run>...

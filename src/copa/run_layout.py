@@ -181,6 +181,11 @@ class RunLayout:
     def claims_json(self) -> Path:
         return self.claims.with_suffix(".json")
 
+    @property
+    def targets(self) -> Path:
+        """Issue 23's outcome targets against the default run (`copa targets`); its JSON goes beside it."""
+        return self.results / "targets.md"
+
     # --- figures (stems: .png and .pdf)
     def figure(self, name: str) -> Path:
         """The stem of a figure: a grid's (figure1a, figure3), figure4, figure5."""

@@ -188,8 +188,19 @@ def pretrained_files():
     return [path for path in named if path]
 
 
+def seed_default_run(seed):
+    """The run of the profile's own parameters with seed `seed` (the perception bracket starts from it)."""
+    return params_run_name(dataclasses.replace(PARAMS, seed=int(seed)))
+
+
 # the run of the profile's own parameters (COPA's default: TPD after the middle layer keeping 50%)
-DEFAULT_RUN = params_run_name(PARAMS)
+DEFAULT_RUN = seed_default_run(PARAMS.seed)
+
+
+def default_run_sources(*entries, heads=False):
+    """`run_sources` for the jobs of a rule that run the default run of their `seed` wildcard."""
+    by_run = run_sources(*entries, heads=heads)
+    return lambda wildcards: by_run({"run": seed_default_run(wildcards.seed)})
 
 
 def finetune_start(wildcards):

@@ -89,3 +89,37 @@ rule vqa_scratch:
     shell:
         "{params.gpu}{params.copa} --set seed={wildcards.seed:q} vqa-scratch --root {input.root:q} --out {params.run_dir:q}"
         " --json {output.json:q} --predictions {output.predictions:q} --quiet > {log:q} 2>&1"
+
+
+rule perception_oracle:
+    # The perception bracket (issue 23; finetune.vqa.perception oracle, copa.models.scene_tokens): the
+    # profile's default run of the seed fine-tuned for VQA with the scene's perfect image tokens in
+    # place of its ViT, at the VQA fine-tune's budget, and evaluated as every VQA row; the grids that
+    # name it as an anchor show what the fusion and decoder make of perfect perception. One job
+    # fine-tunes and evaluates; of the run folder only metrics.json is declared, so a killed run resumes.
+    input:
+        pretrained=lambda w: LAYOUT.pretrain_run(seed_default_run(w.seed)) / METRICS_FILE,
+        root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
+        code=default_run_sources("copa.tasks.registry", "copa.train.finetune", heads=True),
+    output:
+        metrics=LAYOUT.anchor_run("perception_oracle", seed_run("{seed}")) / METRICS_FILE,  # (not the checkpoints beside it)
+        json=LAYOUT.anchor_result("perception_oracle", seed_run("{seed}")),
+        predictions=predictions_beside(LAYOUT.anchor_result("perception_oracle", seed_run("{seed}"))),
+    params:
+        gpu=GPU_SHELL,  # CUDA_VISIBLE_DEVICES (paper profile)
+        reads=values_json(("finetune.vqa", "evaluate.vqa")),  # rerun triggers: the VQA fine-tuning and inference settings
+        finetune=copa_cli("finetune.vqa"),
+        evaluate=copa_cli("evaluate.vqa"),
+        pretrained=lambda w, input: os.path.dirname(input.pretrained),
+        run_dir=lambda w, output: os.path.dirname(output.metrics),
+    log:
+        LAYOUT.log(f"perception_oracle/{seed_run('{seed}')}"),
+    benchmark:
+        LAYOUT.benchmark(f"perception_oracle/{seed_run('{seed}')}"),
+    conda:
+        "../envs/copa.yaml"
+    shell:  # (the bracket keeps every patch: the run's own selection, whatever an override says)
+        "{params.gpu}{params.finetune} --set seed={wildcards.seed:q} --set finetune.vqa.perception=oracle --set finetune.vqa.selection=null"
+        " finetune --task vqa --pretrained {params.pretrained:q} --root {input.root:q} --out {params.run_dir:q} > {log:q} 2>&1"
+        " && {params.evaluate} evaluate --task vqa --run {params.run_dir:q} --root {input.root:q} --json {output.json:q}"
+        " --predictions {output.predictions:q} --quiet >> {log:q} 2>&1"

@@ -79,6 +79,19 @@ def cmd_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_targets(args: argparse.Namespace) -> int:
+    from copa.report.targets import write_targets
+
+    params = profile_params(args)
+    layout = RunLayout(params.profile)
+    try:
+        paths = write_targets(params, path_or(args.out, layout.targets), layout, args.params_dir)
+    except ValueError as exc:  # a benchmark file that is not one, a record without a target's number
+        raise CommandError(exc) from exc
+    print(f"outcome targets ({params.profile}) -> {', '.join(map(str, paths))}")
+    return 0
+
+
 def cmd_stage_times(args: argparse.Namespace) -> int:
     from copa.report.stage_times import stage_times, stage_times_markdown
 
@@ -137,6 +150,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tables", help=f"folder of the tables' CSVs (default: {layout.tables})")
     p.add_argument("--out", help=f"the Markdown verdicts; a JSON beside it (default: {layout.claims})")
     p.set_defaults(func=cmd_claims)
+
+    p = sub.add_parser("targets", help="issue 23's outcome targets against the profile's default run: what it reaches, "
+                                       f"from its result files and the benchmarks in {layout.benchmarks}")
+    p.add_argument("--out", help=f"the Markdown table; a JSON beside it (default: {layout.targets})")
+    p.set_defaults(func=cmd_targets)
 
     p = sub.add_parser("stage-times", help="wall time per rule from the workflow's Snakemake benchmark files, as a Markdown table")
     p.add_argument("folder", nargs="?", help=f"the benchmark files' folder (default: {layout.benchmarks})")

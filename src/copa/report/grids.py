@@ -22,11 +22,15 @@ A row's ``architecture`` is ``dual_stream`` (COPA, mPLUG) unless it names anothe
 starts with its architecture's ``run_prefix`` (``single-``), and its selector must be one the
 architecture takes.
 
-``anchors`` are models trained for one task alone on the same data and budget, not pretrained
-and not the paper's (issue 23: the from-scratch VQA model, ``copa vqa-scratch``): a table shows
-each after the rows, in its task's columns, with its paired difference to the baseline row, so a
-pretrained row can be read against what the task's own data teach (``ANCHOR_TASKS``). A profile
-trains them where ``trained`` names them (``all`` does).
+``anchors`` are models that are not the paper's, trained for one task on the same data and
+budget (issue 23; ``ANCHOR_TASKS``): the from-scratch VQA model (``copa vqa-scratch``), which
+reads a pretrained row against what the task's own data teach, and the perception bracket (the
+profile's default run fine-tuned and answering with the scene's perfect image tokens in place
+of its ViT, ``finetune.vqa.perception`` oracle), which reads it against what its fusion and
+decoder make of perfect perception at that budget (on the synthetic world only: real data has no
+scene to draw the tokens from). A table shows each after the rows, in its task's columns, with
+its paired difference to the baseline row. A profile trains them where ``trained`` names them
+(``all`` does).
 
 A row may fix its VQA fine-tuning ``resolution`` (COPA Table 5, in the paper's px). A profile
 scales the paper's px for each result by the resolution that stands for the paper's
@@ -74,7 +78,9 @@ class GridRow:
 
 
 # anchor model (copa.run_layout: its runs and results) -> the task whose columns it fills
-ANCHOR_TASKS = {"vqa_scratch": "vqa"}
+ANCHOR_TASKS = {"vqa_scratch": "vqa", "perception_oracle": "vqa"}
+# the anchors that read the scene grids, which only the synthetic world has (copa.data.scene_grid)
+SYNTHETIC_ANCHORS = frozenset({"perception_oracle"})
 
 
 @dataclass(frozen=True)
@@ -125,10 +131,12 @@ class Grid:
 
 def trained_labels(grid: Grid, params: Params) -> set[str]:
     """The labels of the rows and anchors of ``grid`` that the params' profile trains: those its
-    ``trained`` names, or every one with ``report.cells: all`` (the full grid)."""
-    if params.report.cells == "all":
-        return {r.label for r in (*grid.rows, *grid.anchors)}
-    return set(grid.trained[params.profile])
+    ``trained`` names, or every one with ``report.cells: all`` (the full grid); on real data, not
+    the anchors that need the synthetic world's scenes (``SYNTHETIC_ANCHORS``: "not trained")."""
+    labels = {r.label for r in (*grid.rows, *grid.anchors)} if params.report.cells == "all" else set(grid.trained[params.profile])
+    if params.data.source != "synthetic":
+        labels -= {a.label for a in grid.anchors if a.model in SYNTHETIC_ANCHORS}
+    return labels
 
 
 def grid_path(name: str, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> Path:

@@ -27,12 +27,14 @@ def read_live_series(live_dir: Path, names: Sequence[str], section: str = "train
 
 
 def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int | None, title: str, stem: Path) -> list[Path]:
-    """Six panels: (a) losses, (b) held-out patch selection, (c) held-out TPD score ranking (AP),
-    (d) held-out ITC retrieval R@1, (e) held-out ITM balanced accuracy, (f) the same-image
-    contrast of the TPD's AP under two texts (copa.eval.same_image_contrast)."""
+    """Eight panels: (a) losses, (b) held-out patch selection, (c) held-out TPD score ranking (AP),
+    (d) the fusion's word grounding (copa.eval.word_grounding), (e) held-out ITC retrieval R@1,
+    (f) held-out ITM balanced accuracy, (g) the same-image contrast of the TPD's AP under two texts
+    (copa.eval.same_image_contrast), (h) target-patch recall per keep ratio at the last checkpoint,
+    between the random and oracle selections (copa.eval.target_recall)."""
     losses = read_live_series(live_dir, LOSS_TERMS)
-    fig = new_figure(20, 11.5)
-    (ax_loss, ax_patch, ax_ap), (ax_ret, ax_itm, ax_contrast) = fig.subplots(2, 3)
+    fig = new_figure(26, 11.5)
+    (ax_loss, ax_patch, ax_ap, ax_words), (ax_ret, ax_itm, ax_contrast, ax_recall) = fig.subplots(2, 4)
 
     for name, series in losses.items():
         ax_loss.plot(series["step"], series["value"], label=name, linewidth=1.2)
@@ -80,12 +82,14 @@ def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int 
         if retrieval:
             ax_ret.axhline(retrieval[-1]["chance"][key], color=color, linestyle=":", label=f"{label} by chance")
     shape = f"{retrieval[0]['images']} images, {retrieval[0]['texts']} texts" if retrieval else ""
-    ax_ret.set(xlabel="epoch", ylabel="recall (%)", title=f"(d) held-out ITC retrieval ({shape})")
+    ax_ret.set(xlabel="epoch", ylabel="recall (%)", title=f"(e) held-out ITC retrieval ({shape})")
     ax_ret.set_ylim(bottom=0)
     ax_ret.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    _words_panel(ax_words, epochs, [p["word_grounding"] for p in probes])
     _itm_panel(ax_itm, epochs, [p["itm"] for p in probes])
     _contrast_panel(ax_contrast, epochs, [p["same_image_contrast"] for p in probes])
-    for ax in (ax_patch, ax_ap, ax_ret, ax_itm, ax_contrast):
+    _recall_panel(ax_recall, probes[-1].get("target_recall") if probes else None, epochs[-1] if epochs else None)
+    for ax in (ax_patch, ax_ap, ax_words, ax_ret, ax_itm, ax_contrast):
         ax.set_xticks(epochs)
 
     fig.suptitle(title)
@@ -99,7 +103,7 @@ def _itm_panel(ax, epochs: Sequence[int], itm: Sequence[dict]) -> None:
     if itm:
         ax.axhline(itm[-1]["constant"], color="grey", linestyle=":", label="constant predictor")
     n = f"{itm[0]['positives']} positives, {itm[0]['negatives_per_kind']} negatives per kind" if itm else ""
-    ax.set(xlabel="epoch", ylabel="balanced accuracy", title=f"(e) held-out ITM ({n})")
+    ax.set(xlabel="epoch", ylabel="balanced accuracy", title=f"(f) held-out ITM ({n})")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
 
@@ -117,4 +121,34 @@ def _contrast_panel(ax, epochs: Sequence[int], contrast: Sequence[dict]) -> None
         ax.axhline(bounds["text_free"]["contrast"]["estimate"], color="C4", linestyle=":", label="any text-free scorer")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
     n = f"{contrast[0]['images']} images, {contrast[0]['pairs']} pairs" if contrast and "pairs" in contrast[0] else ""
-    ax.set(xlabel="epoch", ylabel="AP difference, A's patches", title=f"(f) same-image contrast ({n})")
+    ax.set(xlabel="epoch", ylabel="AP difference, A's patches", title=f"(g) same-image contrast ({n})")
+
+
+def _words_panel(ax, epochs: Sequence[int], grounding: Sequence[dict]) -> None:
+    classes = list(grounding[0]) if grounding else []
+    for i, cls in enumerate(classes):
+        color = f"C{i}"
+        ax.plot(epochs, [g[cls]["own_image_within_class"] for g in grounding], marker="o", color=color, label=f"{cls}, the caption's image")
+        ax.plot(epochs, [g[cls]["other_image_within_class"] for g in grounding], "-.", marker="o", color=color, label=f"{cls}, another image")
+        ax.axhline(grounding[-1][cls]["within_class_chance"], color=color, linestyle=":", label=f"{cls}, chance")
+    if classes:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    else:
+        ax.text(0.5, 0.5, "no masked words", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="epoch", ylabel="masked word recovered (%)", title="(d) word grounding: MLM of a masked word, within its class")
+    ax.set_ylim(0, 100)
+
+
+def _recall_panel(ax, recall: dict | None, epoch: int | None) -> None:
+    if recall is None:
+        ax.text(0.5, 0.5, "no target questions", ha="center", va="center", transform=ax.transAxes)
+    else:
+        styles = {"oracle": ("C2", ":"), "random": ("grey", ":"), "cls_attention": ("C1", "--")}
+        for i, (name, rows) in enumerate(recall["selectors"].items()):
+            color, style = styles.get(name, (f"C{i + 3}", "-"))
+            ax.plot([r["keep_ratio"] for r in rows], [r["micro"] for r in rows], style, marker="o", color=color,
+                    label="[CLS] attention" if name == "cls_attention" else name)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    n = f"{recall['questions']:,} questions, epoch {epoch}" if recall else ""
+    ax.set(xlabel="keep ratio", ylabel="share of target patches kept", title=f"(h) target-patch recall ({n})")

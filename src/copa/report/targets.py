@@ -1,0 +1,210 @@
+"""Issue 23's outcome targets for the demo, next to what a profile's run measured: one table
+(results/<profile>/targets.md, and the same rows as JSON beside it) that says which target the
+main job reaches, read from the files the workflow wrote, never typed.
+
+Each target reads the profile's default run (its params' model: copa.report.grids.params_run_name):
+
+- VQA, from its evaluation (copa.tasks.vqa): overall, the "other" answer type (the colour and
+  shape questions), each beside Table 10's anchors of the run's seed where they ran (the FiLM
+  model from scratch, the perception bracket), and the overall minus the swapped-image control
+  (the same questions asked about other images: what the model takes from the image);
+- the held-out probes of its last pretraining checkpoint (copa.eval.pretraining): ITM balanced
+  accuracy with hard negatives, the TPD's average precision guided by the box's own text, the
+  same-image contrast (paired, with its interval) and target-patch recall at 30% keep, the run's
+  selector minus image-[CLS] attention (micro: over all target patches);
+- retrieval R@1 and grounding acc@0.5 (each split the evaluation scored) from their evaluations;
+- the claims check's count of "not measurable" verdicts (copa.report.claims);
+- the workflow's time: the summed wall time of the jobs whose benchmark files lie under
+  logs/<profile>/benchmarks (copa.report.stage_times), the time to make every output as it stands
+  one job after another. Jobs that run side by side make a run's wall time shorter; a job rerun
+  counts once.
+
+A target whose file is missing is "not run", and one the run cannot measure (no TPD scores
+without a TPD, no swapped-image control where it is off) says why: neither gets a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from copa.config import DEFAULT_PARAMS_DIR, Params
+from copa.data.formats.records import load_json
+from copa.eval.target_recall import KEEP_RATIOS, REFERENCES
+from copa.report.claims import UNMEASURABLE
+from copa.report.grids import AnchorRow, load_grid, params_run_name
+from copa.report.stage_times import stage_times
+from copa.run_layout import RunLayout, seed_run
+
+TARGET_KEEP = 0.3  # the keep ratio of the target-patch recall target
+assert TARGET_KEEP in KEEP_RATIOS
+ANCHORS_GRID = "table10"  # the grid whose VQA anchors the VQA targets show beside the run
+
+
+@dataclass(frozen=True)
+class TargetRow:
+    what: str
+    target: str
+    measured: str  # "not run (<file> missing)" where the file is absent, the reason where the run has no such number
+    met: bool | None  # None: not run, or not measurable on this run
+
+
+class _Run:
+    """The files of a profile's default run, read once each; a missing one raises FileNotFoundError."""
+
+    def __init__(self, layout: RunLayout, run: str, seed: int, anchors: Sequence[AnchorRow]):
+        self.layout, self.run, self.seed, self.anchors = layout, run, seed, anchors
+        self.files: dict[Path, object] = {}
+        self.last: Path | None = None  # the file read last: the one a missing key is in
+
+    def _json(self, path: Path):
+        if path not in self.files:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} missing")
+            self.files[path] = load_json(path)
+        self.last = path
+        return self.files[path]
+
+    def task(self, task: str) -> dict:
+        return self._json(self.layout.finetune_result(self.run, task))
+
+    def anchor(self, anchor: AnchorRow) -> dict | None:
+        """The result of ``anchor`` for the run's seed; None if it did not run."""
+        path = self.layout.anchor_result(anchor.model, seed_run(self.seed))
+        return self._json(path) if path.is_file() else None
+
+    def probes(self) -> dict:
+        """The held-out probes of the run's last pretraining checkpoint."""
+        return self._json(self.layout.pretrain_eval(self.run))["checkpoints"][-1]
+
+    def claims(self) -> list[dict]:
+        return self._json(self.layout.claims_json)
+
+
+def _vqa(run: _Run, key: Callable[[dict], float], bar: float) -> tuple[str, bool]:
+    """A VQA number of the run, with the same number of Table 10's anchors beside it where they ran."""
+    value = key(run.task("vqa"))
+    beside = [f"; {a.label} {key(record):.1f}" for a in run.anchors if (record := run.anchor(a)) is not None]
+    return f"{value:.1f}" + "".join(beside), value >= bar
+
+
+def _vqa_swap(run: _Run) -> tuple[str, bool | None]:
+    record = run.task("vqa")
+    if "controls" not in record:
+        return "no swapped-image control (evaluate.vqa.swapped_image_control off)", None
+    control = record["controls"]["swapped_image"]
+    gap = record["overall"] - control["overall"]
+    return f"{gap:.1f} ({record['overall']:.1f} - {control['overall']:.1f}; {100 * control['answers_changed']:.0f}% of answers change)", gap >= 20
+
+
+def _itm(run: _Run) -> tuple[str, bool | None]:
+    itm = run.probes()["itm"]
+    value = 100 * itm["hard"]["balanced"]
+    return f"{value:.1f}% (constant predictor {100 * itm['constant']:.0f}%)", value >= 85
+
+
+def _tpd_ap(run: _Run) -> tuple[str, bool | None]:
+    detection = run.probes()["patch_detection"]
+    if "score_ap" not in detection:
+        return f"no TPD scores (selection {detection.get('selection', 'none')})", None
+    ap = detection["score_ap"]
+    return f"{ap['text']:.3f} (another box's text: {ap['other_text']:.3f})", ap["text"] >= 0.45
+
+
+def _contrast(run: _Run) -> tuple[str, bool | None]:
+    contrast = run.probes()["same_image_contrast"]
+    if "contrast" not in contrast:
+        return contrast["note"], None
+    c = contrast["contrast"]
+    return f"{c['estimate']:.3f} [{c['low']:.3f}, {c['high']:.3f}]", c["estimate"] >= 0.15 and c["low"] > 0
+
+
+def _target_recall(run: _Run) -> tuple[str, bool | None]:
+    probes = run.probes()
+    if "target_recall" not in probes:
+        return "not measured (the data root has no referents.json)", None
+    selectors = probes["target_recall"]["selectors"]
+    own = next((name for name in selectors if name not in REFERENCES), None)
+    if own is None:
+        return "no selector of the run's own", None
+
+    def micro(name: str) -> float:
+        return {r["keep_ratio"]: r["micro"] for r in selectors[name]}[TARGET_KEEP]
+
+    gap = micro(own) - micro("cls_attention")
+    return (f"{gap:+.3f} ({own} {micro(own):.3f}, [CLS] attention {micro('cls_attention'):.3f}, "
+            f"random {micro('random'):.3f}, oracle {micro('oracle'):.3f})"), gap >= 0.15
+
+
+def _retrieval(run: _Run) -> tuple[str, bool | None]:
+    r = run.task("retrieval")
+    return f"{r['tr_r1']:.1f} / {r['ir_r1']:.1f}", r["tr_r1"] >= 40 and r["ir_r1"] >= 25
+
+
+def _grounding(run: _Run) -> tuple[str, bool | None]:
+    splits = run.task("grounding")["splits"]
+    return " / ".join(f"{name} {s['acc@0.5']:.1f}" for name, s in splits.items()), min(s["acc@0.5"] for s in splits.values()) >= 70
+
+
+def _claims(run: _Run) -> tuple[str, bool | None]:
+    verdicts = run.claims()
+    n = sum(v["verdict"] == UNMEASURABLE for v in verdicts)
+    return f"{n} of {len(verdicts)}", n <= 2
+
+
+def _time(run: _Run) -> tuple[str, bool | None]:
+    minutes = sum(t.seconds for t in stage_times(run.layout.benchmarks)) / 60
+    return f"{minutes:.0f} min summed over the jobs", minutes <= 90
+
+
+TARGETS: tuple[tuple[str, str, Callable[[_Run], tuple[str, bool | None]]], ...] = (
+    ("VQA overall, COPA run", ">= 75", lambda run: _vqa(run, lambda r: r["overall"], 75)),
+    ('VQA "other" (colour and shape questions)', ">= 70", lambda run: _vqa(run, lambda r: r["per_answer_type"]["other"], 70)),
+    ("VQA overall minus swapped-image control", ">= 20 points", _vqa_swap),
+    ("ITM held-out accuracy, balanced, hard negatives", ">= 85%", _itm),
+    ("TPD patch AP guided by the pair's own text", ">= 0.45", _tpd_ap),
+    ("same-image PTA contrast, paired", ">= 0.15 AP, interval above 0", _contrast),
+    (f"target-patch recall at {TARGET_KEEP:.0%} keep, TPD minus [CLS]-attention", ">= 0.15", _target_recall),
+    ("retrieval TR@1 / IR@1 (Karpathy-style test split)", ">= 40 / >= 25", _retrieval),
+    ("grounding acc@0.5, each split (val / testA / testB)", ">= 70 each", _grounding),
+    ('claims "not measurable"', "<= 2", _claims),
+    ("workflow time, 2 cores", "<= 90 min", _time),
+)
+
+
+def measure_targets(params: Params, layout: RunLayout, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> list[TargetRow]:
+    """Every target's row for the profile of ``params``, from its files under ``layout``."""
+    vqa_anchors = [a for a in load_grid(ANCHORS_GRID, params_dir).anchors if a.task == "vqa"]
+    run = _Run(layout, params_run_name(params), params.seed, vqa_anchors)
+    rows = []
+    for what, target, measure in TARGETS:
+        try:
+            measured, met = measure(run)
+        except FileNotFoundError as missing:
+            measured, met = f"not run ({missing})", None
+        except (KeyError, IndexError, TypeError) as exc:  # a record of another format
+            raise ValueError(f"target {what!r}: {run.last}: no {exc} where its record should have it") from None
+        rows.append(TargetRow(what, target, measured, met))
+    return rows
+
+
+def targets_markdown(rows: list[TargetRow], profile: str, run: str) -> str:
+    mark = {True: "**met**", False: "not met", None: "-"}
+    lines = [f"Outcome targets (issue 23) of the {profile} profile's default run `{run}`, measured (copa.report.targets):", "",
+             "| what | target | measured | |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r.what} | {r.target} | {r.measured} | {mark[r.met]} |" for r in rows]
+    met = sum(r.met is True for r in rows)
+    lines += ["", f"{met} of {len(rows)} targets met."]
+    return "\n".join(lines) + "\n"
+
+
+def write_targets(params: Params, out: Path, layout: RunLayout, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> list[Path]:
+    """``out`` (.md) and the same rows as JSON beside it."""
+    rows = measure_targets(params, layout, params_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(targets_markdown(rows, params.profile, params_run_name(params)), encoding="utf-8")
+    js = out.with_suffix(".json")
+    js.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n", encoding="utf-8")
+    return [out, js]
