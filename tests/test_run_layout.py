@@ -93,6 +93,11 @@ def _expected(job: dict, layout: RunLayout, data_root: str) -> tuple[list[Path],
     rule, w = job["rule"], job["wildcards"]
     run = _run(w) if {"run", "method"} & set(w) else None
     task, size, grid = w.get("task"), w.get("size", ""), w.get("grid")
+
+    def anchor(model: str) -> tuple[list[Path], str]:
+        result = layout.anchor_result(model, seed_run(w.get("seed")))
+        return [layout.anchor_run(model, seed_run(w.get("seed"))) / METRICS_FILE, result, predictions_beside(result)], f"{model}/seed{w.get('seed')}"
+
     by_rule = {
         "synth": lambda: ([Path(data_root)], "synth"),
         "validate_data": lambda: ([layout.data_validation], "validate_data"),
@@ -103,13 +108,8 @@ def _expected(job: dict, layout: RunLayout, data_root: str) -> tuple[list[Path],
         "pretrain_eval": lambda: ([layout.pretrain_eval(run), *_files(layout.pretrain_figure(run), *FIGURE)], f"pretrain_eval/{run}"),
         "finetune": lambda: ([layout.finetune_run(run, task, size) / METRICS_FILE], f"finetune/{run}/{task}{size}"),
         "evaluate": lambda: ([layout.finetune_result(run, task, size), layout.finetune_predictions(run, task, size)], f"evaluate/{run}/{task}{size}"),
-        "vqa_scratch": lambda: ([layout.anchor_run("vqa_scratch", seed_run(w.get("seed"))) / METRICS_FILE,
-                                 layout.anchor_result("vqa_scratch", seed_run(w.get("seed"))),
-                                 predictions_beside(layout.anchor_result("vqa_scratch", seed_run(w.get("seed"))))], f"vqa_scratch/seed{w.get('seed')}"),
-        "perception_oracle": lambda: ([layout.anchor_run("perception_oracle", seed_run(w.get("seed"))) / METRICS_FILE,
-                                       layout.anchor_result("perception_oracle", seed_run(w.get("seed"))),
-                                       predictions_beside(layout.anchor_result("perception_oracle", seed_run(w.get("seed"))))],
-                                      f"perception_oracle/seed{w.get('seed')}"),
+        "vqa_scratch": lambda: anchor("vqa_scratch"),
+        "perception_oracle": lambda: anchor("perception_oracle"),
         "efficiency": lambda: (list(_cost_cells(layout)), "efficiency/costs"),
         "efficiency_paired": lambda: ([layout.efficiency_paired(grid)], f"efficiency/paired/{grid}"),
         "reference_boxes": lambda: ([layout.reference_boxes, layout.reference_boxes_summary], "reference_boxes"),
