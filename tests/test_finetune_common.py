@@ -1,6 +1,7 @@
 """What every downstream fine-tuning shares, through ``copa finetune`` / ``copa evaluate`` on the
-fixture world: exact resume after a kill, a checkpoint that does not fit its model config, and a
-missing Karpathy split; the errors name the file and the keys / split (exit code 2, no traceback)."""
+fixture world: exact resume after a kill, a checkpoint that does not fit its model config, a
+missing Karpathy split (the errors name the file and the keys / split: exit code 2, no traceback),
+and ``finetune.<task>.grad_clip`` reaching the engine."""
 
 from __future__ import annotations
 
@@ -136,3 +137,14 @@ def test_finetuning_without_training_images_is_a_clear_error(fixture_pretraining
     assert err.startswith("copa finetune: error: ") and "Traceback" not in err
     assert f"{karpathy_file}: no image in the Karpathy train / restval split" in err
     assert not (run / "checkpoints").exists()  # nothing trained
+
+
+def test_grad_clip_reaches_the_engine(fixture_world, fixture_pretraining_run, finetuned, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert main(["--set", "finetune.retrieval.grad_clip=0.5", *finetune_args(fixture_pretraining_run, fixture_world, run)]) == 0
+    assert json.loads((run / "resolved_params.json").read_text())["engine"]["grad_clip"] == 0.5
+    norms = logged(run, "train/grad_norm")  # the norm before clipping, logged only when the engine clips
+    assert [step for step, _ in norms] == [step for step, _ in logged(run)] and all(float(v) > 0 for _, v in norms)
+    assert not (finetuned / "dvclive" / "plots" / "metrics" / "train" / "grad_norm.tsv").exists()  # null: not clipped
+    clipped, plain = final_state(run), final_state(finetuned)
+    assert any(not torch.equal(clipped[k], plain[k]) for k in plain)

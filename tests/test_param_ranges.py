@@ -27,6 +27,7 @@ BAD = [
     ("pretrain.lr_vision=.nan", "pretrain.lr_vision", "nan", "> 0 and finite"),
     ("finetune.vqa.lr_text=.inf", "finetune.vqa.lr_text", "inf", "> 0 and finite"),
     ("pretrain.encoder_init.lr=0", "pretrain.encoder_init.lr", "0", "> 0 and finite"),
+    ("finetune.grounding.grad_clip=0", "finetune.grounding.grad_clip", "0", "> 0 and finite"),  # a range on an optional value
     ("pretrain.min_lr=" + HUGE, "pretrain.min_lr", "1000...0000 (401 digits)", ">= 0 and finite"),
     ("pretrain.epochs=0", "pretrain.epochs", "0", ">= 1 and < 2**63"),
     ("pretrain.epochs=" + HUGE, "pretrain.epochs", "1000...0000 (401 digits)", ">= 1 and < 2**63"),

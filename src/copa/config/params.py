@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping
 
 from copa.config.data_params import DataParams, FilterParams, PatchLabelParams, ReferenceBoxesParams, SynthParams
-from copa.config.ranges import Count, Fraction, KeepRatio, LearningRate, NonNegative, PositiveInt, Range, Seed
+from copa.config.ranges import Count, Fraction, GradientNorm, KeepRatio, LearningRate, NonNegative, PositiveInt, Range, Seed
 
 # Sections a training stage does not read: editing them does not block resuming it
 # (EngineConfig.resume_ignores). Fine-tuning reads neither the inference settings, nor the
@@ -147,6 +147,9 @@ class FinetuneSchedule:
     min_lr: NonNegative
     warmup_steps: Count
     weight_decay: NonNegative
+    # the gradients' global norm is clipped to this before each step; None: not clipped (the paper
+    # gives no clipping)
+    grad_clip: GradientNorm | None
     checkpoint_every: PositiveInt
 
 

@@ -119,5 +119,5 @@ def run_finetuning(task: FinetuneTask, out_dir: Path, resume: bool = True) -> di
     total = s.epochs * task.steps_per_epoch(int(os.environ.get("WORLD_SIZE", 1)))  # torchrun sets WORLD_SIZE
     lambdas = [warmup_cosine_lambda(g["lr"], s.warmup_steps, total, s.min_lr) for g in task.param_groups()]
     config = EngineConfig(epochs=s.epochs, lr_lambda=lambdas, checkpoint_every=s.checkpoint_every, seed=task.params.seed,
-                          resume_ignores=AFTER_TRAINING_SECTIONS)
+                          grad_clip=s.grad_clip, resume_ignores=AFTER_TRAINING_SECTIONS)
     return train(task, config, out_dir, task.params.to_dict(), resume=resume)
