@@ -408,9 +408,12 @@ def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, ca
     write(layout.claims_json, [{"verdict": UNMEASURABLE}, {"verdict": HOLDS}])
     assert main(cli) == 0
     rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
-    assert [rows[what]["met"] for what, _, _ in TARGETS] == [
+    assert [rows[t.what]["met"] for t in TARGETS] == [
         True, False, True, True, True, False,  # VQA 80, other 60, 80 - 50 = 30, ITM 90%, AP 0.5, contrast's interval reaches 0
         True, False, None, True, None]  # recall 0.7 - 0.5, IR@1 20 < 25, no grounding record, 1 of 2, no benchmarks
+    assert [rows[t.what]["target"] for t in TARGETS] == [  # the bars, written from the numbers compared
+        ">= 75", ">= 70", ">= 20 points", ">= 85%", ">= 0.45", ">= 0.15 AP, interval above 0", ">= 0.15", ">= 40 / >= 25",
+        ">= 70 each", "<= 2", "<= 90 min"]
     assert rows["VQA overall minus swapped-image control"]["measured"].startswith("30.0 (80.0 - 50.0; 40% of answers change)")
     assert rows["VQA overall, COPA run"]["measured"] == "80.0; FiLM from scratch (VQA data only) 79.0"  # the bracket did not run
     assert rows["workflow time, 2 cores"]["measured"].startswith("not run (logs/fixture/benchmarks: no Snakemake benchmark files")
