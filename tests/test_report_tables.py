@@ -380,6 +380,14 @@ def test_the_perception_bracket_trains_on_the_synthetic_world_only():
     assert not bracket & trained_labels(grid, load_params("demo", ["data.source=real", "report.cells=all"]))
 
 
+def test_a_target_bar_is_met_at_its_value():
+    from copa.report.targets import Bar
+
+    assert Bar(75).met(75) and not Bar(75).met(74.9)
+    assert Bar(2, at_most=True).met(2) and not Bar(2, at_most=True).met(3)
+    assert str(Bar(90, " min", at_most=True)) == "<= 90 min" and str(Bar(0.45)) == ">= 0.45"
+
+
 def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, capsys):
     """Each target from its record: met, not met, not run (file missing); a record without a target's key names it."""
     from copa.cli import main
