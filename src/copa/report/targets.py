@@ -85,7 +85,7 @@ class _Run:
 
 @dataclass(frozen=True)
 class Bar:
-    """A number the measured value must reach: at least ``value``, or at most with ``most``; the
+    """A number the measured value must reach: at least ``value``, or at most with ``at_most``; the
     target's text is written from it, so what the table says is what is compared."""
     value: float
     unit: str = ""
