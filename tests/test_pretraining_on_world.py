@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import torch
+from conftest import logged
 from torch.utils.data import DataLoader
 
 from copa.config import load_params
@@ -229,3 +230,20 @@ def test_a_non_finite_loss_exits_naming_the_step_and_the_batchs_images(fixture_w
     assert f"pair images {', '.join(pairs)}; object images {', '.join(objects)}" in error
     assert len(pairs) == params.pretrain.batch_size and len(objects) == params.pretrain.object_batch_size
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_grad_clip_reaches_the_pretraining_engine(fixture_world, fixture_pretraining_run, tmp_path):
+    """pretrain.grad_clip: the engine clips (and logs the norm before clipping); null, the default, does not."""
+    import json
+
+    from copa.cli import main
+
+    annotations = fixture_pretraining_run.parent / "annotations"
+    args = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR), "--set", "pretrain.steps_per_epoch=3", "--set", "pretrain.grad_clip=0.5",
+            "pretrain", "--root", str(fixture_world), "--annotations", str(annotations), "--out", str(tmp_path / "run"),
+            "--encoder-init", str(fixture_pretraining_run / "encoder_init")]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "run" / "resolved_params.json").read_text())["engine"]["grad_clip"] == 0.5
+    norms = logged(tmp_path / "run", "train/grad_norm")
+    assert [step for step, _ in norms] == [step for step, _ in logged(tmp_path / "run")] and all(float(v) > 0 for _, v in norms)
+    assert not (fixture_pretraining_run / "dvclive" / "plots" / "metrics" / "train" / "grad_norm.tsv").exists()

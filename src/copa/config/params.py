@@ -123,6 +123,7 @@ class PretrainParams:
     min_lr: NonNegative
     warmup_steps: Count
     weight_decay: NonNegative
+    grad_clip: GradientNorm | None  # the gradients' global norm clipped to this before each step; None: not clipped (the paper's)
     queue_size: Count  # ITC feature queue (ALBEF); 0: in-batch negatives only
     momentum: Fraction
     distill_alpha: Fraction

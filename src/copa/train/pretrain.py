@@ -176,7 +176,7 @@ def train_pretraining(task: PretrainTask, params: Params, out_dir: Path, resume:
     total = p.epochs * task.steps_per_epoch(world_size)
     lambdas = [warmup_cosine_lambda(g["lr"], p.warmup_steps, total, p.min_lr) for g in task.param_groups()]
     config = EngineConfig(epochs=p.epochs, lr_lambda=lambdas, checkpoint_every=p.checkpoint_every, seed=params.seed,
-                          resume_ignores=DOWNSTREAM_SECTIONS)
+                          grad_clip=p.grad_clip, resume_ignores=DOWNSTREAM_SECTIONS)
     return train(task, config, out_dir, params.to_dict(), resume=resume)
 
 
