@@ -72,3 +72,29 @@ def test_warm_up_selects_without_the_detector():
     assert torch.equal(warm["kept"], other["kept"])  # [CLS] attention ignores the text...
     assert warm["scores"] is not None  # ...while the detector still scores when asked, for PTA
     assert other["scores"] is None  # and not otherwise
+
+
+def _weight_std(module: torch.nn.Module) -> float:
+    return float(torch.cat([p.detach().flatten() for p in module.parameters() if p.dim() == 2]).std())
+
+
+def test_model_init_std_sets_the_bert_parts_and_leaves_the_vit() -> None:
+    """params model.init_std reaches every part built from BERT's (the profiles' text encoder, fusion, decoder and
+    MLM head; a single-stream model's text embeddings and heads); the ViT keeps timm's init."""
+    from pathlib import Path
+
+    from copa.config import load_params
+    from copa.models.single_stream import SingleStreamModel
+    from copa.train.build import copa_spec, single_stream_spec
+
+    params_dir = Path(__file__).parents[1] / "params"
+    for std in (0.02, 0.1):
+        params = load_params("fixture", [f"model.init_std={std}"], params_dir=params_dir)
+        torch.manual_seed(0)
+        model = CopaModel(copa_spec(params, 400))
+        for part in (model.text.layer, model.fusion, model.decoder, model.mlm_head):
+            assert _weight_std(part) == pytest.approx(std, rel=0.1)
+        assert _weight_std(model.vision.blocks) == pytest.approx(0.02, rel=0.1)
+        single = SingleStreamModel(single_stream_spec(params, 400))
+        for part in (single.text_embeddings, single.mlm_head):
+            assert _weight_std(part) == pytest.approx(std, rel=0.1)

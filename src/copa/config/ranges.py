@@ -48,6 +48,7 @@ PositiveInt = Annotated[int, Range(ge=1)]  # epochs, steps, batch sizes, widths,
 Seed = Annotated[int, Range(ge=0)]  # numpy's seed sequences refuse negative entropy
 LearningRate = Annotated[float, Range(gt=0)]
 GradientNorm = Annotated[float, Range(gt=0)]  # a cap on the gradients' global L2 norm
+InitStd = Annotated[float, Range(gt=0)]  # the standard deviation of a normal initialisation
 NonNegative = Annotated[float, Range(ge=0)]  # weight decay, loss weights, a tolerance in px
 Fraction = Annotated[float, Range(ge=0, le=1)]  # probabilities, rates, shares, thresholds of scores in [0, 1]
 KeepRatio = Annotated[float, Range(gt=0, le=1)]  # share of the patches a selector keeps; 1: all (COPA's 'w/o TPD')

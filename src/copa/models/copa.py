@@ -21,7 +21,7 @@ from copa.models.fusion import SkipConnectedFusion
 from copa.models.objectives.itc import Temperature
 from copa.models.scene_tokens import SceneTokens
 from copa.models.selectors import build_selector
-from copa.models.text import TextEncoder, bert_config, init_bert_weights
+from copa.models.text import BERT_INIT_STD, TextEncoder, bert_config, bert_init
 from copa.models.vit import VisionEncoder
 
 TEXT_GUIDED = ("tpd", "text_attention")  # selectors that read the text [CLS]
@@ -49,6 +49,7 @@ class CopaSpec:
     fusion_layers: int = 6
     fusion_stride: int = 3  # mPLUG: a connected-attention layer every 3 layers (6: co-attention only)
     decoder_layers: int = 12
+    init_std: float = BERT_INIT_STD  # the normal init of the parts built from BERT's (text encoder, fusion, decoder, MLM head)
     max_text_length: int = 512
     embed_dim: int = 256  # ITC projection width (ALBEF)
     selection: str = "tpd"  # none | tpd | cls_attention | text_attention | oracle | random
@@ -85,15 +86,17 @@ class CopaModel(nn.Module):
                 pre_norm=spec.vision_pre_norm, activation=spec.vision_activation, pos_init=spec.vision_pos_init,
                 stem=spec.vision_stem,
             )
-        text_sizes = dict(hidden_size=spec.text_dim, num_heads=spec.text_heads, intermediate_size=spec.text_intermediate)
+        text_sizes = dict(hidden_size=spec.text_dim, num_heads=spec.text_heads, intermediate_size=spec.text_intermediate,
+                          init_std=spec.init_std)
         self.text = TextEncoder(vocab_size=spec.vocab_size, num_layers=spec.text_layers, max_position_embeddings=spec.max_text_length, pad_token_id=spec.pad_id, **text_sizes)
         self.fusion = SkipConnectedFusion(image_dim=spec.vision_dim, num_layers=spec.fusion_layers, stride=spec.fusion_stride, **text_sizes)
         self.decoder = Decoder(vocab_size=spec.vocab_size, num_layers=spec.decoder_layers, max_position_embeddings=spec.max_text_length, pad_token_id=spec.pad_id, **text_sizes)
         self.vision_proj = nn.Linear(spec.vision_dim, spec.embed_dim)
         self.text_proj = nn.Linear(spec.text_dim, spec.embed_dim)
         self.itm_head = nn.Linear(spec.text_dim, 2)
-        self.mlm_head = LMHead(bert_config(vocab_size=spec.vocab_size, num_layers=1, **text_sizes))
-        self.mlm_head.apply(init_bert_weights)
+        self.mlm_head = LMHead(bert_config(vocab_size=spec.vocab_size, num_layers=1, hidden_size=spec.text_dim,
+                                           num_heads=spec.text_heads, intermediate_size=spec.text_intermediate))
+        self.mlm_head.apply(bert_init(spec.init_std))
         self.temperature = Temperature()
 
     @property

@@ -19,7 +19,7 @@ from transformers.models.bert.modeling_bert import (
     BertPredictionHeadTransform,
 )
 
-from copa.models.text import additive_mask, bert_config, init_bert_weights
+from copa.models.text import BERT_INIT_STD, additive_mask, bert_config, bert_init
 
 
 class LMHead(nn.Module):
@@ -73,6 +73,7 @@ class Decoder(nn.Module):
         pad_token_id: int = 0,
         tie_word_embeddings: bool = True,
         attn_implementation: str = "sdpa",
+        init_std: float = BERT_INIT_STD,
     ) -> None:
         super().__init__()
         self.config = bert_config(
@@ -92,7 +93,7 @@ class Decoder(nn.Module):
         self.head = LMHead(self.config)
         if tie_word_embeddings:
             self.head.decoder.weight = self.embeddings.word_embeddings.weight
-        self.apply(init_bert_weights)
+        self.apply(bert_init(init_std))
 
     def forward(
         self,

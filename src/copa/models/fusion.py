@@ -24,7 +24,7 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertAttention, BertIntermediate, BertOutput
 
-from copa.models.text import additive_mask, bert_config, init_bert_weights
+from copa.models.text import BERT_INIT_STD, additive_mask, bert_config, bert_init
 
 
 def is_connected_layer(n: int, stride: int) -> bool:
@@ -109,6 +109,7 @@ class SkipConnectedFusion(nn.Module):
         stride: int = 3,
         dropout: float = 0.1,
         attn_implementation: str = "sdpa",
+        init_std: float = BERT_INIT_STD,
     ) -> None:
         super().__init__()
         if stride < 1:
@@ -136,7 +137,7 @@ class SkipConnectedFusion(nn.Module):
             else CoAttentionLayer(config)
             for n in range(num_layers)
         )
-        self.apply(init_bert_weights)
+        self.apply(bert_init(init_std))
 
     def forward(
         self,

@@ -51,7 +51,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings
 
 from copa.models.decoder import LMHead
 from copa.models.selectors import SelectorOutput, build_selector
-from copa.models.text import additive_mask, bert_config, init_bert_weights
+from copa.models.text import BERT_INIT_STD, additive_mask, bert_config, bert_init
 from copa.models.vit import VisionEncoder
 
 SELECTIONS = ("none", "tpd", "cls_attention")  # text_attention (TRIPS) reads a separate text encoder's [CLS]; oracle, random: dual-stream only
@@ -73,6 +73,7 @@ class SingleStreamSpec:
     activation: str = "gelu"
     pos_init: str = "trunc_normal"
     stem: str = "patch"
+    init_std: float = BERT_INIT_STD  # the text embeddings' and heads' normal init (the joint transformer is the ViT: timm's)
     max_text_length: int = 40
     selection: str = "tpd"
     location: int | Sequence[int] = 6
@@ -143,7 +144,7 @@ class SingleStreamModel(nn.Module):
         self.itm_head = nn.Linear(d, 2)
         self.mlm_head = LMHead(bert_config(vocab_size=spec.vocab_size, num_layers=1, **sizes))
         for part in (self.text_embeddings, self.type_embeddings, self.pooler, self.itm_head, self.mlm_head):
-            part.apply(init_bert_weights)
+            part.apply(bert_init(spec.init_std))
 
     @property
     def has_detector(self) -> bool:

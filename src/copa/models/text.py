@@ -9,10 +9,15 @@ implicit ``is_causal``, whose behaviour changed across transformers versions.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
+
+BERT_INIT_STD = 0.02  # BertConfig.initializer_range, chosen for BERT's 768-wide layers (params: model.init_std)
 
 
 def bert_config(
@@ -79,6 +84,7 @@ class TextEncoder(nn.Module):
         dropout: float = 0.1,
         pad_token_id: int = 0,
         attn_implementation: str = "sdpa",
+        init_std: float = BERT_INIT_STD,
     ) -> None:
         super().__init__()
         self.config = bert_config(
@@ -95,7 +101,7 @@ class TextEncoder(nn.Module):
         # Names mirror BertModel ("embeddings.*", "encoder.layer.{i}.*" -> "layer.{i}.*").
         self.embeddings = BertEmbeddings(self.config)
         self.layer = nn.ModuleList(BertLayer(self.config, layer_idx=i) for i in range(num_layers))
-        self.apply(init_bert_weights)
+        self.apply(bert_init(init_std))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.embeddings(input_ids=input_ids)  # (B, L, H)
@@ -105,7 +111,7 @@ class TextEncoder(nn.Module):
         return hidden
 
 
-def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
+def init_bert_weights(module: nn.Module, std: float = BERT_INIT_STD) -> None:
     """BERT's initialisation (``BertPreTrainedModel._init_weights``, initializer_range 0.02), for
     modules built from BERT's parts without BertModel, which is what applies it: PyTorch's defaults
     (embeddings ~ N(0, 1)) give a from-scratch decoder logits of std ~14. Use with ``Module.apply``."""
@@ -119,3 +125,8 @@ def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
     if isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def bert_init(std: float) -> Callable[[nn.Module], None]:
+    """``init_bert_weights`` at ``std``, for ``Module.apply``."""
+    return functools.partial(init_bert_weights, std=std)

@@ -29,7 +29,7 @@ from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
 from copa.data.tokenizer import load_tokenizer
 from copa.models.single_stream import SingleStreamModel
-from copa.models.text import init_bert_weights
+from copa.models.text import bert_init
 from copa.models.weights import load_tensors
 from copa.tasks.base import FinetuneTask, run_finetuning
 from copa.tasks.vqa import answer_list, question_data, vqa_record, vqa_splits
@@ -67,7 +67,7 @@ class VQAClassifier(nn.Module):
         self.model = model
         d = model.spec.dim
         self.head = nn.Sequential(nn.Linear(d, 2 * d), nn.LayerNorm(2 * d), nn.GELU(), nn.Linear(2 * d, answers))
-        self.head.apply(init_bert_weights)
+        self.head.apply(bert_init(model.spec.init_std))
 
     def logits(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, A) answer logits for the questions about ``images``."""
