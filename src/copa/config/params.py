@@ -57,7 +57,7 @@ class ModelParams:
     fusion_stride: PositiveInt  # mPLUG: a connected-attention layer every 3 (6: co-attention only)
     decoder_layers: PositiveInt
     # the normal initialisation of the layers built from BERT's parts (text encoder, fusion, decoder, MLM head; a
-    # single-stream model's text embeddings and heads): BERT's initializer_range is 0.02, for 768-wide layers
+    # single-stream model's text embeddings and heads): BERT's initializer_range is 0.02 at every width
     init_std: InitStd
     embed_dim: PositiveInt  # ITC projection width
     max_text_length: PositiveInt

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
 
-BERT_INIT_STD = 0.02  # BertConfig.initializer_range, chosen for BERT's 768-wide layers (params: model.init_std)
+BERT_INIT_STD = 0.02  # BertConfig.initializer_range, BERT's at every width (params: model.init_std)
 
 
 def bert_config(
