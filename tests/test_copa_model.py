@@ -74,7 +74,6 @@ def test_warm_up_selects_without_the_detector():
     assert other["scores"] is None  # and not otherwise
 
 
-
 def _initialised_weights(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Every Linear's and Embedding's weight of ``module``, by name."""
     return [(f"{name}.weight", m.weight.detach()) for name, m in module.named_modules()

@@ -111,10 +111,10 @@ class TextEncoder(nn.Module):
         return hidden
 
 
-def init_bert_weights(module: nn.Module, std: float = BERT_INIT_STD) -> None:
-    """BERT's initialisation (``BertPreTrainedModel._init_weights``, initializer_range 0.02), for
+def init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation (``BertPreTrainedModel._init_weights``, initializer_range ``std``), for
     modules built from BERT's parts without BertModel, which is what applies it: PyTorch's defaults
-    (embeddings ~ N(0, 1)) give a from-scratch decoder logits of std ~14. Use with ``Module.apply``."""
+    (embeddings ~ N(0, 1)) give a from-scratch decoder logits of std ~14. Applied through ``bert_init``."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=std)
     if isinstance(module, nn.Linear) and module.bias is not None:
