@@ -306,6 +306,24 @@ def test_prefix_split_short_and_bad_padding() -> None:
         language.prefix_lm_split(torch.tensor([[CLS, 7, SEP]]), torch.tensor([[1, 0, 1]]))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_steps_cpu_generator_draws_for_cuda_tensors() -> None:
+    """The step's draws come from one CPU generator: on CUDA tensors they are the CPU draws."""
+    ids = torch.randint(5, 40, (4, 9), generator=torch.Generator().manual_seed(0))
+    ids[:, 0], ids[:, -1] = 2, 3
+    mask = torch.ones_like(ids)
+    sim = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+
+    def draws(device):
+        g = torch.Generator().manual_seed(7)
+        masked, labels = language.mask_tokens(ids.to(device), mask.to(device), 40, 4, [0, 1, 2, 3, 4], 0.5, generator=g)
+        split = language.prefix_lm_split(ids.to(device), mask.to(device), generator=g)
+        negatives = itm.sample_hard_negatives(sim.to(device), sim.t().to(device), g, ids=torch.tensor([0, 0, 1, 2], device=device))
+        return [t.cpu() for t in (masked, labels, split.prefix_ids, *negatives)]
+
+    assert all(torch.equal(a, b) for a, b in zip(draws("cpu"), draws("cuda")))
+
+
 def test_lm_loss_shifted_and_ignores_padding() -> None:
     target = torch.tensor([[CLS, 5, 6, SEP], [CLS, 8, PAD, PAD]])
     tmask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])

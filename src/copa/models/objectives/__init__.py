@@ -6,6 +6,7 @@ open_clip's ``loss.py``).
 - :mod:`.itm`: ITM with hard negatives.
 - :mod:`.language`: MLM and PrefixLM.
 - :mod:`.pta`: PTA and the TPD's detection metrics.
+- :mod:`.draws`: where a step's random draws are made (the generator's device).
 - here: COPA eq. 4, the weighted sum of the terms.
 
 Shapes: B batch, D feature dim, Q queue rows, L/T sequence length, V vocabulary, N patches.

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from copa.models.objectives.draws import draw_device
+
 NO_NEGATIVE = -1  # sample_hard_negatives' index for a row that has no valid negative
 _SIM_CLAMP = 1e4  # |similarity| bound before the softmax of the hard-negative sampler
 
@@ -64,7 +66,8 @@ def sample_hard_negatives(
     idx = []
     for sim in (sim_i2t[:, :b], sim_t2i[:, :b]):
         weights, has_neg = negative_weights(sim, ids)
-        drawn = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,)
+        drawn = torch.multinomial(weights.to(draw_device(generator, weights.device)), 1, generator=generator)
+        drawn = drawn.squeeze(1).to(weights.device)  # (B,)
         idx.append(torch.where(has_neg, drawn, torch.full_like(drawn, NO_NEGATIVE)))
     return idx[0], idx[1]
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from copa.models.objectives.draws import draw_device
+
 IGNORE_INDEX = -100  # label of positions that take no loss (torch's cross_entropy default)
 
 
@@ -51,21 +53,21 @@ def mask_tokens(
     special = torch.as_tensor(list(special_ids) if not isinstance(special_ids, Tensor) else special_ids)
     special = special.to(device=device, dtype=input_ids.dtype)
     eligible = attention_mask.bool() & ~torch.isin(input_ids, special)  # (B, L)
-    u = torch.rand(shape, generator=generator, device=device)  # (B, L)
+    u = torch.rand(shape, generator=generator, device=draw_device(generator, device)).to(device)  # (B, L)
     masked = (u < prob) & eligible
     if at_least_one:
         need = eligible.any(1) & ~masked.any(1)  # (B,)
         pick = u.masked_fill(~eligible, 2.0).argmin(1)  # (B,) eligible token of lowest draw
         cols = torch.arange(shape[1], device=device)
         masked |= need[:, None] & (cols[None, :] == pick[:, None])
-    action = torch.rand(shape, generator=generator, device=device)  # (B, L) BERT 80/10/10
+    action = torch.rand(shape, generator=generator, device=draw_device(generator, device)).to(device)  # (B, L) BERT 80/10/10
     to_mask = masked & (action < 0.8)
     to_random = masked & (action >= 0.8) & (action < 0.9)
     vocab = torch.arange(vocab_size, device=device, dtype=input_ids.dtype)
     candidates = vocab[~torch.isin(vocab, torch.cat([special, special.new_tensor([mask_id])]))]
     if candidates.numel() == 0:
         raise ValueError(f"no token left for random replacement in a vocabulary of {vocab_size}")
-    random_tok = candidates[torch.randint(len(candidates), shape, generator=generator, device=device)]
+    random_tok = candidates[torch.randint(len(candidates), shape, generator=generator, device=draw_device(generator, device)).to(device)]
     out = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
     out = torch.where(to_random, random_tok, out)
     labels = torch.where(masked, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
@@ -128,7 +130,7 @@ def prefix_lm_split(
     m = lengths - 1  # (B,) tokens after [CLS]
     hi = (m - min_target).clamp(min=0)  # (B,)
     lo = hi.clamp(max=min_prefix)  # (B,) = min(min_prefix, hi)
-    u = torch.rand(b, generator=generator, device=input_ids.device)
+    u = torch.rand(b, generator=generator, device=draw_device(generator, input_ids.device)).to(input_ids.device)
     k = lo + (u * (hi - lo + 1)).long().clamp(max=hi - lo)  # (B,) prefix words
     p_len, t_len = int((k + 1).max()), int((m - k + 1).max())
     j = torch.arange(p_len, device=input_ids.device)
