@@ -15,7 +15,7 @@ from copa.data.layout import DataLayout
 from copa.data.pretrain_data import image_text_pairs
 from copa.data.synth.scene import COLOURS, IN_DOMAIN_BACKGROUNDS
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
-from copa.eval.itm_accuracy import balanced_accuracy, itm_accuracy, itm_negatives, matching, positive_texts
+from copa.eval.itm_accuracy import balanced_accuracy, itm_accuracy, itm_negatives, matching, positive_texts, ranking_auc
 from copa.eval.linear_probe import image_split, probe_accuracies, single_box_patches
 from copa.eval.ridge import ridge_probe
 from copa.eval.same_image_contrast import contrast_pairs, same_image_contrast, tpd_contrast
@@ -52,6 +52,19 @@ def test_balanced_accuracy_and_the_constant_predictor() -> None:
     assert balanced_accuracy(labels, labels)["balanced"] == 1.0
 
 
+def test_ranking_auc_counts_ordered_pairs_and_half_the_ties() -> None:
+    assert ranking_auc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0, 0.0])) == 1.0
+    assert ranking_auc(torch.tensor([0.0]), torch.tensor([1.0, 2.0])) == 0.0
+    assert ranking_auc(torch.full((4,), 0.3), torch.full((7,), 0.3)) == 0.5  # a constant score
+    # pairs (pos, neg): 2>1 yes, 2=2 half, 2<5 no; 5>1, 5>2, 5=5 half -> (1 + 0.5 + 2 + 0.5) / 6
+    assert ranking_auc(torch.tensor([2.0, 5.0]), torch.tensor([1.0, 2.0, 5.0])) == pytest.approx(4 / 6)
+    scores = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    brute = ((scores[:20, None] > scores[None, 20:]).double() + 0.5 * (scores[:20, None] == scores[None, 20:]).double()).mean()
+    assert ranking_auc(scores[:20], scores[20:]) == pytest.approx(float(brute))
+    with pytest.raises(ValueError, match="positives and negatives"):
+        ranking_auc(torch.tensor([1.0]), torch.tensor([]))
+
+
 def test_negatives_never_match_their_positive() -> None:
     # 3 images, 2 captions each; image 2's second caption repeats image 0's first (case aside)
     texts = ["a red circle.", "a circle.", "a blue star.", "a star.", "a green ring.", "A red  circle."]
@@ -83,6 +96,7 @@ def test_itm_accuracy_on_a_tiny_model(tiny, guidance, detector) -> None:
     for kind in ("hard", "random"):
         assert 0 <= result[kind]["balanced"] <= 1
         assert result[kind]["balanced"] == pytest.approx((result[kind]["positive_recall"] + result[kind]["negative_recall"]) / 2)
+        assert 0 <= result[kind]["auc"] <= 1
 
 
 # ------------------------------------------------------------------------------------- same-image contrast

@@ -409,7 +409,7 @@ def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, ca
     write(layout.anchor_result("vqa_scratch", "seed0"), {"overall": 79.0, "per_answer_type": {"other": 81.5}})
     recall = {name: [{"keep_ratio": 0.3, "micro": value}] for name, value in
               (("tpd", 0.7), ("cls_attention", 0.5), ("oracle", 1.0), ("random", 0.3))}
-    write(layout.pretrain_eval(run), {"checkpoints": [{"itm": {"hard": {"balanced": 0.9}, "constant": 0.5},
+    write(layout.pretrain_eval(run), {"checkpoints": [{"itm": {"hard": {"balanced": 0.9, "auc": 0.95}, "constant": 0.5},
                                                        "patch_detection": {"score_ap": {"text": 0.5, "other_text": 0.2}},
                                                        "same_image_contrast": {"contrast": {"estimate": 0.2, "low": -0.01, "high": 0.4}},
                                                        "target_recall": {"selectors": recall}}]})
@@ -424,6 +424,7 @@ def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, ca
         ">= 70 each", "<= 2", "<= 90 min"]
     assert rows["VQA overall minus swapped-image control"]["measured"].startswith("30.0 (80.0 - 50.0; 40% of answers change)")
     assert rows["VQA overall, COPA run"]["measured"] == "80.0; FiLM from scratch (VQA data only) 79.0"  # the bracket did not run
+    assert rows["ITM held-out accuracy, balanced, hard negatives"]["measured"] == "90.0% (constant predictor 50%), AUC 0.950"
     assert rows["workflow time, 2 cores"]["measured"].startswith("not run (logs/fixture/benchmarks: no Snakemake benchmark files")
     assert "6 of 11 targets met." in layout.targets.read_text()
     write(layout.finetune_result(run, "retrieval"), {"tr_r1": 45.0})

@@ -78,8 +78,9 @@ def cmd_pretrain_eval(args: argparse.Namespace) -> int:
     if detection:
         summary += (f"; kept patches precision {detection['precision']:.3f} (base rate {last['patch_detection']['base_rate']:.3f}), "
                     f"recall {detection['recall']:.3f} (kept fraction {last['patch_detection']['keep_fraction']:.3f})")
-    summary += (f"; ITM balanced accuracy hard {last['itm']['hard']['balanced']:.3f}, random {last['itm']['random']['balanced']:.3f} "
-                f"(constant {last['itm']['constant']:.1f})")
+    itm = last["itm"]
+    summary += (f"; ITM balanced accuracy hard {itm['hard']['balanced']:.3f}, random {itm['random']['balanced']:.3f} "
+                f"(constant {itm['constant']:.1f}), AUC hard {itm['hard']['auc']:.3f}, random {itm['random']['auc']:.3f}")
     if "contrast" in last["same_image_contrast"]:
         contrast = last["same_image_contrast"]["contrast"]
         summary += f"; same-image AP contrast {contrast['estimate']:+.3f} [{contrast['low']:+.3f}, {contrast['high']:+.3f}]"

@@ -10,6 +10,10 @@ Pairs from a Karpathy split that pretraining never saw (copa.data.heldout):
   synthetic world's short captions repeat across images: such a "negative" would match).
 - **accuracy**: balanced (the mean of the positives' and the negatives' recall) of the ITM
   head's argmax, per kind of negative, beside a constant predictor's (0.5 whatever it says).
+- **AUC**: how often the head's match score (its logit margin, match minus no match) ranks a
+  positive above a negative (ties half), per kind: 0.5 for a head that reads nothing of the pair.
+  It tells a head that ranks pairs but sits on the training's 1:2 prior (every argmax "no match":
+  balanced accuracy 0.5) from one that reads nothing.
 
 Each pair's image is encoded as the run trained ITM (``pretrain.itm_guidance``, see
 copa.models.pretraining): ``pair_text`` selects the image's patches under the pair's text;
@@ -74,6 +78,19 @@ def itm_negatives(sim: Tensor, matches: Tensor, positive: Tensor, kind: str, see
             torch.multinomial(allowed_image.float(), 1, generator=generator).squeeze(1))
 
 
+def ranking_auc(positive: Tensor, negative: Tensor) -> float:
+    """P(a positive's score > a negative's) + half P(equal): the Mann-Whitney U over n_pos * n_neg,
+    from average ranks (the pinned stack has no scikit-learn or SciPy)."""
+    if not len(positive) or not len(negative):
+        raise ValueError(f"AUC needs positives and negatives, got {len(positive)} and {len(negative)}")
+    scores = torch.cat([positive, negative]).double()
+    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    average_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2  # 1-based, ties share their mean
+    ranks = average_rank[inverse]
+    n_pos = len(positive)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * len(negative)))
+
+
 def balanced_accuracy(predicted: Tensor, labels: Tensor) -> dict[str, float]:
     """Recall of the positives, of the negatives, and their mean (bool tensors of one shape)."""
     positive_recall = float(predicted[labels].float().mean())
@@ -84,7 +101,8 @@ def balanced_accuracy(predicted: Tensor, labels: Tensor) -> dict[str, float]:
 @torch.no_grad()
 def itm_accuracy(model: CopaModel, tokenizer, data: RetrievalSet, image_size: int, max_length: int, guidance: str,
                  use_detector: bool, batch_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
-    """Balanced ITM accuracy on the held-out pairs of the module docstring, per negative kind."""
+    """Balanced ITM accuracy and the head's AUC on the held-out pairs of the module docstring, per
+    negative kind."""
     if guidance not in ITM_GUIDANCES:
         raise ValueError(f"itm_guidance must be one of {', '.join(ITM_GUIDANCES)}, got {guidance!r}")
     images, image_feats, states, masks, text_feats = encode_retrieval_set(model, tokenizer, data, image_size, max_length, batch_size, progress)
@@ -93,23 +111,26 @@ def itm_accuracy(model: CopaModel, tokenizer, data: RetrievalSet, image_size: in
     matches = matching(data.texts, data.text_image, n)
     sim = image_feats @ text_feats.t()
 
-    def predicts_match(image_idx: Tensor, text_idx: Tensor) -> Tensor:
+    def match_margin(image_idx: Tensor, text_idx: Tensor) -> Tensor:
         guide = text_idx if guidance == "pair_text" else positive[image_idx]
         out = []
         for s in range(0, len(image_idx), batch_size):
             im, tx, gd = image_idx[s:s + batch_size], text_idx[s:s + batch_size], guide[s:s + batch_size]
             tokens = model.encode_image(images[im], states[gd, 0], use_detector)["tokens"]
             _, fused = model.fuse(tokens, states[tx], masks[tx])
-            out.append(model.itm_logits(fused).argmax(-1) == 1)
+            logits = model.itm_logits(fused).float()
+            out.append(logits[:, 1] - logits[:, 0])
         return torch.cat(out)
 
     everyone = torch.arange(n)
-    on_positives = predicts_match(everyone, positive)
+    on_positives = match_margin(everyone, positive)
     result = {"positives": n, "negatives_per_kind": 2 * n, "guidance": guidance, "detector": use_detector}
     for kind in NEGATIVE_KINDS:
         neg_text, neg_image = itm_negatives(sim, matches, positive, kind, seed)
-        on_negatives = predicts_match(torch.cat([everyone, neg_image]), torch.cat([neg_text, positive]))
+        on_negatives = match_margin(torch.cat([everyone, neg_image]), torch.cat([neg_text, positive]))
         labels = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(2 * n, dtype=torch.bool)])
-        result[kind] = balanced_accuracy(torch.cat([on_positives, on_negatives]), labels)
+        # the head's argmax: "match" where the margin is positive (a tie is argmax's first class, no match)
+        result[kind] = {**balanced_accuracy(torch.cat([on_positives, on_negatives]) > 0, labels),
+                        "auc": ranking_auc(on_positives, on_negatives)}
     result["constant"] = balanced_accuracy(torch.ones(3 * n, dtype=torch.bool), labels)["balanced"]  # 0.5: one class always
     return result

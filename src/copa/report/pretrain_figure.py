@@ -29,7 +29,7 @@ def read_live_series(live_dir: Path, names: Sequence[str], section: str = "train
 def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int | None, title: str, stem: Path) -> list[Path]:
     """Eight panels: (a) losses, (b) held-out patch selection, (c) held-out TPD score ranking (AP),
     (d) the fusion's word grounding (copa.eval.word_grounding), (e) held-out ITC retrieval R@1,
-    (f) held-out ITM balanced accuracy, (g) the same-image contrast of the TPD's AP under two texts
+    (f) held-out ITM balanced accuracy and AUC, (g) the same-image contrast of the TPD's AP under two texts
     (copa.eval.same_image_contrast), (h) target-patch recall per keep ratio at the last checkpoint,
     between the random and oracle selections (copa.eval.target_recall)."""
     losses = read_live_series(live_dir, LOSS_TERMS)
@@ -100,10 +100,12 @@ def pretraining_figure(live_dir: Path, probes: Sequence[dict], switch_step: int 
 def _itm_panel(ax, epochs: Sequence[int], itm: Sequence[dict]) -> None:
     for kind, color in (("hard", "C0"), ("random", "C1")):
         ax.plot(epochs, [r[kind]["balanced"] for r in itm], marker="o", color=color, label=f"{kind} negatives")
+        if all("auc" in r[kind] for r in itm):  # evaluations before the AUC have none
+            ax.plot(epochs, [r[kind]["auc"] for r in itm], marker="x", linestyle="--", color=color, label=f"{kind}: AUC")
     if itm:
         ax.axhline(itm[-1]["constant"], color="grey", linestyle=":", label="constant predictor")
     n = f"{itm[0]['positives']} positives, {itm[0]['negatives_per_kind']} negatives per kind" if itm else ""
-    ax.set(xlabel="epoch", ylabel="balanced accuracy", title=f"(f) held-out ITM ({n})")
+    ax.set(xlabel="epoch", ylabel="balanced accuracy (AUC dashed)", title=f"(f) held-out ITM ({n})")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
 

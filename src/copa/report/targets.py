@@ -135,7 +135,8 @@ def _vqa_swap(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
 def _itm(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     itm = run.probes()["itm"]
     value = 100 * itm["hard"]["balanced"]
-    return f"{value:.1f}% (constant predictor {100 * itm['constant']:.0f}%)", bars[0].met(value)
+    auc = f", AUC {itm['hard']['auc']:.3f}" if "auc" in itm["hard"] else ""  # evaluations before the AUC have none
+    return f"{value:.1f}% (constant predictor {100 * itm['constant']:.0f}%){auc}", bars[0].met(value)
 
 
 def _tpd_ap(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
