@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from copa.config import load_params
 from copa.data.filtering import run_filter
 from copa.data.layout import DataLayout
-from copa.data.pretrain_data import ObjectDataset, PairDataset, image_text_pairs, object_samples
+from copa.data.pretrain_data import ObjectDataset, Pair, PairDataset, image_text_pairs, object_samples, pair_image_ids
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.train.build import build_pretraining, copa_spec
 from copa.train.pretrain import PretrainTask
@@ -37,7 +37,8 @@ def test_one_step_on_the_fixture_world(fixture_world, tmp_path):
     assert copa_spec(params, len(tokenizer)).image_size == size  # the model's grid is the labels' grid
     task.detector_on.fill_(True)
     batch = {
-        "pairs": {k: pair_batch[k] for k in ("input_ids", "attention_mask")} | {"images": pair_batch["image"]},
+        "pairs": {k: pair_batch[k] for k in ("input_ids", "attention_mask")} | {"images": pair_batch["image"],
+                                                                                "image_ids": torch.tensor(pair_image_ids(pairs))[pair_batch["index"]]},
         "objects": {k: object_batch[k] for k in ("input_ids", "attention_mask", "patch_labels")} | {"images": object_batch["image"]},
         "seed": 0,
     }
@@ -205,6 +206,18 @@ def test_pta_draws_a_fresh_object_at_every_step(fixture_world, tmp_path):
     # the batches are the draws: every rank's slice of the step's global object batch
     first = next(task.batches(0, rank=0, world_size=1, start=0))
     assert first["objects"]["images"].shape[0] == params.pretrain.object_batch_size
+    # each pair's image id: equal exactly where two pairs of a batch show one image file (some batch does)
+    repeats = 0
+    for batch in task.batches(0, rank=0, world_size=1, start=0):
+        pair_images, ids = batch["images"][0], batch["pairs"]["image_ids"].tolist()
+        assert [[a == b for b in ids] for a in ids] == [[a == b for b in pair_images] for a in pair_images]
+        repeats += len(set(ids)) < len(ids)
+    assert repeats > 0
+
+
+def test_pair_image_ids_number_the_image_files_in_order_of_appearance() -> None:
+    pairs = [Pair(Path(p), "t", "coco") for p in ("a.jpg", "b.jpg", "a.jpg", "c.jpg", "b.jpg")]
+    assert pair_image_ids(pairs) == [0, 1, 0, 2, 1]
 
 
 def test_a_non_finite_loss_exits_naming_the_step_and_the_batchs_images(fixture_world, tmp_path, capsys, monkeypatch):

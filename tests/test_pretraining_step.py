@@ -31,7 +31,7 @@ def _batch(b=4, b_objects=3, seed=0):
     ids, mask = _texts(b, seed=seed)
     obj_ids, obj_mask = _texts(b_objects, seed=seed + 1)
     return {
-        "pairs": {"images": torch.randn(b, 3, 64, 64, generator=g), "input_ids": ids, "attention_mask": mask},
+        "pairs": {"images": torch.randn(b, 3, 64, 64, generator=g), "input_ids": ids, "attention_mask": mask, "image_ids": torch.arange(b)},
         "objects": {"images": torch.randn(b_objects, 3, 64, 64, generator=g), "input_ids": obj_ids, "attention_mask": obj_mask,
                     "patch_labels": (torch.rand(b_objects, 16, generator=g) > 0.6).float()},
         "seed": seed,
@@ -74,6 +74,23 @@ def test_batch_of_one_and_the_baselines_run():
     for selection in ("none", "cls_attention"):  # no detector: no PTA term (mPLUG baseline, w/o PTA)
         out = _pretraining(selection)(_batch())
         assert "pta" not in out and torch.isfinite(out["loss"])
+
+
+def test_pairs_of_one_image_are_never_each_others_itm_negative(monkeypatch):
+    import copa.models.pretraining as pretraining
+
+    batch = _batch(b=4)
+    assert _pretraining().eval()(batch)["itm_examples"] == 12  # 4 positives + a negative per image and per text
+    batch["pairs"]["image_ids"] = torch.tensor([5, 5, 5, 5])  # four captions of one image: no negative exists
+    assert _pretraining().eval()(batch)["itm_examples"] == 4
+    drawn = []
+    sample = pretraining.sample_hard_negatives
+    monkeypatch.setattr(pretraining, "sample_hard_negatives", lambda *a, **k: drawn.append(sample(*a, **k)) or drawn[-1])
+    batch["pairs"]["image_ids"] = torch.tensor([5, 5, 6, 6])
+    _pretraining().eval()(batch)
+    neg_text, neg_image = drawn[0]
+    first_image = torch.tensor([True, True, False, False])
+    assert torch.equal(neg_text >= 2, first_image) and torch.equal(neg_image >= 2, first_image)  # always the other image's
 
 
 def test_the_batch_seed_fixes_the_step_draws():

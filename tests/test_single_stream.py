@@ -120,13 +120,16 @@ def test_selectors_a_single_stream_model_takes():
     assert out["scores"] is None and out["kept"].shape == (3, 4)  # "w/o PTA": no detector, selection by attention
 
 
-def test_pretraining_step_and_warm_up():
+def test_pretraining_step_and_warm_up(monkeypatch):
+    from copa.models import single_stream_pretraining
+    from copa.models.objectives.itm import itm_loss
+
     torch.manual_seed(0)
     step = SingleStreamPretraining(SingleStreamModel(dataclasses.replace(SPEC, selection="tpd", keep_ratio=0.5)), vocab_size=60,
                                    mask_id=4, special_ids=[0, 1, 2, 3, 4], switch_steps=2)
     images, ids, mask = _inputs(batch=4)
     objects = {"images": images[:2], "input_ids": ids[:2], "attention_mask": mask[:2], "patch_labels": (torch.rand(2, 16) > 0.5).float()}
-    batch = {"pairs": {"images": images, "input_ids": ids, "attention_mask": mask}, "objects": objects, "seed": 7}
+    batch = {"pairs": {"images": images, "input_ids": ids, "attention_mask": mask, "image_ids": torch.arange(4)}, "objects": objects, "seed": 7}
     out = step(batch)
     assert set(out) >= {"loss", "itm", "mlm", "pta", "pta_recall"} and torch.isfinite(out["loss"])
     assert torch.allclose(out["loss"], out["itm"] + out["mlm"] + out["pta"])  # eq. 4: equal weights, no ITC / PrefixLM
@@ -147,6 +150,12 @@ def test_pretraining_step_and_warm_up():
     assert torch.equal(step.swap_images(8, generator), torch.arange(8))
     step.itm_swap_probability = 1.0
     assert not (step.swap_images(8, generator) == torch.arange(8)).any()
+    # a swap to another pair's copy of the same image is a match: with one image, every label is 1
+    labels = []
+    monkeypatch.setattr(single_stream_pretraining, "itm_loss", lambda logits, y: labels.append(y) or itm_loss(logits, y))
+    step({**batch, "pairs": {**batch["pairs"], "image_ids": torch.zeros(4, dtype=torch.long)}})
+    step(batch)
+    assert labels[0].tolist() == [1, 1, 1, 1] and labels[1].tolist() == [0, 0, 0, 0]
     # ViLT: no detector, no PTA term
     vilt = SingleStreamPretraining(SingleStreamModel(SPEC), vocab_size=60, mask_id=4, special_ids=[0, 1, 2, 3, 4])
     assert "pta" not in vilt(batch)

@@ -83,6 +83,13 @@ def image_text_pairs(layout: DataLayout, sources: Sequence[str], exclude_karpath
     return pairs
 
 
+def pair_image_ids(pairs: Sequence[Pair]) -> list[int]:
+    """Each pair's image as an int, numbered in order of first appearance: the pairs of one image
+    file (COCO's five captions) share it, so ITM never takes one of them as another's negative."""
+    ids: dict[Path, int] = {}
+    return [ids.setdefault(pair.image, len(ids)) for pair in pairs]
+
+
 def _coco_pairs(layout: DataLayout, excluded: set[Path]) -> list[Pair]:
     # Both annotated 2014 splits: the Karpathy train + restval images come from train2014 and val2014.
     pairs = []

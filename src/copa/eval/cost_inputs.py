@@ -50,12 +50,13 @@ def pair_inputs(batch: int, image_size: int, text_length: int, vocab_size: int, 
 
 def pretraining_batch(pairs: int, objects: int, image_size: int, text_length: int, patch_size: int, vocab_size: int,
                       device: torch.device, seed: int = 0) -> dict:
-    """A synthetic ``CopaPretraining`` batch: pairs {images, input_ids, attention_mask}, objects {the
-    same + patch_labels (B_O, n) in {0, 1}}, seed."""
+    """A synthetic ``CopaPretraining`` batch: pairs {images, input_ids, attention_mask, image_ids
+    (every pair its own image)}, objects {images, input_ids, attention_mask, patch_labels (B_O, n)
+    in {0, 1}}, seed."""
     images, ids, mask = pair_inputs(pairs, image_size, text_length, vocab_size, device, seed)
     o_images, o_ids, o_mask = pair_inputs(objects, image_size, text_length, vocab_size, device, seed + 1)
     n = (image_size // patch_size) ** 2
     labels = (torch.rand(objects, n, generator=torch.Generator().manual_seed(seed + 2)) > 0.7).float()
-    return {"pairs": {"images": images, "input_ids": ids, "attention_mask": mask},
+    return {"pairs": {"images": images, "input_ids": ids, "attention_mask": mask, "image_ids": torch.arange(pairs, device=device)},
             "objects": {"images": o_images, "input_ids": o_ids, "attention_mask": o_mask, "patch_labels": labels.to(device)},
             "seed": seed}

@@ -89,9 +89,9 @@ class CopaPretraining(nn.Module):
 
     # ------------------------------------------------------------------ the step
     def forward(self, batch: Mapping[str, Mapping[str, Tensor] | int]) -> dict[str, Tensor]:
-        """``batch``: ``pairs`` (images, input_ids, attention_mask), ``objects`` (the same plus
-        patch_labels (B_O, n)) and ``seed`` (an int: the step's draws of masks, prefixes and
-        negatives, so a step is reproducible)."""
+        """``batch``: ``pairs`` (images, input_ids, attention_mask, image_ids (B,): equal for pairs
+        of one image), ``objects`` (images, input_ids, attention_mask, patch_labels (B_O, n)) and
+        ``seed`` (an int: the step's draws of masks, prefixes and negatives, so a step is reproducible)."""
         generator = torch.Generator(device="cpu").manual_seed(int(batch["seed"]))
         use_detector = bool(self.detector_on)
         terms, metrics = self._pair_terms(batch["pairs"], use_detector, generator)
@@ -137,9 +137,11 @@ class CopaPretraining(nn.Module):
                 with torch.no_grad():
                     self.queue.enqueue(gather_features(image_feat_m), gather_features(text_feat_m))
 
-        # ITM: positives and one hard negative per image and per text (ALBEF)
+        # ITM: positives and one hard negative per image and per text (ALBEF), never a pair of the
+        # same image: its other caption matches it. ALBEF's pretraining does not mask these, rare in a
+        # batch drawn from millions of pairs; not in a small world's (README: 15% of the demo's batches)
         with objective_scope("itm"):
-            neg_text, neg_image = sample_hard_negatives(itc.sim_i2t, itc.sim_t2i, generator)
+            neg_text, neg_image = sample_hard_negatives(itc.sim_i2t, itc.sim_t2i, generator, ids=pairs["image_ids"])
             image_idx, text_idx, labels = itm_pairs(neg_text, neg_image)
             if self.itm_guidance == "pair_text" and m.text_guided and use_detector and len(labels) > len(images):
                 # the positives are `image`; each negative pair is encoded under its text, from the

@@ -9,7 +9,8 @@ decoder). Choices (ViLT's where it gives them):
 
 - ITM negatives: each pair's image is replaced by another image of the batch with probability
   ``single_stream.itm_swap_probability`` (ViLT: 0.5); no hard negatives, which need ITC's
-  similarities.
+  similarities. A swap that brings another pair's copy of the same image (``image_ids``) is labelled
+  a match: it is one.
 - MLM runs on the masked caption with its image, a second pass (ViLT's too), so the selection is
   guided by the masked caption there.
 - PTA: the caption "This is a <label>." of each object image guides the TPD; the scores come from
@@ -52,16 +53,18 @@ class SingleStreamPretraining(nn.Module):
         self.last_pta: float | None = None
 
     def forward(self, batch: Mapping) -> dict[str, Tensor]:
-        """``batch``: ``pairs`` (images, input_ids, attention_mask), ``objects`` (the same plus
-        patch_labels) and ``seed`` (the step's draws of swaps and masks)."""
+        """``batch``: ``pairs`` (images, input_ids, attention_mask, image_ids), ``objects`` (images,
+        input_ids, attention_mask, patch_labels) and ``seed`` (the step's draws of swaps and masks)."""
         generator = torch.Generator(device="cpu").manual_seed(int(batch["seed"]))
         m, use_detector = self.model, bool(self.detector_on)
         pairs = batch["pairs"]
         images, ids, mask = pairs["images"], pairs["input_ids"], pairs["attention_mask"]
 
-        swapped = self.swap_images(len(images), generator)  # ITM (ViLT): labels 1 where the image is the pair's own
+        # ITM (ViLT): label 1 where the pair keeps its image, or gets another pair's copy of it
+        swapped = self.swap_images(len(images), generator).to(ids.device)
         out = m(images[swapped], ids, mask, use_detector)
-        terms = {"itm": itm_loss(m.itm_logits(out["states"]), (swapped == torch.arange(len(images))).long().to(ids.device))}
+        image_ids = pairs["image_ids"]
+        terms = {"itm": itm_loss(m.itm_logits(out["states"]), (image_ids[swapped] == image_ids).long())}
 
         masked, labels = mask_tokens(ids, mask, self.vocab_size, self.mask_id, self.special_ids, self.mlm_probability, generator)
         out = m(images, masked, mask, use_detector)

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 from torch import nn
 
 from copa.config import DOWNSTREAM_SECTIONS, Params, UserError, params_from_dict
 from copa.data.formats.records import FormatError, load_json
 from copa.data.layout import DataLayout
-from copa.data.pretrain_data import ObjectDataset, PairDataset, image_text_pairs, labelled_elems, model_inputs, object_samples
+from copa.data.pretrain_data import (ObjectDataset, PairDataset, image_text_pairs, labelled_elems, model_inputs, object_samples,
+                                     pair_image_ids)
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
 from copa.models.weights import load_tensors
 from copa.train.architectures import architecture, resolve
@@ -68,6 +70,7 @@ class PretrainTask:
         self.params = params
         source = PairSource(params, data_root, out_dir)
         self.pairs, self.tokenizer, self.pair_data, self.vocab_file = source.pairs, source.tokenizer, source.pair_data, source.vocab_file
+        self.image_ids = pair_image_ids(self.pairs)  # ITM's negatives are never a pair of the same image
         self.object_data = object_dataset(params, annotations, data_root, self.tokenizer)
         self.model = self.build_model()
 
@@ -96,7 +99,8 @@ class PretrainTask:
             images, elems, geometry_seeds = self.object_draws(object_order, epoch, step)
             mine = slice(rank * object_b, (rank + 1) * object_b)
             yield {
-                "pairs": model_inputs(self.pair_data.collate_fn([self.pair_data[int(i)] for i in pair_idx])),
+                "pairs": {**model_inputs(self.pair_data.collate_fn([self.pair_data[int(i)] for i in pair_idx])),
+                          "image_ids": torch.tensor([self.image_ids[int(i)] for i in pair_idx])},
                 "objects": model_inputs(self.object_data.batch(images[mine], elems[mine], geometry_seeds[mine])),
                 "seed": int(np.random.default_rng([self.params.seed, epoch, step, rank]).integers(2**31)),
                 "images": ([self.pairs[int(i)].image.name for i in pair_idx],  # for an error naming the batch
