@@ -32,3 +32,4 @@ rule all:
         rules.figure4.output.png if PARAMS.model.selection.method == "tpd" else [],  # the TPD's detections
         rules.figure5.output.png if PARAMS.model.selection.method == "tpd" else [],  # ... and their generalisation
         rules.claims.output.markdown,
+        rules.instruments.output.markdown,

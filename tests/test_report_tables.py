@@ -325,6 +325,7 @@ def test_readme_results_section_is_written_from_the_files(tmp_path, monkeypatch,
         (figures / f"{name}.png").write_bytes(b"png")
     (results / "claims.md").write_text("# Claims title\n\n| claim | verdict |\n")
     (results / "targets.md").write_text("| what | target | measured | |\n")
+    (results / "instruments.md").write_text("| run | rows | ITC |\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n\n{BEGIN}\nold numbers\n{END}\n\nafter\n")
     monkeypatch.chdir(tmp_path)  # README.md, results/ and figures/ of the working folder
@@ -335,7 +336,7 @@ def test_readme_results_section_is_written_from_the_files(tmp_path, monkeypatch,
     assert text.startswith("intro\n\n" + BEGIN) and text.endswith(END + "\n\nafter\n") and "old numbers" not in text
     assert text.index("table9 value") < text.index("table10 value") and "![figure3](figures/fixture/figure3.png)" in text
     assert "| claim | verdict |" in text and "Claims title" not in text
-    assert text.index("| what | target | measured |") < text.index("table9 value")  # the targets first
+    assert text.index("| what | target | measured |") < text.index("| run | rows | ITC |") < text.index("table9 value")  # the targets, the instruments first
     assert main(cli + ["--check"]) == 0
     readme.write_text("no markers\n")
     assert main(cli) == 2
@@ -431,3 +432,59 @@ def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, ca
     assert main(cli) == 2
     err = capsys.readouterr().err
     assert f"'retrieval TR@1 / IR@1 (Karpathy-style test split)': {layout.finetune_result(run, 'retrieval')}: no 'ir_r1'" in err
+
+
+def test_instruments_show_each_trained_runs_probes(tmp_path, monkeypatch, capsys):
+    """A row per dual-stream run the grids train (the default run first, no single-stream run), each
+    instrument measured as its target is; a run without records says "not run", a record without
+    an instrument's key names its file."""
+    from copa.cli import main
+    from copa.report.grids import available_grids, instrumented_runs, load_grid, params_run_name
+    from copa.report.instruments import INSTRUMENTS
+    from copa.run_layout import RunLayout
+
+    params = load_params("fixture")
+    runs = instrumented_runs([load_grid(name) for name in available_grids()], params)
+    default = params_run_name(params)
+    assert list(runs)[0] == default and runs[default][0] == "Table 10 COPA"
+    assert {labels[0] for labels in runs.values()} == {"Table 10 COPA", "Table 10 w/o PTA", "Table 10 w/o TPD", "Table 10 mPLUG"}
+    assert not any(run.startswith("single") for run in runs)  # Table 6's single-stream runs: the probes do not read them
+    without_pta = next(run for run, labels in runs.items() if labels[0] == "Table 10 w/o PTA")
+
+    layout = RunLayout("fixture")
+    monkeypatch.chdir(tmp_path)
+    probes = {"retrieval": {"r_mean": 43.45, "tr_r1": 21.0, "ir_r1": 14.7},
+              "itm": {"hard": {"balanced": 0.5, "auc": 0.56}, "constant": 0.5},
+              "patch_detection": {"score_ap": {"text": 0.7, "other_text": 0.45}},
+              "same_image_contrast": {"contrast": {"estimate": 0.37, "low": 0.35, "high": 0.39}},
+              "target_recall": {"selectors": {name: [{"keep_ratio": 0.3, "micro": value}] for name, value in
+                                              (("tpd", 0.66), ("cls_attention", 0.31), ("oracle", 0.96), ("random", 0.3))}}}
+    blind = {**probes, "patch_detection": {"selection": "cls_attention"},
+             "same_image_contrast": {"note": "not measured: no detector"}}
+    for run, record in ((default, probes), (without_pta, blind)):
+        path = layout.pretrain_eval(run)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"checkpoints": [record]}))
+    cli = ["--profile", "fixture", "--params-dir", str(REPO / "params"), "instruments"]
+    assert main(cli) == 0
+    rows = {r["run"]: r for r in json.loads(layout.instruments.with_suffix(".json").read_text())}
+    assert list(rows) == list(runs)
+    itc, swap, itm, ap, contrast, recall = (t.what for t in INSTRUMENTS)
+    assert rows[default][itc] == "43.5 (21.0 / 14.7)"
+    assert rows[default][itm] == "50.0% (constant predictor 50%), AUC 0.560"
+    assert rows[default][contrast] == "0.370 [0.350, 0.390]"
+    assert rows[default][recall].startswith("+0.350 (tpd 0.660, [CLS] attention 0.310")
+    assert rows[default][swap].startswith("not run (") and "vqa" in rows[default][swap]
+    assert rows[without_pta][ap] == "no TPD scores (selection cls_attention)"
+    assert rows[without_pta][contrast] == "not measured: no detector"
+    assert all(cell.startswith("not run (") for run in rows if run not in (default, without_pta) for cell in
+               (rows[run][c] for c in (itc, itm, ap)))
+    table = layout.instruments.read_text()
+    assert f"| `{default}` | Table 10 COPA (+" in table and "| 43.5 (21.0 / 14.7) |" in table
+    assert rows[default]["missing"] == [str(layout.finetune_result(default, "vqa"))]
+    assert f"{layout.pretrain_eval(list(runs)[-1])}" in table.split("\nnot run: ")[1]  # the files once, below the table
+
+    del probes["retrieval"]["r_mean"]
+    layout.pretrain_eval(default).write_text(json.dumps({"checkpoints": [probes]}))
+    assert main(cli) == 2
+    assert f"{layout.pretrain_eval(default)}: no 'r_mean'" in capsys.readouterr().err

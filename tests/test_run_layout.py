@@ -26,7 +26,7 @@ from copa.train.architectures import ARCHITECTURES
 from test_workflow import DVC_STAGE_RULES, REPO, copy_workflow, snakemake
 
 PROFILES = ("demo", "fixture")
-JOB_COUNTS = {"demo": 56, "fixture": 60}  # the DAG: one paired timing per speed table (5), one job for every cost
+JOB_COUNTS = {"demo": 60, "fixture": 64}  # the DAG: one paired timing per speed table (5), one job for every cost
 WORKFLOW_PROFILE = {"demo": "default", "fixture": "fixture"}  # profiles/: the one that selects it
 
 
@@ -119,6 +119,7 @@ def _expected(job: dict, layout: RunLayout, data_root: str) -> tuple[list[Path],
         "figure": lambda: ([*_files(layout.table(grid), *TABLE), *_files(layout.figure(grid), *FIGURE)], f"figure/{grid}"),
         "figure4": lambda: ([*_files(layout.figure("figure4"), *FIGURE), data_beside(layout.figure("figure4"))], "figure/figure4"),
         "claims": lambda: ([layout.claims, layout.claims_json], "claims"),
+        "instruments": lambda: ([layout.instruments, layout.instruments.with_suffix(".json")], "instruments"),
     }
     return by_rule[rule]()  # only the job's rule: the others' wildcards are not there
 
@@ -160,6 +161,7 @@ DEFAULTS = {
     "evaluate": (downstream.evaluate_outputs, ("json", "predictions")),
     "vqa_scratch": (downstream.vqa_scratch_outputs, ("json", "predictions")),
     "claims": (report.claims_paths, ("tables", "out")),
+    "instruments": (lambda args, layout: (report.instruments_output(args, layout),), ("out",)),
 }
 
 

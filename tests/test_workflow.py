@@ -237,10 +237,14 @@ def test_fixture_dag_end_to_end(workdir):
     subprocess.run([sys.executable, "-m", "copa", "--profile", "fixture", "targets"], cwd=workdir, check=True, stdout=subprocess.PIPE)
     rows = json.loads((workdir / "results" / "fixture" / "targets.json").read_text())
     assert len(rows) == 11 and all(r["met"] is not None for r in rows), rows
+    # the instruments of every dual-stream run the grids train (Table 10's four), each probed
+    instruments = json.loads((workdir / "results" / "fixture" / "instruments.json").read_text())
+    assert [r["rows"][0] for r in instruments] == ["Table 10 COPA", "Table 10 w/o PTA", "Table 10 w/o TPD", "Table 10 mPLUG"], instruments
+    assert not any(r["missing"] or any(cell.startswith("not run") for cell in r.values() if isinstance(cell, str)) for r in instruments)
     report = snakemake(workdir, *FIXTURE, "--report", "report.html")
     assert report.returncode == 0, report.stdout
     html = (workdir / "report.html").read_text()
-    assert all(name in html for name in ("table10", "table5", "figure3", "figure4", "figure5", "claims"))
+    assert all(name in html for name in ("table10", "table5", "figure3", "figure4", "figure5", "claims", "instruments"))
 
     again = snakemake(workdir, "--cores", "2", "-n", *FIXTURE)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
@@ -256,13 +260,13 @@ def test_fixture_dag_end_to_end(workdir):
     seeded = runs["seeded"]
     assert seeded.returncode == 0, seeded.stdout
     assert _scheduled(seeded.stdout) == {"patch_labels", "encoder_init", "pretrain", "pretrain_eval", "finetune", "evaluate", "efficiency",
-                                         *REPORT_RULES, *TPD_RULES, "all"}
+                                         *REPORT_RULES, *TPD_RULES, *PROBE_REPORT_RULES, "all"}
     assert "runs/fixture/pretrain/tpd-loc2-keep0.5-seed5/metrics.json" in seeded.stdout
     # ...a training knob reruns the run and its probes only...
     lr = runs["lr"]
     assert lr.returncode == 0, lr.stdout
     assert _scheduled(lr.stdout) == {"pretrain", "pretrain_eval", "finetune", "evaluate", "perception_oracle", *REPORT_RULES, *TPD_RULES,
-                                     "all"}  # not the shared init
+                                     *PROBE_REPORT_RULES, "all"}  # not the shared init
     # ...a fine-tuning knob, the fine-tune and its evaluation only; an inference setting, the evaluation only...
     ft = runs["ft"]
     assert ft.returncode == 0, ft.stdout
@@ -291,14 +295,14 @@ def test_fixture_dag_end_to_end(workdir):
     threshold = runs["threshold"]
     assert threshold.returncode == 0, threshold.stdout
     assert _scheduled(threshold.stdout) == {"filter_annotations", "patch_labels", "pretrain", "pretrain_eval", "finetune", "evaluate",
-                                            "perception_oracle", *REPORT_RULES, *TPD_RULES, "all"}
+                                            "perception_oracle", *REPORT_RULES, *TPD_RULES, *PROBE_REPORT_RULES, "all"}
     # ...a synth parameter regenerates the world and everything after it.
     reseeded = runs["reseeded"]
     assert reseeded.returncode == 0, reseeded.stdout
     assert "rule synth:" in reseeded.stdout and "Params have changed since last execution" in reseeded.stdout
     assert _scheduled(reseeded.stdout) == {"synth", "validate_data", "filter_annotations", "patch_labels", "encoder_init", "pretrain",
                                            "pretrain_eval", "finetune", "evaluate", "vqa_scratch", "perception_oracle", *REPORT_RULES, *TPD_RULES,
-                                           "reference_boxes",
+                                           *PROBE_REPORT_RULES, "reference_boxes",
                                            "all"}  # costs need no data
     # The from-scratch VQA anchor's knob reruns it and the tables that show it (Table 10), not a pretraining run
     scratch = runs["scratch"]
@@ -309,6 +313,7 @@ def test_fixture_dag_end_to_end(workdir):
 
 REPORT_RULES = ("table", "figure", "claims")
 TPD_RULES = ("figure4", "patch_detection", "figure5")  # the default run's TPD: its detections (Figure 4), against reference boxes (Figure 5)
+PROBE_REPORT_RULES = ("instruments",)  # what reads every trained run's held-out probes (pretrain_eval)
 
 
 def _fresh_clone_after_pull_retrains_nothing(workdir: Path) -> None:
@@ -429,7 +434,7 @@ RULE_COMMANDS = {  # the function of the CLI package (src/copa/cli/) behind each
     "encoder_init": "cmd_encoder_init", "pretrain": "cmd_pretrain", "pretrain_eval": "cmd_pretrain_eval", "finetune": "cmd_finetune",
     "evaluate": "cmd_evaluate", "efficiency": "cmd_efficiency", "efficiency_paired": "_paired_efficiency", "reference_boxes": "cmd_reference_boxes",
     "patch_detection": "cmd_patch_detection", "figure5": "cmd_figure5", "table": "cmd_table", "figure": "cmd_table",
-    "figure4": "cmd_detected_patches", "claims": "cmd_claims", "vqa_scratch": "cmd_vqa_scratch",
+    "figure4": "cmd_detected_patches", "claims": "cmd_claims", "instruments": "cmd_instruments", "vqa_scratch": "cmd_vqa_scratch",
     "perception_oracle": ("cmd_finetune", "cmd_evaluate"),  # one job, two subcommands
 }
 DVC_STAGE_RULES = {  # the rules whose jobs each DVC stage's `snakemake` target runs beyond the earlier stages'
@@ -438,6 +443,7 @@ DVC_STAGE_RULES = {  # the rules whose jobs each DVC stage's `snakemake` target 
              "efficiency_paired"),
     "tables": ("table",), "figures": ("figure",), "figure4": ("figure4",), "figure5": ("reference_boxes", "patch_detection", "figure5"),
     "claims": ("claims",),
+    "instruments": ("instruments",),
 }
 
 

@@ -186,6 +186,12 @@ class RunLayout:
         """Issue 23's outcome targets against the default run (`copa targets`); its JSON goes beside it."""
         return self.results / "targets.md"
 
+    @property
+    def instruments(self) -> Path:
+        """The held-out instruments of every pretraining run the profile trains, side by side (`copa
+        instruments`); its JSON goes beside it."""
+        return self.results / "instruments.md"
+
     # --- figures (stems: .png and .pdf)
     def figure(self, name: str) -> Path:
         """The stem of a figure: a grid's (figure1a, figure3), figure4, figure5."""

@@ -13,7 +13,7 @@ from snakemake.utils import validate
 
 from copa.config import SELECTION_METHODS, VQA_SCRATCH_READS, ParamsError, load_params
 from copa.run_layout import METRICS_FILE, SIZE_TAG_PATTERN, RunLayout, data_beside, predictions_beside, seed_run, tag_size
-from copa.report.grids import available_grids, load_grid, params_run_name
+from copa.report.grids import available_grids, instrumented_runs, load_grid, params_run_name
 from copa.train.architectures import ARCHITECTURES, architecture, architecture_of_run, code_modules
 
 # `config` holds run control only (profile, overrides); experiment parameters live in params/.
@@ -195,6 +195,8 @@ def seed_default_run(seed):
 
 # the run of the profile's own parameters (COPA's default: TPD after the middle layer keeping 50%)
 DEFAULT_RUN = seed_default_run(PARAMS.seed)
+# the pretraining runs the grids train whose held-out probes `copa pretrain-eval` reads (the report's instruments)
+INSTRUMENTED_RUNS = instrumented_runs(GRIDS.values(), PARAMS)  # run -> the grid rows it serves
 
 
 def default_run_sources(*entries, heads=False):
@@ -221,6 +223,10 @@ def grid_results(name):
     """The result files the table or figure of grid `name` reads: its trained rows' fine-tuning
     results and every row's efficiency, for each seed of params `report.seeds`."""
     return [str(p) for p in grid_inputs(GRIDS[name], PARAMS, LAYOUT.results, PARAMS.report.seeds)]
+
+
+# every result file the tables and figures read
+GRID_RESULTS = sorted({path for name in GRIDS for path in grid_results(name)})
 
 
 def grid_json(wildcards):

@@ -75,8 +75,9 @@ rule pretrain:
 
 
 rule pretrain_eval:
-    # Held-out probes of every per-epoch checkpoint (ITC retrieval R@K, patch precision / recall
-    # of the selection on held-out boxes, with chance levels) and the run's figure.
+    # Held-out probes (ITC retrieval R@K, ITM, patch precision / recall of the selection on held-out
+    # boxes, with chance levels, ...) and the run's figure: of every per-epoch checkpoint for the
+    # default run, of the last one for the others (the report's instruments per run).
     input:
         metrics=LAYOUT.pretrain_run("{run}") / METRICS_FILE,
         root=rules.synth.output.root if SYNTHETIC else PARAMS.data.root,
@@ -90,6 +91,7 @@ rule pretrain_eval:
         copa=copa_cli(),
         run_dir=lambda w, input: os.path.dirname(input.metrics),
         figure_stem=lambda w, output: os.path.splitext(output.figure[0])[0],
+        checkpoints=lambda w: "epochs" if w.run == DEFAULT_RUN else "last",
     log:
         LAYOUT.log("pretrain_eval/{run}"),
     benchmark:
@@ -98,4 +100,4 @@ rule pretrain_eval:
         "../envs/copa.yaml"
     shell:
         "{params.gpu}{params.copa} pretrain-eval --run {params.run_dir:q} --root {input.root:q} --json {output.json:q}"
-        " --figure {params.figure_stem:q} --quiet > {log:q} 2>&1"
+        " --figure {params.figure_stem:q} --checkpoints {params.checkpoints:q} --quiet > {log:q} 2>&1"

@@ -15,11 +15,11 @@ localrules:
 
 
 rule runs:
-    # Every run result the tables and figures read, and the default run's probes and fine-tunes on
-    # every task: the target of DVC's `runs` stage.
+    # Every run result the tables and figures read, every trained dual-stream run's probes, and the
+    # default run's fine-tunes on every task: the target of DVC's `runs` stage.
     input:
-        sorted({path for name in GRIDS for path in grid_results(name)}),
-        LAYOUT.pretrain_eval(DEFAULT_RUN),
+        GRID_RESULTS,
+        [LAYOUT.pretrain_eval(run) for run in INSTRUMENTED_RUNS],
         [LAYOUT.finetune_result(DEFAULT_RUN, task) for task in TASKS],
         LAYOUT.efficiency(DEFAULT_RUN),
 
@@ -100,6 +100,29 @@ rule figure4:
         "../envs/copa.yaml"
     shell:
         "{params.copa} detected-patches --run {params.run_dir:q} --root {input.root:q} --figure {params.figure:q} > {log:q} 2>&1"
+
+
+rule instruments:
+    # Every trained run's held-out probes and VQA swapped-image control, side by side.
+    input:
+        probes=[LAYOUT.pretrain_eval(run) for run in INSTRUMENTED_RUNS],
+        vqa=[str(LAYOUT.finetune_result(run, "vqa")) for run in INSTRUMENTED_RUNS
+             if run == DEFAULT_RUN or str(LAYOUT.finetune_result(run, "vqa")) in GRID_RESULTS],  # where the run is fine-tuned on VQA
+        code=sources("copa.report.instruments"),
+    output:
+        markdown=report(str(LAYOUT.instruments), caption="../report/instruments.rst", category="Instruments"),
+        json=LAYOUT.instruments.with_suffix(".json"),
+    params:
+        runs=json.dumps(INSTRUMENTED_RUNS, sort_keys=True),  # rerun trigger: the runs and the grid rows they serve
+        copa=copa_cli("report", "model", "seed", "architecture"),
+    log:
+        LAYOUT.log("instruments"),
+    benchmark:
+        LAYOUT.benchmark("instruments"),
+    conda:
+        "../envs/copa.yaml"
+    shell:
+        "{params.copa} instruments --out {output.markdown:q} > {log:q} 2>&1"
 
 
 rule claims:

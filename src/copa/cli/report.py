@@ -92,6 +92,24 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def instruments_output(args: argparse.Namespace, layout: RunLayout) -> Path:
+    """`copa instruments`'s Markdown table (its JSON goes beside it)."""
+    return path_or(args.out, layout.instruments)
+
+
+def cmd_instruments(args: argparse.Namespace) -> int:
+    from copa.report.instruments import write_instruments
+
+    params = profile_params(args)
+    layout = RunLayout(params.profile)
+    try:
+        paths = write_instruments(params, instruments_output(args, layout), layout, args.params_dir)
+    except ValueError as exc:  # a record without an instrument's number
+        raise CommandError(exc) from exc
+    print(f"instruments per run ({params.profile}) -> {', '.join(map(str, paths))}")
+    return 0
+
+
 def cmd_stage_times(args: argparse.Namespace) -> int:
     from copa.report.stage_times import stage_times, stage_times_markdown
 
@@ -155,6 +173,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                        f"from its result files and the benchmarks in {layout.benchmarks}")
     p.add_argument("--out", help=f"the Markdown table; a JSON beside it (default: {layout.targets})")
     p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("instruments", help="the held-out instruments of every pretraining run the profile trains, side by side "
+                                           f"(from {given.pretrain_eval('<run>')} and each run's VQA evaluation)")
+    p.add_argument("--out", help=f"the Markdown table; a JSON beside it (default: {layout.instruments})")
+    p.set_defaults(func=cmd_instruments)
 
     p = sub.add_parser("stage-times", help="wall time per rule from the workflow's Snakemake benchmark files, as a Markdown table")
     p.add_argument("folder", nargs="?", help=f"the benchmark files' folder (default: {layout.benchmarks})")

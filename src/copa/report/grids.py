@@ -50,6 +50,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -63,6 +64,7 @@ from copa.train.architectures import architecture
 GRIDS_DIR = "grids"
 PAPER_DEPTH = 12  # ViT-B/16
 PAPER_PRETRAIN_SIZE = 256  # px (COPA Appendix D): a profile's VQA fine-tuning resolutions scale with its pretraining's
+ABLATION_GRID = "table10"  # COPA Table 10: the rows the accuracy claims compare, shown first where runs are listed
 PAPER_PROTOCOL_SIZE = 224  # px (COPA Table 4): a profile's cost resolutions scale with its efficiency protocol's
 
 
@@ -311,3 +313,19 @@ def row_result(row: GridRow, source: str, params: Params, results: Path, seed: i
     size = None if row.resolution is None else profile_resolution(row.resolution, params, source)
     default = params.efficiency.image_size if source == "efficiency" else vqa_image_size(params)
     return result_path(results, source, row_run(row, params, seed), None if size == default else size)
+
+
+def instrumented_runs(grids: Iterable[Grid], params: Params) -> dict[str, list[str]]:
+    """Run name -> the grid rows it serves ("Table 10 COPA"), for every run of a row that the grids
+    train for the profile of ``params`` and whose architecture the held-out probes read (`copa
+    pretrain-eval`: the report's instruments per run), each seed of ``report.seeds``; the profile's
+    default run first (the targets' run), then in the grids' order, Table 10's first."""
+    runs: dict[str, list[str]] = {params_run_name(params): []} if architecture(params.architecture).instruments else {}
+    for grid in sorted(grids, key=lambda g: g.name != ABLATION_GRID):
+        trained = trained_labels(grid, params)
+        table = grid.title.split(":", 1)[0]
+        for row in grid.rows:
+            if row.label in trained and architecture(row.architecture).instruments:
+                for seed in params.report.seeds:
+                    runs.setdefault(row_run(row, params, seed), []).append(f"{table} {row.label}")
+    return runs

@@ -1,5 +1,5 @@
-"""The README's results section, written from a profile's outcome targets, tables, figures and
-claims check (the files the workflow and `copa targets` wrote), never typed: `copa readme-results` replaces what lies between the two
+"""The README's results section, written from a profile's outcome targets, instruments per run,
+tables, figures and claims check (the files the workflow and `copa targets` wrote), never typed: `copa readme-results` replaces what lies between the two
 markers below, and `--check` says whether the README still shows the files' contents.
 """
 
@@ -24,12 +24,14 @@ def _number(name: str) -> tuple[str, int]:
 
 
 def results_block(profile: str, root: Path = Path("."), params_dir: str | Path = DEFAULT_PARAMS_DIR) -> str:
-    """The section's text: the outcome targets (copa.report.targets), every table's Markdown, every figure (Figure 5 with its table), the claims check of ``profile``,
+    """The section's text: the outcome targets (copa.report.targets), the instruments of each run
+    (copa.report.instruments), every table's Markdown, every figure (Figure 5 with its table), the claims check of ``profile``,
     from the workflow's folders under ``root`` (the README's folder: the paths it prints)."""
     layout = RunLayout(profile)
     tables = sorted((g for g in available_grids(params_dir) if g not in FIGURES), key=_number)
-    parts = [BEGIN, f"Profile **{profile}**, from `{layout.targets}`, `{layout.tables}/*.md`, `{layout.figures}/*.png` and "
-             f"`{layout.claims}`.", "", _read(root / layout.targets).rstrip(), ""]
+    parts = [BEGIN, f"Profile **{profile}**, from `{layout.targets}`, `{layout.instruments}`, `{layout.tables}/*.md`, "
+             f"`{layout.figures}/*.png` and `{layout.claims}`.", "", _read(root / layout.targets).rstrip(), "",
+             _read(root / layout.instruments).rstrip(), ""]
     for name in tables:
         parts += [_read(root / layout.table(name).with_suffix(".md")).rstrip(), ""]
     for name in sorted(FIGURES, key=_number):

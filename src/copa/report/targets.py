@@ -34,13 +34,13 @@ from copa.config import DEFAULT_PARAMS_DIR, Params
 from copa.data.formats.records import load_json
 from copa.eval.target_recall import KEEP_RATIOS, REFERENCES
 from copa.report.claims import UNMEASURABLE
-from copa.report.grids import AnchorRow, load_grid, params_run_name
+from copa.report.grids import ABLATION_GRID, AnchorRow, load_grid, params_run_name
 from copa.report.stage_times import stage_times
 from copa.run_layout import RunLayout, seed_run
 
 TARGET_KEEP = 0.3  # the keep ratio of the target-patch recall target
 assert TARGET_KEEP in KEEP_RATIOS
-ANCHORS_GRID = "table10"  # the grid whose VQA anchors the VQA targets show beside the run
+NOT_RUN = "not run"  # a measure's text where a file is missing: "not run (<file> missing)"
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,12 @@ class TargetRow:
     met: bool | None  # None: not run, or not measurable on this run
 
 
-class _Run:
-    """The files of a profile's default run, read once each; a missing one raises FileNotFoundError."""
+class RunFiles:
+    """The result files of one pretraining run (the targets': the profile's default run) and the
+    profile's claims check, read once each; a missing one raises FileNotFoundError. ``anchors``: the
+    VQA anchors of seed ``seed`` shown beside its VQA."""
 
-    def __init__(self, layout: RunLayout, run: str, seed: int, anchors: Sequence[AnchorRow]):
+    def __init__(self, layout: RunLayout, run: str, seed: int | None = None, anchors: Sequence[AnchorRow] = ()):
         self.layout, self.run, self.seed, self.anchors = layout, run, seed, anchors
         self.files: dict[Path, object] = {}
         self.last: Path | None = None  # the file read last: the one a missing key is in
@@ -98,7 +100,7 @@ class Bar:
         return measured <= self.value if self.at_most else measured >= self.value
 
 
-Measure = Callable[[_Run, Sequence[Bar]], tuple[str, bool | None]]
+Measure = Callable[[RunFiles, Sequence[Bar]], tuple[str, bool | None]]
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class Target:
     bars: tuple[Bar, ...]
     measure: Measure
     note: str = ""  # the target's text after its bars: how its measure applies them ("each" split) or what it checks besides
+    instrument: bool = False  # read from a pretraining run's own files: copa.report.instruments shows it for every run
 
     @property
     def text(self) -> str:
@@ -115,14 +118,14 @@ class Target:
 
 def _vqa(key: Callable[[dict], float]) -> Measure:
     """A VQA number of the run, with the same number of Table 10's anchors beside it where they ran."""
-    def measure(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool]:
+    def measure(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool]:
         value = key(run.task("vqa"))
         beside = [f"; {a.label} {key(record):.1f}" for a in run.anchors if (record := run.anchor(a)) is not None]
         return f"{value:.1f}" + "".join(beside), bars[0].met(value)
     return measure
 
 
-def _vqa_swap(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
+def _vqa_swap(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     record = run.task("vqa")
     if "controls" not in record:
         return "no swapped-image control (evaluate.vqa.swapped_image_control off)", None
@@ -132,14 +135,14 @@ def _vqa_swap(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
             "change)"), bars[0].met(gap)
 
 
-def _itm(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
+def _itm(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     itm = run.probes()["itm"]
     value = 100 * itm["hard"]["balanced"]
     auc = f", AUC {itm['hard']['auc']:.3f}" if "auc" in itm["hard"] else ""  # evaluations before the AUC have none
     return f"{value:.1f}% (constant predictor {100 * itm['constant']:.0f}%){auc}", bars[0].met(value)
 
 
-def _tpd_ap(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
+def _tpd_ap(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     detection = run.probes()["patch_detection"]
     if "score_ap" not in detection:
         return f"no TPD scores (selection {detection.get('selection', 'none')})", None
@@ -147,7 +150,7 @@ def _tpd_ap(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     return f"{ap['text']:.3f} (another box's text: {ap['other_text']:.3f})", bars[0].met(ap["text"])
 
 
-def _contrast(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
+def _contrast(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     contrast = run.probes()["same_image_contrast"]
     if "contrast" not in contrast:
         return contrast["note"], None
@@ -155,7 +158,7 @@ def _contrast(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     return f"{c['estimate']:.3f} [{c['low']:.3f}, {c['high']:.3f}]", bars[0].met(c["estimate"]) and c["low"] > 0  # the note's "interval above 0"
 
 
-def _target_recall(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
+def _target_recall(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     probes = run.probes()
     if "target_recall" not in probes:
         return "not measured (the data root has no referents.json)", None
@@ -172,25 +175,25 @@ def _target_recall(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
             f"random {micro('random'):.3f}, oracle {micro('oracle'):.3f})"), bars[0].met(gap)
 
 
-def _retrieval(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
+def _retrieval(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     r = run.task("retrieval")
     text, image = bars
     return f"{r['tr_r1']:.1f} / {r['ir_r1']:.1f}", text.met(r["tr_r1"]) and image.met(r["ir_r1"])
 
 
-def _grounding(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
+def _grounding(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     splits = run.task("grounding")["splits"]
     met = bool(splits) and all(bars[0].met(s["acc@0.5"]) for s in splits.values())
     return " / ".join(f"{name} {s['acc@0.5']:.1f}" for name, s in splits.items()), met
 
 
-def _claims(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
+def _claims(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     verdicts = run.claims()
     n = sum(v["verdict"] == UNMEASURABLE for v in verdicts)
     return f"{n} of {len(verdicts)}", bars[0].met(n)
 
 
-def _time(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
+def _time(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     minutes = sum(t.seconds for t in stage_times(run.layout.benchmarks)) / 60
     return f"{minutes:.0f} min summed over the jobs", bars[0].met(minutes)
 
@@ -198,11 +201,11 @@ def _time(run: _Run, bars: Sequence[Bar]) -> tuple[str, bool | None]:
 TARGETS: tuple[Target, ...] = (
     Target("VQA overall, COPA run", (Bar(75),), _vqa(lambda r: r["overall"])),
     Target('VQA "other" (colour and shape questions)', (Bar(70),), _vqa(lambda r: r["per_answer_type"]["other"])),
-    Target("VQA overall minus swapped-image control", (Bar(20, " points"),), _vqa_swap),
-    Target("ITM held-out accuracy, balanced, hard negatives", (Bar(85, "%"),), _itm),
-    Target("TPD patch AP guided by the pair's own text", (Bar(0.45),), _tpd_ap),
-    Target("same-image PTA contrast, paired", (Bar(0.15),), _contrast, " AP, interval above 0"),
-    Target(f"target-patch recall at {TARGET_KEEP:.0%} keep, TPD minus [CLS]-attention", (Bar(0.15),), _target_recall),
+    Target("VQA overall minus swapped-image control", (Bar(20, " points"),), _vqa_swap, instrument=True),
+    Target("ITM held-out accuracy, balanced, hard negatives", (Bar(85, "%"),), _itm, instrument=True),
+    Target("TPD patch AP guided by the pair's own text", (Bar(0.45),), _tpd_ap, instrument=True),
+    Target("same-image PTA contrast, paired", (Bar(0.15),), _contrast, " AP, interval above 0", instrument=True),
+    Target(f"target-patch recall at {TARGET_KEEP:.0%} keep, TPD minus [CLS]-attention", (Bar(0.15),), _target_recall, instrument=True),
     Target("retrieval TR@1 / IR@1 (Karpathy-style test split)", (Bar(40), Bar(25)), _retrieval),
     Target("grounding acc@0.5, each split (val / testA / testB)", (Bar(70),), _grounding, " each"),
     Target('claims "not measurable"', (Bar(2, at_most=True),), _claims),
@@ -212,18 +215,20 @@ TARGETS: tuple[Target, ...] = (
 
 def measure_targets(params: Params, layout: RunLayout, params_dir: str | Path = DEFAULT_PARAMS_DIR) -> list[TargetRow]:
     """Every target's row for the profile of ``params``, from its files under ``layout``."""
-    vqa_anchors = [a for a in load_grid(ANCHORS_GRID, params_dir).anchors if a.task == "vqa"]
-    run = _Run(layout, params_run_name(params), params.seed, vqa_anchors)
-    rows = []
-    for target in TARGETS:
-        try:
-            measured, met = target.measure(run, target.bars)
-        except FileNotFoundError as missing:
-            measured, met = f"not run ({missing})", None
-        except (KeyError, IndexError, TypeError) as exc:  # a record of another format
-            raise ValueError(f"target {target.what!r}: {run.last}: no {exc} where its record should have it") from None
-        rows.append(TargetRow(target.what, target.text, measured, met))
-    return rows
+    vqa_anchors = [a for a in load_grid(ABLATION_GRID, params_dir).anchors if a.task == "vqa"]  # shown beside the run's VQA
+    run = RunFiles(layout, params_run_name(params), params.seed, vqa_anchors)
+    return [TargetRow(target.what, target.text, *measure_target(target, run)) for target in TARGETS]
+
+
+def measure_target(target: Target, run: RunFiles) -> tuple[str, bool | None]:
+    """What ``run`` measured for ``target`` and whether it meets the bars; "not run (<file> missing)"
+    and None where a file is missing. A record of another format raises ValueError naming the file."""
+    try:
+        return target.measure(run, target.bars)
+    except FileNotFoundError as missing:
+        return f"{NOT_RUN} ({missing})", None
+    except (KeyError, IndexError, TypeError) as exc:  # a record of another format
+        raise ValueError(f"target {target.what!r}: {run.last}: no {exc} where its record should have it") from None
 
 
 def targets_markdown(rows: list[TargetRow], profile: str, run: str) -> str:
