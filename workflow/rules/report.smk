@@ -103,7 +103,7 @@ rule figure4:
 
 
 rule instruments:
-    # Every trained run's held-out probes and VQA swapped-image control, side by side.
+    # Every trained dual-stream run's held-out probes and VQA swapped-image control, side by side.
     input:
         probes=[LAYOUT.pretrain_eval(run) for run in INSTRUMENTED_RUNS],
         vqa=[str(LAYOUT.finetune_result(run, "vqa")) for run in INSTRUMENTED_RUNS
