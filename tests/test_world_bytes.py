@@ -87,5 +87,16 @@ def test_the_demo_world_is_the_one_dvc_lock_records(tmp_path):
         f"records {locked['md5']} ({locked['nfiles']} files, {locked['size']} bytes) for {out}. If the generator or the demo's "
         "synth params changed on purpose, refresh the lock with the project's environment active: `dvc repro data` "
         "(Snakemake regenerates the world and results/demo/data_validation.json), then commit dvc.lock and "
-        "results/demo/data_validation.json. If nothing was meant to change, the world is no longer byte-stable."
+        "results/demo/data_validation.json. If nothing was meant to change, the world is no longer byte-stable, or this "
+        f"environment draws other bytes ({drawing_libraries()} here; the lock holds the world that "
+        "requirements.lock's wheels from PyPI draw, as CI installs them)."
     )
+
+
+def drawing_libraries() -> str:
+    """The versions that draw and encode the world's images, for the failure message."""
+    import numpy
+    import PIL
+    from PIL import features
+
+    return f"NumPy {numpy.__version__}, Pillow {PIL.__version__}, libjpeg-turbo {features.version('libjpeg_turbo')}"
