@@ -27,7 +27,12 @@ PROFILES_DIR = "profiles"
 OVERRIDE_SOURCE = "--set"
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# libyaml's parser where PyYAML was built with it: the pure-Python one took 90% of load_params
+# (0.13 s a call, and the Snakefile, every `copa` command and many tests make dozens of calls).
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(_SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping (it keeps the last one silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -44,7 +49,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def safe_load_unique(text: str) -> Any:
     """``yaml.safe_load`` that refuses duplicate keys (a ``yaml.YAMLError`` naming the key and its line)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a (C)SafeLoader subclass
 
 
 def available_profiles(params_dir: Path = DEFAULT_PARAMS_DIR) -> list[str]:
