@@ -10,19 +10,23 @@ of 12), whatever the profile's depth.
 from __future__ import annotations
 
 import textwrap
-from typing import Callable
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Callable
 
 from copa.config import ITM_GUIDANCES
 from copa.report.columns import COLUMNS, MEMORY_HEADER, memory_column
-from copa.report.figures import new_figure
 from copa.report.grids import Grid, GridRow
-from copa.report.tables import Cell
+
+# The Snakefile imports FIGURES for the names of the grids drawn as figures: matplotlib and pandas
+# (~1 s of every Snakemake start) load only where a figure is drawn.
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from copa.report.tables import Cell
+
+    Cells = dict[str, dict[str, Cell]]
 
 SELECTOR_NAMES = {"tpd": "TPD (COPA)", "cls_attention": "[CLS] attention", "text_attention": "text attention (TRIPS)",
                   "oracle": "oracle (referent boxes)", "random": "random"}
-Cells = dict[str, dict[str, Cell]]
 TITLE_WIDTH = 120  # characters a line of Figure 3's two-panel title holds at its font size
 
 
@@ -40,6 +44,8 @@ def _baseline(ax, rows: list[GridRow], cells: Cells, column: str, label: str, co
 
 
 def accuracy_vs_keep(grid: Grid, cells: Cells, subtitle: str) -> Figure:
+    from copa.report.figures import new_figure
+
     fig = new_figure(5.0, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     selecting = [r for r in grid.rows if r.keep < 1.0]
@@ -57,6 +63,8 @@ def accuracy_vs_keep(grid: Grid, cells: Cells, subtitle: str) -> Figure:
 
 
 def memory_vs_keep_and_location(grid: Grid, cells: Cells, subtitle: str) -> Figure:
+    from copa.report.figures import new_figure
+
     fig = new_figure(8.0, 3.4)
     tpd = [r for r in grid.rows if r.method == "tpd"]
     baseline = [r for r in grid.rows if r.method == "none"]
