@@ -129,8 +129,11 @@ def _breakdown(prof: profile, flops: int, matmul_rate: float, top: int) -> dict[
             update[event.name] += event.cpu_time_total
         elif event.name.startswith(BACKWARD_NODE):
             backward[scope_of_sequence.get(event.sequence_nr, UNATTRIBUTED)] += event.cpu_time_total
-        elif event.sequence_nr >= 0 and event.sequence_nr not in scope_of_sequence:
-            scope_of_sequence[event.sequence_nr] = _enclosing_scope(event)
+        elif event.sequence_nr >= 0 and (scope := _enclosing_scope(event)) is not None:
+            # an op that makes no autograd node records the number the next node will get, so the
+            # node's maker is the last forward op to record it (a frozen term's ops come before the
+            # sum that makes the next node, and must not take its backward)
+            scope_of_sequence[event.sequence_nr] = scope
     scopes = sorted(set(forward) | set(backward), key=lambda s: -(forward[s] + backward[s]))
     return {
         "self_ms": total_us / 1e3, "top_ops": top_ops, "python_ms": python_us / 1e3,
@@ -147,11 +150,14 @@ def _is_scope(name: str) -> bool:
     return name.startswith(SCOPE_PREFIX) or name in (OPTIMIZER_STEP, AFTER_STEP_SCOPE)
 
 
-def _enclosing_scope(event: Any) -> str:
-    """The objective scope around a forward op (``other`` outside every one)."""
+def _enclosing_scope(event: Any) -> str | None:
+    """The objective scope around a forward op (``other`` outside every one; None for an op that
+    runs inside a backward node)."""
     parent = event.cpu_parent
     while parent is not None:
         if parent.name.startswith(SCOPE_PREFIX):
             return parent.name.removeprefix(SCOPE_PREFIX)
+        if parent.name.startswith(BACKWARD_NODE):
+            return None
         parent = parent.cpu_parent
     return UNATTRIBUTED
