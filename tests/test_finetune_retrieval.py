@@ -42,6 +42,7 @@ def test_finetune_then_evaluate_from_the_cli(fixture_world, fixture_pretraining_
     assert result["k_test"] == params.evaluate.retrieval.k_test
     for key in ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10"):
         assert 0.0 <= result[key] <= 100.0 and 0.0 <= result["coarse"][key] <= 100.0 and 0.0 < result["chance"][key] <= 100.0
+        assert result["chance"][key] <= result["fit_oracle"][key] <= 100.0  # the synthetic world says what is true of what
     assert "TR@1" in capsys.readouterr().out
 
 

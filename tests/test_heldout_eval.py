@@ -15,7 +15,7 @@ from copa.data.layout import DataLayout
 from copa.data.pretrain_data import image_text_pairs
 from copa.data.tokenizer import train_wordpiece, load_tokenizer
 from copa.eval.pretraining import patch_detection
-from copa.eval.retrieval import RECALL_KS, chance_recall, retrieval_recall, two_stage_scores
+from copa.eval.retrieval import RECALL_KS, chance_recall, fit_oracle_recalls, retrieval_recall, two_stage_scores
 from copa.models.copa import CopaModel
 from copa.train.build import copa_spec
 
@@ -51,6 +51,19 @@ def test_recall_rejects_mismatched_ground_truth() -> None:
         retrieval_recall(torch.zeros(2, 2), [0, 2])
 
 
+def test_fit_oracle_recall_hand_case() -> None:
+    # 3 images, 2 captions each; caption 0 (image 0's) is true of image 1 too, caption 3 (image 1's) of all three
+    true_of = (frozenset({0, 1}), frozenset({0}), frozenset({1}), frozenset({0, 1, 2}), frozenset({2}), frozenset({2}))
+    oracle = fit_oracle_recalls(true_of, (0, 0, 1, 1, 2, 2), 3, ks=(1, 2))
+    # IR@1: 1/2, 1, 1, 1/3, 1, 1; TR@1: image 0 has 2 own among 3 true, image 1 2 among 3, image 2 2 among 3
+    assert oracle["ir_r1"] == pytest.approx(100 * (0.5 + 1 + 1 + 1 / 3 + 1 + 1) / 6)
+    assert oracle["tr_r1"] == pytest.approx(100 * 2 / 3)
+    # @2: every caption true of at most 2 images is found but caption 3 (2/3); each image's 2 of 3 always hit
+    assert oracle["ir_r2"] == pytest.approx(100 * (5 + 2 / 3) / 6) and oracle["tr_r2"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="a caption of image 1 is not true of it"):
+        fit_oracle_recalls((frozenset({0}), frozenset({0})), (0, 1), 2)
+
+
 def test_chance_recall() -> None:
     assert chance_recall(100, 1, 1) == pytest.approx({"tr_r1": 1.0, "ir_r1": 1.0})
     # 5 captions per image among 1,000 texts: P(one of 5 in the top 1) = 5 / 1000
@@ -68,6 +81,12 @@ def test_heldout_sets_are_the_karpathy_test_images_and_never_pretrained_on(fixtu
     assert list(data.images) == [im.path for im in test_images]
     assert len(data.texts) == sum(len(im.sentences) for im in test_images) == len(data.text_image)
     assert data.texts[data.text_image.index(1)] == test_images[1].sentences[0]
+    # the synthetic world says which images each caption is true of: its own always
+    assert data.true_of is not None and len(data.true_of) == len(data.texts)
+    assert all(own in images for own, images in zip(data.text_image, data.true_of))
+    oracle = fit_oracle_recalls(data.true_of, data.text_image, len(data.images))
+    chance = {key: value for k in RECALL_KS for key, value in chance_recall(len(data.images), len(data.texts) / len(data.images), k).items()}
+    assert all(chance[key] <= oracle[key] <= 100.0 for key in oracle)
 
     held = heldout_object_samples(layout, params.filter, "test")
     test_paths = set(data.images)

@@ -73,6 +73,9 @@ def test_negatives_never_match_their_positive() -> None:
     positive = positive_texts(text_image, 3)
     assert positive.tolist() == [0, 2, 4]
     assert matches[2, 0] and matches[0, 5]  # the repeated text matches both images
+    # where the world says a caption is true of another image ("a star." of image 2 too), it matches there as well
+    told = matching(texts, text_image, 3, (frozenset({0}), frozenset({0}), frozenset({1}), frozenset({1, 2}), frozenset({2}), frozenset({2})))
+    assert told[2, 3] and not matches[2, 3] and (told & ~matches).sum() == 1
     sim = torch.zeros(3, 6)
     sim[0, 5] = sim[0, 4] = 5.0  # image 0's most similar other text is its own text again: not allowed
     sim[2, 0] = 9.0  # image 2 is the most similar image to caption 0, but has that caption too

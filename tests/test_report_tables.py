@@ -406,7 +406,8 @@ def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, ca
 
     write(layout.finetune_result(run, "vqa"), {"overall": 80.0, "per_answer_type": {"other": 60.0},
                                                "controls": {"swapped_image": {"overall": 50.0, "answers_changed": 0.4}}})
-    write(layout.finetune_result(run, "retrieval"), {"tr_r1": 45.0, "ir_r1": 20.0})
+    write(layout.finetune_result(run, "retrieval"), {"tr_r1": 45.0, "ir_r1": 20.0, "coarse": {"tr_r1": 50.0, "ir_r1": 30.0},
+                                                     "fit_oracle": {"tr_r1": 92.6, "ir_r1": 95.3}})
     write(layout.anchor_result("vqa_scratch", "seed0"), {"overall": 79.0, "per_answer_type": {"other": 81.5}})
     recall = {name: [{"keep_ratio": 0.3, "micro": value}] for name, value in
               (("tpd", 0.7), ("cls_attention", 0.5), ("oracle", 1.0), ("random", 0.3))}
@@ -426,8 +427,23 @@ def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, ca
     assert rows["VQA overall minus swapped-image control"]["measured"].startswith("30.0 (80.0 - 50.0; 40% of answers change)")
     assert rows["VQA overall, COPA run"]["measured"] == "80.0; FiLM from scratch (VQA data only) 79.0"  # the bracket did not run
     assert rows["ITM held-out accuracy, balanced, hard negatives"]["measured"] == "90.0% (constant predictor 50%), AUC 0.950"
+    assert rows["retrieval TR@1 / IR@1 (Karpathy-style test split)"]["measured"] == \
+        "45.0 / 20.0; ITC stage alone 50.0 / 30.0; caption-fit oracle 92.6 / 95.3"
     assert rows["workflow time, 2 cores"]["measured"].startswith("not run (logs/fixture/benchmarks: no Snakemake benchmark files")
     assert "6 of 11 targets met." in layout.targets.read_text()
+    # a part of the workflow (the data stage alone) is no workflow time; its training jobs make it one
+    benchmark = "s\th:m:s\n600\t0:10:00\n"
+    (layout.benchmarks / "synth.tsv").parent.mkdir(parents=True)
+    (layout.benchmarks / "synth.tsv").write_text(benchmark)
+    assert main(cli) == 0
+    rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
+    assert "no benchmark of the pretrain, finetune, evaluate rules" in rows["workflow time, 2 cores"]["measured"]
+    for rule in ("pretrain", "finetune", "evaluate"):
+        (layout.benchmarks / rule).mkdir()
+        (layout.benchmarks / rule / "job.tsv").write_text(benchmark)
+    assert main(cli) == 0
+    rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
+    assert rows["workflow time, 2 cores"]["measured"] == "40 min summed over the jobs" and rows["workflow time, 2 cores"]["met"]
     write(layout.finetune_result(run, "retrieval"), {"tr_r1": 45.0})
     assert main(cli) == 2
     err = capsys.readouterr().err

@@ -5,6 +5,7 @@ import pickle
 import shutil
 
 import numpy as np
+import pytest
 
 from copa.data.formats.records import Box
 from copa.data.layout import DataLayout
@@ -124,3 +125,40 @@ def test_checker_finds_a_bare_shape_name_written_into_a_world(fixture_world, tmp
     refs[0]["sentences"][0]["sent"] = f"the {shape}"  # every ref's image holds 2+ objects of its shape
     path.write_bytes(pickle.dumps(refs, protocol=2))
     assert ambiguity_report(root)["referring_expressions"]["several"] == 1
+
+
+# ------------------------------------------------------------------------------------- captions
+def test_every_caption_the_world_writes_is_true_of_its_scene():
+    from copa.data.synth.meaning import read_caption
+    from copa.data.synth.scene import sample_scene
+
+    kinds = set()
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        scene = sample_scene(rng, (96, 160), (1, 8), "in_domain")
+        for text in language.captions(scene, rng, 5):
+            assert read_caption(text.text)(scene), text.text
+            kinds.add(text.text.split()[0])
+    assert {"an", "the"} <= kinds  # listings and "the largest shape" among them
+
+
+def test_a_caption_is_false_where_any_of_what_it_says_fails():
+    from copa.data.synth.meaning import read_caption
+
+    # a large red circle left of a small dotted blue star, on white
+    scene = _scene(("circle", "red", "large", "solid", 10, 10, 60, 60), ("star", "blue", "small", "dotted", 120, 20, 30, 30))
+    true = ("an image with a red circle and one other shape.", "an image with a blue star and a red circle.",
+            "one star in blue among 2 shapes.", "a large red circle on a white background with one other shape.",
+            "the largest shape is a red circle, next to a dotted blue star.", "a large red circle to the left of a dotted blue star.")
+    false = ("an image with a red circle.",  # no "other shapes": the circle alone
+             "an image with a red circle and a red circle.",  # two objects, one each
+             "two stars in blue among 2 shapes.", "one star in red among 2 shapes.", "one star in blue among 3 shapes.",
+             "a large red circle on a grey background with one other shape.", "a small red circle on a white background with one other shape.",
+             "the largest shape is a blue star, next to a red circle.", "the largest shape is a red circle, next to nothing else.",
+             "a large red circle to the right of a dotted blue star.")
+    assert all(read_caption(t)(scene) for t in true), [t for t in true if not read_caption(t)(scene)]
+    assert not any(read_caption(t)(scene) for t in false), [t for t in false if read_caption(t)(scene)]
+    with pytest.raises(ValueError, match="'a cat on the mat' is none of the world's caption kinds"):
+        read_caption("a cat on the mat")
+    with pytest.raises(ValueError, match="'many' is not a number word"):
+        read_caption("many stars in blue among 2 shapes.")

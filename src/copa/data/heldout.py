@@ -26,6 +26,7 @@ from copa.data.formats.records import FormatError
 from copa.data.layout import COCO_ANNOTATED_SPLITS, DataLayout
 from copa.data.formats.records import load_json
 from copa.data.pretrain_data import ObjectElem, ObjectImage, Pair, text_key
+from copa.data.synth.meaning import read_caption
 from copa.data.synth.world import manifest_scene
 
 HELDOUT_SPLITS = ("val", "test")
@@ -37,6 +38,9 @@ class RetrievalSet:
     images: tuple[Path, ...]
     texts: tuple[str, ...]
     text_image: tuple[int, ...]  # index in ``images`` of the image each text describes
+    # per text, every image it is true of (its own among them), where the world says: the synthetic
+    # world's COCO captions read against its scenes (:func:`caption_fits`); None elsewhere
+    true_of: tuple[frozenset[int], ...] | None = None
 
 
 def _karpathy_images(layout: DataLayout, dataset: str, split: str) -> list[karpathy.KarpathyImage]:
@@ -66,7 +70,29 @@ def karpathy_retrieval_set(layout: DataLayout, dataset: str = "coco", split: str
     for index, image in enumerate(images):
         texts += image.sentences
         text_image += [index] * len(image.sentences)
-    return RetrievalSet(tuple(im.path for im in images), tuple(texts), tuple(text_image))
+    true_of = caption_fits(layout, images, texts, text_image) if dataset == "coco" and layout.manifest.is_file() else None
+    return RetrievalSet(tuple(im.path for im in images), tuple(texts), tuple(text_image), true_of)
+
+
+def caption_fits(layout: DataLayout, images: list[karpathy.KarpathyImage], texts: list[str],
+                 text_image: list[int]) -> tuple[frozenset[int], ...]:
+    """Per caption, the images of ``images`` (synthetic COCO images) whose scenes it is true of
+    (copa.data.synth.meaning.read_caption; scenes drawn again from the manifest's seed). The world's
+    captions are short: some are true of other images than their own, and a "negative" pair or a
+    retrieval miss that the caption is true of is no error of the model. A caption that is not true
+    of its own image is the world's error: ValueError naming it."""
+    params = load_json(layout.manifest)["params"]
+    scenes = [manifest_scene(params, f"coco_{image.path.parent.name}", image.cocoid) for image in images]
+    fits = []
+    for text, own in zip(texts, text_image):
+        try:
+            reading = read_caption(text)
+        except ValueError as exc:
+            raise ValueError(f"{layout.karpathy_coco}: image {images[own].path.name}: {exc}") from None
+        fits.append(frozenset(i for i, scene in enumerate(scenes) if reading(scene)))
+        if own not in fits[-1]:
+            raise ValueError(f"{layout.karpathy_coco}: caption {text!r} is not true of its image {images[own].path.name}")
+    return tuple(fits)
 
 
 def karpathy_training_pairs(layout: DataLayout, dataset: str) -> tuple[list[Pair], list[int]]:

@@ -6,8 +6,11 @@ Pairs from a Karpathy split that pretraining never saw (copa.data.heldout):
   caption with another image. ``hard``: the most ITC-similar one (argmax of the text-free
   image features against the text features, the similarities ALBEF draws its hard negatives
   from; argmax rather than a draw, so the set is fixed); ``random``: a seeded uniform draw.
-  A caption is never a negative of an image that has a caption with the same text (the
-  synthetic world's short captions repeat across images: such a "negative" would match).
+  A caption is never a negative of an image that has a caption with the same text, nor, where
+  the world says (the synthetic world's scenes, ``RetrievalSet.true_of``), of an image it is true
+  of: its short captions repeat across images and often fit others (34% of the demo's 200 held-out
+  test images have another image's caption that is true of them, and the most ITC-similar caption of
+  a well-trained model would be one), so such a "negative" would match.
 - **accuracy**: balanced (the mean of the positives' and the negatives' recall) of the ITM
   head's argmax, per kind of negative, beside a constant predictor's (0.5 whatever it says).
 - **AUC**: how often the head's match score (its logit margin, match minus no match) ranks a
@@ -48,13 +51,18 @@ def positive_texts(text_image: Sequence[int], n_images: int) -> Tensor:
     return first
 
 
-def matching(texts: Sequence[str], text_image: Sequence[int], n_images: int) -> Tensor:
-    """(n_images, n_texts) bool: the image has a caption with that text (case and spacing aside)."""
+def matching(texts: Sequence[str], text_image: Sequence[int], n_images: int,
+             true_of: Sequence[frozenset[int]] | None = None) -> Tensor:
+    """(n_images, n_texts) bool: the image has a caption with that text (case and spacing aside), or
+    ``true_of`` (per text, the images it is true of) says the text fits it."""
     keys = [text_key(t) for t in texts]
     own: list[set[str]] = [set() for _ in range(n_images)]
     for key, i in zip(keys, text_image):
         own[i].add(key)
-    return torch.tensor([[key in own[i] for key in keys] for i in range(n_images)], dtype=torch.bool)
+    matches = torch.tensor([[key in own[i] for key in keys] for i in range(n_images)], dtype=torch.bool)
+    for j, images in enumerate(true_of or ()):
+        matches[list(images), j] = True
+    return matches
 
 
 def itm_negatives(sim: Tensor, matches: Tensor, positive: Tensor, kind: str, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -108,7 +116,7 @@ def itm_accuracy(model: CopaModel, tokenizer, data: RetrievalSet, image_size: in
     images, image_feats, states, masks, text_feats = encode_retrieval_set(model, tokenizer, data, image_size, max_length, batch_size, progress)
     n = len(images)
     positive = positive_texts(data.text_image, n)
-    matches = matching(data.texts, data.text_image, n)
+    matches = matching(data.texts, data.text_image, n, data.true_of)
     sim = image_feats @ text_feats.t()
 
     def match_margin(image_idx: Tensor, text_idx: Tensor) -> Tensor:

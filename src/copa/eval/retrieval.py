@@ -10,6 +10,7 @@ task's two-stage inference, the pretraining instruments' ITC retrieval and ITM a
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -73,6 +74,29 @@ def chance_recall(n_images: int, texts_per_image: float, k: int) -> dict[str, fl
 def chance_recalls(n_images: int, n_texts: int, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
     """:func:`chance_recall` for every K of ``ks``, as one dict (the trivial baseline of a result)."""
     return {key: value for k in ks for key, value in chance_recall(n_images, n_texts / n_images, k).items()}
+
+
+def fit_oracle_recalls(true_of: Sequence[frozenset[int]], text_image: Sequence[int], n_images: int,
+                       ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """Expected R@K (percent) of an oracle that ranks first what the world says is true (per text,
+    ``true_of``: the images it is true of, its own among them), in random order among those: the
+    upper bracket of a set whose captions fit other images than their own. IR: min(1, K / f) for a
+    caption true of f images; TR: 1 - C(F - c, K) / C(F, K) for an image with c captions of its own
+    among the F true of it."""
+    true_texts = [0] * n_images
+    own_texts = [0] * n_images
+    for images, own in zip(true_of, text_image):
+        if own not in images:
+            raise ValueError(f"a caption of image {own} is not true of it")
+        own_texts[own] += 1
+        for i in images:
+            true_texts[i] += 1
+    out = {}
+    for k in ks:
+        out[f"tr_r{k}"] = 100.0 * sum(1.0 if f <= k else 1.0 - math.comb(f - c, k) / math.comb(f, k)
+                                      for f, c in zip(true_texts, own_texts)) / n_images
+        out[f"ir_r{k}"] = 100.0 * sum(min(1.0, k / len(images)) for images in true_of) / len(true_of)
+    return out
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from copa.config import Params, RetrievalEvalParams
 from copa.data.heldout import RetrievalSet, karpathy_retrieval_set, karpathy_training_pairs
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
-from copa.eval.retrieval import chance_recalls, encode_retrieval_set, query_hits, retrieval_recall, two_stage_scores
+from copa.eval.retrieval import chance_recalls, encode_retrieval_set, fit_oracle_recalls, query_hits, retrieval_recall, two_stage_scores
 from copa.models.copa import CopaModel
 from copa.models.objectives.itc import contrastive_loss
 from copa.models.objectives.itm import itm_loss, itm_pairs, sample_hard_negatives
@@ -109,6 +109,8 @@ def evaluate_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, k: int, 
               **retrieval_recall(i2t, data.text_image, sim_t2i=t2i),
               "coarse": retrieval_recall(coarse, data.text_image),
               "chance": chance_recalls(len(images), len(states)),
+              # the upper bracket where the world says which captions are true of which images
+              **({"fit_oracle": fit_oracle_recalls(data.true_of, data.text_image, len(images))} if data.true_of else {}),
               # last: each query's hit (0 / 1) at each K by its index in the set (TR: images, IR: texts), for paired
               # comparisons of runs (copa.eval.paired)
               "per_query": {key: {str(i): int(h) for i, h in enumerate(hit.tolist())} for key, hit in hits.items()}}

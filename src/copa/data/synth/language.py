@@ -19,21 +19,16 @@ import numpy as np
 
 from copa.data.annotation_checks import phrase_overlap
 from copa.data.synth.meaning import (
-    ATTRIBUTE_ORDER, Description, RelationDescription, describe, description, fitting, readings, singling_out,
+    ATTRIBUTE_ORDER, NUMBER_WORDS, Description, RelationDescription, describe, description, fitting, plural, readings, singling_out,
 )
 from copa.data.synth.scene import COLOURS, RELATIONS, SHAPES, Scene, SceneObject, clearly_not, relation, union_box
 from copa.data.formats.records import Box
 
-NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 MAX_REGION_OVERLAP = 0.75  # clean phrases of one image stay at or under the filter's threshold
 
 
 def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
-
-
-def plural(shape: str) -> str:
-    return shape + ("es" if shape.endswith(("s", "x")) else "s")
 
 
 # --------------------------------------------------------------------------- COCO captions
