@@ -132,14 +132,16 @@ def test_every_caption_the_world_writes_is_true_of_its_scene():
     from copa.data.synth.meaning import read_caption
     from copa.data.synth.scene import sample_scene
 
+    from copa.data.synth.meaning import _CAPTIONS
+
     kinds = set()
     for seed in range(60):
         rng = np.random.default_rng(seed)
-        scene = sample_scene(rng, (96, 160), (1, 8), "in_domain")
+        scene = sample_scene(rng, (96, 240), (1, 14), "in_domain")  # up to 13 others: "ten other shapes" too
         for text in language.captions(scene, rng, 5):
             assert read_caption(text.text)(scene), text.text
-            kinds.add(text.text.split()[0])
-    assert {"an", "the"} <= kinds  # listings and "the largest shape" among them
+            kinds.add(next(kind for kind, pattern in _CAPTIONS if pattern.fullmatch(text.text)))
+    assert kinds == {kind for kind, _ in _CAPTIONS}  # every kind written and read
 
 
 def test_a_caption_is_false_where_any_of_what_it_says_fails():
@@ -158,6 +160,12 @@ def test_a_caption_is_false_where_any_of_what_it_says_fails():
              "a large red circle to the right of a dotted blue star.")
     assert all(read_caption(t)(scene) for t in true), [t for t in true if not read_caption(t)(scene)]
     assert not any(read_caption(t)(scene) for t in false), [t for t in false if read_caption(t)(scene)]
+    # "ten" is ten or more
+    def crowd(others: int) -> Scene:  # a large red circle and ``others`` blue stars
+        return _scene(("circle", "red", "large", "solid", 0, 0, 20, 20), *(("star", "blue", "medium", "solid", 30 * i, 100, 20, 20) for i in range(others)))
+
+    ten = read_caption("a large red circle on a white background with ten other shapes.")
+    assert ten(crowd(12)) and ten(crowd(10)) and not ten(crowd(9))
     with pytest.raises(ValueError, match="'a cat on the mat' is none of the world's caption kinds"):
         read_caption("a cat on the mat")
     with pytest.raises(ValueError, match="'many' is not a number word"):

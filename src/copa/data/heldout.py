@@ -27,7 +27,7 @@ from copa.data.layout import COCO_ANNOTATED_SPLITS, DataLayout
 from copa.data.formats.records import load_json
 from copa.data.pretrain_data import ObjectElem, ObjectImage, Pair, text_key
 from copa.data.synth.meaning import read_caption
-from copa.data.synth.world import manifest_scene
+from copa.data.synth.world import POOLS, manifest_scene
 
 HELDOUT_SPLITS = ("val", "test")
 TRAIN_SPLITS = ("train", "restval")  # Karpathy's training images (restval: COCO val2014 images beyond val/test)
@@ -38,8 +38,8 @@ class RetrievalSet:
     images: tuple[Path, ...]
     texts: tuple[str, ...]
     text_image: tuple[int, ...]  # index in ``images`` of the image each text describes
-    # per text, every image it is true of (its own among them), where the world says: the synthetic
-    # world's COCO captions read against its scenes (:func:`caption_fits`); None elsewhere
+    # per text, every image it is true of (its own among them), where the world says: a synthetic
+    # world's captions read against its scenes (:func:`caption_fits`); None for real data
     true_of: tuple[frozenset[int], ...] | None = None
 
 
@@ -70,28 +70,33 @@ def karpathy_retrieval_set(layout: DataLayout, dataset: str = "coco", split: str
     for index, image in enumerate(images):
         texts += image.sentences
         text_image += [index] * len(image.sentences)
-    true_of = caption_fits(layout, images, texts, text_image) if dataset == "coco" and layout.manifest.is_file() else None
+    true_of = caption_fits(layout, dataset, images, texts, text_image) if layout.manifest.is_file() else None
     return RetrievalSet(tuple(im.path for im in images), tuple(texts), tuple(text_image), true_of)
 
 
-def caption_fits(layout: DataLayout, images: list[karpathy.KarpathyImage], texts: list[str],
+def caption_fits(layout: DataLayout, dataset: str, images: list[karpathy.KarpathyImage], texts: list[str],
                  text_image: list[int]) -> tuple[frozenset[int], ...]:
-    """Per caption, the images of ``images`` (synthetic COCO images) whose scenes it is true of
-    (copa.data.synth.meaning.read_caption; scenes drawn again from the manifest's seed). The world's
-    captions are short: some are true of other images than their own, and a "negative" pair or a
-    retrieval miss that the caption is true of is no error of the model. A caption that is not true
-    of its own image is the world's error: ValueError naming it."""
+    """Per caption, the images of ``images`` (a synthetic world's Karpathy COCO or Flickr30K images)
+    whose scenes it is true of (copa.data.synth.meaning.read_caption; scenes drawn again from the
+    manifest's seed). The world's captions are short: some are true of other images than their own,
+    and a "negative" pair or a retrieval miss that the caption is true of is no error of the model. A
+    caption that is not true of its own image is an error naming it."""
     params = load_json(layout.manifest)["params"]
-    scenes = [manifest_scene(params, f"coco_{image.path.parent.name}", image.cocoid) for image in images]
+    if dataset == "coco":
+        scenes = [manifest_scene(params, f"coco_{image.path.parent.name}", image.cocoid) for image in images]
+    else:  # Flickr30K's Karpathy imgid is the image's index in the world's flickr30k pool
+        scenes = [manifest_scene(params, "flickr30k", POOLS["flickr30k"][0] + image.imgid) for image in images]
+    source = layout.karpathy_coco if dataset == "coco" else layout.karpathy_flickr
     fits = []
     for text, own in zip(texts, text_image):
         try:
             reading = read_caption(text)
         except ValueError as exc:
-            raise ValueError(f"{layout.karpathy_coco}: image {images[own].path.name}: {exc}") from None
+            raise ValueError(f"{source}: image {images[own].path.name}: {exc}") from None
         fits.append(frozenset(i for i, scene in enumerate(scenes) if reading(scene)))
         if own not in fits[-1]:
-            raise ValueError(f"{layout.karpathy_coco}: caption {text!r} is not true of its image {images[own].path.name}")
+            raise ValueError(f"{source}: caption {text!r} is not true of its image {images[own].path.name} (a world written by "
+                             f"other code than this one? regenerate it)")
     return tuple(fits)
 
 

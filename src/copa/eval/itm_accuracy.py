@@ -76,7 +76,8 @@ def itm_negatives(sim: Tensor, matches: Tensor, positive: Tensor, kind: str, see
     allowed_text = ~matches  # (n_images, n_texts)
     allowed_image = ~matches[:, positive].t()  # (n_images: the caption's row, n_images)
     if not allowed_text.any(1).all() or not allowed_image.any(1).all():
-        raise ValueError("an image has no non-matching caption or a caption no non-matching image: need two images at least")
+        raise ValueError("an image has no non-matching caption or a caption no non-matching image: fewer than two images, "
+                         "or every caption is true of that image")
     if kind == "hard":
         text_sim = sim.float().masked_fill(~allowed_text, float("-inf"))  # image i -> text j
         image_sim = sim[:, positive].t().float().masked_fill(~allowed_image, float("-inf"))  # image i's caption -> image k

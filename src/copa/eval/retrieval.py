@@ -60,15 +60,20 @@ def retrieval_recall(sim: Tensor, text_image: Sequence[int] | Tensor, ks: Sequen
     return out
 
 
+def _any_of_own_in_top(total: int, own: int, k: int) -> float:
+    """The chance that a random order of ``total`` texts, ``own`` of them a query's, has one of its
+    own in the first K: 1 - C(total - own, K) / C(total, K)."""
+    if own <= 0:
+        return 0.0
+    return 1.0 if total <= k else 1.0 - math.comb(total - own, k) / math.comb(total, k)
+
+
 def chance_recall(n_images: int, texts_per_image: float, k: int) -> dict[str, float]:
     """Expected R@K of random rankings (percent): IR K / n_images; TR 1 - C(n-c, K) / C(n, K)
     with c captions per image among n texts (approximated for fractional c by rounding)."""
     n_texts = round(n_images * texts_per_image)
-    c = round(texts_per_image)
-    miss = 1.0
-    for i in range(min(k, n_texts)):
-        miss *= max(n_texts - c - i, 0) / (n_texts - i)
-    return {f"tr_r{k}": 100.0 * (1.0 - miss), f"ir_r{k}": 100.0 * min(k, n_images) / n_images}
+    return {f"tr_r{k}": 100.0 * _any_of_own_in_top(n_texts, round(texts_per_image), k),
+            f"ir_r{k}": 100.0 * min(k, n_images) / n_images}
 
 
 def chance_recalls(n_images: int, n_texts: int, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
@@ -78,14 +83,19 @@ def chance_recalls(n_images: int, n_texts: int, ks: Sequence[int] = RECALL_KS) -
 
 def fit_oracle_recalls(true_of: Sequence[frozenset[int]], text_image: Sequence[int], n_images: int,
                        ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
-    """Expected R@K (percent) of an oracle that ranks first what the world says is true (per text,
-    ``true_of``: the images it is true of, its own among them), in random order among those: the
-    upper bracket of a set whose captions fit other images than their own. IR: min(1, K / f) for a
-    caption true of f images; TR: 1 - C(F - c, K) / C(F, K) for an image with c captions of its own
-    among the F true of it."""
+    """Expected R@K (percent) of an oracle that knows only what is true (per text, ``true_of``: the
+    images it is true of, its own among them) and ranks that first, in random order among it: where
+    captions fit other images than their own, what knowing the truth alone reaches (not an upper
+    bound: a model may also learn which of the true captions the writer would have chosen). IR:
+    min(1, K / f) for a caption true of f images; TR: 1 - C(F - c, K) / C(F, K) for an image with c
+    captions of its own among the F true of it."""
+    if not true_of or len(true_of) != len(text_image):
+        raise ValueError(f"true_of has {len(true_of)} entries for {len(text_image)} texts (need one per text, at least one)")
     true_texts = [0] * n_images
     own_texts = [0] * n_images
     for images, own in zip(true_of, text_image):
+        if not 0 <= own < n_images or not all(0 <= i < n_images for i in images):
+            raise ValueError(f"true_of and text_image must index the {n_images} images")
         if own not in images:
             raise ValueError(f"a caption of image {own} is not true of it")
         own_texts[own] += 1
@@ -93,8 +103,7 @@ def fit_oracle_recalls(true_of: Sequence[frozenset[int]], text_image: Sequence[i
             true_texts[i] += 1
     out = {}
     for k in ks:
-        out[f"tr_r{k}"] = 100.0 * sum(1.0 if f <= k else 1.0 - math.comb(f - c, k) / math.comb(f, k)
-                                      for f, c in zip(true_texts, own_texts)) / n_images
+        out[f"tr_r{k}"] = 100.0 * sum(_any_of_own_in_top(f, c, k) for f, c in zip(true_texts, own_texts)) / n_images
         out[f"ir_r{k}"] = 100.0 * sum(min(1.0, k / len(images)) for images in true_of) / len(true_of)
     return out
 

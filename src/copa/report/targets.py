@@ -179,7 +179,7 @@ def _retrieval(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     r = run.task("retrieval")
     text, image = bars
     measured = f"{r['tr_r1']:.1f} / {r['ir_r1']:.1f}; ITC stage alone {r['coarse']['tr_r1']:.1f} / {r['coarse']['ir_r1']:.1f}"
-    if "fit_oracle" in r:  # the world's captions fit other images too: what a perfect ranking reaches
+    if "fit_oracle" in r:  # the world's captions fit other images too: what knowing only what is true reaches
         measured += f"; caption-fit oracle {r['fit_oracle']['tr_r1']:.1f} / {r['fit_oracle']['ir_r1']:.1f}"
     return measured, text.met(r["tr_r1"]) and image.met(r["ir_r1"])
 

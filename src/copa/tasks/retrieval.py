@@ -109,7 +109,7 @@ def evaluate_retrieval(model: CopaModel, tokenizer, data: RetrievalSet, k: int, 
               **retrieval_recall(i2t, data.text_image, sim_t2i=t2i),
               "coarse": retrieval_recall(coarse, data.text_image),
               "chance": chance_recalls(len(images), len(states)),
-              # the upper bracket where the world says which captions are true of which images
+              # where the world says which captions are true of which images: what knowing that alone reaches
               **({"fit_oracle": fit_oracle_recalls(data.true_of, data.text_image, len(images))} if data.true_of else {}),
               # last: each query's hit (0 / 1) at each K by its index in the set (TR: images, IR: texts), for paired
               # comparisons of runs (copa.eval.paired)

@@ -201,7 +201,7 @@ def read_caption(text: str) -> Callable[[Scene], bool]:
                 raise ValueError(f"caption {text!r}: the largest shape's company has no \"other shapes\"")
 
             def largest(scene: Scene) -> bool:
-                biggest = max(scene.objects, key=lambda o: o.box.area)
+                biggest = max(scene.objects, key=lambda o: o.box.area)  # as the writer picks it (the first of equal areas)
                 rest = [o for o in scene.objects if o is not biggest]
                 return named.fits(biggest) and (_distinct(descs, rest) if descs else not rest)
             return largest
