@@ -100,6 +100,13 @@ def test_itm_accuracy_on_a_tiny_model(tiny, guidance, detector) -> None:
         assert 0 <= result[kind]["balanced"] <= 1
         assert result[kind]["balanced"] == pytest.approx((result[kind]["positive_recall"] + result[kind]["negative_recall"]) / 2)
         assert 0 <= result[kind]["auc"] <= 1
+        # the per-image margins give the same numbers back
+        margins = result["margins"]
+        positive = torch.tensor(margins["positive"])
+        negative = torch.tensor(margins[f"{kind}_text"] + margins[f"{kind}_image"])
+        assert len(positive) == len(pairs.images) and len(negative) == 2 * len(pairs.images)
+        assert result[kind]["auc"] == pytest.approx(ranking_auc(positive, negative))
+        assert result[kind]["positive_recall"] == pytest.approx((positive > 0).float().mean().item())
 
 
 # ------------------------------------------------------------------------------------- same-image contrast

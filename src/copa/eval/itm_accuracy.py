@@ -134,6 +134,7 @@ def itm_accuracy(model: CopaModel, tokenizer, data: RetrievalSet, image_size: in
     everyone = torch.arange(n)
     on_positives = match_margin(everyone, positive)
     result = {"positives": n, "negatives_per_kind": 2 * n, "guidance": guidance, "detector": use_detector}
+    margins = {"positive": on_positives.tolist()}
     for kind in NEGATIVE_KINDS:
         neg_text, neg_image = itm_negatives(sim, matches, positive, kind, seed)
         on_negatives = match_margin(torch.cat([everyone, neg_image]), torch.cat([neg_text, positive]))
@@ -141,5 +142,10 @@ def itm_accuracy(model: CopaModel, tokenizer, data: RetrievalSet, image_size: in
         # the head's argmax: "match" where the margin is positive (a tie is argmax's first class, no match)
         result[kind] = {**balanced_accuracy(torch.cat([on_positives, on_negatives]) > 0, labels),
                         "auc": ranking_auc(on_positives, on_negatives)}
+        margins[f"{kind}_text"], margins[f"{kind}_image"] = on_negatives[:n].tolist(), on_negatives[n:].tolist()
     result["constant"] = balanced_accuracy(torch.ones(3 * n, dtype=torch.bool), labels)["balanced"]  # 0.5: one class always
+    # last: per image i, the margin of its positive pair, of its caption-side negative (image i, another caption)
+    # and of its image-side negative (another image, i's caption): runs compared image by image (a paired
+    # bootstrap over images; a hard negative is each run's own)
+    result["margins"] = margins
     return result
