@@ -130,6 +130,7 @@ def parse_relation(text: str) -> RelationDescription | None:
 
 # --------------------------------------------------------------------------- captions
 _OTHERS = re.compile(r"(\w+) other shapes?")
+_ITEMS = re.compile(r", | and ")  # what language._and joins a list with
 _CAPTIONS = (  # language.caption's five kinds, each as its reading
     ("listing", re.compile(r"an image with (?P<listing>.+)\.")),
     ("count", re.compile(r"(?P<count>\w+) (?P<shape>\w+) in (?P<colours>.+) among (?P<total>\d+) shapes\.")),
@@ -156,9 +157,9 @@ def _description(words: str, text: str) -> Description:
     return desc
 
 
-def _listing(listing: str, text: str) -> tuple[list[Description], int | None]:
+def _read_listing(listing: str, text: str) -> tuple[list[Description], int | None]:
     """``"a red circle, a star and two other shapes"`` -> (descriptions, 2); None: no "other shapes" tail."""
-    items = re.split(r", | and ", listing)
+    items = _ITEMS.split(listing)
     others = _OTHERS.fullmatch(items[-1])
     named = items[:-1] if others else items
     return [_description(item, text) for item in named], (_count(others.group(1), text) if others else None)
@@ -177,13 +178,13 @@ def read_caption(text: str) -> Callable[[Scene], bool]:
         if m is None:
             continue
         if kind == "listing":
-            descs, others = _listing(m["listing"], text)
+            descs, others = _read_listing(m["listing"], text)
             return lambda scene: _counted(len(scene.objects) - len(descs), others or 0) and _distinct(descs, scene.objects)
         if kind == "count":
             if m["shape"] not in _SHAPE_OF_WORD:
                 raise ValueError(f"caption {text!r}: {m['shape']!r} is not a shape")
             shape, count, total = _SHAPE_OF_WORD[m["shape"]], _count(m["count"], text), int(m["total"])
-            colours = set(re.split(r", | and ", m["colours"]))
+            colours = set(_ITEMS.split(m["colours"]))
 
             def counts(scene: Scene) -> bool:
                 same = [o for o in scene.objects if o.shape == shape]
@@ -196,7 +197,7 @@ def read_caption(text: str) -> Callable[[Scene], bool]:
         if kind == "largest":
             named = _description(m["named"], text)
             # "next to" says no more than that the others are there: the writer takes the first two others
-            descs, others = ([], 0) if m["listing"] == "nothing else" else _listing(m["listing"], text)
+            descs, others = ([], 0) if m["listing"] == "nothing else" else _read_listing(m["listing"], text)
             if others not in (None, 0):
                 raise ValueError(f"caption {text!r}: the largest shape's company has no \"other shapes\"")
 
