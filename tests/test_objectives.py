@@ -206,6 +206,23 @@ def test_hard_negatives_all_equal_is_uniform() -> None:
     torch.testing.assert_close(off, torch.full_like(off, 0.25))
 
 
+def test_negative_sharpness_zero_draws_uniformly_and_in_between_prefers_the_similar_less() -> None:
+    ids = torch.tensor([0, 0, 1, 2, 3])
+    sim = torch.randn(5, 5, generator=torch.Generator().manual_seed(0)) * 20
+    probs = {}
+    for sharpness in (0.0, 0.5, 1.0):
+        w, has = itm.negative_weights(sim, ids, sharpness=sharpness)
+        assert has.all() and (w[ids[:, None] == ids[None, :]] == 0).all()  # never the image itself
+        probs[sharpness] = w / w.sum(1, keepdim=True)
+    allowed = ids[:, None] != ids[None, :]
+    expected = allowed / allowed.sum(1, keepdim=True)
+    torch.testing.assert_close(probs[0.0], expected.float())  # random negatives
+    torch.testing.assert_close(probs[0.5], torch.softmax((sim * 0.5).masked_fill(~allowed, float("-inf")), 1), atol=1e-5, rtol=0)
+    top = sim.masked_fill(~allowed, float("-inf")).argmax(1, keepdim=True)
+    assert (probs[0.0].gather(1, top) < probs[0.5].gather(1, top)).all()
+    assert (probs[0.5].gather(1, top) < probs[1.0].gather(1, top)).all()
+
+
 def test_hard_negatives_batch_one_and_itm_pairs() -> None:
     neg_t, neg_i = itm.sample_hard_negatives(torch.randn(1, 9), torch.randn(1, 9))
     assert neg_t.tolist() == [itm.NO_NEGATIVE] and neg_i.tolist() == [itm.NO_NEGATIVE]

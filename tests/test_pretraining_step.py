@@ -93,6 +93,17 @@ def test_pairs_of_one_image_are_never_each_others_itm_negative(monkeypatch):
     assert torch.equal(neg_text >= 2, first_image) and torch.equal(neg_image >= 2, first_image)  # always the other image's
 
 
+def test_the_step_draws_its_itm_negatives_with_its_sharpness(monkeypatch):
+    import copa.models.pretraining as pretraining
+
+    seen = []
+    sample = pretraining.sample_hard_negatives
+    monkeypatch.setattr(pretraining, "sample_hard_negatives", lambda *a, **k: seen.append(k["sharpness"]) or sample(*a, **k))
+    for sharpness in (1.0, 0.0):
+        assert torch.isfinite(_pretraining(itm_negative_sharpness=sharpness).eval()(_batch())["itm"])
+    assert seen == [1.0, 0.0]
+
+
 def test_the_batch_seed_fixes_the_step_draws():
     """Masks, prefixes and negatives come from the batch's seed (dropout, from the global RNG, is
     the training loop's to seed: eval mode here)."""

@@ -134,6 +134,7 @@ class PretrainParams:
     loss_weights: LossWeights  # COPA eq. 4: equal weights
     itc_image: Literal["paired_text", "text_free"]
     itm_guidance: ItmGuidance
+    itm_negative_sharpness: NonNegative  # ITM negatives drawn by softmax(this x ITC similarity): 1 ALBEF's hard ones, 0 uniform
     warm_up: WarmUpParams
     encoder_init: EncoderInitParams
     checkpoint_every: PositiveInt  # steps

@@ -18,6 +18,9 @@ constructor options (params/ names them):
   caption); ``pair_text``: every negative pair is re-encoded with its text after the layers
   before the selection, as COPA's ITM re-ranking re-extracts image features per candidate text
   at retrieval inference (Appendix E): its memory grows with the layers after the selection.
+- ``itm_negative_sharpness``: how strongly ITM's in-batch negatives prefer the ITC-similar ones,
+  softmax(sharpness x similarity): 1 is ALBEF's hard-negative draw (COPA Appendix B), 0 a uniform
+  draw (random negatives).
 - the warm-up (§3.3): images are selected by image-[CLS] attention until the detector takes
   over, after ``switch_steps`` steps or once the running PTA loss is under ``switch_pta_loss``.
 """
@@ -57,6 +60,7 @@ class CopaPretraining(nn.Module):
         loss_weights: Mapping[str, float] | None = None,
         itc_image: Literal["paired_text", "text_free"] = "text_free",
         itm_guidance: Literal["pair_text", "own_caption"] = "own_caption",
+        itm_negative_sharpness: float = 1.0,
         switch_rule: Literal["steps", "pta_loss"] = "steps",
         switch_steps: int = 1000,
         switch_pta_loss: float = 0.3,
@@ -72,7 +76,7 @@ class CopaPretraining(nn.Module):
         self.vocab_size, self.mask_id, self.special_ids, self.pad_id = vocab_size, mask_id, tuple(special_ids), pad_id
         self.momentum, self.distill_alpha, self.mlm_probability = momentum, distill_alpha, mlm_probability
         self.loss_weights = dict(loss_weights or {})
-        self.itc_image, self.itm_guidance = itc_image, itm_guidance
+        self.itc_image, self.itm_guidance, self.itm_negative_sharpness = itc_image, itm_guidance, itm_negative_sharpness
         self.switch_rule, self.switch_steps, self.switch_pta_loss = switch_rule, switch_steps, switch_pta_loss
         # In buffers, so a checkpoint carries them and a resumed run keeps its warm-up state.
         self.register_buffer("detector_on", torch.tensor(False))
@@ -141,7 +145,8 @@ class CopaPretraining(nn.Module):
         # same image: its other caption matches it. ALBEF's pretraining does not mask these, rare in a
         # batch drawn from millions of pairs; not in a small world's (README: 15% of the demo's batches)
         with objective_scope("itm"):
-            neg_text, neg_image = sample_hard_negatives(itc.sim_i2t, itc.sim_t2i, generator, ids=pairs["image_ids"])
+            neg_text, neg_image = sample_hard_negatives(itc.sim_i2t, itc.sim_t2i, generator, ids=pairs["image_ids"],
+                                                        sharpness=self.itm_negative_sharpness)
             image_idx, text_idx, labels = itm_pairs(neg_text, neg_image)
             if self.itm_guidance == "pair_text" and m.text_guided and use_detector and len(labels) > len(images):
                 # the positives are `image`; each negative pair is encoded under its text, from the

@@ -67,6 +67,7 @@ def build_pretraining(params: Params, tokenizer) -> CopaPretraining:
         loss_weights=vars(p.loss_weights),
         itc_image=p.itc_image,
         itm_guidance=p.itm_guidance,
+        itm_negative_sharpness=p.itm_negative_sharpness,
         switch_rule=p.warm_up.rule,
         switch_steps=p.warm_up.steps,
         switch_pta_loss=p.warm_up.pta_loss,

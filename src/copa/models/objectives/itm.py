@@ -18,18 +18,21 @@ _SIM_CLAMP = 1e4  # |similarity| bound before the softmax of the hard-negative s
 
 
 @torch.no_grad()
-def negative_weights(sim: Tensor, ids: Tensor | None = None, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+def negative_weights(
+    sim: Tensor, ids: Tensor | None = None, eps: float = 1e-6, sharpness: float = 1.0
+) -> tuple[Tensor, Tensor]:
     """Sampling weights (B, B) over in-batch negatives, and which rows have one (B,) bool.
 
-    softmax(sim) in float32 over the allowed columns (not the diagonal, not a column with the
+    softmax(sharpness * sim) in float32 over the allowed columns (not the diagonal, not a column with the
     row's id), plus ``eps`` on allowed columns only, so the positive is never drawn and every
-    row with a negative has a positive, finite sum. NaN similarities count as the lowest and
+    row with a negative has a positive, finite sum. ``sharpness`` 1 is ALBEF's draw, 0 a uniform
+    one (random negatives), in between a softer preference for the similar ones. NaN similarities count as the lowest and
     +-inf are clamped, so ``torch.multinomial`` always gets a valid distribution. A row with no
     allowed column gets a dummy uniform row (its sample must be discarded: see ``has_neg``).
     """
     b = sim.shape[0]
     logits = torch.nan_to_num(sim.float(), nan=-_SIM_CLAMP, posinf=_SIM_CLAMP, neginf=-_SIM_CLAMP)
-    logits = logits.clamp(-_SIM_CLAMP, _SIM_CLAMP)  # (B, B)
+    logits = logits.clamp(-_SIM_CLAMP, _SIM_CLAMP) * sharpness  # (B, B)
     if ids is None:
         allowed = ~torch.eye(b, dtype=torch.bool, device=sim.device)  # (B, B)
     else:
@@ -48,8 +51,10 @@ def sample_hard_negatives(
     sim_t2i: Tensor,
     generator: torch.Generator | None = None,
     ids: Tensor | None = None,
+    sharpness: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """One hard negative per row, drawn with probability softmax(similarity) (ALBEF §3.2).
+    """One hard negative per row, drawn with probability softmax(sharpness x similarity)
+    (ALBEF §3.2: sharpness 1; see :func:`negative_weights`).
 
     ``sim_i2t``/``sim_t2i`` are (B, N) with N >= B, e.g. :class:`ItcOutput`'s (B, B+Q); only
     the first B (in-batch) columns are used. Returns ``neg_text_idx`` (B,), a negative text
@@ -65,7 +70,7 @@ def sample_hard_negatives(
         )
     idx = []
     for sim in (sim_i2t[:, :b], sim_t2i[:, :b]):
-        weights, has_neg = negative_weights(sim, ids)
+        weights, has_neg = negative_weights(sim, ids, sharpness=sharpness)
         drawn = torch.multinomial(weights.to(draw_device(generator, weights.device)), 1, generator=generator)
         drawn = drawn.squeeze(1).to(weights.device)  # (B,)
         idx.append(torch.where(has_neg, drawn, torch.full_like(drawn, NO_NEGATIVE)))
