@@ -35,6 +35,8 @@ def test_one_step_on_the_fixture_world(fixture_world, tmp_path):
     torch.manual_seed(params.seed)
     task = build_pretraining(params, tokenizer)
     assert copa_spec(params, len(tokenizer)).image_size == size  # the model's grid is the labels' grid
+    softer = load_params("fixture", ["pretrain.itm_negative_sharpness=0.5"], params_dir=PARAMS_DIR)
+    assert task.itm_negative_sharpness == 1.0 and build_pretraining(softer, tokenizer).itm_negative_sharpness == 0.5
     task.detector_on.fill_(True)
     batch = {
         "pairs": {k: pair_batch[k] for k in ("input_ids", "attention_mask")} | {"images": pair_batch["image"],

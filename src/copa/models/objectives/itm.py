@@ -32,7 +32,7 @@ def negative_weights(
     """
     b = sim.shape[0]
     logits = torch.nan_to_num(sim.float(), nan=-_SIM_CLAMP, posinf=_SIM_CLAMP, neginf=-_SIM_CLAMP)
-    logits = logits.clamp(-_SIM_CLAMP, _SIM_CLAMP) * sharpness  # (B, B)
+    logits = (logits.clamp(-_SIM_CLAMP, _SIM_CLAMP) * sharpness).clamp(-_SIM_CLAMP, _SIM_CLAMP)  # (B, B); finite at any sharpness
     if ids is None:
         allowed = ~torch.eye(b, dtype=torch.bool, device=sim.device)  # (B, B)
     else:
