@@ -23,12 +23,13 @@ def negative_weights(
 ) -> tuple[Tensor, Tensor]:
     """Sampling weights (B, B) over in-batch negatives, and which rows have one (B,) bool.
 
-    softmax(sharpness * sim) in float32 over the allowed columns (not the diagonal, not a column with the
-    row's id), plus ``eps`` on allowed columns only, so the positive is never drawn and every
-    row with a negative has a positive, finite sum. ``sharpness`` 1 is ALBEF's draw, 0 a uniform
-    one (random negatives), in between a softer preference for the similar ones. NaN similarities count as the lowest and
-    +-inf are clamped, so ``torch.multinomial`` always gets a valid distribution. A row with no
-    allowed column gets a dummy uniform row (its sample must be discarded: see ``has_neg``).
+    softmax(sharpness x sim) in float32 over the allowed columns (not the diagonal, not a column
+    with the row's id), plus ``eps`` on allowed columns only, so the positive is never drawn and
+    every row with a negative has a positive, finite sum. ``sharpness`` 1 is ALBEF's draw, 0 a
+    uniform one (random negatives), in between a softer preference for the similar ones. NaN
+    similarities count as the lowest and +-inf are clamped (before and after the sharpness), so
+    ``torch.multinomial`` always gets a valid distribution. A row with no allowed column gets a
+    dummy uniform row (its sample must be discarded: see ``has_neg``).
     """
     b = sim.shape[0]
     logits = torch.nan_to_num(sim.float(), nan=-_SIM_CLAMP, posinf=_SIM_CLAMP, neginf=-_SIM_CLAMP)
