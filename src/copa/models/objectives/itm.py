@@ -27,13 +27,13 @@ def negative_weights(
     with the row's id), plus ``eps`` on allowed columns only, so the positive is never drawn and
     every row with a negative has a positive, finite sum. ``sharpness`` 1 is ALBEF's draw, 0 a
     uniform one (random negatives), in between a softer preference for the similar ones. NaN
-    similarities count as the lowest and +-inf are clamped (before and after the sharpness), so
+    similarities count as the lowest and +-inf are clamped (after the sharpness), so
     ``torch.multinomial`` always gets a valid distribution. A row with no allowed column gets a
     dummy uniform row (its sample must be discarded: see ``has_neg``).
     """
     b = sim.shape[0]
     logits = torch.nan_to_num(sim.float(), nan=-_SIM_CLAMP, posinf=_SIM_CLAMP, neginf=-_SIM_CLAMP)
-    logits = (logits.clamp(-_SIM_CLAMP, _SIM_CLAMP) * sharpness).clamp(-_SIM_CLAMP, _SIM_CLAMP)  # (B, B); finite at any sharpness
+    logits = (logits * sharpness).clamp(-_SIM_CLAMP, _SIM_CLAMP)  # (B, B); finite x finite: never NaN, overflow clamped
     if ids is None:
         allowed = ~torch.eye(b, dtype=torch.bool, device=sim.device)  # (B, B)
     else:
