@@ -364,3 +364,26 @@ def test_conv_stem_gives_the_patch_grid_centred_on_each_patch_and_fits_no_timm_c
         VisionEncoder(build_selector("none", D), 2, **{**SMALL, "img_size": 60, "patch_size": 12}, stem="conv")
     with pytest.raises(ValueError, match="stem"):
         VisionEncoder(build_selector("none", D), 2, **SMALL, stem="resnet")
+
+
+def test_summed_stem_adds_the_patch_map_to_the_conv_stem(timm_vit):
+    """model.vision_stem patch_and_conv: each token is the patch stem's linear map of its patch plus
+    the conv stem's token (the conv stem alone lost colour on the demo world), on the same grid at
+    any resolution; its weights train through both branches; a timm checkpoint is refused."""
+    torch.manual_seed(0)
+    model = VisionEncoder(build_selector("none", D), 2, **SMALL, stem="patch_and_conv").eval()
+    stem = model.patch_embed
+    for size in (64, 96):
+        pixels = images(size=size)
+        torch.testing.assert_close(stem(pixels), stem.patch(pixels) + stem.conv(pixels))
+    assert model(images(size=96))["tokens"].shape == (2, 1 + 36, D)
+    # the linear branch alone already tells two flat patches of different colour apart
+    red, blue = torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)
+    red[:, 0], blue[:, 2] = 1.0, 1.0
+    assert not torch.allclose(stem.patch(red), stem.patch(blue))
+    model.train()
+    model(images())["tokens"].sum().backward()
+    assert stem.patch.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in stem.conv.parameters())
+    with pytest.raises(KeyError, match="patch_embed"):
+        load_timm_state_dict(model, timm_vit.state_dict())
