@@ -48,7 +48,7 @@ class ModelParams:
     vision_pre_norm: bool  # a LayerNorm before the first block (CLIP's ViTs)
     vision_activation: Literal["gelu", "quick_gelu"]  # OpenAI CLIP's ViTs: quick_gelu
     vision_pos_init: Literal["trunc_normal", "sincos"]  # position embeddings' init (a checkpoint replaces it)
-    vision_stem: Literal["patch", "conv", "patch_and_conv"]  # pixels -> patch tokens: ViT's linear map | a convolutional stem | both summed
+    vision_stem: Literal["patch", "conv", "patch_and_conv"]  # pixels -> tokens: linear map | conv stem | both summed
     text_dim: PositiveInt
     text_heads: PositiveInt
     text_intermediate: PositiveInt

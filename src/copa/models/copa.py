@@ -41,7 +41,7 @@ class CopaSpec:
     vision_pre_norm: bool = False  # CLIP's ViTs: True
     vision_activation: str = "gelu"  # OpenAI CLIP's ViTs: quick_gelu
     vision_pos_init: str = "trunc_normal"  # sincos: from scratch (a checkpoint replaces either)
-    vision_stem: str = "patch"  # conv: a convolutional stem (copa.models.vit.conv_stem)
+    vision_stem: str = "patch"  # a key of copa.models.vit.STEMS
     text_dim: int = 768
     text_heads: int = 12
     text_intermediate: int = 3072

@@ -115,10 +115,13 @@ class VisionEncoder(nn.Module):
                                  f"with depth {depth}")
         self.locations = frozenset(locations)
         self.selector = selector
-        self.patch_embed = {"conv": lambda: conv_stem(img_size, patch_size, embed_dim),
-                            "patch_and_conv": lambda: SummedStem(img_size, patch_size, embed_dim, bias=not pre_norm),
-                            "patch": lambda: PatchEmbed(img_size, patch_size, 3, embed_dim, bias=not pre_norm,  # CLIP: no bias
-                                                        output_fmt="NHWC", strict_img_size=False)}[stem]()
+        if stem == "conv":
+            self.patch_embed = conv_stem(img_size, patch_size, embed_dim)
+        elif stem == "patch_and_conv":
+            self.patch_embed = SummedStem(img_size, patch_size, embed_dim, bias=not pre_norm)
+        else:
+            self.patch_embed = PatchEmbed(img_size, patch_size, 3, embed_dim, bias=not pre_norm,  # CLIP: no bias
+                                          output_fmt="NHWC", strict_img_size=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, embed_dim))
         self.norm_pre = LayerNorm(embed_dim) if pre_norm else nn.Identity()
