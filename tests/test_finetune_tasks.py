@@ -135,6 +135,7 @@ def test_grounding_end_to_end(fixture_world, fixture_pretraining_run, tmp_path) 
             assert 0.0 <= result["baselines"][baseline] <= 100.0 and 0.0 <= result["baselines"][f"{baseline}_mean_iou"] <= 1.0
         # the synthetic expressions name their shape and each image has 2+ of it: a random one is right often
         assert result["baselines"]["named_shape_box"] > 0.0
+        assert set(result["centre_r"]) == {"x", "y"} and all(r is None or -1.0 <= r <= 1.0 for r in result["centre_r"].values())
     assert len(predictions) == sum(r["expressions"] for r in record["splits"].values())
     vocab = (tmp_path / "grounding" / "vocab" / "vocab.txt").read_text().splitlines()
     assert vocab[-1] == f"[coord_{params.finetune.grounding.coordinate_bins - 1}]"

@@ -1,11 +1,11 @@
-"""Grounding IoU and acc@0.5 (copa.eval.grounding) on hand-made boxes, degenerate ones included."""
+"""Grounding IoU, acc@0.5 and the centre correlation (copa.eval.grounding) on hand-made boxes, degenerate ones included."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from copa.eval.grounding import box_iou, grounding_accuracy
+from copa.eval.grounding import box_iou, centre_correlation, grounding_accuracy
 
 
 def test_iou_hand_cases() -> None:
@@ -24,3 +24,18 @@ def test_accuracy_threshold_is_inclusive() -> None:
     assert grounding_accuracy(pred, target) == pytest.approx(200 / 3)
     with pytest.raises(ValueError, match="\\(N, 4\\)"):
         grounding_accuracy(pred[:, :3], target[:, :3])
+
+
+def test_centre_correlation_is_relative_to_each_images_side() -> None:
+    sizes = torch.tensor([[100.0, 100.0], [200.0, 100.0], [100.0, 200.0], [200.0, 200.0]])
+    target = torch.tensor([[10.0, 10.0, 20.0, 20.0], [100.0, 60.0, 40.0, 20.0], [40.0, 20.0, 10.0, 40.0], [20.0, 140.0, 20.0, 20.0]])
+    rel_x = torch.tensor([0.2, 0.6, 0.45, 0.15])  # the true centres, relative
+    # the same relative centres in each image, boxes of other sizes: x exact; y reversed
+    pred = torch.stack([rel_x * sizes[:, 0] - 5, (1 - torch.tensor([0.2, 0.7, 0.2, 0.75])) * sizes[:, 1] - 5,
+                        torch.full((4,), 10.0), torch.full((4,), 10.0)], dim=1)
+    x, y = centre_correlation(pred, target, sizes)
+    assert x == pytest.approx(1.0) and y == pytest.approx(-1.0)
+    # in pixels, side - y is no linear map of y where the sides differ: the sides matter
+    assert centre_correlation(pred, target, torch.ones(4, 2))[1] > -0.99
+    constant = torch.tensor([[45.0, 45.0, 10.0, 10.0]]).expand(4, 4)
+    assert centre_correlation(constant, target, torch.full((4, 2), 100.0)) == (None, None)  # undefined, not NaN

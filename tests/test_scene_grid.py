@@ -1,5 +1,5 @@
-"""The VQA perception bracket (issue 23): scene grids (copa.data.scene_grid), the perfect image tokens
-built from them (copa.models.scene_tokens), and the fine-tune that answers with them end to end."""
+"""The perception bracket (issue 23): scene grids (copa.data.scene_grid), the perfect image tokens
+built from them (copa.models.scene_tokens), and the VQA and grounding fine-tunes with them end to end."""
 
 from __future__ import annotations
 
@@ -100,20 +100,45 @@ def test_scene_tokens_are_a_fixed_code_of_the_attributes() -> None:
         SceneTokens(counts, 32)(torch.zeros(1, 4, dtype=torch.long))
 
 
-def test_vqa_with_perfect_perception_end_to_end(fixture_world, fixture_pretraining_run, tmp_path, capsys) -> None:
-    run, out = tmp_path / "vqa", tmp_path / "vqa.json"
-    finetune = BASE + ["--set", "finetune.vqa.perception=oracle", "finetune", "--task", "vqa", "--pretrained",
-                       str(fixture_pretraining_run), "--root", str(fixture_world), "--out", str(run)]
+def _oracle_run(task: str, fixture_world: Path, pretrained: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """Fine-tune ``task`` with finetune.<task>.perception oracle (twice: the second resumes the finished
+    run, nothing to train) and evaluate it: (the run, its record). Checks what every bracket run keeps:
+    the oracle in its parameters and record, the fusion's weights and no ViT's."""
+    run, out = tmp_path / task, tmp_path / f"{task}.json"
+    finetune = BASE + ["--set", f"finetune.{task}.perception=oracle", "finetune", "--task", task, "--pretrained", str(pretrained),
+                       "--root", str(fixture_world), "--out", str(run)]
     assert main(finetune) == 0
-    assert main(finetune) == 0  # finished: resumed with the same parameters, nothing to train
-    assert main(BASE + ["evaluate", "--task", "vqa", "--run", str(run), "--root", str(fixture_world), "--json", str(out), "--quiet"]) == 0
+    assert main(finetune) == 0
+    assert main(BASE + ["evaluate", "--task", task, "--run", str(run), "--root", str(fixture_world), "--json", str(out), "--quiet"]) == 0
     record = json.loads(out.read_text())
-    assert record["perception"] == "oracle" and 0.0 <= record["overall"] <= 100.0
-    assert record["instruments"]["state_probes"]  # the probes read the same grids
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    assert state["resolved_params"]["model"]["perception"] == "oracle"
+    assert record["perception"] == state["resolved_params"]["model"]["perception"] == "oracle"
     assert not [k for k in state["model"] if k.startswith("model.vision.")]  # no ViT: nothing of the image is learned
     assert any(k.startswith("model.fusion.") for k in state["model"])
+    return run, record
+
+
+def test_grounding_with_perfect_perception_end_to_end(fixture_world, fixture_pretraining_run, tmp_path, capsys) -> None:
+    from copa.data.downstream import grounding_examples
+    from copa.tasks.grounding import TRAIN_SPLIT, _data
+    from copa.train.finetune import load_finetuned
+
+    run, record = _oracle_run("grounding", fixture_world, fixture_pretraining_run, tmp_path)
+    assert "perception oracle (the scene's image tokens): grounding acc@0.5" in capsys.readouterr().out
+    assert all(0.0 <= s["acc@0.5"] <= 100.0 for s in record["splits"].values())
+    # the model reads each expression's own image's grid (RefCOCO+'s images are train2014's)
+    fine = load_finetuned(run)
+    layout = DataLayout(fixture_world)
+    examples = grounding_examples(layout, TRAIN_SPLIT)[:4]
+    data = _data(examples, fine.tokenizer, fine.params, layout)
+    expected = scene_grids(layout, [e.image for e in examples], 64, 16)
+    assert all(torch.equal(data[i]["image"], expected[e.image]) for i, e in enumerate(examples))
+
+
+def test_vqa_with_perfect_perception_end_to_end(fixture_world, fixture_pretraining_run, tmp_path, capsys) -> None:
+    run, record = _oracle_run("vqa", fixture_world, fixture_pretraining_run, tmp_path)
+    assert 0.0 <= record["overall"] <= 100.0
+    assert record["instruments"]["state_probes"]  # the probes read the same grids
 
     # the model's inputs: each question's own image's grid, and in the swap control the other image's
     from copa.tasks.vqa import question_data, swap_images

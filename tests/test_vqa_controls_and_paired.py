@@ -242,7 +242,7 @@ def test_grounding_record_keeps_each_expression_s_hit(monkeypatch, tmp_path: Pat
                 for ref, sentence, obj in ((7, "the square", square), (7, "the top left square", square), (8, "the circle", circle))]
     monkeypatch.setattr(grounding, "grounding_examples", lambda layout, split: examples)
 
-    def predict(model, tokenizer, examples, params, box_head=None, batch_size=64, progress=True):
+    def predict(model, tokenizer, examples, params, layout, box_head=None, batch_size=64, progress=True):
         boxes = torch.stack([grounding.relative_xyxy(e) for e in examples])  # the true boxes ...
         boxes[1] = torch.tensor([0.98, 0.98, 1.0, 1.0])  # ... but a far corner sliver for the second expression
         return boxes

@@ -206,6 +206,9 @@ class GroundingFinetuneParams(FinetuneSchedule):
 
     head: Literal["tokens", "regression"]  # COPA / mPLUG: coordinate tokens; X-VLM: a box-regression head
     coordinate_bins: Annotated[int, Range(ge=2)]  # tokens: each of x1 y1 x2 y2 (relative to the image side) is one of this many tokens
+    # the perception bracket as VQA's: oracle fine-tunes and evaluates with the scene's perfect image
+    # tokens (synthetic world only); None: the pretraining run's ViT (and for runs resolved before this option)
+    perception: Perception | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""What the synthetic world draws under each patch: the inputs of the VQA perception bracket (issue 23).
+"""What the synthetic world draws under each patch: the inputs of the perception bracket (issue 23).
 
-``finetune.vqa.perception: oracle`` fine-tunes and answers VQA with perfect image tokens instead of the
-ViT's (copa.models.scene_tokens): each patch of the square-resized image gets the attributes (shape,
+``finetune.vqa.perception: oracle`` (and ``finetune.grounding.perception``) fine-tunes and evaluates with
+perfect image tokens instead of the ViT's (copa.models.scene_tokens): each patch of the square-resized image gets the attributes (shape,
 colour, size, texture) of the scene object that covers it. The scenes are drawn again from the
 manifest's seed (copa.data.synth.world.manifest_scene), as the linear probes' colours are
 (copa.data.heldout), so only the synthetic world has them.
@@ -58,9 +58,9 @@ def scene_grid(scene: Scene, image_size: int, patch_size: int) -> np.ndarray:
 
 
 def scene_grids(layout: DataLayout, images: Iterable[Path], image_size: int, patch_size: int) -> dict[Path, torch.Tensor]:
-    """COCO image path (of a VQA split) -> its ``scene_grid``, from the synthetic world's manifest."""
+    """COCO image path (of a VQA split; RefCOCO+'s are train2014's) -> its ``scene_grid``, from the synthetic world's manifest."""
     if not layout.manifest.is_file():
-        raise FileNotFoundError(f"{layout.manifest}: not found; finetune.vqa.perception oracle reads the scenes the synthetic world "
+        raise FileNotFoundError(f"{layout.manifest}: not found; the perception oracle (finetune.<task>.perception) reads the scenes the synthetic world "
                                 "drew, which only its manifest describes")
     params = load_json(layout.manifest)["params"]
     grids = {}

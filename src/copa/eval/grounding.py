@@ -1,5 +1,10 @@
 """Visual grounding accuracy (RefCOCO+ protocol of X-VLM, mPLUG, COPA): a prediction is correct
-when its IoU with the ground-truth box is at least 0.5. Boxes are xywh in pixels."""
+when its IoU with the ground-truth box is at least 0.5. Boxes are xywh in pixels.
+
+One instrument beside it: the correlation of the predicted boxes' centres with the true ones'
+(per axis). A model that reads only the expression can learn a box's size from it ("large") but
+not where the object lies: at acc@0.5 near its baselines, a centre correlation near 0 says the
+model does not localise at all, one well above 0 that it localises too coarsely."""
 
 from __future__ import annotations
 
@@ -31,3 +36,20 @@ def grounding_hits(pred: Tensor, target: Tensor, threshold: float = 0.5) -> Tens
 def grounding_accuracy(pred: Tensor, target: Tensor, threshold: float = 0.5) -> float:
     """Percent of predictions with IoU >= ``threshold``."""
     return 100.0 * grounding_hits(pred, target, threshold).double().mean().item()
+
+
+def centre_correlation(pred: Tensor, target: Tensor, sizes: Tensor) -> tuple[float | None, float | None]:
+    """Pearson r of the predicted and true box centres (xywh, pixels), x and y, each relative to its
+    image's side (``sizes``: (N, 2) width, height, so images of several sizes compare); None for an
+    axis where either side is constant (r is undefined)."""
+    def centres(boxes: Tensor) -> Tensor:
+        return (boxes[:, :2].double() + boxes[:, 2:].double() / 2) / sizes.double()
+
+    p, t = centres(pred), centres(target)
+    out = []
+    for axis in range(2):
+        if len(p) < 2 or p[:, axis].std() == 0 or t[:, axis].std() == 0:
+            out.append(None)
+        else:
+            out.append(torch.corrcoef(torch.stack([p[:, axis], t[:, axis]]))[0, 1].item())
+    return out[0], out[1]

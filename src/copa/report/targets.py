@@ -187,7 +187,19 @@ def _retrieval(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
 def _grounding(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
     splits = run.task("grounding")["splits"]
     met = bool(splits) and all(bars[0].met(s["acc@0.5"]) for s in splits.values())
-    return " / ".join(f"{name} {s['acc@0.5']:.1f}" for name, s in splits.items()), met
+    return " / ".join(f"{name} {s['acc@0.5']:.1f}" for name, s in splits.items()) + _centre_r(splits), met
+
+
+def _centre_r(splits: dict) -> str:
+    """The predicted against true box centres' correlation, x / y per split (copa.eval.grounding),
+    where the record has it (older records do not)."""
+    def r(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    scored = {name: s["centre_r"] for name, s in splits.items() if "centre_r" in s}
+    if not scored:
+        return ""
+    return "; centre r x / y " + ", ".join(f"{name} {r(c['x'])} / {r(c['y'])}" for name, c in scored.items())
 
 
 def _claims(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:

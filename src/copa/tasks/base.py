@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from copa.config import AFTER_TRAINING_SECTIONS, Params
+from copa.data.layout import DataLayout
 from copa.data.pretrain_data import Pair, PairDataset
+from copa.data.scene_grid import SceneGridPairs, scene_grids
 from copa.models.copa import CopaModel
 from copa.train.build import copa_spec
 from copa.train.engine import EngineConfig, epoch_length, train
@@ -64,6 +66,19 @@ def resized_pairs(images: Sequence[Path], texts: Sequence[str], tokenizer, param
     pairs = [Pair(image, text, source) for image, text in zip(images, texts, strict=True)]
     size = image_size or params.patch_labels.image_size
     return PairDataset(pairs, tokenizer, size, params.model.max_text_length, params.seed, train=False)
+
+
+def model_inputs(images: Sequence[Path], texts: Sequence[str], tokenizer, params: Params, source: str,
+                 layout: DataLayout | None, image_size: int | None = None) -> PairDataset | SceneGridPairs:
+    """:func:`resized_pairs` as the model reads them: with ``model.perception`` oracle (issue 23's
+    perception bracket) each image's scene grid in place of its pixels, from ``layout``'s synthetic
+    world (copa.data.scene_grid)."""
+    data = resized_pairs(images, texts, tokenizer, params, source, image_size)
+    if params.model.perception != "oracle":
+        return data
+    if layout is None:
+        raise ValueError("a model with perception oracle reads scene grids: model_inputs needs the data root's layout")
+    return SceneGridPairs(data, scene_grids(layout, images, image_size or params.patch_labels.image_size, params.patch_labels.patch_size))
 
 
 class FinetuneTask:

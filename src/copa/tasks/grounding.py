@@ -8,9 +8,14 @@ LM head grow by as many rows). Target: ``[CLS] x1 y1 x2 y2 [SEP]``, cross-entrop
 greedy decoding restricted to the coordinate tokens, each bin read as its centre. Metric:
 acc@IoU>=0.5 per split, next to three baselines: the centre box (a box of the mean training size
 in the middle of the image), the image's largest annotated box, and a random annotated box of the
-shape the expression names (a model that reads the expression must beat the last). ``head:
+shape the expression names (a model that reads the expression must beat the last), and the
+correlation of the predicted and true box centres (``centre_r``, copa.eval.grounding). ``head:
 regression`` is X-VLM's instead (for the X-VLM comparison): a sigmoid MLP on the fused text [CLS]
 predicts (cx, cy, w, h), trained with L1 + GIoU.
+
+With ``finetune.grounding.perception`` oracle (VQA's perception bracket, copa.models.scene_tokens),
+the scene's perfect image tokens replace the ViT's: whether the fusion and decoder learn to write
+the box when every token says what lies under its patch and where that patch is.
 
 Images are resized to a square without crops or flips ("left" and "right" in the expressions
 must stay true), so relative coordinates carry over.
@@ -33,10 +38,11 @@ from copa.config import GroundingEvalParams, Params
 from copa.data.downstream import GroundingExample, grounding_examples
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
-from copa.eval.grounding import box_iou, grounding_accuracy, grounding_hits
+from copa.data.scene_grid import SceneGridPairs
+from copa.eval.grounding import box_iou, centre_correlation, grounding_accuracy, grounding_hits
 from copa.models.copa import CopaModel
 from copa.models.objectives.language import lm_loss
-from copa.tasks.base import FinetuneTask, extend_vocabulary, resized_pairs, run_finetuning
+from copa.tasks.base import FinetuneTask, extend_vocabulary, model_inputs, run_finetuning
 from copa.tasks.generation import condition
 from copa.train.finetune import FinetunedRun, start_from
 
@@ -112,8 +118,8 @@ class GroundingFinetuning(nn.Module):
         return {"loss": lm_loss(logits, target, mask)}
 
 
-def _data(examples: Sequence[GroundingExample], tokenizer, params: Params) -> PairDataset:
-    return resized_pairs([e.image for e in examples], [e.sentence for e in examples], tokenizer, params, "refcoco+")
+def _data(examples: Sequence[GroundingExample], tokenizer, params: Params, layout: DataLayout) -> PairDataset | SceneGridPairs:
+    return model_inputs([e.image for e in examples], [e.sentence for e in examples], tokenizer, params, "refcoco+", layout)
 
 
 class GroundingTask(FinetuneTask):
@@ -125,8 +131,9 @@ class GroundingTask(FinetuneTask):
         if self.head == "tokens":
             model, self.tokenizer = extend_vocabulary(model, self.params, out_dir, coordinate_tokens(self.bins), self.params.seed)
             self.first_coordinate = self.tokenizer.convert_tokens_to_ids(coordinate_tokens(1)[0])
-        self.examples = grounding_examples(DataLayout(Path(data_root)), TRAIN_SPLIT)
-        self.data = _data(self.examples, self.tokenizer, self.params)
+        layout = DataLayout(Path(data_root))
+        self.examples = grounding_examples(layout, TRAIN_SPLIT)
+        self.data = _data(self.examples, self.tokenizer, self.params, layout)
         with torch.random.fork_rng():  # the head's initialisation, seeded
             torch.manual_seed(self.params.seed)
             self.model = GroundingFinetuning(model, self.head)
@@ -153,15 +160,15 @@ def run_grounding_finetuning(params: Params, start_run: Path, data_root: Path, o
 
 # ------------------------------------------------------------------------------------ inference
 @torch.no_grad()
-def predict_boxes(model: CopaModel, tokenizer, examples: Sequence[GroundingExample], params: Params,
+def predict_boxes(model: CopaModel, tokenizer, examples: Sequence[GroundingExample], params: Params, layout: DataLayout,
                   box_head: BoxHead | None = None, batch_size: int = 64, progress: bool = True) -> Tensor:
     """(N, 4) relative x1 y1 x2 y2: from ``box_head``, or by greedy decoding over the coordinate
-    tokens only."""
+    tokens only. ``layout``: the data root's (the scene grids of a model with perception oracle)."""
     bins = params.finetune.grounding.coordinate_bins
     first = tokenizer.convert_tokens_to_ids(coordinate_tokens(1)[0])
     if box_head is None and first == tokenizer.unk_token_id:
         raise ValueError("the run's vocabulary has no coordinate tokens: not a grounding run")
-    data = _data(examples, tokenizer, params)
+    data = _data(examples, tokenizer, params, layout)
     out = []
     for start in tqdm(range(0, len(examples), batch_size), desc="grounding", disable=not progress):
         batch = data.collate_fn([data[i] for i in range(start, min(start + batch_size, len(examples)))])
@@ -229,18 +236,19 @@ def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_ro
     layout = DataLayout(Path(data_root))
     box_head = load_box_head(run)
     train = grounding_examples(layout, TRAIN_SPLIT)
-    record: dict = {"head": params.finetune.grounding.head, "splits": {}}
+    record: dict = {"head": params.finetune.grounding.head, "perception": params.model.perception, "splits": {}}
     predictions: list[dict] = []
     for name in [split] if split else settings.splits:
         test = grounding_examples(layout, name)
         sizes = torch.tensor([[e.width, e.height] for e in test])
         truth = torch.tensor([e.box.as_list() for e in test], dtype=torch.float64)
-        boxes = to_pixels_xywh(predict_boxes(model, tokenizer, test, params, box_head, batch_size, progress), sizes)
+        boxes = to_pixels_xywh(predict_boxes(model, tokenizer, test, params, layout, box_head, batch_size, progress), sizes)
         baselines = {"centre_box": to_pixels_xywh(centre_boxes(train, test), sizes), "largest_box": largest_boxes(test),
                      "named_shape_box": named_shape_boxes(test, params.seed)}
         hits = grounding_hits(boxes, truth)
         record["splits"][name] = {"expressions": len(test), "acc@0.5": 100.0 * hits.double().mean().item(),
                                   "mean_iou": box_iou(boxes, truth).mean().item(),
+                                  "centre_r": dict(zip("xy", centre_correlation(boxes, truth, sizes))),
                                   "baselines": {k: v for baseline, guess in baselines.items()
                                                 for k, v in ((baseline, grounding_accuracy(guess, truth)),
                                                              (f"{baseline}_mean_iou", box_iou(guess, truth).mean().item()))},
@@ -251,4 +259,6 @@ def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_ro
     summary = "grounding acc@0.5 " + ", ".join(
         f"{n} {r['acc@0.5']:.1f} (centre box {r['baselines']['centre_box']:.1f}, largest box {r['baselines']['largest_box']:.1f}, "
         f"random box of the named shape {r['baselines']['named_shape_box']:.1f})" for n, r in record["splits"].items())
+    if params.model.perception != "encoder":  # a bracket's record says so, as VQA's
+        summary = f"perception {params.model.perception} (the scene's image tokens): {summary}"
     return record, predictions, summary

@@ -45,11 +45,11 @@ from copa.config import Params, ParamsError, VQAEvalParams, vqa_image_size
 from copa.data.downstream import VQAExample, referent_targets, vqa_examples
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
-from copa.data.scene_grid import SceneGridPairs, scene_grids
+from copa.data.scene_grid import SceneGridPairs
 from copa.data.tokenizer import missing_pieces
 from copa.eval.vqa import official_result_file, vqa_accuracy
 from copa.models.copa import CopaModel
-from copa.tasks.base import FinetuneTask, extend_vocabulary, resized_pairs, run_finetuning
+from copa.tasks.base import FinetuneTask, extend_vocabulary, model_inputs, run_finetuning
 from copa.tasks.generation import condition, decode_text, generate, sequence_log_probs, tokenize
 from copa.tasks.vqa_probe import state_probes
 from copa.train.finetune import FinetunedRun, start_from
@@ -79,16 +79,11 @@ def answer_targets(human_answers: Sequence[str]) -> list[tuple[str, float]]:
 
 def question_data(examples: Sequence[VQAExample], tokenizer, params: Params,
                   layout: DataLayout | None = None) -> PairDataset | SceneGridPairs:
-    """The model's (image, question) inputs; with ``model.perception`` oracle the images are the scene
-    grids of ``layout``'s synthetic world (copa.data.scene_grid)."""
+    """The model's (image, question) inputs (copa.tasks.base.model_inputs: with ``model.perception``
+    oracle the scene grids of ``layout``'s synthetic world)."""
     # at another resolution than the pretraining's, the ViT resamples its position embeddings (copa.models.vit)
-    size = vqa_image_size(params)
-    data = resized_pairs([e.image for e in examples], [e.question for e in examples], tokenizer, params, "vqa", size)
-    if params.model.perception != "oracle":
-        return data
-    if layout is None:
-        raise ValueError("a model with perception oracle answers from scene grids: question_data needs the data root's layout")
-    return SceneGridPairs(data, scene_grids(layout, [e.image for e in examples], size, params.patch_labels.patch_size))
+    return model_inputs([e.image for e in examples], [e.question for e in examples], tokenizer, params, "vqa", layout,
+                        vqa_image_size(params))
 
 
 def oracle_targets(model: CopaModel, params: Params, layout: DataLayout, examples: Sequence[VQAExample]) -> dict[int, Tensor] | None:
