@@ -39,3 +39,16 @@ def test_centre_correlation_is_relative_to_each_images_side() -> None:
     assert centre_correlation(pred, target, torch.ones(4, 2))[1] > -0.99
     constant = torch.tensor([[45.0, 45.0, 10.0, 10.0]]).expand(4, 4)
     assert centre_correlation(constant, target, torch.full((4, 2), 100.0)) == (None, None)  # undefined, not NaN
+
+
+def test_a_constant_relative_box_on_images_of_several_sizes_has_no_correlation() -> None:
+    """The same relative box in pixels on images of several sizes comes back with rounding noise (std ~1e-17
+    at 1,000 bins): still one constant box, never an r of noise."""
+    from copa.tasks.grounding import from_bins, to_pixels_xywh
+
+    sizes = torch.tensor([[128, 128], [192, 160], [131, 173], [177, 139], [150, 181]])
+    pred = to_pixels_xywh(from_bins(torch.tensor([[123, 456, 789, 999]]).expand(5, 4), 1000), sizes)
+    centres = (pred[:, :2] + pred[:, 2:] / 2) / sizes.double()
+    assert (centres.std(0) > 0).all()  # the noise this guards against is there
+    target = torch.tensor([[1.0, 2, 30, 40], [50, 60, 20, 20], [5, 70, 30, 30], [90, 10, 40, 40], [20, 20, 50, 60]])
+    assert centre_correlation(pred, target, sizes) == (None, None)

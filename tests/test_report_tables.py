@@ -450,6 +450,10 @@ def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, ca
     rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
     grounding = rows["grounding acc@0.5, each split (val / testA / testB)"]
     assert grounding["measured"] == "val 71.0 / testA 69.0; centre r x / y val 0.90 / n/a, testA 0.80 / 0.70" and grounding["met"] is False
+    write(layout.finetune_result(run, "grounding"), {"splits": {"val": {"acc@0.5": 71.0}}})  # a record from before centre_r
+    assert main(cli) == 0
+    rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
+    assert rows["grounding acc@0.5, each split (val / testA / testB)"]["measured"] == "val 71.0"
     write(layout.finetune_result(run, "retrieval"), {"tr_r1": 45.0})
     assert main(cli) == 2
     err = capsys.readouterr().err

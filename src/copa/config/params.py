@@ -65,7 +65,7 @@ class ModelParams:
     vocab_file: str | None  # a vocab.txt to use instead (bert-base-uncased's with BERT weights)
     selection: SelectionParams
     # encoder: the ViT; oracle: the synthetic scene's perfect image tokens (copa.models.scene_tokens), set by
-    # finetune.vqa.perception for a VQA run
+    # finetune.<task>.perception for a VQA or grounding run
     perception: Perception
 
 

@@ -38,6 +38,9 @@ def grounding_accuracy(pred: Tensor, target: Tensor, threshold: float = 0.5) -> 
     return 100.0 * grounding_hits(pred, target, threshold).double().mean().item()
 
 
+CONSTANT_STD = 1e-9  # relative to the image side: centres that vary less are one constant box
+
+
 def centre_correlation(pred: Tensor, target: Tensor, sizes: Tensor) -> tuple[float | None, float | None]:
     """Pearson r of the predicted and true box centres (xywh, pixels), x and y, each relative to its
     image's side (``sizes``: (N, 2) width, height, so images of several sizes compare); None for an
@@ -48,7 +51,8 @@ def centre_correlation(pred: Tensor, target: Tensor, sizes: Tensor) -> tuple[flo
     p, t = centres(pred), centres(target)
     out = []
     for axis in range(2):
-        if len(p) < 2 or p[:, axis].std() == 0 or t[:, axis].std() == 0:
+        # a constant relative box comes back from pixels with rounding noise (std ~1e-17), whose r means nothing
+        if len(p) < 2 or p[:, axis].std() <= CONSTANT_STD or t[:, axis].std() <= CONSTANT_STD:
             out.append(None)
         else:
             out.append(torch.corrcoef(torch.stack([p[:, axis], t[:, axis]]))[0, 1].item())

@@ -1,4 +1,4 @@
-"""Perfect image tokens: the VQA perception bracket (issue 23; ``finetune.vqa.perception: oracle``).
+"""Perfect image tokens: the perception bracket (issue 23; ``finetune.vqa.perception: oracle``, grounding's too).
 
 In place of the ViT, each patch's token is built from what the scene draws there (a grid of attribute
 indices, copa.data.scene_grid): the sum of a fixed random vector per attribute value (one more per

@@ -68,8 +68,8 @@ def resized_pairs(images: Sequence[Path], texts: Sequence[str], tokenizer, param
     return PairDataset(pairs, tokenizer, size, params.model.max_text_length, params.seed, train=False)
 
 
-def model_inputs(images: Sequence[Path], texts: Sequence[str], tokenizer, params: Params, source: str,
-                 layout: DataLayout | None, image_size: int | None = None) -> PairDataset | SceneGridPairs:
+def perceived_pairs(images: Sequence[Path], texts: Sequence[str], tokenizer, params: Params, source: str,
+                    layout: DataLayout | None, image_size: int | None = None) -> PairDataset | SceneGridPairs:
     """:func:`resized_pairs` as the model reads them: with ``model.perception`` oracle (issue 23's
     perception bracket) each image's scene grid in place of its pixels, from ``layout``'s synthetic
     world (copa.data.scene_grid)."""
@@ -77,8 +77,8 @@ def model_inputs(images: Sequence[Path], texts: Sequence[str], tokenizer, params
     if params.model.perception != "oracle":
         return data
     if layout is None:
-        raise ValueError("a model with perception oracle reads scene grids: model_inputs needs the data root's layout")
-    return SceneGridPairs(data, scene_grids(layout, images, image_size or params.patch_labels.image_size, params.patch_labels.patch_size))
+        raise ValueError("a model with perception oracle reads scene grids: perceived_pairs needs the data root's layout")
+    return SceneGridPairs(data, scene_grids(layout, images, data.image_size, params.patch_labels.patch_size))
 
 
 class FinetuneTask:

@@ -42,7 +42,7 @@ from copa.data.scene_grid import SceneGridPairs
 from copa.eval.grounding import box_iou, centre_correlation, grounding_accuracy, grounding_hits
 from copa.models.copa import CopaModel
 from copa.models.objectives.language import lm_loss
-from copa.tasks.base import FinetuneTask, extend_vocabulary, model_inputs, run_finetuning
+from copa.tasks.base import FinetuneTask, extend_vocabulary, perceived_pairs, run_finetuning
 from copa.tasks.generation import condition
 from copa.train.finetune import FinetunedRun, start_from
 
@@ -119,7 +119,7 @@ class GroundingFinetuning(nn.Module):
 
 
 def _data(examples: Sequence[GroundingExample], tokenizer, params: Params, layout: DataLayout) -> PairDataset | SceneGridPairs:
-    return model_inputs([e.image for e in examples], [e.sentence for e in examples], tokenizer, params, "refcoco+", layout)
+    return perceived_pairs([e.image for e in examples], [e.sentence for e in examples], tokenizer, params, "refcoco+", layout)
 
 
 class GroundingTask(FinetuneTask):

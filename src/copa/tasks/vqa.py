@@ -49,7 +49,7 @@ from copa.data.scene_grid import SceneGridPairs
 from copa.data.tokenizer import missing_pieces
 from copa.eval.vqa import official_result_file, vqa_accuracy
 from copa.models.copa import CopaModel
-from copa.tasks.base import FinetuneTask, extend_vocabulary, model_inputs, run_finetuning
+from copa.tasks.base import FinetuneTask, extend_vocabulary, perceived_pairs, run_finetuning
 from copa.tasks.generation import condition, decode_text, generate, sequence_log_probs, tokenize
 from copa.tasks.vqa_probe import state_probes
 from copa.train.finetune import FinetunedRun, start_from
@@ -79,10 +79,10 @@ def answer_targets(human_answers: Sequence[str]) -> list[tuple[str, float]]:
 
 def question_data(examples: Sequence[VQAExample], tokenizer, params: Params,
                   layout: DataLayout | None = None) -> PairDataset | SceneGridPairs:
-    """The model's (image, question) inputs (copa.tasks.base.model_inputs: with ``model.perception``
+    """The model's (image, question) inputs (copa.tasks.base.perceived_pairs: with ``model.perception``
     oracle the scene grids of ``layout``'s synthetic world)."""
     # at another resolution than the pretraining's, the ViT resamples its position embeddings (copa.models.vit)
-    return model_inputs([e.image for e in examples], [e.question for e in examples], tokenizer, params, "vqa", layout,
+    return perceived_pairs([e.image for e in examples], [e.question for e in examples], tokenizer, params, "vqa", layout,
                         vqa_image_size(params))
 
 

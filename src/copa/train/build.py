@@ -21,7 +21,7 @@ def require_encoder(params: Params, what: str) -> None:
     """Refuse ``what`` (which needs the ViT) for parameters whose model perceives otherwise."""
     if params.model.perception != "encoder":
         raise ParamsError(f"model.perception {params.model.perception}: {what} needs the ViT; the oracle's image tokens are "
-                          "a VQA bracket (finetune.vqa.perception)")
+                          "a fine-tune's bracket (finetune.vqa.perception, finetune.grounding.perception)")
 
 
 def copa_spec(params: Params, vocab_size: int) -> CopaSpec:

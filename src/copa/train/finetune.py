@@ -9,7 +9,7 @@ pretraining run's (the model) with the task's ``finetune`` section and the seed 
 params; a task section's ``selection`` (VQA: the oracle and random references, issue 19), where
 set, replaces ``model.selection.method`` there, so everything that rebuilds the fine-tuned model
 from its parameters (``load_finetuned``, the vocabulary growth, ``copa efficiency``) builds it
-with that selector. VQA's ``perception`` (issue 23's bracket) replaces ``model.perception`` the same
+with that selector. A task's ``perception`` (issue 23's bracket: VQA, grounding) replaces ``model.perception`` the same
 way: the run's model has the scene's image tokens in place of the ViT, which ``load_finetuned`` and
 the vocabulary growth rebuild, and what needs the ViT (the cost protocol, Figure 4) refuses.
 """
