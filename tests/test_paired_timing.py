@@ -12,7 +12,8 @@ import torch
 from copa.cli import main
 from copa.config import ParamsError, load_params
 from copa.eval.efficiency import measure_paired_speed
-from copa.eval.paired_timing import interleaved_rounds, paired_speedup, spread
+from copa.eval.paired import paired_speedup
+from copa.eval.paired_timing import interleaved_rounds, spread
 
 
 def test_rounds_rotate_the_order_after_a_warm_up_of_each():

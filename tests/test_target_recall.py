@@ -13,7 +13,8 @@ from timm.models.vision_transformer import Block
 from copa.config import ParamsError, load_params
 from copa.data.layout import DataLayout
 from copa.data.tokenizer import load_tokenizer, train_wordpiece
-from copa.eval.target_recall import KEEP_RATIOS, target_questions, target_recall
+from copa.eval.target_recall import target_questions, target_recall
+from copa.eval.target_recall_record import KEEP_RATIOS
 from copa.models.copa import CopaModel
 from copa.models.objectives.pta import kept_mask
 from copa.models.selectors import build_selector, num_keep

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from copa.config import EfficiencyParams, Params
 from copa.eval.cost_inputs import pair_inputs, protocol_model
 from copa.eval.flops import forward_flops
-from copa.eval.paired_timing import paired_speedup
+from copa.eval.paired import paired_speedup
 from copa.eval.timing import TimedModel, throughput_and_latency
 from copa.eval.training_memory import MIB, training_memory
 from copa.train.architectures import architecture

@@ -12,10 +12,15 @@ interval: the same construction serves differences whose standard error was boot
 elsewhere, e.g. copa.eval.patch_detection's micro-averaged metrics). The minimal detectable
 difference is (z(1 - level/2) + z(power)) x the standard error: the smallest true difference a
 two-sided test at ``level`` detects with probability ``power`` (2.80 SE at 5% and 80%).
+
+Timings pair the same way: two models timed in the same rounds (copa.eval.paired_timing) differ by
+the median of their per-round ratios, with a percentile bootstrap interval over the rounds
+(``paired_speedup``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
@@ -74,3 +79,23 @@ def paired_bootstrap(first, second, resamples: int = RESAMPLES, seed: int = 0, l
     means = np.concatenate([differences[rng.integers(0, n, size=(min(step, resamples - start), n))].mean(axis=1)
                             for start in range(0, resamples, step)])
     return PairedDifference.from_se(differences.mean(), np.std(means, ddof=1), level, power, n)
+
+
+def paired_speedup(baseline: Sequence[float], variant: Sequence[float], resamples: int = RESAMPLES, seed: int = 0,
+                   level: float = LEVEL) -> dict[str, float]:
+    """The speedup of ``variant`` over ``baseline`` (> 1: faster) from their per-round times of the
+    same rounds: the median of the per-round ratios baseline / variant, with the (1 - level)
+    percentile interval of that median over ``resamples`` bootstrap draws of the rounds.
+    Deterministic for ``seed``."""
+    baseline, variant = np.asarray(baseline, dtype=np.float64), np.asarray(variant, dtype=np.float64)
+    if baseline.ndim != 1 or baseline.shape != variant.shape:
+        raise ValueError(f"paired times need two vectors of the same rounds, got shapes {baseline.shape} and {variant.shape}")
+    if len(baseline) < 2 or resamples < 2:
+        raise ValueError(f"a bootstrap needs at least 2 rounds and 2 resamples, got {len(baseline)} and {resamples}")
+    if (baseline <= 0).any() or (variant <= 0).any():
+        raise ValueError("times must be positive")
+    ratios = baseline / variant
+    draws = np.random.default_rng(seed).integers(0, len(ratios), size=(resamples, len(ratios)))
+    low, high = np.quantile(np.median(ratios[draws], axis=1), [level / 2, 1 - level / 2])
+    return {"estimate": float(np.median(ratios)), "low": float(low), "high": float(high), "rounds": len(ratios),
+            "level": level}

@@ -7,8 +7,9 @@ of each variant the timing runs in rounds: each round times every variant once, 
 rotated from round to round (A B C, B C A, C A B, ...), so that no variant always follows the same
 other one. A slow moment of the machine slows the variants of its round alike, so the per-round
 ratio of the baseline's time to a variant's (its speedup) cancels most of it. The speedup is the
-median of those ratios, with a percentile bootstrap interval over the rounds; each variant's own
-time is reported as median and interquartile range.
+median of those ratios, with a percentile bootstrap interval over the rounds
+(copa.eval.paired.paired_speedup); each variant's own time is reported as median and
+interquartile range.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from copa.eval.paired import LEVEL, RESAMPLES
 
 
 def synchronize(device: torch.device) -> None:
@@ -59,23 +59,3 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     """Median and interquartile range (q1, q3) of ``values``."""
     q1, median, q3 = np.quantile(np.asarray(values, dtype=np.float64), [0.25, 0.5, 0.75])
     return {"median": float(median), "q1": float(q1), "q3": float(q3)}
-
-
-def paired_speedup(baseline: Sequence[float], variant: Sequence[float], resamples: int = RESAMPLES, seed: int = 0,
-                   level: float = LEVEL) -> dict[str, float]:
-    """The speedup of ``variant`` over ``baseline`` (> 1: faster) from their per-round times of the
-    same rounds: the median of the per-round ratios baseline / variant, with the (1 - level)
-    percentile interval of that median over ``resamples`` bootstrap draws of the rounds.
-    Deterministic for ``seed``."""
-    baseline, variant = np.asarray(baseline, dtype=np.float64), np.asarray(variant, dtype=np.float64)
-    if baseline.ndim != 1 or baseline.shape != variant.shape:
-        raise ValueError(f"paired times need two vectors of the same rounds, got shapes {baseline.shape} and {variant.shape}")
-    if len(baseline) < 2 or resamples < 2:
-        raise ValueError(f"a bootstrap needs at least 2 rounds and 2 resamples, got {len(baseline)} and {resamples}")
-    if (baseline <= 0).any() or (variant <= 0).any():
-        raise ValueError("times must be positive")
-    ratios = baseline / variant
-    draws = np.random.default_rng(seed).integers(0, len(ratios), size=(resamples, len(ratios)))
-    low, high = np.quantile(np.median(ratios[draws], axis=1), [level / 2, 1 - level / 2])
-    return {"estimate": float(np.median(ratios)), "low": float(low), "high": float(high), "rounds": len(ratios),
-            "level": level}

@@ -34,13 +34,11 @@ from copa.data.downstream import VQAExample, referent_targets, vqa_examples
 from copa.data.formats.records import FormatError
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import Pair, PairDataset
+from copa.eval.target_recall_record import KEEP_RATIOS, REFERENCES
 from copa.models.copa import CopaModel, spec_selector
 from copa.models.objectives.pta import kept_mask
 from copa.models.selectors import build_selector
 from copa.models.vit import VisionEncoder
-
-KEEP_RATIOS = (0.1, 0.3, 0.5, 0.7)  # Figure 1(a)'s ratios
-REFERENCES = ("cls_attention", "oracle", "random")  # parameter-free: they run on any model's weights
 
 
 @dataclass(frozen=True)

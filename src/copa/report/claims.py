@@ -29,9 +29,8 @@ import pandas as pd
 
 from copa.config import DEFAULT_PARAMS_DIR, Params
 from copa.data.formats.records import FormatError, load_json
-from copa.eval.paired import LEVEL, POWER, PairedDifference, paired_bootstrap
+from copa.eval.paired import LEVEL, POWER, PairedDifference, paired_bootstrap, paired_speedup
 from copa.report.columns import COLUMNS, PERCENT
-from copa.eval.paired_timing import paired_speedup
 from copa.report.grids import load_grid, paired_result, row_result
 
 HOLDS, FAILS, UNMEASURABLE = "holds", "does not hold", "not measurable at this scale"

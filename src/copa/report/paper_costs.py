@@ -40,7 +40,8 @@ from copa.config import MIN_TIMING_ROUNDS, Params, load_params
 from copa.eval.cost_inputs import pair_inputs, protocol_model
 from copa.eval.efficiency import GIGA, device_info
 from copa.eval.module_costs import MODULES, call_flops, module_flops
-from copa.eval.paired_timing import interleaved_rounds, paired_speedup, spread
+from copa.eval.paired import paired_speedup
+from copa.eval.paired_timing import interleaved_rounds, spread
 from copa.eval.timing import fits_on, largest_batch
 from copa.eval.training_memory import training_memory
 from copa.report.grids import load_grid, profile_location

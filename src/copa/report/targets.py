@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 from copa.config import DEFAULT_PARAMS_DIR, Params
 from copa.data.formats.records import load_json
-from copa.eval.target_recall import KEEP_RATIOS, REFERENCES
+from copa.eval.target_recall_record import KEEP_RATIOS, REFERENCES
 from copa.report.claims import UNMEASURABLE
 from copa.report.grids import ABLATION_GRID, AnchorRow, load_grid, params_run_name
 from copa.report.stage_times import stage_times
