@@ -6,8 +6,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -516,12 +514,3 @@ def test_instruments_show_each_trained_runs_probes(tmp_path, monkeypatch, capsys
     layout.pretrain_eval(default).write_text(json.dumps({"checkpoints": [probes]}))
     assert main(cli) == 2
     assert f"{layout.pretrain_eval(default)}: no 'r_mean'" in capsys.readouterr().err
-
-
-def test_the_reports_record_readers_import_no_torch():
-    """Tables, claims, targets and instruments read records, never models: their jobs start without
-    torch (about 10 s a process with transformers and timm here, against 2)."""
-    modules = "copa.report.tables, copa.report.claims, copa.report.targets, copa.report.instruments"
-    code = f"import {modules}, sys; assert 'torch' not in sys.modules, 'torch imported'"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr

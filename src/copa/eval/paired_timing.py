@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 
-
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on a CPU), so that a timer sees it done."""
     if device.type == "cuda":

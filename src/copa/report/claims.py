@@ -10,7 +10,7 @@ rows' separate standard errors from the table, marked unpaired. Figure 5's chang
 over chance come with the probe's own paired bootstrap (copa.eval.patch_detection). FLOPs and
 memory are deterministic, with a stated minimal relative effect; throughput is compared as a
 paired speedup over the timing rounds of the table's models, timed together
-(copa.eval.paired_timing), with its bootstrap interval.
+(copa.eval.paired_timing), with its bootstrap interval (copa.eval.paired.paired_speedup).
 
 The claims read the tables' canonical CSVs (results/<profile>/tables/<grid>.csv) by row label, as
 the grid files in params/grids/ name them, and the rows' result files (copa.report.grids.row_result)
