@@ -151,22 +151,18 @@ def test_the_walk_sees_lazy_typing_relative_and_submodule_imports(tmp_path):
     assert layer_of("copa.report.figures") == "report" and layer_of("copa.single_stream.x") is None
 
 
-def test_the_command_line_starts_without_torch():
-    """Every `copa` process (a Snakemake job each) imports the CLI: torch (seconds) only where a command needs it.
-    The errors it reports in one line live in torch-free modules (copa.config.errors.UserError)."""
+# Modules that start without torch, transformers or timm (seconds to import here, ~10 with all three):
+# the CLI, which every `copa` process (a Snakemake job each) imports, torch only where a command needs it (the
+# errors it reports in one line live in torch-free modules, copa.config.errors.UserError); and the report's
+# record readers, which read records, never models.
+TORCH_FREE = {"cli": ["copa.cli"],
+              "report-readers": ["copa.report.tables", "copa.report.claims", "copa.report.targets", "copa.report.instruments"]}
+
+
+@pytest.mark.parametrize("modules", list(TORCH_FREE.values()), ids=list(TORCH_FREE))
+def test_starts_without_torch(modules):
     import subprocess
     import sys
 
-    code = "import sys, copa.cli; print(sorted(m for m in ('torch', 'transformers', 'timm') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
-
-
-def test_the_reports_record_readers_start_without_torch():
-    """Tables, claims, targets and instruments read records, never models: their jobs start in about 2 s instead of the
-    ~10 s that torch, transformers and timm take to import here."""
-    import subprocess
-    import sys
-
-    readers = "copa.report.tables, copa.report.claims, copa.report.targets, copa.report.instruments"
-    code = f"import sys, {readers}; print(sorted(m for m in ('torch', 'transformers', 'timm') if m in sys.modules))"
+    code = f"import sys, {', '.join(modules)}; print(sorted(m for m in ('torch', 'transformers', 'timm') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
