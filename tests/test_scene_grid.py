@@ -18,7 +18,7 @@ from copa.data.formats import coco
 from copa.data.formats.records import Box, FormatError, load_json
 from copa.data.layout import DataLayout
 from copa.data.patch_labels import patch_coverage, resize_boxes
-from copa.data.scene_grid import ATTRIBUTES, scene_grid, scene_grids
+from copa.data.scene_grid import ATTRIBUTES, named_object_grids, scene_grid, scene_grids
 from copa.data.synth.world import manifest_scene
 from copa.data.synth.scene import Scene, SceneObject
 from copa.models.scene_tokens import SceneTokens
@@ -133,6 +133,38 @@ def test_grounding_with_perfect_perception_end_to_end(fixture_world, fixture_pre
     data = _data(examples, fine.tokenizer, fine.params, layout)
     expected = scene_grids(layout, [e.image for e in examples], 64, 16)
     assert all(torch.equal(data[i]["image"], expected[e.image]) for i, e in enumerate(examples))
+    # with oracle_objects named, each expression's own object alone (the bracket's read-out without the lookup)
+    named = load_params("fixture", ["model.perception=oracle", "finetune.grounding.perception=oracle",
+                                    "finetune.grounding.oracle_objects=named"], params_dir=PARAMS_DIR)
+    alone = _data(examples, fine.tokenizer, named, layout)
+    assert all(torch.equal(alone[i]["image"], g) for i, g in
+               enumerate(named_object_grids(layout, [e.image for e in examples], [e.box for e in examples], 64, 16)))
+    assert any(not torch.equal(alone[i]["image"], expected[e.image]) for i, e in enumerate(examples))
+
+
+def test_named_object_grids_hold_that_object_alone(fixture_world) -> None:
+    from copa.data.downstream import grounding_examples
+
+    layout = DataLayout(fixture_world)
+    examples = [e for e in grounding_examples(layout, "val") if len(e.objects) > 1][:6]
+    assert examples
+    grids = named_object_grids(layout, [e.image for e in examples], [e.box for e in examples], 64, 16)
+    world = load_json(layout.manifest)["params"]
+    for example, grid in zip(examples, grids):
+        scene = manifest_scene(world, "coco_train2014", coco.image_id("train2014", example.image.name))
+        (obj,) = [o for o in scene.objects if tuple(o.box) == tuple(example.box)]
+        alone = Scene(scene.width, scene.height, scene.domain, scene.background, scene.background_texture, (obj,))
+        assert torch.equal(grid, torch.from_numpy(scene_grid(alone, 64, 16)))
+        held = (grid != torch.tensor(NONE)).any(-1)  # the object's patches; every other one says "no object"
+        assert held.any() and (grid[held] == torch.tensor(_values(obj))).all()
+    with pytest.raises(FormatError, match=f"{examples[0].image.name}.*no object's"):
+        named_object_grids(layout, [examples[0].image], [Box(0, 0, 1, 1)], 64, 16)
+
+
+def test_named_objects_need_the_perception_oracle() -> None:
+    with pytest.raises(ParamsError, match="key 'finetune.grounding.oracle_objects' = named: must be all unless "
+                                          "finetune.grounding.perception is oracle"):
+        load_params("fixture", ["finetune.grounding.oracle_objects=named"], params_dir=PARAMS_DIR)
 
 
 def test_vqa_with_perfect_perception_end_to_end(fixture_world, fixture_pretraining_run, tmp_path, capsys) -> None:

@@ -209,6 +209,9 @@ class GroundingFinetuneParams(FinetuneSchedule):
     # the perception bracket as VQA's: oracle fine-tunes and evaluates with the scene's perfect image
     # tokens (synthetic world only); None: the pretraining run's ViT (and for runs resolved before this option)
     perception: Perception | None = None
+    # with perception oracle, the objects its tokens show: all (the scene) | named (the expression's object alone: the
+    # box's read-out without the lookup among the others)
+    oracle_objects: Literal["all", "named"] = "all"
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,10 @@ def check_relations(params: Params) -> None:
     if scratch_size % grid or (scratch_size // grid) not in (1, 2, 4, 8, 16):
         refuse("vqa_scratch.grid", grid,
                f"image size ({scratch_size} px) / 1, 2, 4, 8 or 16: four convolutions of stride 1 or 2 reach it")
+    grounding = params.finetune.grounding
+    if grounding.oracle_objects != "all" and grounding.perception != "oracle":
+        refuse("finetune.grounding.oracle_objects", grounding.oracle_objects,
+               "all unless finetune.grounding.perception is oracle (it chooses what the perfect image tokens show)")
     seeds = list(params.report.seeds)
     if not seeds or len(set(seeds)) < len(seeds):
         refuse("report.seeds", seeds, "one or more seeds, each once")

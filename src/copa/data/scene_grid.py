@@ -12,19 +12,24 @@ object too small for that gets, of the patches its box touches, the one it cover
 free or held by an object that keeps another patch, so that each object can be counted; only an
 object whose every touched patch is another's last one stays unseen (measured: none of the 5,320
 objects of 1,500 fixture scenes at 64 px, nor of the 8,130 of 1,500 demo scenes at 128 px).
+
+Grounding's bracket can show the expression's object alone (``finetune.grounding.oracle_objects: named``,
+:func:`named_object_grids`): its grid as if the scene held nothing else, so that writing its box needs
+no lookup among the others.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping
+from dataclasses import replace
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from copa.data.formats import coco
-from copa.data.formats.records import FormatError, load_json
+from copa.data.formats.records import Box, FormatError, load_json
 from copa.data.layout import VQA_SPLITS, DataLayout
 from copa.data.patch_labels import grid_size, patch_coverage, resize_boxes
 from copa.data.pretrain_data import PairDataset
@@ -57,32 +62,54 @@ def scene_grid(scene: Scene, image_size: int, patch_size: int) -> np.ndarray:
     return grid
 
 
-def scene_grids(layout: DataLayout, images: Iterable[Path], image_size: int, patch_size: int) -> dict[Path, torch.Tensor]:
-    """COCO image path (of a VQA split; RefCOCO+'s are train2014's) -> its ``scene_grid``, from the synthetic world's manifest."""
+def _scene(layout: DataLayout, world: dict, path: Path) -> Scene:
+    """The scene the synthetic world drew as the COCO image ``path`` (of a VQA split; RefCOCO+'s are train2014's)."""
+    split = next((s for s in VQA_SPLITS if path.parent == layout.coco_images(s)), None)
+    image_id = coco.image_id(split, path.name) if split else None
+    if image_id is None:
+        raise FormatError(path, f"not a COCO image of {', '.join(str(layout.coco_images(s)) for s in VQA_SPLITS)}: "
+                                "the perception oracle has no scene for it")
+    return manifest_scene(world, f"coco_{split}", image_id)
+
+
+def _world(layout: DataLayout) -> dict:
     if not layout.manifest.is_file():
         raise FileNotFoundError(f"{layout.manifest}: not found; the perception oracle (finetune.<task>.perception) reads the scenes the synthetic world "
                                 "drew, which only its manifest describes")
-    params = load_json(layout.manifest)["params"]
-    grids = {}
-    for path in set(images):
-        split = next((s for s in VQA_SPLITS if path.parent == layout.coco_images(s)), None)
-        image_id = coco.image_id(split, path.name) if split else None
-        if image_id is None:
-            raise FormatError(path, f"not a COCO image of {', '.join(str(layout.coco_images(s)) for s in VQA_SPLITS)}: "
-                                    "the perception oracle has no scene for it")
-        grids[path] = torch.from_numpy(scene_grid(manifest_scene(params, f"coco_{split}", image_id), image_size, patch_size))
+    return load_json(layout.manifest)["params"]
+
+
+def scene_grids(layout: DataLayout, images: Iterable[Path], image_size: int, patch_size: int) -> dict[Path, torch.Tensor]:
+    """COCO image path (of a VQA split; RefCOCO+'s are train2014's) -> its ``scene_grid``, from the synthetic world's manifest."""
+    world = _world(layout)
+    return {path: torch.from_numpy(scene_grid(_scene(layout, world, path), image_size, patch_size)) for path in set(images)}
+
+
+def named_object_grids(layout: DataLayout, images: Sequence[Path], boxes: Sequence[Box], image_size: int,
+                       patch_size: int) -> list[torch.Tensor]:
+    """Per (image, box): the ``scene_grid`` of the object with that box as if its scene held nothing else
+    (the box is the object's annotation, as RefCOCO+'s are; one that is no object's is a FormatError)."""
+    world, grids = _world(layout), []
+    for path, box in zip(images, boxes, strict=True):
+        scene = _scene(layout, world, path)
+        named = [o for o in scene.objects if np.allclose(o.box.as_list(), box.as_list(), atol=0.01)]
+        if len(named) != 1:
+            raise FormatError(path, f"box {box.as_list()} is {'no' if not named else 'more than one'} object's of the scene the world drew")
+        grids.append(torch.from_numpy(scene_grid(replace(scene, objects=tuple(named)), image_size, patch_size)))
     return grids
 
 
 class SceneGridPairs(Dataset):
-    """``pairs``'s (image, text) examples with each image's scene grid (n, len(ATTRIBUTES)) in place of its pixels."""
+    """``pairs``'s (image, text) examples with a scene grid (n, len(ATTRIBUTES)) in place of each one's pixels."""
 
-    def __init__(self, pairs: PairDataset, grids: Mapping[Path, torch.Tensor]) -> None:
+    def __init__(self, pairs: PairDataset, grids: Sequence[torch.Tensor]) -> None:
+        """``grids``: one per pair, in order."""
+        if len(grids) != len(pairs):
+            raise ValueError(f"{len(grids)} scene grids for {len(pairs)} pairs: one per pair")
         self.pairs, self.grids, self.collate_fn = pairs, grids, pairs.collate_fn
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict:
-        pair = self.pairs.pairs[i]
-        return {"image": self.grids[pair.image], **self.pairs.tokens(pair.text), "index": i}
+        return {"image": self.grids[i], **self.pairs.tokens(self.pairs.pairs[i].text), "index": i}

@@ -78,7 +78,8 @@ def perceived_pairs(images: Sequence[Path], texts: Sequence[str], tokenizer, par
         return data
     if layout is None:
         raise ValueError("a model with perception oracle reads scene grids: perceived_pairs needs the data root's layout")
-    return SceneGridPairs(data, scene_grids(layout, images, data.image_size, params.patch_labels.patch_size))
+    grids = scene_grids(layout, images, data.image_size, params.patch_labels.patch_size)
+    return SceneGridPairs(data, [grids[pair.image] for pair in data.pairs])
 
 
 class FinetuneTask:

@@ -16,6 +16,9 @@ predicts (cx, cy, w, h), trained with L1 + GIoU.
 With ``finetune.grounding.perception`` oracle (VQA's perception bracket, copa.models.scene_tokens),
 the scene's perfect image tokens replace the ViT's: whether the fusion and decoder learn to write
 the box when every token says what lies under its patch and where that patch is.
+``finetune.grounding.oracle_objects: named`` shows the expression's object alone (every other patch
+empty): the box's read-out without the lookup, so that a bracket that fails can say which of the two
+stops it.
 
 Images are resized to a square without crops or flips ("left" and "right" in the expressions
 must stay true), so relative coordinates carry over.
@@ -38,11 +41,11 @@ from copa.config import GroundingEvalParams, Params
 from copa.data.downstream import GroundingExample, grounding_examples
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
-from copa.data.scene_grid import SceneGridPairs
+from copa.data.scene_grid import SceneGridPairs, named_object_grids
 from copa.eval.grounding import box_iou, centre_correlation, grounding_accuracy, grounding_hits
 from copa.models.copa import CopaModel
 from copa.models.objectives.language import lm_loss
-from copa.tasks.base import FinetuneTask, extend_vocabulary, perceived_pairs, run_finetuning
+from copa.tasks.base import FinetuneTask, extend_vocabulary, perceived_pairs, resized_pairs, run_finetuning
 from copa.tasks.generation import condition
 from copa.train.finetune import FinetunedRun, start_from
 
@@ -119,7 +122,12 @@ class GroundingFinetuning(nn.Module):
 
 
 def _data(examples: Sequence[GroundingExample], tokenizer, params: Params, layout: DataLayout) -> PairDataset | SceneGridPairs:
-    return perceived_pairs([e.image for e in examples], [e.sentence for e in examples], tokenizer, params, "refcoco+", layout)
+    images, sentences = [e.image for e in examples], [e.sentence for e in examples]
+    if params.model.perception == "oracle" and params.finetune.grounding.oracle_objects == "named":
+        pairs = resized_pairs(images, sentences, tokenizer, params, "refcoco+")
+        grids = named_object_grids(layout, images, [e.box for e in examples], pairs.image_size, params.patch_labels.patch_size)
+        return SceneGridPairs(pairs, grids)
+    return perceived_pairs(images, sentences, tokenizer, params, "refcoco+", layout)
 
 
 class GroundingTask(FinetuneTask):
@@ -259,6 +267,8 @@ def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_ro
     summary = "grounding acc@0.5 " + ", ".join(
         f"{n} {r['acc@0.5']:.1f} (centre box {r['baselines']['centre_box']:.1f}, largest box {r['baselines']['largest_box']:.1f}, "
         f"random box of the named shape {r['baselines']['named_shape_box']:.1f})" for n, r in record["splits"].items())
-    if params.model.perception != "encoder":  # a bracket's record says so, as VQA's
-        summary = f"perception {params.model.perception} (the scene's image tokens): {summary}"
+    if params.model.perception != "encoder":  # a bracket's record says so, as VQA's, and what its tokens show
+        record["oracle_objects"] = params.finetune.grounding.oracle_objects
+        shown = "the named object's image tokens alone" if record["oracle_objects"] == "named" else "the scene's image tokens"
+        summary = f"perception {params.model.perception} ({shown}): {summary}"
     return record, predictions, summary
