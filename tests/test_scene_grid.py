@@ -125,6 +125,7 @@ def test_grounding_with_perfect_perception_end_to_end(fixture_world, fixture_pre
 
     run, record = _oracle_run("grounding", fixture_world, fixture_pretraining_run, tmp_path)
     assert "perception oracle (the scene's image tokens): grounding acc@0.5" in capsys.readouterr().out
+    assert record["oracle_objects"] == "all"  # what the bracket's tokens showed, in its record
     assert all(0.0 <= s["acc@0.5"] <= 100.0 for s in record["splits"].values())
     # the model reads each expression's own image's grid (RefCOCO+'s images are train2014's)
     fine = load_finetuned(run)

@@ -68,7 +68,7 @@ def check_relations(params: Params) -> None:
     grounding = params.finetune.grounding
     if grounding.oracle_objects != "all" and grounding.perception != "oracle":
         refuse("finetune.grounding.oracle_objects", grounding.oracle_objects,
-               "all unless finetune.grounding.perception is oracle (it chooses what the perfect image tokens show)")
+               "all unless finetune.grounding.perception is oracle (named chooses what the perfect image tokens show)")
     seeds = list(params.report.seeds)
     if not seeds or len(set(seeds)) < len(seeds):
         refuse("report.seeds", seeds, "one or more seeds, each once")

@@ -20,8 +20,8 @@ no lookup among the others.
 
 from __future__ import annotations
 
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from copa.config import AFTER_TRAINING_SECTIONS, Params
 from copa.data.layout import DataLayout
@@ -69,16 +69,21 @@ def resized_pairs(images: Sequence[Path], texts: Sequence[str], tokenizer, param
 
 
 def perceived_pairs(images: Sequence[Path], texts: Sequence[str], tokenizer, params: Params, source: str,
-                    layout: DataLayout | None, image_size: int | None = None) -> PairDataset | SceneGridPairs:
+                    layout: DataLayout | None, image_size: int | None = None,
+                    oracle_grids: Callable[[DataLayout, int, int], Sequence[Tensor]] | None = None) -> PairDataset | SceneGridPairs:
     """:func:`resized_pairs` as the model reads them: with ``model.perception`` oracle (issue 23's
-    perception bracket) each image's scene grid in place of its pixels, from ``layout``'s synthetic
-    world (copa.data.scene_grid)."""
+    perception bracket) a scene grid in place of each pair's pixels, from ``layout``'s synthetic
+    world (copa.data.scene_grid): ``oracle_grids(layout, image size, patch size)``, one per pair, or by
+    default each image's whole scene."""
     data = resized_pairs(images, texts, tokenizer, params, source, image_size)
     if params.model.perception != "oracle":
         return data
     if layout is None:
         raise ValueError("a model with perception oracle reads scene grids: perceived_pairs needs the data root's layout")
-    grids = scene_grids(layout, images, data.image_size, params.patch_labels.patch_size)
+    patch = params.patch_labels.patch_size
+    if oracle_grids is not None:
+        return SceneGridPairs(data, oracle_grids(layout, data.image_size, patch))
+    grids = scene_grids(layout, images, data.image_size, patch)
     return SceneGridPairs(data, [grids[pair.image] for pair in data.pairs])
 
 

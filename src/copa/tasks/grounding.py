@@ -45,7 +45,7 @@ from copa.data.scene_grid import SceneGridPairs, named_object_grids
 from copa.eval.grounding import box_iou, centre_correlation, grounding_accuracy, grounding_hits
 from copa.models.copa import CopaModel
 from copa.models.objectives.language import lm_loss
-from copa.tasks.base import FinetuneTask, extend_vocabulary, perceived_pairs, resized_pairs, run_finetuning
+from copa.tasks.base import FinetuneTask, extend_vocabulary, perceived_pairs, run_finetuning
 from copa.tasks.generation import condition
 from copa.train.finetune import FinetunedRun, start_from
 
@@ -122,12 +122,12 @@ class GroundingFinetuning(nn.Module):
 
 
 def _data(examples: Sequence[GroundingExample], tokenizer, params: Params, layout: DataLayout) -> PairDataset | SceneGridPairs:
-    images, sentences = [e.image for e in examples], [e.sentence for e in examples]
-    if params.model.perception == "oracle" and params.finetune.grounding.oracle_objects == "named":
-        pairs = resized_pairs(images, sentences, tokenizer, params, "refcoco+")
-        grids = named_object_grids(layout, images, [e.box for e in examples], pairs.image_size, params.patch_labels.patch_size)
-        return SceneGridPairs(pairs, grids)
-    return perceived_pairs(images, sentences, tokenizer, params, "refcoco+", layout)
+    images = [e.image for e in examples]
+    named = None
+    if params.finetune.grounding.oracle_objects == "named":  # the expression's object alone (perception oracle only)
+        def named(root: DataLayout, size: int, patch: int) -> list[Tensor]:
+            return named_object_grids(root, images, [e.box for e in examples], size, patch)
+    return perceived_pairs(images, [e.sentence for e in examples], tokenizer, params, "refcoco+", layout, oracle_grids=named)
 
 
 class GroundingTask(FinetuneTask):
