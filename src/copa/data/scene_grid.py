@@ -90,8 +90,9 @@ def named_object_grids(layout: DataLayout, images: Sequence[Path], boxes: Sequen
     """Per (image, box): the ``scene_grid`` of the object with that box as if its scene held nothing else
     (the box is the object's annotation, as RefCOCO+'s are; one that is no object's is a FormatError)."""
     world, grids = _world(layout), []
+    scenes = {path: _scene(layout, world, path) for path in set(images)}  # drawn once per image: several expressions share one
     for path, box in zip(images, boxes, strict=True):
-        scene = _scene(layout, world, path)
+        scene = scenes[path]
         named = [o for o in scene.objects if np.allclose(o.box.as_list(), box.as_list(), atol=0.01)]
         if len(named) != 1:
             raise FormatError(path, f"box {box.as_list()} is {'no' if not named else 'more than one'} object's of the scene the world drew")
