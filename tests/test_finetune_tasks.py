@@ -1,5 +1,6 @@
-"""VQA, captioning (+ CIDEr optimisation) and grounding fine-tuning and evaluation end to end on
-the fixture world, through the CLI; and the pieces each relies on."""
+"""VQA and grounding fine-tuning and evaluation end to end on the fixture world, through the CLI;
+and the pieces each relies on. (Captioning and its CIDEr optimisation: the fixture DAG's test in
+test_workflow.py, which trains and evaluates both.)"""
 
 from __future__ import annotations
 
@@ -110,18 +111,6 @@ def test_vqa_rank_inference_answers_from_the_list(fixture_world, fixture_pretrai
     from copa.tasks.vqa import answer_list
 
     assert record["inference"] == "rank" and answers <= set(answer_list(train, 5))
-
-
-def test_captioning_then_cider_optimisation(fixture_world, fixture_pretraining_run, tmp_path) -> None:
-    record, predictions, _ = _finetune_and_evaluate("captioning", fixture_pretraining_run, fixture_world, tmp_path)
-    for key in ("bleu_4", "meteor", "rouge_l", "cider"):
-        assert 0.0 <= record[key] and 0.0 <= record["baselines"]["constant_caption"][key]
-    assert record["spice"] is None and record["spice_unavailable"]  # no CoreNLP jars here: unavailable, not 0
-    assert len(predictions) == record["images"] and all(set(p) == {"image_id", "caption"} for p in predictions)
-    cider, _, metrics = _finetune_and_evaluate("captioning_cider", tmp_path / "captioning", fixture_world, tmp_path / "cider")
-    assert json.loads((tmp_path / "cider" / "captioning_cider" / "pretrained.json").read_text())["finetuned_run"] == str(tmp_path / "captioning")
-    assert torch.isfinite(torch.tensor(metrics["train/reward"])) and metrics["train/reward"] >= 0
-    assert cider["images"] == record["images"]
 
 
 def test_grounding_end_to_end(fixture_world, fixture_pretraining_run, tmp_path) -> None:

@@ -6,6 +6,7 @@ Every run happens in a copy of the workflow under tmp_path, never in the reposit
 
 import ast
 import json
+import math
 import os
 import re
 import shutil
@@ -164,6 +165,18 @@ def test_fixture_dag_end_to_end(workdir):
     for task in ("vqa", "captioning", "captioning_cider", "grounding"):  # every task, with its predictions
         assert json.loads((workdir / "results" / "fixture" / "finetune" / run / f"{task}.json").read_text())["task"] == task
         assert json.loads((workdir / "results" / "fixture" / "finetune" / run / f"{task}_predictions.json").read_text())
+    # ...captioning, then its CIDEr optimisation continuing the captioning run
+    captioning = json.loads((workdir / "results" / "fixture" / "finetune" / run / "captioning.json").read_text())
+    for key in ("bleu_4", "meteor", "rouge_l", "cider"):
+        assert 0.0 <= captioning[key] and 0.0 <= captioning["baselines"]["constant_caption"][key]
+    assert captioning["spice"] is None and captioning["spice_unavailable"]  # no CoreNLP jars here: unavailable, not 0
+    captions = json.loads((workdir / "results" / "fixture" / "finetune" / run / "captioning_predictions.json").read_text())
+    assert len(captions) == captioning["images"] and all(set(p) == {"image_id", "caption"} for p in captions)
+    cider_run = workdir / "runs" / "fixture" / "finetune" / run / "captioning_cider"
+    assert json.loads((cider_run / "pretrained.json").read_text())["finetuned_run"] == f"runs/fixture/finetune/{run}/captioning"
+    reward = json.loads((cider_run / "metrics.json").read_text())["train/reward"]
+    assert math.isfinite(reward) and reward >= 0
+    assert json.loads((workdir / "results" / "fixture" / "finetune" / run / "captioning_cider.json").read_text())["images"] == captioning["images"]
     # ...and the cost of its model (FLOPs, throughput, latency, training memory)
     cost = json.loads((workdir / "results" / "fixture" / "efficiency" / f"{run}.json").read_text())
     assert cost["name"] == run and cost["flops"]["gmacs"]["total"] > 0 and cost["training_memory"]["saved_bytes"] > 0
