@@ -28,9 +28,9 @@ HANG_GUARD_S = 3600
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "longest: among the longest tests, started first (see pytest_collection_modifyitems)")
-    # Where PYTHONDONTWRITEBYTECODE is set (these machines), each of the ~120 Python processes the
-    # suite starts (the fixture DAG's jobs, Snakemake) compiled again the package's modules it imports:
-    # about 0.5 s of the ~9 s each spends importing. Their bytecode is written once, to the gitignored __pycache__/.
+    # Where PYTHONDONTWRITEBYTECODE is set (these machines), every Python process the suite starts (the
+    # fixture DAG's 63 jobs, each Snakemake run) compiled again the package's modules it imports: about
+    # 0.5 s of the ~9 s a DAG job spends importing. Their bytecode is written once, to the gitignored __pycache__/.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     sys.dont_write_bytecode = False
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
