@@ -160,26 +160,27 @@ def test_fixture_dag_end_to_end(workdir):
     assert probes["run"] == run and probes["checkpoints"][-1]["step"] == metrics["step"]
     assert (workdir / "figures" / "fixture" / "pretrain" / f"{run}.png").is_file()
     # ...fine-tuned for retrieval and evaluated
-    retrieval = json.loads((workdir / "results" / "fixture" / "finetune" / run / "retrieval.json").read_text())
+    finetuned = workdir / "results" / "fixture" / "finetune" / run  # the run's fine-tuned results, one file per task
+    retrieval = json.loads((finetuned / "retrieval.json").read_text())
     assert retrieval["task"] == "retrieval" and 0 <= retrieval["tr_r1"] <= 100
     for task in ("vqa", "captioning", "captioning_cider", "grounding"):  # every task, with its predictions
-        assert json.loads((workdir / "results" / "fixture" / "finetune" / run / f"{task}.json").read_text())["task"] == task
-        assert json.loads((workdir / "results" / "fixture" / "finetune" / run / f"{task}_predictions.json").read_text())
+        assert json.loads((finetuned / f"{task}.json").read_text())["task"] == task
+        assert json.loads((finetuned / f"{task}_predictions.json").read_text())
     # ...captioning, then its CIDEr optimisation continuing the captioning run
     from copa.eval.captioning import spice_unavailable_reason
 
-    captioning = json.loads((workdir / "results" / "fixture" / "finetune" / run / "captioning.json").read_text())
+    captioning = json.loads((finetuned / "captioning.json").read_text())
     for key in ("bleu_4", "meteor", "rouge_l", "cider"):
         assert 0.0 <= captioning[key] and 0.0 <= captioning["baselines"]["constant_caption"][key]
     if spice_unavailable_reason() is not None:  # no CoreNLP jars here: reported as unavailable, never as 0
         assert captioning["spice"] is None and captioning["spice_unavailable"]
-    captions = json.loads((workdir / "results" / "fixture" / "finetune" / run / "captioning_predictions.json").read_text())
+    captions = json.loads((finetuned / "captioning_predictions.json").read_text())
     assert len(captions) == captioning["images"] and all(set(p) == {"image_id", "caption"} for p in captions)
     cider_run = workdir / "runs" / "fixture" / "finetune" / run / "captioning_cider"
     assert json.loads((cider_run / "pretrained.json").read_text())["finetuned_run"] == f"runs/fixture/finetune/{run}/captioning"
     reward = json.loads((cider_run / "metrics.json").read_text())["train/reward"]
     assert math.isfinite(reward) and reward >= 0
-    assert json.loads((workdir / "results" / "fixture" / "finetune" / run / "captioning_cider.json").read_text())["images"] == captioning["images"]
+    assert json.loads((finetuned / "captioning_cider.json").read_text())["images"] == captioning["images"]
     # ...and the cost of its model (FLOPs, throughput, latency, training memory)
     cost = json.loads((workdir / "results" / "fixture" / "efficiency" / f"{run}.json").read_text())
     assert cost["name"] == run and cost["flops"]["gmacs"]["total"] > 0 and cost["training_memory"]["saved_bytes"] > 0
