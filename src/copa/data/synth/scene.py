@@ -113,14 +113,14 @@ def _place(rng: np.random.Generator, shape: str, width: int, height: int, placed
             if w >= width - 2 or h >= height - 2:
                 continue
             x, y = int(rng.integers(1, width - w)), int(rng.integers(1, height - h))
-            box = Box(x, y, w, h)
-            if all(_apart(box, other.box) for other in placed):
-                return SceneObject(shape, colour, size, texture, box)
+            if all(_apart(x, y, w, h, other.box) for other in placed):
+                return SceneObject(shape, colour, size, texture, Box(x, y, w, h))
     return None
 
 
-def _apart(a: Box, b: Box) -> bool:
-    return a.x + a.w + GAP <= b.x or b.x + b.w + GAP <= a.x or a.y + a.h + GAP <= b.y or b.y + b.h + GAP <= a.y
+def _apart(x: int, y: int, w: int, h: int, b: Box) -> bool:
+    """A box (x, y, w, h) at least GAP pixels away from b (the box is built only once it fits: most tries do not)."""
+    return x + w + GAP <= b.x or b.x + b.w + GAP <= x or y + h + GAP <= b.y or b.y + b.h + GAP <= y
 
 
 # --------------------------------------------------------------------------- relations
