@@ -70,7 +70,7 @@ def test_a_world_made_by_snakemake_hashes_as_the_generators_files(tmp_path, fixt
 
 
 def test_the_demo_world_is_the_one_dvc_lock_records(tmp_path):
-    """Regenerates the demo world (about 45 s on 2 loaded cores) where the `data` stage's Snakemake
+    """Regenerates the demo world (about 2 minutes in `make test` on 2 cores) where the `data` stage's Snakemake
     run puts it, marker included, and compares DVC's hash with the lock's."""
     params = load_params("demo", params_dir=PARAMS_DIR)
     out = params.data.root  # the `data` stage's out: the demo profile's data root
