@@ -119,7 +119,7 @@ def _place(rng: np.random.Generator, shape: str, width: int, height: int, placed
 
 
 def _apart(x: int, y: int, w: int, h: int, b: Box) -> bool:
-    """A box (x, y, w, h) at least GAP pixels away from b (the box is built only once it fits: most tries do not)."""
+    """A box (x, y, w, h) at least GAP pixels away from b (the caller builds the Box only once a try fits)."""
     return x + w + GAP <= b.x or b.x + b.w + GAP <= x or y + h + GAP <= b.y or b.y + b.h + GAP <= y
 
 
