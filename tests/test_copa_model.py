@@ -104,3 +104,31 @@ def test_model_init_std_sets_the_bert_parts_and_leaves_the_vit() -> None:
             assert float(weight.std()) == pytest.approx(std, rel=0.25), name
         for name, weight in _initialised_weights(model.vision.blocks):
             assert float(weight.std()) == pytest.approx(0.02, rel=0.25), name
+
+
+def test_model_dropout_sets_every_dropout_of_the_bert_parts() -> None:
+    """params model.dropout reaches every dropout of the parts built from BERT's (hidden and attention: transformers'
+    sdpa attention reads its module's p) in a COPA and a single-stream model; the ViT's stay at timm's 0, and at 0 two forward
+    passes in training mode agree where at BERT's 0.1 they differ."""
+    from pathlib import Path
+
+    from copa.config import load_params
+    from copa.models.single_stream import SingleStreamModel
+    from copa.train.build import copa_spec, single_stream_spec
+
+    params_dir = Path(__file__).parents[1] / "params"
+    images, ids, mask = _batch()
+    for p in (0.0, 0.1, 0.3):
+        params = load_params("fixture", [f"model.dropout={p}"], params_dir=params_dir)
+        torch.manual_seed(0)
+        model = CopaModel(copa_spec(params, 400))
+        single = SingleStreamModel(single_stream_spec(params, 400))
+        bert_parts = (model.text, model.fusion, model.decoder, model.mlm_head, single.text_embeddings, single.mlm_head)
+        dropouts = [m for part in bert_parts for m in part.modules() if isinstance(m, torch.nn.Dropout)]
+        assert len(dropouts) > 20
+        assert {m.p for m in dropouts} == {p}
+        assert {m.p for m in model.vision.modules() if isinstance(m, torch.nn.Dropout)} <= {0.0}
+        model.train()
+        ids_in = ids.clamp(max=399)
+        twice = [model.text(ids_in, mask) for _ in range(2)]
+        assert torch.equal(*twice) == (p == 0.0)

@@ -43,6 +43,7 @@ BAD = [
     ("finetune.vqa.weight_decay=-0.05", "finetune.vqa.weight_decay", "-0.05", ">= 0 and finite"),
     ("seed=-1", "seed", "-1", ">= 0 and < 2**63"),
     ("finetune.captioning.label_smoothing=1.0", "finetune.captioning.label_smoothing", "1.0", "in [0, 1)"),
+    ("model.dropout=1.0", "model.dropout", "1.0", "in [0, 1)"),
     ("synth.jpeg_quality=101", "synth.jpeg_quality", "101", "in [0, 100]"),
     ("finetune.vqa.image_size=100", "finetune.vqa.image_size", "100", "a multiple of patch_labels.patch_size (16)"),
     ("model.vision_heads=3", "model.vision_heads", "3", "a divisor of model.vision_dim (32)"),

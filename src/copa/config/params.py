@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping
 
 from copa.config.data_params import DataParams, FilterParams, PatchLabelParams, ReferenceBoxesParams, SynthParams
-from copa.config.ranges import Count, Fraction, GradientNorm, InitStd, KeepRatio, LearningRate, NonNegative, PositiveInt, Range, Seed
+from copa.config.ranges import Count, Dropout, Fraction, GradientNorm, InitStd, KeepRatio, LearningRate, NonNegative, PositiveInt, Range, Seed
 
 # Sections a training stage does not read: editing them does not block resuming it
 # (EngineConfig.resume_ignores). Fine-tuning reads neither the inference settings, nor the
@@ -59,6 +59,7 @@ class ModelParams:
     # the normal initialisation of the layers built from BERT's parts (text encoder, fusion, decoder, MLM head; a
     # single-stream model's text embeddings and heads): BERT's initializer_range is 0.02 at every width
     init_std: InitStd
+    dropout: Dropout  # the same parts' hidden and attention dropout (BertConfig's two probabilities); the ViT's stays at timm's 0
     embed_dim: PositiveInt  # ITC projection width
     max_text_length: PositiveInt
     vocab_size: PositiveInt  # of the WordPiece vocabulary trained on the captions (unused with vocab_file)

@@ -49,6 +49,7 @@ Seed = Annotated[int, Range(ge=0)]  # numpy's seed sequences refuse negative ent
 LearningRate = Annotated[float, Range(gt=0)]
 GradientNorm = Annotated[float, Range(gt=0)]  # a cap on the gradients' global L2 norm
 InitStd = Annotated[float, Range(gt=0)]  # the standard deviation of a normal initialisation
+Dropout = Annotated[float, Range(ge=0, lt=1)]  # a dropout probability (1 would zero every activation)
 NonNegative = Annotated[float, Range(ge=0)]  # weight decay, loss weights, a tolerance in px
 Fraction = Annotated[float, Range(ge=0, le=1)]  # probabilities, rates, shares, thresholds of scores in [0, 1]
 KeepRatio = Annotated[float, Range(gt=0, le=1)]  # share of the patches a selector keeps; 1: all (COPA's 'w/o TPD')

@@ -21,7 +21,7 @@ from copa.models.fusion import SkipConnectedFusion
 from copa.models.objectives.itc import Temperature
 from copa.models.scene_tokens import SceneTokens
 from copa.models.selectors import build_selector
-from copa.models.text import BERT_INIT_STD, TextEncoder, bert_config, bert_init
+from copa.models.text import BERT_DROPOUT, BERT_INIT_STD, TextEncoder, bert_config, bert_init
 from copa.models.vit import VisionEncoder
 
 TEXT_GUIDED = ("tpd", "text_attention")  # selectors that read the text [CLS]
@@ -50,6 +50,7 @@ class CopaSpec:
     fusion_stride: int = 3  # mPLUG: a connected-attention layer every 3 layers (6: co-attention only)
     decoder_layers: int = 12
     init_std: float = BERT_INIT_STD  # the normal init of the parts built from BERT's (text encoder, fusion, decoder, MLM head)
+    dropout: float = BERT_DROPOUT  # the text encoder's, fusion's and decoder's hidden and attention dropout (the MLM head has none)
     max_text_length: int = 512
     embed_dim: int = 256  # ITC projection width (ALBEF)
     selection: str = "tpd"  # none | tpd | cls_attention | text_attention | oracle | random
@@ -87,7 +88,7 @@ class CopaModel(nn.Module):
                 stem=spec.vision_stem,
             )
         text_sizes = dict(hidden_size=spec.text_dim, num_heads=spec.text_heads, intermediate_size=spec.text_intermediate,
-                          init_std=spec.init_std)
+                          init_std=spec.init_std, dropout=spec.dropout)
         self.text = TextEncoder(vocab_size=spec.vocab_size, num_layers=spec.text_layers, max_position_embeddings=spec.max_text_length, pad_token_id=spec.pad_id, **text_sizes)
         self.fusion = SkipConnectedFusion(image_dim=spec.vision_dim, num_layers=spec.fusion_layers, stride=spec.fusion_stride, **text_sizes)
         self.decoder = Decoder(vocab_size=spec.vocab_size, num_layers=spec.decoder_layers, max_position_embeddings=spec.max_text_length, pad_token_id=spec.pad_id, **text_sizes)

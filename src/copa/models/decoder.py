@@ -19,7 +19,7 @@ from transformers.models.bert.modeling_bert import (
     BertPredictionHeadTransform,
 )
 
-from copa.models.text import BERT_INIT_STD, additive_mask, bert_config, bert_init
+from copa.models.text import BERT_DROPOUT, BERT_INIT_STD, additive_mask, bert_config, bert_init
 
 
 class LMHead(nn.Module):
@@ -69,7 +69,7 @@ class Decoder(nn.Module):
         num_heads: int = 12,
         intermediate_size: int = 3072,
         max_position_embeddings: int = 512,
-        dropout: float = 0.1,
+        dropout: float = BERT_DROPOUT,
         pad_token_id: int = 0,
         tie_word_embeddings: bool = True,
         attn_implementation: str = "sdpa",

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertAttention, BertIntermediate, BertOutput
 
-from copa.models.text import BERT_INIT_STD, additive_mask, bert_config, bert_init
+from copa.models.text import BERT_DROPOUT, BERT_INIT_STD, additive_mask, bert_config, bert_init
 
 
 def is_connected_layer(n: int, stride: int) -> bool:
@@ -107,7 +107,7 @@ class SkipConnectedFusion(nn.Module):
         num_heads: int = 12,
         intermediate_size: int = 3072,
         stride: int = 3,
-        dropout: float = 0.1,
+        dropout: float = BERT_DROPOUT,
         attn_implementation: str = "sdpa",
         init_std: float = BERT_INIT_STD,
     ) -> None:

@@ -51,7 +51,7 @@ from transformers.models.bert.modeling_bert import BertEmbeddings
 
 from copa.models.decoder import LMHead
 from copa.models.selectors import SelectorOutput, build_selector
-from copa.models.text import BERT_INIT_STD, additive_mask, bert_config, bert_init
+from copa.models.text import BERT_DROPOUT, BERT_INIT_STD, additive_mask, bert_config, bert_init
 from copa.models.vit import VisionEncoder
 
 SELECTIONS = ("none", "tpd", "cls_attention")  # text_attention (TRIPS) reads a separate text encoder's [CLS]; oracle, random: dual-stream only
@@ -74,6 +74,7 @@ class SingleStreamSpec:
     pos_init: str = "trunc_normal"
     stem: str = "patch"
     init_std: float = BERT_INIT_STD  # the text embeddings' and heads' normal init (the joint transformer is the ViT: timm's)
+    dropout: float = BERT_DROPOUT  # the text embeddings' dropout (the ViT's stays at timm's 0)
     max_text_length: int = 40
     selection: str = "tpd"
     location: int | Sequence[int] = 6
@@ -136,7 +137,7 @@ class SingleStreamModel(nn.Module):
         self.vision = VisionEncoder(build_selector(spec.selection, d, **options), spec.location, spec.image_size, spec.patch_size,
                                     d, spec.depth, spec.heads, pre_norm=spec.pre_norm, activation=spec.activation,
                                     pos_init=spec.pos_init, stem=spec.stem)
-        sizes = dict(hidden_size=d, num_heads=spec.heads, intermediate_size=4 * d)
+        sizes = dict(hidden_size=d, num_heads=spec.heads, intermediate_size=4 * d, dropout=spec.dropout)
         self.text_embeddings = BertEmbeddings(bert_config(vocab_size=spec.vocab_size, num_layers=1, pad_token_id=spec.pad_id,
                                                           max_position_embeddings=spec.max_text_length, **sizes))
         self.type_embeddings = nn.Embedding(2, d)  # 0: text, 1: image (ViLT's modality types)

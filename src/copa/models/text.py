@@ -18,6 +18,7 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
 
 BERT_INIT_STD = 0.02  # BertConfig.initializer_range, BERT's at every width (params: model.init_std)
+BERT_DROPOUT = 0.1  # BertConfig's hidden_dropout_prob and attention_probs_dropout_prob (params: model.dropout)
 
 
 def bert_config(
@@ -28,7 +29,7 @@ def bert_config(
     num_heads: int,
     intermediate_size: int,
     max_position_embeddings: int = 512,
-    dropout: float = 0.1,
+    dropout: float = BERT_DROPOUT,
     pad_token_id: int = 0,
     is_decoder: bool = False,
     attn_implementation: str = "sdpa",
@@ -81,7 +82,7 @@ class TextEncoder(nn.Module):
         num_heads: int = 12,
         intermediate_size: int = 3072,
         max_position_embeddings: int = 512,
-        dropout: float = 0.1,
+        dropout: float = BERT_DROPOUT,
         pad_token_id: int = 0,
         attn_implementation: str = "sdpa",
         init_std: float = BERT_INIT_STD,

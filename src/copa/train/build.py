@@ -36,7 +36,7 @@ def copa_spec(params: Params, vocab_size: int) -> CopaSpec:
         vision_stem=m.vision_stem,
         text_dim=m.text_dim, text_heads=m.text_heads, text_intermediate=m.text_intermediate,
         text_layers=m.text_layers, fusion_layers=m.fusion_layers, fusion_stride=m.fusion_stride,
-        decoder_layers=m.decoder_layers, init_std=m.init_std, max_text_length=m.max_text_length, embed_dim=m.embed_dim,
+        decoder_layers=m.decoder_layers, init_std=m.init_std, dropout=m.dropout, max_text_length=m.max_text_length, embed_dim=m.embed_dim,
         selection=selection.method,
         location=selection.location,
         keep_ratio=selection.keep_ratio,
@@ -83,7 +83,7 @@ def single_stream_spec(params: Params, vocab_size: int) -> SingleStreamSpec:
         return SingleStreamSpec(
             vocab_size=vocab_size, image_size=params.patch_labels.image_size, patch_size=params.patch_labels.patch_size,
             dim=m.vision_dim, depth=m.vision_depth, heads=m.vision_heads, pre_norm=m.vision_pre_norm,
-            activation=m.vision_activation, pos_init=m.vision_pos_init, stem=m.vision_stem, init_std=m.init_std,
+            activation=m.vision_activation, pos_init=m.vision_pos_init, stem=m.vision_stem, init_std=m.init_std, dropout=m.dropout,
             max_text_length=m.max_text_length,
             selection=selection.method, location=selection.location, keep_ratio=selection.keep_ratio, tpd_fusion=selection.tpd_fusion,
             tpd_query=params.single_stream.tpd_query,
