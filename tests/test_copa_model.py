@@ -118,17 +118,16 @@ def test_model_dropout_sets_every_dropout_of_the_bert_parts() -> None:
 
     params_dir = Path(__file__).parents[1] / "params"
     images, ids, mask = _batch()
-    for p in (0.0, 0.1, 0.3):
+    for p in (0.0, 0.3):  # neither BERT's 0.1
         params = load_params("fixture", [f"model.dropout={p}"], params_dir=params_dir)
         torch.manual_seed(0)
         model = CopaModel(copa_spec(params, 400))
         single = SingleStreamModel(single_stream_spec(params, 400))
-        bert_parts = (model.text, model.fusion, model.decoder, model.mlm_head, single.text_embeddings, single.mlm_head)
+        bert_parts = (model.text, model.fusion, model.decoder, single.text_embeddings)  # their MLM heads have none
         dropouts = [m for part in bert_parts for m in part.modules() if isinstance(m, torch.nn.Dropout)]
         assert len(dropouts) > 20
         assert {m.p for m in dropouts} == {p}
-        assert {m.p for m in model.vision.modules() if isinstance(m, torch.nn.Dropout)} <= {0.0}
+        assert {m.p for m in model.vision.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
         model.train()
-        ids_in = ids.clamp(max=399)
-        twice = [model.text(ids_in, mask) for _ in range(2)]
+        twice = [model.text(ids, mask) for _ in range(2)]
         assert torch.equal(*twice) == (p == 0.0)
