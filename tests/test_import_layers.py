@@ -166,3 +166,26 @@ def test_starts_without_torch(modules):
 
     code = f"import sys, {', '.join(modules)}; print(sorted(m for m in ('torch', 'transformers', 'timm') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_model_commands_load_the_libraries_frozen_and_the_others_none(tmp_path):
+    """`copa`'s model-building subcommands import torch, timm and transformers with the garbage collector
+    off and freeze them (copa.cli.common.load_model_libraries); a report or data command imports none; a
+    process that had torch already (main called from Python after its own imports) freezes nothing."""
+    import subprocess
+    import sys
+
+    from conftest import PARAMS_DIR
+
+    options = f"'--profile', 'fixture', '--params-dir', {str(PARAMS_DIR)!r}"
+    code = ("import gc, sys, copa.cli\n"
+            "from copa.cli.common import load_model_libraries\n"
+            f"copa.cli.main([{options}, 'params'])\n"
+            "light = ('torch' in sys.modules, gc.get_freeze_count())\n"
+            f"status = copa.cli.main([{options}, 'finetune', '--task', 'vqa', '--pretrained', 'no-such-run', '--out', 'out'])\n"
+            "frozen = gc.get_freeze_count()\n"
+            "load_model_libraries()\n"
+            "print(light, status, gc.isenabled(), frozen > 100_000, gc.get_freeze_count() == frozen)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout.splitlines()[-1] == "(False, 0) 2 True True True", done.stdout[-2000:] + done.stderr[-2000:]
+    assert "no-such-run" in done.stderr  # the fine-tune ran after the libraries loaded, and stopped at its missing run

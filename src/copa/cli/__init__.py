@@ -12,10 +12,11 @@ import argparse
 import sys
 
 from copa.cli import data, downstream, pretraining, report
-from copa.cli.common import USER_ERRORS, is_user_error, one_line
+from copa.cli.common import USER_ERRORS, is_user_error, load_model_libraries, one_line
 from copa.config import DEFAULT_PARAMS_DIR
 
 STAGES = (data, pretraining, downstream, report)  # their subcommands, in this order in --help
+MODEL_STAGES = {pretraining.__name__, downstream.__name__}  # every subcommand of these builds a model
 
 
 class Parser(argparse.ArgumentParser):
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func.__module__ in MODEL_STAGES:
+        load_model_libraries()
     try:
         return args.func(args)
     except (*USER_ERRORS, OSError) as exc:

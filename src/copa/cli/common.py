@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
+import importlib
+import sys
 from pathlib import Path
 from typing import Callable, get_args
 
@@ -28,6 +31,32 @@ USER_ERRORS = (ParamsError, FormatError, FileNotFoundError, FileExistsError, Use
 
 # A write that fails for want of space names no file (the open succeeded): the disk is the user's to fix.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+# What every subcommand of the pretraining and downstream stages imports: torch, timm (the ViT), transformers (the BERT parts).
+MODEL_LIBRARIES = ("torch", "timm", "transformers.models.bert.modeling_bert")
+
+
+def load_model_libraries() -> None:
+    """Import MODEL_LIBRARIES with the garbage collector off, then freeze what they made.
+
+    Their ~500,000 objects (modules, classes, functions) live as long as the process and are never
+    garbage. With the collector on, importing them runs a full collection each time the heap has
+    grown by a quarter, and every later full collection (the memory measurement calls gc.collect()
+    once a model) walks them all again; frozen, a collection walks only what the command allocates.
+    Measured on 2 cores: importing them and a fine-tune's modules, 7.3-8.1 CPU-s with the collector on,
+    6.1-6.3 this way; the fixture's `efficiency --grid-costs` 35.8 -> 26.4 CPU-s, the same records.
+    A process that has imported torch before (``main`` called from Python, e.g. by a test) is left as
+    it is: freezing there would also freeze whatever it holds, garbage included."""
+    if "torch" in sys.modules:
+        return
+    gc.disable()
+    try:
+        for name in MODEL_LIBRARIES:
+            importlib.import_module(name)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def is_user_error(exc: BaseException) -> bool:
