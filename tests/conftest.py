@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import gc
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+# Off until the tests are collected (pytest_collection): the libraries come in without full collections.
+gc.disable()
 
 import pytest
 from hypothesis import settings
@@ -29,7 +33,7 @@ HANG_GUARD_S = 3600
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "longest: among the longest tests, started first (see pytest_collection_modifyitems)")
     # Where PYTHONDONTWRITEBYTECODE is set (these machines), every Python process the suite starts (the
-    # fixture DAG's 63 jobs, each Snakemake run) compiled again the package's modules it imports: about
+    # fixture DAG's ~60 jobs, each Snakemake run) compiled again the package's modules it imports: about
     # 0.5 s of the ~9 s a DAG job spends importing. Their bytecode is written once, to the gitignored __pycache__/.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     sys.dont_write_bytecode = False
@@ -40,6 +44,19 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session):
+    """The libraries the test modules import (torch, transformers, timm, pandas, ...) come in with the
+    garbage collector off and are frozen once collected, as `copa` does for its model-building
+    subcommands (copa.cli.common.load_model_libraries): a full collection while the tests run then
+    walks the tests' objects only."""
+    try:
+        return (yield)
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
