@@ -170,7 +170,7 @@ def test_starts_without_torch(modules):
 
 def test_model_commands_load_the_libraries_frozen_and_the_others_none(tmp_path):
     """`copa`'s model-building subcommands import torch, timm and transformers with the garbage collector
-    off and freeze them (copa.cli.common.load_model_libraries); a report or data command imports none; a
+    off and freeze them (copa.cli.common.load_model_libraries); a data command imports none; a
     process that had torch already (main called from Python after its own imports) freezes nothing."""
     import subprocess
     import sys
@@ -182,10 +182,12 @@ def test_model_commands_load_the_libraries_frozen_and_the_others_none(tmp_path):
             "from copa.cli.common import load_model_libraries\n"
             f"copa.cli.main([{options}, 'params'])\n"
             "light = ('torch' in sys.modules, gc.get_freeze_count())\n"
+            "full = []  # full collections before the freeze: none while the libraries load\n"
+            "gc.callbacks.append(lambda phase, info: full.append(1) if phase == 'start' and info['generation'] == 2 and not gc.get_freeze_count() else None)\n"
             f"status = copa.cli.main([{options}, 'finetune', '--task', 'vqa', '--pretrained', 'no-such-run', '--out', 'out'])\n"
             "frozen = gc.get_freeze_count()\n"
             "load_model_libraries()\n"
-            "print(light, status, gc.isenabled(), frozen > 100_000, gc.get_freeze_count() == frozen)")
+            "print(light, status, gc.isenabled(), frozen > 100_000, gc.get_freeze_count() == frozen, len(full))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert done.stdout.splitlines()[-1] == "(False, 0) 2 True True True", done.stdout[-2000:] + done.stderr[-2000:]
+    assert (done.stdout.splitlines() or [""])[-1] == "(False, 0) 2 True True True 0", done.stdout[-2000:] + done.stderr[-2000:]
     assert "no-such-run" in done.stderr  # the fine-tune ran after the libraries loaded, and stopped at its missing run

@@ -41,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.func.__module__ in MODEL_STAGES:
-        load_model_libraries()
     try:
+        if args.func.__module__ in MODEL_STAGES:
+            load_model_libraries()
         return args.func(args)
     except (*USER_ERRORS, OSError) as exc:
         if args.debug or not is_user_error(exc):  # an internal error keeps its traceback

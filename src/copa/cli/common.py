@@ -46,17 +46,19 @@ def load_model_libraries() -> None:
     once a model) walks them all again; frozen, a collection walks only what the command allocates.
     Measured on 2 cores: importing them and a fine-tune's modules, 7.3-8.1 CPU-s with the collector on,
     6.1-6.3 this way; the fixture's `efficiency --grid-costs` 35.8 -> 26.4 CPU-s, the same records.
-    A process that has imported torch before (``main`` called from Python, e.g. by a test) is left as
-    it is: freezing there would also freeze whatever it holds, garbage included."""
+    A process that has imported torch before (``main`` called from Python, e.g. by most tests) is left
+    as it is: freezing there would also freeze whatever it holds, garbage included."""
     if "torch" in sys.modules:
         return
+    enabled = gc.isenabled()
     gc.disable()
     try:
         for name in MODEL_LIBRARIES:
             importlib.import_module(name)
     finally:
         gc.freeze()
-        gc.enable()
+        if enabled:
+            gc.enable()
 
 
 def is_user_error(exc: BaseException) -> bool:
