@@ -40,7 +40,7 @@ MODEL_LIBRARIES = ("torch", "timm", "transformers.models.bert.modeling_bert")
 def load_model_libraries() -> None:
     """Import MODEL_LIBRARIES with the garbage collector off, then freeze what they made.
 
-    Their ~500,000 objects (modules, classes, functions) live as long as the process and are never
+    Their ~690,000 objects (modules, classes, functions) live as long as the process and are never
     garbage. With the collector on, importing them runs a full collection each time the heap has
     grown by a quarter, and every later full collection (the memory measurement calls gc.collect()
     once a model) walks them all again; frozen, a collection walks only what the command allocates.
