@@ -17,9 +17,10 @@ from copa.train.finetune import CheckpointMismatch, load_finetuned
 
 from conftest import PARAMS_DIR, assert_states_equal, final_state, logged, run_script
 
+PROFILE = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR)]
 # pinned here (not left to the profile): a checkpoint at step 2 of 4, the kill at step 3 between two
-BASE = ["--profile", "fixture", "--params-dir", str(PARAMS_DIR), "--set", "finetune.retrieval.epochs=1",
-        "--set", "finetune.retrieval.steps_per_epoch=4", "--set", "finetune.retrieval.checkpoint_every=2"]
+BASE = PROFILE + ["--set", "finetune.retrieval.epochs=1", "--set", "finetune.retrieval.steps_per_epoch=4",
+                  "--set", "finetune.retrieval.checkpoint_every=2"]
 
 
 def finetune_args(pretrained: Path, root: Path, out: Path) -> list[str]:
@@ -27,7 +28,7 @@ def finetune_args(pretrained: Path, root: Path, out: Path) -> list[str]:
 
 
 def evaluate_args(run: Path, root: Path, split: str, out: Path) -> list[str]:
-    return BASE + ["evaluate", "--task", "retrieval", "--run", str(run), "--root", str(root), "--split", split, "--json", str(out), "--quiet"]
+    return PROFILE + ["evaluate", "--task", "retrieval", "--run", str(run), "--root", str(root), "--split", split, "--json", str(out), "--quiet"]
 
 
 @pytest.fixture(scope="module")

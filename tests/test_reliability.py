@@ -203,6 +203,10 @@ CASES = [
      ["{run}", "continues the captioning run"]),
     ("finetune-out-is-a-file", [*F, "finetune", "--task", "vqa", "--pretrained", "{run}", "--out", "{bad}/afile", "--root", "{world}"],
      ["{bad}/afile"]),  # traceback
+    ("finetune-set-unread", [*F, "--set", "model.dropout=0.0", "finetune", "--task", "vqa", "--pretrained", "{run}", "--out", "{bad}/t4",
+                             "--root", "{world}"], ["model.dropout=0.0", "not read", "{run}"]),  # fine-tuned, the override ignored
+    ("evaluate-set-unread", [*F, "--set", "finetune.vqa.epochs=2", "evaluate", "--task", "vqa", "--run", "{bad}/finetuned", "--root", "{world}",
+                             "--json", "{bad}/v.json", "--quiet"], ["finetune.vqa.epochs=2", "not read", "{bad}/finetuned"]),  # evaluated, ignored
     ("evaluate-a-pretraining-run", [*F, "evaluate", "--task", "vqa", "--run", "{run}", "--root", "{world}", "--json", "{bad}/v.json", "--quiet"],
      ["{run}/pretrained.json", "fine-tuning run"]),
     ("evaluate-as-another-task", [*F, "evaluate", "--task", "retrieval", "--run", "{bad}/finetuned", "--root", "{world}", "--json", "{bad}/v.json", "--quiet"],

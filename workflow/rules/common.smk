@@ -11,7 +11,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from copa.config import SELECTION_METHODS, VQA_SCRATCH_READS, ParamsError, load_params
+from copa.config import SELECTION_METHODS, VQA_SCRATCH_READS, ParamsError, load_params, overrides_of
 from copa.run_layout import METRICS_FILE, SIZE_TAG_PATTERN, RunLayout, data_beside, predictions_beside, seed_run, tag_size
 from copa.report.grids import available_grids, instrumented_runs, load_grid, params_run_name
 from copa.train.architectures import ARCHITECTURES, architecture, architecture_of_run, code_modules
@@ -68,10 +68,8 @@ def copa_cli(*sections):
     (say a training knob) must not rerun the rule.
     """
     args = ["copa", "--profile", PROFILE]
-    for override in config["set"]:
-        key = override.split("=", 1)[0]
-        if any(key == s or key.startswith(f"{s}.") for s in sections):
-            args += ["--set", override]
+    for override in overrides_of(config["set"], sections):
+        args += ["--set", override]
     return shlex.join(args)
 
 

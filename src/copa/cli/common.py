@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, get_args
 
-from copa.config import Params, ParamsError, UserError, load_params
+from copa.config import Params, ParamsError, UserError, load_params, overrides_of
 from copa.data.formats.records import FormatError
 from copa.run_layout import RunLayout
 from copa.train.architectures import ARCHITECTURES, Architecture, architecture, architecture_of_run
@@ -100,6 +100,15 @@ def profile_params(args: argparse.Namespace) -> Params:
     params = load_params(args.profile, args.set, args.params_dir)
     architecture(params)  # a registered one, whose selection fits: refused before any work
     return params
+
+
+def refuse_unread_overrides(args: argparse.Namespace, reads: tuple[str, ...], source: str) -> None:
+    """One clear error for a ``--set`` the command would ignore: it reads only the sections ``reads``
+    of the current parameters, everything else from ``source`` (a run's stored parameters)."""
+    unread = [o for o in args.set if o not in overrides_of(args.set, reads)]
+    if unread:
+        raise ParamsError(f"--set {unread[0]}: not read by this command, which takes everything but {', '.join(reads)} "
+                          f"from {source}")
 
 
 def path_or(given: str | None, default: Path) -> Path:

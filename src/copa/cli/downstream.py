@@ -7,7 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
-from copa.cli.common import HELP_LAYOUT, CommandError, in_range, path_or, profile_params, require_instruments, run_head
+from copa.cli.common import (HELP_LAYOUT, CommandError, in_range, path_or, profile_params, refuse_unread_overrides,
+                             require_instruments, run_head)
 from copa.config import Count, KeepRatio, PositiveInt, load_params
 from copa.run_layout import RunLayout, data_beside, predictions_beside, seed_run, split_size_tag
 from copa.tasks.registry import TASKS, check_finetuned, check_start
@@ -15,6 +16,7 @@ from copa.train.architectures import resolve
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    refuse_unread_overrides(args, (f"finetune.{args.task}", "seed", "data.root"), f"the run {args.start}'s stored parameters")
     params = profile_params(args)
     check_start(args.task, Path(args.start))
     run = resolve(run_head(Path(args.start), args.task).finetune)
@@ -34,6 +36,7 @@ def evaluate_outputs(args: argparse.Namespace, layout: RunLayout) -> tuple[Path,
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     spec = TASKS[args.task]
+    refuse_unread_overrides(args, (f"evaluate.{spec.settings}",), f"the fine-tuned run {args.run}'s stored parameters")
     run = Path(args.run)
     check_finetuned(args.task, run)
     head = run_head(run, args.task)

@@ -37,6 +37,7 @@ from copa.config.loading import (
     DEFAULT_PARAMS_DIR,
     available_profiles,
     load_params,
+    overrides_of,
     params_from_dict,
     parse_override,
     safe_load_unique,
@@ -86,8 +87,8 @@ from copa.config.ranges import Count, Fraction, KeepRatio, LearningRate, NonNega
 
 __all__ = [
     # loading
-    "DEFAULT_PARAMS_DIR", "ParamsError", "UserError", "available_profiles", "load_params", "params_from_dict", "parse_override",
-    "safe_load_unique", "validated_record",
+    "DEFAULT_PARAMS_DIR", "ParamsError", "UserError", "available_profiles", "load_params", "overrides_of", "params_from_dict",
+    "parse_override", "safe_load_unique", "validated_record",
     # ranges
     "Count", "Fraction", "KeepRatio", "LearningRate", "NonNegative", "PositiveInt", "Range", "Seed",
     # the tree: the root, its section groups, the choices other modules enumerate

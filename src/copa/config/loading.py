@@ -132,6 +132,14 @@ def _record_all_sources(value: Any, dotted: str, source: str, provenance: dict[s
     provenance[dotted or "top level"] = source
 
 
+def overrides_of(overrides: Sequence[str], sections: Sequence[str]) -> list[str]:
+    """The ``"dotted.key=value"`` overrides whose key is one of ``sections`` (top-level or dotted,
+    e.g. ``"finetune.vqa"``) or lies under one."""
+    def within(key: str) -> bool:
+        return any(key == s or key.startswith(f"{s}.") for s in sections)
+    return [o for o in overrides if within(o.partition("=")[0].strip())]
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """``"synth.seed=3"`` -> ``{"synth": {"seed": 3}}`` (value parsed as YAML)."""
     key, sep, raw = text.partition("=")
