@@ -211,6 +211,8 @@ CASES = [
      ["{run}/pretrained.json", "fine-tuning run"]),
     ("evaluate-as-another-task", [*F, "evaluate", "--task", "retrieval", "--run", "{bad}/finetuned", "--root", "{world}", "--json", "{bad}/v.json", "--quiet"],
      ["{bad}/finetuned is a vqa run", "pretrained.json"]),  # accepted: a VQA model scored as retrieval
+    ("figure4-set-unread", [*F, "--set", "model.selection.keep_ratio=0.3", "detected-patches", "--run", "{bad}/finetuned", "--root", "{world}",
+                            "--figure", "{bad}/d"], ["model.selection.keep_ratio=0.3", "not read", "{bad}/finetuned"]),  # drawn, ignored
     ("figure4-of-a-pretraining-run", [*F, "detected-patches", "--run", "{run}", "--root", "{world}", "--figure", "{bad}/d"],
      ["{run}/pretrained.json", "fine-tuning run"]),  # accepted: drawn from the pretraining checkpoint
     ("reference-not-json", [*F, "patch-detection", "--run", "{run}", "--reference", "{bad}/ref_notjson.jsonl", "--root", "{world}", "--quiet"],

@@ -90,6 +90,7 @@ def cmd_detected_patches(args: argparse.Namespace) -> int:
     from copa.report.figures import save_figure
     from copa.train.finetune import load_finetuned
 
+    refuse_unread_overrides(args, ("evaluate.vqa",), f"the fine-tuned run {args.run}'s stored parameters")
     require_instruments(Path(args.run), "detected-patches")
     check_finetuned("vqa", Path(args.run))
     run = load_finetuned(Path(args.run))

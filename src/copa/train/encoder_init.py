@@ -12,7 +12,7 @@ contrasts boxes with their texts (X-VLM's visual concepts, papers/001: a box's f
 the ViT's last patch tokens that PTA's labels mark for it: inside it, and under ``pta_labels:
 same_text`` inside the image's other boxes of the same text) over PTA's object stream: the patch tokens then have to say
 what lies under them and where (the world's shapes, which the captions alone did not teach the demo's
-ViT; README, issue 23). Like CLIP, the stage selects no patches: it trains a
+ViT; docs/issue-23-findings.md). Like CLIP, the stage selects no patches: it trains a
 selection-free copy of the model (same sizes, vocabulary and seed), whose encoders are then copied
 into the run's (the selector's own weights, the TPD's MLP, start fresh). So every run of a profile
 and seed can share one stage (the workflow's ``encoder_init`` rule, ``copa encoder-init``); by
