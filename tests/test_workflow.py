@@ -481,8 +481,10 @@ def _job_sources(dry_run_output: str) -> list[tuple[str, str, set[str]]]:
 
 @pytest.fixture(scope="module")
 def demo_jobs(tmp_path_factory) -> list[tuple[str, str, set[str]]]:
-    """Every job of the demo DAG (the profile dvc.yaml runs), from a dry run in a copy of the workflow."""
-    run = snakemake(copy_workflow(tmp_path_factory.mktemp("demo")), "-n", "--cores", "2")
+    """Every job of the demo profile's full grid (the profile dvc.yaml runs; report.cells=all, so that
+    every architecture's jobs are there: the demo itself trains the default run only), from a dry
+    run in a copy of the workflow."""
+    run = snakemake(copy_workflow(tmp_path_factory.mktemp("demo")), "-n", "--cores", "2", "--config", 'set=["report.cells=all"]')
     assert run.returncode == 0, run.stdout
     return _job_sources(run.stdout)
 
