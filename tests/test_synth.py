@@ -17,7 +17,7 @@ from copa.data.layout import DataLayout
 from copa.data.synth import language
 from copa.data.synth.render import _shape_mask, outline
 from copa.data.synth.scene import SHAPES, sample_scene
-from copa.data.synth.world import POOLS, generate_world
+from copa.data.synth.world import POOLS, _polygon_area, generate_world
 from copa.data.validate import validate_data_root
 
 PARAMS_DIR = Path(__file__).parents[1] / "params"
@@ -83,6 +83,20 @@ def test_drawn_pixels_span_exactly_each_box():
             xs, ys = outline(obj)[0::2], outline(obj)[1::2]
             assert min(xs) == obj.box.x and max(xs) == obj.box.x + w - 1
             assert box_defect(obj.box, scene.width, scene.height) is None  # clean boxes pass every filter
+
+
+def test_polygon_area_is_exact_whatever_vertex_it_starts_from():
+    """A demo world's circle whose exact shoelace area is the tie 1523.865 (rounded half to even: 1523.86).
+    Floating-point dot products gave 1523.87 or 1523.86 by the order they summed in, so the demo world's bytes
+    hung on the BLAS kernel the CPU picked; the area must not depend on where the outline starts or its direction."""
+    circle = [177.0, 42.0, 176.39, 35.95, 174.6, 30.14, 171.69, 24.78, 167.77, 20.08, 163.0, 16.22, 157.55, 13.36,
+              151.65, 11.6, 145.5, 11.0, 139.35, 11.6, 133.45, 13.36, 128.0, 16.22, 123.23, 20.08, 119.31, 24.78,
+              116.4, 30.14, 114.61, 35.95, 114.0, 42.0]
+    pairs = [circle[i:i + 2] for i in range(0, len(circle), 2)]
+    orders = [pairs[k:] + pairs[:k] for k in range(len(pairs))]
+    orders += [list(reversed(order)) for order in orders]
+    assert {_polygon_area([v for pair in order for v in pair]) for order in orders} == {1523.86}
+    assert _polygon_area([0.0, 0.0, 10.0, 0.0, 10.0, 0.5, 0.0, 0.5]) == 5.0  # a 10 x 0.5 rectangle
 
 
 def test_objects_never_overlap_and_stay_inside():
