@@ -125,6 +125,9 @@ def test_grounding_end_to_end(fixture_world, fixture_pretraining_run, tmp_path) 
         # the synthetic expressions name their shape and each image has 2+ of it: a random one is right often
         assert result["baselines"]["named_shape_box"] > 0.0
         assert set(result["centre_r"]) == {"x", "y"} and all(r is None or -1.0 <= r <= 1.0 for r in result["centre_r"].values())
+        pointing = result["detector_pointing"]  # the fixture run's TPD, guided by each expression
+        assert pointing["referred"] <= pointing["any_object"] <= 100.0 and 0.0 < pointing["chance"] < 100.0
+        assert 0 < pointing["another_expression_n"] <= result["expressions"]
     assert len(predictions) == sum(r["expressions"] for r in record["splits"].values())
     vocab = (tmp_path / "grounding" / "vocab" / "vocab.txt").read_text().splitlines()
     assert vocab[-1] == f"[coord_{params.finetune.grounding.coordinate_bins - 1}]"

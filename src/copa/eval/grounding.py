@@ -1,12 +1,16 @@
 """Visual grounding accuracy (RefCOCO+ protocol of X-VLM, mPLUG, COPA): a prediction is correct
 when its IoU with the ground-truth box is at least 0.5. Boxes are xywh in pixels.
 
-One instrument beside it: the correlation of the predicted boxes' centres with the true ones'
+Two instruments beside it: the correlation of the predicted boxes' centres with the true ones'
 (per axis). A model that reads only the expression can learn a box's size from it ("large") but
 not where the object lies: at acc@0.5 near its baselines, a centre correlation near 0 says the
-model does not localise at all, one well above 0 that it localises too coarsely."""
+model does not localise at all, one well above 0 that it localises too coarsely. And the pointing
+game (Zhang et al., "Top-down neural attention by excitation backprop", 2016) of a patch scorer
+such as the TPD: where its highest-scoring patch lies (``pointed_centres``, ``points_inside``)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -57,3 +61,21 @@ def centre_correlation(pred: Tensor, target: Tensor, sizes: Tensor) -> tuple[flo
         else:
             out.append(torch.corrcoef(torch.stack([p[:, axis], t[:, axis]]))[0, 1].item())
     return out[0], out[1]
+
+
+def pointed_centres(scores: Tensor) -> Tensor:
+    """(N, n) scores of a square grid's n patches, row-major -> (N, 2) the relative x, y of the centre
+    of each row's highest-scoring patch (the first of equal ones)."""
+    side = math.isqrt(scores.shape[1])
+    if scores.ndim != 2 or side * side != scores.shape[1]:
+        raise ValueError(f"scores must be (N, n) over a square grid of patches, got {tuple(scores.shape)}")
+    best = scores.argmax(dim=1)
+    return (torch.stack([best % side, best // side], dim=1).double() + 0.5) / side
+
+
+def points_inside(points: Tensor, boxes: Tensor, sizes: Tensor) -> Tensor:
+    """(N,) bool: each relative point (N, 2) inside its xywh box in pixels (N, 4), edges included, on an
+    image of ``sizes`` (N, 2) width, height."""
+    xy = points.double() * sizes.double()
+    top_left, bottom_right = boxes[:, :2].double(), boxes[:, :2].double() + boxes[:, 2:].double()
+    return ((xy >= top_left) & (xy <= bottom_right)).all(dim=1)

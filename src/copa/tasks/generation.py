@@ -31,9 +31,10 @@ class Conditioning(NamedTuple):
     image: Tensor  # (B, Li, H)
     text: Tensor  # (B, Lt, H)
     text_mask: Tensor  # (B, Lt)
+    scores: Tensor | None = None  # (B, n) the TPD's scores of the n patches, where the selection had them
 
     def select(self, rows: Tensor) -> Conditioning:
-        return Conditioning(self.image[rows], self.text[rows], self.text_mask[rows])
+        return Conditioning(self.image[rows], self.text[rows], self.text_mask[rows], None if self.scores is None else self.scores[rows])
 
 
 def condition(model: CopaModel, images: Tensor, input_ids: Tensor, attention_mask: Tensor, guided: bool,
@@ -42,9 +43,9 @@ def condition(model: CopaModel, images: Tensor, input_ids: Tensor, attention_mas
     image-[CLS] attention (captioning: no text to guide), and fuse them; ``targets`` (B, n): the
     patches each text refers to, for the oracle selector."""
     text = model.encode_text(input_ids, attention_mask)
-    image = model.encode_image(images, text[:, 0], use_detector=guided, targets=targets)["tokens"]
-    fused_image, fused_text = model.fuse(image, text, attention_mask)
-    return Conditioning(fused_image, fused_text, attention_mask)
+    vision = model.encode_image(images, text[:, 0], use_detector=guided, targets=targets)
+    fused_image, fused_text = model.fuse(vision["tokens"], text, attention_mask)
+    return Conditioning(fused_image, fused_text, attention_mask, vision.get("scores"))  # perfect tokens: no detector
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:

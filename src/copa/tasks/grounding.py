@@ -42,7 +42,7 @@ from copa.data.downstream import GroundingExample, grounding_examples
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
 from copa.data.scene_grid import SceneGridPairs, named_object_grids
-from copa.eval.grounding import box_iou, centre_correlation, grounding_accuracy, grounding_hits
+from copa.eval.grounding import box_iou, centre_correlation, grounding_accuracy, grounding_hits, pointed_centres, points_inside
 from copa.models.copa import CopaModel
 from copa.models.objectives.language import lm_loss
 from copa.tasks.base import FinetuneTask, extend_vocabulary, perceived_pairs, run_finetuning
@@ -169,18 +169,20 @@ def run_grounding_finetuning(params: Params, start_run: Path, data_root: Path, o
 # ------------------------------------------------------------------------------------ inference
 @torch.no_grad()
 def predict_boxes(model: CopaModel, tokenizer, examples: Sequence[GroundingExample], params: Params, layout: DataLayout,
-                  box_head: BoxHead | None = None, batch_size: int = 64, progress: bool = True) -> Tensor:
+                  box_head: BoxHead | None = None, batch_size: int = 64, progress: bool = True) -> tuple[Tensor, Tensor | None]:
     """(N, 4) relative x1 y1 x2 y2: from ``box_head``, or by greedy decoding over the coordinate
-    tokens only. ``layout``: the data root's (the scene grids of a model with perception oracle)."""
+    tokens only; and (N, n) the TPD's scores of the patches under each expression (None for a
+    selection without them). ``layout``: the data root's (the scene grids of a model with perception oracle)."""
     bins = params.finetune.grounding.coordinate_bins
     first = tokenizer.convert_tokens_to_ids(coordinate_tokens(1)[0])
     if box_head is None and first == tokenizer.unk_token_id:
         raise ValueError("the run's vocabulary has no coordinate tokens: not a grounding run")
     data = _data(examples, tokenizer, params, layout)
-    out = []
+    out, scores = [], []
     for start in tqdm(range(0, len(examples), batch_size), desc="grounding", disable=not progress):
         batch = data.collate_fn([data[i] for i in range(start, min(start + batch_size, len(examples)))])
         cond = condition(model, batch["image"], batch["input_ids"], batch["attention_mask"], guided=True)
+        scores.append(cond.scores)
         if box_head is not None:
             out.append(cxcywh_to_xyxy(box_head(cond.text[:, 0])).double())
             continue
@@ -189,7 +191,7 @@ def predict_boxes(model: CopaModel, tokenizer, examples: Sequence[GroundingExamp
             logits = model.decode(tokens, torch.ones_like(tokens), cond.image, cond.text, cond.text_mask)[:, -1]
             tokens = torch.cat([tokens, logits[:, first:first + bins].argmax(1, keepdim=True) + first], dim=1)
         out.append(from_bins(tokens[:, 1:] - first, bins))
-    return torch.cat(out)
+    return torch.cat(out), None if any(s is None for s in scores) else torch.cat(scores)
 
 
 def centre_boxes(train: Sequence[GroundingExample], test: Sequence[GroundingExample]) -> Tensor:
@@ -205,6 +207,11 @@ def largest_boxes(test: Sequence[GroundingExample]) -> Tensor:
     return torch.tensor([max(e.objects, key=lambda o: o.box.area).box.as_list() for e in test], dtype=torch.float64)
 
 
+def named_objects(e: GroundingExample) -> list:
+    """The annotated objects of the image whose category the expression names, as whole words."""
+    return [o for o in e.objects if re.search(rf"\b{re.escape(o.category)}\b", e.sentence, re.IGNORECASE)]
+
+
 def named_shape_boxes(test: Sequence[GroundingExample], seed: int) -> Tensor:
     """A random annotated box of the image whose category the expression names (as whole words),
     or of any category where it names none in the image, as xywh in pixels; drawn in order from a
@@ -212,10 +219,41 @@ def named_shape_boxes(test: Sequence[GroundingExample], seed: int) -> Tensor:
     rng = np.random.default_rng(seed)
     out = []
     for e in test:
-        named = [o for o in e.objects if re.search(rf"\b{re.escape(o.category)}\b", e.sentence, re.IGNORECASE)]
-        candidates = named or e.objects
+        candidates = named_objects(e) or e.objects
         out.append(candidates[int(rng.integers(len(candidates)))].box.as_list())
     return torch.tensor(out, dtype=torch.float64)
+
+
+def detector_pointing(test: Sequence[GroundingExample], scores: Tensor) -> dict:
+    """Where the TPD, guided by each expression, puts its highest-scoring patch (the pointing game,
+    copa.eval.grounding), in percent of expressions: in the referred box; in it when guided instead by
+    another expression of the same image that refers to another object (the first in file order; a
+    detector that reads the expression points there less); in a box of the shape the expression
+    names; in any annotated box; and the chance of a uniform point (the referred box's mean share of
+    the image)."""
+    sizes = torch.tensor([[e.width, e.height] for e in test])
+    truth = torch.tensor([e.box.as_list() for e in test], dtype=torch.float64)
+    points = pointed_centres(scores)
+
+    def share_in_any(objects_of) -> float:
+        hits = [any(points_inside(points[i:i + 1], torch.tensor([o.box.as_list()], dtype=torch.float64), sizes[i:i + 1]).item()
+                    for o in objects_of(e)) for i, e in enumerate(test)]
+        return 100.0 * sum(hits) / len(test)
+
+    of_image: dict = {}
+    for i, e in enumerate(test):
+        of_image.setdefault(e.image, []).append(i)
+    mine, other = [], []
+    for i, e in enumerate(test):
+        about_another = [j for j in of_image[e.image] if test[j].box != e.box]
+        if about_another:
+            mine.append(i)
+            other.append(about_another[0])
+    return {"referred": 100.0 * points_inside(points, truth, sizes).double().mean().item(),
+            "another_expression": 100.0 * points_inside(points[other], truth[mine], sizes[mine]).double().mean().item() if mine else None,
+            "another_expression_n": len(mine),
+            "named_shape": share_in_any(named_objects), "any_object": share_in_any(lambda e: e.objects),
+            "chance": 100.0 * (truth[:, 2] * truth[:, 3] / sizes.prod(dim=1)).mean().item()}
 
 
 def expression_ids(examples: Sequence[GroundingExample]) -> list[str]:
@@ -250,13 +288,15 @@ def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_ro
         test = grounding_examples(layout, name)
         sizes = torch.tensor([[e.width, e.height] for e in test])
         truth = torch.tensor([e.box.as_list() for e in test], dtype=torch.float64)
-        boxes = to_pixels_xywh(predict_boxes(model, tokenizer, test, params, layout, box_head, batch_size, progress), sizes)
+        relative, scores = predict_boxes(model, tokenizer, test, params, layout, box_head, batch_size, progress)
+        boxes = to_pixels_xywh(relative, sizes)
         baselines = {"centre_box": to_pixels_xywh(centre_boxes(train, test), sizes), "largest_box": largest_boxes(test),
                      "named_shape_box": named_shape_boxes(test, params.seed)}
         hits = grounding_hits(boxes, truth)
         record["splits"][name] = {"expressions": len(test), "acc@0.5": 100.0 * hits.double().mean().item(),
                                   "mean_iou": box_iou(boxes, truth).mean().item(),
                                   "centre_r": dict(zip("xy", centre_correlation(boxes, truth, sizes))),
+                                  "detector_pointing": None if scores is None else detector_pointing(test, scores),
                                   "baselines": {k: v for baseline, guess in baselines.items()
                                                 for k, v in ((baseline, grounding_accuracy(guess, truth)),
                                                              (f"{baseline}_mean_iou", box_iou(guess, truth).mean().item()))},
@@ -267,6 +307,15 @@ def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_ro
     summary = "grounding acc@0.5 " + ", ".join(
         f"{n} {r['acc@0.5']:.1f} (centre box {r['baselines']['centre_box']:.1f}, largest box {r['baselines']['largest_box']:.1f}, "
         f"random box of the named shape {r['baselines']['named_shape_box']:.1f})" for n, r in record["splits"].items())
+    pointing = {n: r["detector_pointing"] for n, r in record["splits"].items() if r["detector_pointing"]}
+    if pointing:
+        def percent(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.1f}"
+
+        summary += ("; the TPD's best patch in the referred box (guided by another expression of the image, in the named shape, "
+                    "in any object, chance) " + ", ".join(
+                        f"{n} {percent(p['referred'])} ({', '.join(percent(p[k]) for k in ('another_expression', 'named_shape', 'any_object', 'chance'))})"
+                        for n, p in pointing.items()))
     if params.model.perception != "encoder":  # a bracket's record says so, as VQA's, and what its tokens show
         record["oracle_objects"] = params.finetune.grounding.oracle_objects
         shown = "the named object's image tokens alone" if record["oracle_objects"] == "named" else "the scene's image tokens"
