@@ -12,7 +12,7 @@ from copa.data.downstream import AnnotatedBox, GroundingExample, grounding_examp
 from copa.data.formats.records import Box
 from copa.data.layout import DataLayout
 from copa.eval.grounding import pointed_centres
-from copa.tasks.grounding import detector_pointing, largest_boxes, named_shape_boxes
+from copa.tasks.grounding import detector_pointing, largest_boxes, named_shape_boxes, patch_centre_share
 
 CIRCLE_A, CIRCLE_B = AnnotatedBox("circle", Box(0, 0, 10, 10)), AnnotatedBox("circle", Box(50, 50, 12, 12))
 SEMICIRCLE, SQUARE = AnnotatedBox("semicircle", Box(20, 0, 30, 15)), AnnotatedBox("square", Box(0, 30, 40, 40))
@@ -78,4 +78,10 @@ def test_detector_pointing_tells_the_referred_object_from_another_expression_s()
     # 0 and 1 take expression 2's point (in CIRCLE_B, not theirs); 2 takes 0's (in CIRCLE_A, not CIRCLE_B)
     assert pointing["another_expression"] == 0.0 and pointing["another_expression_n"] == 3
     assert pointing["named_shape"] == 50.0 and pointing["any_object"] == 75.0  # the semicircle is no circle
-    assert pointing["chance"] == pytest.approx(100 * (3 * 100 + 144) / 4 / 10_000)  # three CIRCLE_A, one CIRCLE_B
+    assert pointing["chance"] == pytest.approx(1.0)  # each referred box holds one of the 100 patch centres (area: 1.11%)
+
+
+def test_a_box_between_patch_centres_cannot_be_pointed_at() -> None:
+    boxes = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 100.0, 50.0], [0.0, 0.0, 20.0, 10.0]], dtype=torch.float64)
+    shares = patch_centre_share(boxes, torch.tensor([[100, 100], [100, 100], [200, 100]]), side=10)
+    assert shares.tolist() == [0.0, 0.5, 0.01]  # the last: 20 x 10 px of a 200 x 100 image, centres every 20 x 10 px

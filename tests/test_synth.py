@@ -86,7 +86,7 @@ def test_drawn_pixels_span_exactly_each_box():
 
 
 def test_polygon_area_is_exact_whatever_vertex_it_starts_from():
-    """A demo world's circle whose exact shoelace area is the tie 1523.865 (rounded half to even: 1523.86).
+    """A demo world's semicircle (17 points) whose exact shoelace area is the tie 1523.865 (rounded half to even: 1523.86).
     Floating-point dot products gave 1523.87 or 1523.86 by the order they summed in, so the demo world's bytes
     hung on the BLAS kernel the CPU picked; the area must not depend on where the outline starts or its direction."""
     circle = [177.0, 42.0, 176.39, 35.95, 174.6, 30.14, 171.69, 24.78, 167.77, 20.08, 163.0, 16.22, 157.55, 13.36,

@@ -245,7 +245,7 @@ def test_grounding_record_keeps_each_expression_s_hit(monkeypatch, tmp_path: Pat
     def predict(model, tokenizer, examples, params, layout, box_head=None, batch_size=64, progress=True):
         boxes = torch.stack([grounding.relative_xyxy(e) for e in examples])  # the true boxes ...
         boxes[1] = torch.tensor([0.98, 0.98, 1.0, 1.0])  # ... but a far corner sliver for the second expression
-        return boxes
+        return boxes, None  # no TPD scores
 
     monkeypatch.setattr(grounding, "predict_boxes", predict)
     params = load_params("fixture", ["finetune.grounding.head=tokens"])

@@ -49,8 +49,9 @@ def differing(a: dict[str, str], b: dict[str, str]) -> list[str]:
 
 def test_fixture_world_is_the_same_bytes_under_any_root_workers_and_hash_seed(tmp_path, fixture_world):
     """Another root (name, depth, spaces, non-ASCII), two worker processes, and another process with
-    another string hash seed (set / dict order), locale and OpenBLAS kernel (the generator sums nothing in BLAS:
-    a dot product there made the demo world's bytes hang on the CPU's kernel): every file the same."""
+    another string hash seed (set / dict order), locale and OpenBLAS kernel: every file the same. (A dot product
+    once made the demo world's bytes hang on the CPU's kernel; this small world held no case it rounded
+    differently, so test_synth's polygon-area test is the guard against that.)"""
     root = tmp_path / "other place" / "wörld root"
     args = ["-m", "copa", "--profile", "fixture", "--params-dir", str(PARAMS_DIR), "synth", "--root", str(root), "--workers", "2", "--quiet"]
     done = run_script(args, PYTHONHASHSEED="12345", LC_ALL="C", OPENBLAS_CORETYPE="Nehalem")

@@ -66,10 +66,9 @@ def centre_correlation(pred: Tensor, target: Tensor, sizes: Tensor) -> tuple[flo
 def pointed_centres(scores: Tensor) -> Tensor:
     """(N, n) scores of a square grid's n patches, row-major -> (N, 2) the relative x, y of the centre
     of each row's highest-scoring patch (the first of equal ones)."""
-    side = math.isqrt(scores.shape[1])
-    if scores.ndim != 2 or side * side != scores.shape[1]:
+    if scores.ndim != 2 or math.isqrt(scores.shape[1]) ** 2 != scores.shape[1]:
         raise ValueError(f"scores must be (N, n) over a square grid of patches, got {tuple(scores.shape)}")
-    best = scores.argmax(dim=1)
+    side, best = math.isqrt(scores.shape[1]), scores.argmax(dim=1)
     return (torch.stack([best % side, best // side], dim=1).double() + 0.5) / side
 
 

@@ -26,6 +26,7 @@ must stay true), so relative coordinates carry over.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -224,13 +225,23 @@ def named_shape_boxes(test: Sequence[GroundingExample], seed: int) -> Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
+def patch_centre_share(boxes: Tensor, sizes: Tensor, side: int) -> Tensor:
+    """(N,) the share of a side x side grid's patch centres inside each xywh box in pixels, on images of
+    ``sizes`` (N, 2) width, height."""
+    centres = (torch.arange(side, dtype=torch.float64) + 0.5) / side
+    xs, ys = centres.repeat(side), centres.repeat_interleave(side)  # row-major, as the patches
+    points = torch.stack([xs, ys], dim=1)
+    return torch.stack([points_inside(points, box.expand(len(points), 4), size.expand(len(points), 2)).double().mean()
+                        for box, size in zip(boxes, sizes)])
+
+
 def detector_pointing(test: Sequence[GroundingExample], scores: Tensor) -> dict:
     """Where the TPD, guided by each expression, puts its highest-scoring patch (the pointing game,
     copa.eval.grounding), in percent of expressions: in the referred box; in it when guided instead by
     another expression of the same image that refers to another object (the first in file order; a
     detector that reads the expression points there less); in a box of the shape the expression
-    names; in any annotated box; and the chance of a uniform point (the referred box's mean share of
-    the image)."""
+    names; in any annotated box; and the chance of a patch drawn uniformly (the share of the grid's
+    patch centres in the referred box: a box that holds none cannot be pointed at)."""
     sizes = torch.tensor([[e.width, e.height] for e in test])
     truth = torch.tensor([e.box.as_list() for e in test], dtype=torch.float64)
     points = pointed_centres(scores)
@@ -253,7 +264,7 @@ def detector_pointing(test: Sequence[GroundingExample], scores: Tensor) -> dict:
             "another_expression": 100.0 * points_inside(points[other], truth[mine], sizes[mine]).double().mean().item() if mine else None,
             "another_expression_n": len(mine),
             "named_shape": share_in_any(named_objects), "any_object": share_in_any(lambda e: e.objects),
-            "chance": 100.0 * (truth[:, 2] * truth[:, 3] / sizes.prod(dim=1)).mean().item()}
+            "chance": 100.0 * patch_centre_share(truth, sizes, math.isqrt(scores.shape[1])).mean().item()}
 
 
 def expression_ids(examples: Sequence[GroundingExample]) -> list[str]:
@@ -296,7 +307,8 @@ def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_ro
         record["splits"][name] = {"expressions": len(test), "acc@0.5": 100.0 * hits.double().mean().item(),
                                   "mean_iou": box_iou(boxes, truth).mean().item(),
                                   "centre_r": dict(zip("xy", centre_correlation(boxes, truth, sizes))),
-                                  "detector_pointing": None if scores is None else detector_pointing(test, scores),
+                                  # the TPD's own scores of every patch (TRIPS's attention, mPLUG: none)
+                                  "detector_pointing": detector_pointing(test, scores) if scores is not None and params.model.selection.method == "tpd" else None,
                                   "baselines": {k: v for baseline, guess in baselines.items()
                                                 for k, v in ((baseline, grounding_accuracy(guess, truth)),
                                                              (f"{baseline}_mean_iou", box_iou(guess, truth).mean().item()))},
