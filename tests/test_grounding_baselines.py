@@ -11,8 +11,8 @@ import torch
 from copa.data.downstream import AnnotatedBox, GroundingExample, grounding_examples
 from copa.data.formats.records import Box
 from copa.data.layout import DataLayout
-from copa.eval.grounding import pointed_centres
-from copa.tasks.grounding import detector_pointing, largest_boxes, named_shape_boxes, patch_centre_share
+from copa.eval.grounding import patch_centre_share, pointed_centres
+from copa.tasks.grounding import detector_pointing, largest_boxes, named_shape_boxes
 
 CIRCLE_A, CIRCLE_B = AnnotatedBox("circle", Box(0, 0, 10, 10)), AnnotatedBox("circle", Box(50, 50, 12, 12))
 SEMICIRCLE, SQUARE = AnnotatedBox("semicircle", Box(20, 0, 30, 15)), AnnotatedBox("square", Box(0, 30, 40, 40))

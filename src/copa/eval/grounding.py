@@ -78,3 +78,13 @@ def points_inside(points: Tensor, boxes: Tensor, sizes: Tensor) -> Tensor:
     xy = points.double() * sizes.double()
     top_left, bottom_right = boxes[:, :2].double(), boxes[:, :2].double() + boxes[:, 2:].double()
     return ((xy >= top_left) & (xy <= bottom_right)).all(dim=1)
+
+
+def patch_centre_share(boxes: Tensor, sizes: Tensor, side: int) -> Tensor:
+    """(N,) the share of a side x side grid's patch centres inside each xywh box in pixels, on images of
+    ``sizes`` (N, 2) width, height."""
+    centres = (torch.arange(side, dtype=torch.float64) + 0.5) / side
+    xs, ys = centres.repeat(side), centres.repeat_interleave(side)  # row-major, as the patches
+    points = torch.stack([xs, ys], dim=1)
+    return torch.stack([points_inside(points, box.expand(len(points), 4), size.expand(len(points), 2)).double().mean()
+                        for box, size in zip(boxes, sizes)])

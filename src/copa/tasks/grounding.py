@@ -43,7 +43,8 @@ from copa.data.downstream import GroundingExample, grounding_examples
 from copa.data.layout import DataLayout
 from copa.data.pretrain_data import PairDataset
 from copa.data.scene_grid import SceneGridPairs, named_object_grids
-from copa.eval.grounding import box_iou, centre_correlation, grounding_accuracy, grounding_hits, pointed_centres, points_inside
+from copa.eval.grounding import (box_iou, centre_correlation, grounding_accuracy, grounding_hits, patch_centre_share, pointed_centres,
+                                 points_inside)
 from copa.models.copa import CopaModel
 from copa.models.objectives.language import lm_loss
 from copa.tasks.base import FinetuneTask, extend_vocabulary, perceived_pairs, run_finetuning
@@ -223,16 +224,6 @@ def named_shape_boxes(test: Sequence[GroundingExample], seed: int) -> Tensor:
         candidates = named_objects(e) or e.objects
         out.append(candidates[int(rng.integers(len(candidates)))].box.as_list())
     return torch.tensor(out, dtype=torch.float64)
-
-
-def patch_centre_share(boxes: Tensor, sizes: Tensor, side: int) -> Tensor:
-    """(N,) the share of a side x side grid's patch centres inside each xywh box in pixels, on images of
-    ``sizes`` (N, 2) width, height."""
-    centres = (torch.arange(side, dtype=torch.float64) + 0.5) / side
-    xs, ys = centres.repeat(side), centres.repeat_interleave(side)  # row-major, as the patches
-    points = torch.stack([xs, ys], dim=1)
-    return torch.stack([points_inside(points, box.expand(len(points), 4), size.expand(len(points), 2)).double().mean()
-                        for box, size in zip(boxes, sizes)])
 
 
 def detector_pointing(test: Sequence[GroundingExample], scores: Tensor) -> dict:
