@@ -4,7 +4,9 @@ test_workflow.py, which trains and evaluates both.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,58 @@ def test_box_regression_loss_is_zero_only_for_the_right_box() -> None:
     target = torch.tensor([[0.1, 0.2, 0.5, 0.6]])
     assert box_regression_loss(torch.tensor([[0.3, 0.4, 0.4, 0.4]]), target).item() == pytest.approx(0.0, abs=1e-6)
     assert box_regression_loss(torch.tensor([[0.5, 0.5, 0.4, 0.4]]), target).item() > 0.1
+
+
+def test_grounding_keep_ratio_and_pta_weight(fixture_world, fixture_pretraining_run, tmp_path) -> None:
+    """Issue 23's two departures from the paper's grounding fine-tune: the selection keeps the share
+    given (training and evaluation build the same model), and PTA's loss on the referred box joins the
+    box's loss (logged as train/pta)."""
+    from copa.train.finetune import load_finetuned
+
+    record, _, metrics = _finetune_and_evaluate("grounding", fixture_pretraining_run, fixture_world, tmp_path,
+                                                "finetune.grounding.keep_ratio=0.25", "finetune.grounding.pta_weight=1.0")
+    finetuned = load_finetuned(tmp_path / "grounding")
+    assert finetuned.model.spec.keep_ratio == finetuned.params.model.selection.keep_ratio == 0.25
+    assert load_params("fixture", params_dir=PARAMS_DIR).model.selection.keep_ratio != 0.25  # not the pretraining run's
+    assert 0.0 < metrics["train/pta"] < metrics["train/loss"]
+    assert all(0.0 <= r["acc@0.5"] <= 100.0 for r in record["splits"].values())
+
+
+def test_grounding_keep_ratio_needs_a_selection(fixture_pretraining_run, tmp_path, monkeypatch) -> None:
+    from copa.train import finetune
+
+    oracle = load_params("fixture", ["finetune.grounding.keep_ratio=0.25", "finetune.grounding.perception=oracle"], params_dir=PARAMS_DIR)
+    with pytest.raises(ValueError, match="keep_ratio 0.25: the run .* selects no patches"):  # perfect tokens: no selection
+        finetune.start_from(fixture_pretraining_run, oracle, tmp_path / "oracle", "grounding")
+    loaded = finetune.load_pretraining_checkpoint
+
+    def selecting_nothing(path):  # a pretraining run that selects no patches (mPLUG's row)
+        model, params, tokenizer, state = loaded(path)
+        model_params = dataclasses.replace(params.model, selection=dataclasses.replace(params.model.selection, method="none"))
+        return model, dataclasses.replace(params, model=model_params), tokenizer, state
+
+    monkeypatch.setattr(finetune, "load_pretraining_checkpoint", selecting_nothing)
+    params = load_params("fixture", ["finetune.grounding.keep_ratio=0.25"], params_dir=PARAMS_DIR)
+    with pytest.raises(ValueError, match=r"keep_ratio 0.25: the run .* \(selection none"):
+        finetune.start_from(fixture_pretraining_run, params, tmp_path / "none", "grounding")
+
+
+def test_grounding_pta_weight_needs_the_tpd(fixture_world, fixture_pretraining_run, tmp_path, capsys) -> None:
+    assert main(BASE + ["--set", "finetune.grounding.pta_weight=1.0", "--set", "finetune.grounding.perception=oracle", "finetune", "--task",
+                        "grounding", "--pretrained", str(fixture_pretraining_run), "--root", str(fixture_world),
+                        "--out", str(tmp_path / "g")]) == 2
+    assert "finetune.grounding.pta_weight 1.0: PTA trains the TPD's scores" in capsys.readouterr().err
+
+
+def test_referred_patches_follow_the_pretraining_rule() -> None:
+    from copa.data.patch_labels import rasterise
+    from copa.tasks.grounding import referred_patches
+
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.25], [0.55, 0.6, 0.7, 0.65]])  # relative x1 y1 x2 y2 on a 4 x 4 grid of 16 px
+    labels = referred_patches(boxes, 4, 16, 0.0)
+    assert labels.shape == (2, 16) and labels.dtype == torch.float32
+    assert labels[0].nonzero().squeeze(1).tolist() == [0, 1]  # rows 0, columns 0-1
+    assert labels[1].nonzero().squeeze(1).tolist() == [10]  # (35.2, 38.4)-(44.8, 41.6) px: row 2, column 2
+    xywh = (boxes * 64).numpy()
+    xywh[:, 2:] -= xywh[:, :2]
+    assert torch.equal(referred_patches(boxes, 4, 16, 0.5), torch.from_numpy(rasterise(xywh, 64, 16, 0.5).reshape(2, -1)).float())

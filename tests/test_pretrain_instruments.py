@@ -242,13 +242,22 @@ def test_the_position_probe_reads_a_token_that_knows_its_place(tiny, tmp_path) -
     feats = [torch.cat([torch.nn.functional.one_hot(p // grid, grid), torch.nn.functional.one_hot(p % grid, grid)], 1).float()
              for p in located]
     cls = torch.randn(len(held.samples), 4)
-    result = probe_accuracies(feats, cls, held, heldout_attributes(DataLayout(tmp_path), held), size, patch, seed=0)
+    # the fusion's input: every other of those patches kept, in the order given, their tokens the same code
+    kept = [torch.arange(0, len(p), 2) for p in located]
+    output = [(k, f[k]) for k, f in zip(kept, feats)]
+    result = probe_accuracies(feats, cls, held, heldout_attributes(DataLayout(tmp_path), held), size, patch, seed=0, output_feats=output)
     train = image_split(len(held.samples), seed=0)
-    for name, of in (("row", lambda q: q // grid), ("column", lambda q: q % grid)):
-        seen = {of(q) for i, p in enumerate(located) if train[i] for q in p.tolist()}
-        tested = [of(q) for i, p in enumerate(located) if not train[i] for q in p.tolist()]
-        probe = result["patch_tokens"][name]  # a perfect linear code gets every place it was fitted on
-        assert probe["accuracy"] == pytest.approx(sum(y in seen for y in tested) / len(tested)) and probe["accuracy"] > probe["majority"]
+    for part, places in (("patch_tokens", located), ("fusion_input_tokens", [p[k] for p, k in zip(located, kept)])):
+        for name, of in (("row", lambda q: q // grid), ("column", lambda q: q % grid)):
+            seen = {of(q) for i, p in enumerate(places) if train[i] for q in p.tolist()}
+            tested = [of(q) for i, p in enumerate(places) if not train[i] for q in p.tolist()]
+            probe = result[part][name]  # a perfect linear code gets every place it was fitted on
+            assert probe["test"] == len(tested)
+            assert probe["accuracy"] == pytest.approx(sum(y in seen for y in tested) / len(tested)) and probe["accuracy"] > probe["majority"]
+    # tokens that do not say their place: the fusion's input probe reads it no better than the majority does
+    blind = probe_accuracies(feats, cls, held, heldout_attributes(DataLayout(tmp_path), held), size, patch, seed=0,
+                             output_feats=[(k, torch.randn(len(k), 16)) for k in kept])
+    assert blind["fusion_input_tokens"]["row"]["accuracy"] < result["fusion_input_tokens"]["row"]["accuracy"]
 
 
 # ------------------------------------------------------------------------------------- the command
@@ -267,8 +276,13 @@ def test_pretrain_eval_json_holds_the_instruments(fixture_pretraining_run, fixtu
     assert contrast["contrast"]["low"] <= contrast["contrast"]["estimate"] <= contrast["contrast"]["high"]
     assert set(contrast["bounds"]) == {"text_free", "text_aware"}
     probes = probe["linear_probes"]
-    assert set(probes["patch_tokens"]) == {"shape", "colour", "row", "column"} and set(probes["image_cls"]) == {"objects", "background"}
+    assert set(probes["patch_tokens"]) == set(probes["fusion_input_tokens"]) == {"shape", "colour", "row", "column"}
+    assert set(probes["image_cls"]) == {"objects", "background"}
     assert all(0 <= p["accuracy"] <= 1 and 0 <= p["majority"] <= 1 for part in ("patch_tokens", "image_cls") for p in probes[part].values())
+    # the kept patches only (the fixture's few may leave a half with one class: a probe that says so)
+    kept = probes["fusion_input_tokens"]
+    assert all(0 <= p["accuracy"] <= 1 if "accuracy" in p else p["note"].startswith("too few") for p in kept.values())
+    assert kept["row"]["test"] + kept["row"]["train"] < probes["patch_tokens"]["row"]["test"] + probes["patch_tokens"]["row"]["train"]
     grounding = probe["word_grounding"]  # the fixture world's captions name categories and colours
     assert set(grounding) == {"category", "colour"} and all(g["examples"] > 0 for g in grounding.values())
     assert (tmp_path / "figure.png").is_file()

@@ -213,6 +213,12 @@ class GroundingFinetuneParams(FinetuneSchedule):
     # with perception oracle, the objects its tokens show: all (the scene) | named (the expression's object alone: the
     # box's read-out without the lookup among the others)
     oracle_objects: Literal["all", "named"] = "all"
+    # the share of patches the selection keeps in the fine-tune and its evaluation; None: the pretraining run's (COPA
+    # §4.2: 50% for every downstream task)
+    keep_ratio: KeepRatio | None = None
+    # COPA's PTA loss (eq. 3) on the referred box's patches, added to the box's loss with this weight (a TPD run's);
+    # 0: the paper's fine-tune (the box's loss alone, §4.2.4)
+    pta_weight: NonNegative = 0.0
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,12 @@ the box when every token says what lies under its patch and where that patch is.
 empty): the box's read-out without the lookup, so that a bracket that fails can say which of the two
 stops it.
 
+Two departures from the paper's fine-tune, each off by default (issue 23): ``finetune.grounding.pta_weight``
+adds COPA's PTA loss (eq. 3) on the referred box's patches (labelled by the pretraining's rule,
+``patch_labels.min_overlap``) to the box's loss, supervising the TPD's lookup of the expression's object;
+``finetune.grounding.keep_ratio`` (copa.train.finetune.start_from) has the selection keep fewer patches than
+the pretraining run's 50%, so that a detector that finds the object hands the decoder little else.
+
 Images are resized to a square without crops or flips ("left" and "right" in the expressions
 must stay true), so relative coordinates carry over.
 """
@@ -41,12 +47,15 @@ from tqdm import tqdm
 from copa.config import GroundingEvalParams, Params
 from copa.data.downstream import GroundingExample, grounding_examples
 from copa.data.layout import DataLayout
+from copa.data.patch_labels import rasterise
 from copa.data.pretrain_data import PairDataset
 from copa.data.scene_grid import SceneGridPairs, named_object_grids
 from copa.eval.grounding import (box_iou, centre_correlation, grounding_accuracy, grounding_hits, patch_centre_share, pointed_centres,
                                  points_inside)
 from copa.models.copa import CopaModel
+from copa.config.errors import ParamsError
 from copa.models.objectives.language import lm_loss
+from copa.models.objectives.pta import pta_loss
 from copa.tasks.base import FinetuneTask, extend_vocabulary, perceived_pairs, run_finetuning
 from copa.tasks.generation import condition
 from copa.train.finetune import FinetunedRun, start_from
@@ -104,23 +113,39 @@ def box_regression_loss(pred_cxcywh: Tensor, target_xyxy: Tensor) -> Tensor:
     return l1 + giou
 
 
+def referred_patches(boxes: Tensor, grid: int, patch_size: int, min_overlap: float) -> Tensor:
+    """(B, 4) relative x1 y1 x2 y2 -> (B, grid * grid) float patch labels of each box on the square
+    input (copa.data.patch_labels.rasterise: the pretraining's PTA labels)."""
+    side = grid * patch_size
+    xyxy = boxes.double().numpy() * side
+    xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+    return torch.from_numpy(rasterise(xywh, side, patch_size, min_overlap).reshape(len(boxes), -1)).float()
+
+
 class GroundingFinetuning(nn.Module):
-    def __init__(self, model: CopaModel, head: str = "tokens"):
+    def __init__(self, model: CopaModel, head: str = "tokens", pta_weight: float = 0.0, min_overlap: float = 0.0):
         super().__init__()
         self.model = model
         self.box_head = BoxHead(model.spec.text_dim) if head == "regression" else None
+        self.pta_weight, self.min_overlap = pta_weight, min_overlap
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
-        """``batch``: images, input_ids / attention_mask (expressions), and box_ids (B, 6): the
-        target ``[CLS] x1 y1 x2 y2 [SEP]`` (tokens) or box (B, 4): relative x1 y1 x2 y2 (regression)."""
+        """``batch``: images, input_ids / attention_mask (expressions), box (B, 4): relative x1 y1 x2 y2,
+        and box_ids (B, 6): the target ``[CLS] x1 y1 x2 y2 [SEP]`` (tokens)."""
         m = self.model
         cond = condition(m, batch["images"], batch["input_ids"], batch["attention_mask"], guided=True)
         if self.box_head is not None:
-            return {"loss": box_regression_loss(self.box_head(cond.text[:, 0]), batch["box"])}
-        target = batch["box_ids"]
-        mask = torch.ones_like(target)
-        logits = m.decode(target, mask, cond.image, cond.text, cond.text_mask)
-        return {"loss": lm_loss(logits, target, mask)}
+            loss = box_regression_loss(self.box_head(cond.text[:, 0]), batch["box"])
+        else:
+            target = batch["box_ids"]
+            mask = torch.ones_like(target)
+            loss = lm_loss(m.decode(target, mask, cond.image, cond.text, cond.text_mask), target, mask)
+        out = {"loss": loss}
+        if self.pta_weight > 0:
+            labels = referred_patches(batch["box"], math.isqrt(cond.scores.shape[1]), m.spec.patch_size, self.min_overlap)
+            out["pta"] = pta_loss(cond.scores, labels.to(cond.scores.device))
+            out["loss"] = loss + self.pta_weight * out["pta"]
+        return out
 
 
 def _data(examples: Sequence[GroundingExample], tokenizer, params: Params, layout: DataLayout) -> PairDataset | SceneGridPairs:
@@ -137,6 +162,10 @@ class GroundingTask(FinetuneTask):
 
     def __init__(self, params: Params, start_run: Path, data_root: Path, out_dir: Path):
         model, self.params, self.tokenizer = start_from(start_run, params, out_dir, self.name)
+        pta_weight = self.settings.pta_weight
+        if pta_weight > 0 and (self.params.model.selection.method != "tpd" or self.params.model.perception != "encoder"):
+            raise ParamsError(f"finetune.grounding.pta_weight {pta_weight}: PTA trains the TPD's scores; the run {start_run} selects "
+                              f"with {self.params.model.selection.method} (perception {self.params.model.perception})")
         self.bins, self.head = self.settings.coordinate_bins, self.settings.head
         if self.head == "tokens":
             model, self.tokenizer = extend_vocabulary(model, self.params, out_dir, coordinate_tokens(self.bins), self.params.seed)
@@ -146,7 +175,7 @@ class GroundingTask(FinetuneTask):
         self.data = _data(self.examples, self.tokenizer, self.params, layout)
         with torch.random.fork_rng():  # the head's initialisation, seeded
             torch.manual_seed(self.params.seed)
-            self.model = GroundingFinetuning(model, self.head)
+            self.model = GroundingFinetuning(model, self.head, pta_weight, self.params.patch_labels.min_overlap)
 
     @property
     def n_examples(self) -> int:
@@ -155,13 +184,12 @@ class GroundingTask(FinetuneTask):
     def collate(self, indices, epoch: int) -> dict:
         batch = self.data.collate_fn([self.data[i] for i in indices])
         boxes = torch.stack([relative_xyxy(self.examples[i]) for i in indices])
-        if self.head == "regression":
-            return {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "box": boxes}
-        bins = to_bins(boxes, self.bins)
-        tk = self.tokenizer
-        box_ids = torch.cat([torch.full((len(indices), 1), tk.cls_token_id), bins + self.first_coordinate,
-                             torch.full((len(indices), 1), tk.sep_token_id)], dim=1)
-        return {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "box_ids": box_ids}
+        out = {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "box": boxes}
+        if self.head == "tokens":
+            tk = self.tokenizer
+            out["box_ids"] = torch.cat([torch.full((len(indices), 1), tk.cls_token_id), to_bins(boxes, self.bins) + self.first_coordinate,
+                                        torch.full((len(indices), 1), tk.sep_token_id)], dim=1)
+        return out
 
 
 def run_grounding_finetuning(params: Params, start_run: Path, data_root: Path, out_dir: Path, resume: bool = True) -> dict:

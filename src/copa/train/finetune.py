@@ -68,6 +68,12 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
             raise ParamsError(f"finetune.{task}.perception {perception} keeps every patch: finetune.{task}.selection must be null, "
                               f"got {selection}")
         merged["model"]["perception"] = perception
+    keep_ratio = merged["finetune"][task].get("keep_ratio")  # None: the run's own
+    if keep_ratio is not None:
+        if merged["model"]["selection"]["method"] == "none" or merged["model"]["perception"] != "encoder":
+            raise ParamsError(f"finetune.{task}.keep_ratio {keep_ratio}: the run {run} selects no patches "
+                              f"(selection {merged['model']['selection']['method']}, perception {merged['model']['perception']})")
+        merged["model"]["selection"]["keep_ratio"] = keep_ratio
     params = params_from_dict(merged, f"{checkpoint} + the current finetune.{task} parameters")
     if model.spec.selection != params.model.selection.method:
         try:
@@ -79,6 +85,8 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
             raise ParamsError(f"finetune.{task}.perception {perception}: the dual-stream model's bracket; the run {run} is "
                               f"{params.architecture}")
         model = respecified(model, params.seed, "vision.", **perception_spec(params.model.perception))
+    if keep_ratio is not None and model.spec.keep_ratio != keep_ratio:
+        model = respecified(model, params.seed, None, keep_ratio=keep_ratio)
     (out_dir / VOCAB_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / VOCAB_DIR / "vocab.txt", out_dir / VOCAB_DIR / "vocab.txt")
     (out_dir / PRETRAINED_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -93,14 +101,14 @@ def with_selection(model: nn.Module, method: str, seed: int) -> nn.Module:
     return respecified(model, seed, "vision.selector.", selection=method)
 
 
-def respecified(model: nn.Module, seed: int, new_part: str, **changes) -> nn.Module:
-    """``model`` rebuilt with ``changes`` to its spec: every weight is kept but those under ``new_part``,
-    which the new part (drawn with ``seed``) has in their place, if any."""
+def respecified(model: nn.Module, seed: int, new_part: str | None, **changes) -> nn.Module:
+    """``model`` rebuilt with ``changes`` to its spec: every weight is kept but those under ``new_part``
+    (None: none), which the new part (drawn with ``seed``) has in their place, if any."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         switched = type(model)(dataclasses.replace(model.spec, **changes))
     state = switched.state_dict()
-    state.update({k: v for k, v in model.state_dict().items() if not k.startswith(new_part)})
+    state.update({k: v for k, v in model.state_dict().items() if new_part is None or not k.startswith(new_part)})
     switched.load_state_dict(state)
     return switched.to(next(model.parameters()).device).train(model.training)
 
