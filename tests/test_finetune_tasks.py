@@ -229,8 +229,10 @@ def test_grounding_keep_ratio_needs_a_selection(fixture_pretraining_run, tmp_pat
         finetune.start_from(fixture_pretraining_run, params, tmp_path / "none", "grounding")
 
 
-def test_grounding_pta_weight_needs_the_tpd(fixture_world, fixture_pretraining_run, tmp_path, capsys) -> None:
-    assert main(BASE + ["--set", "finetune.grounding.pta_weight=1.0", "--set", "finetune.grounding.perception=oracle", "finetune", "--task",
+@pytest.mark.parametrize("without_scores", ["finetune.grounding.perception=oracle", "finetune.grounding.keep_ratio=1.0"])
+def test_grounding_pta_weight_needs_the_tpds_scores(fixture_world, fixture_pretraining_run, tmp_path, capsys, without_scores) -> None:
+    """Perfect image tokens have no detector; a TPD that keeps every patch scores none."""
+    assert main(BASE + ["--set", "finetune.grounding.pta_weight=1.0", "--set", without_scores, "finetune", "--task",
                         "grounding", "--pretrained", str(fixture_pretraining_run), "--root", str(fixture_world),
                         "--out", str(tmp_path / "g")]) == 2
     assert "finetune.grounding.pta_weight 1.0: PTA trains the TPD's scores" in capsys.readouterr().err

@@ -82,7 +82,7 @@ def probe_accuracies(patch_feats: Sequence[Tensor], cls_feats: Tensor, objects: 
     if len(objects.samples) < 2:
         return {"labels": attributes.source, "note": "fewer than 2 images: nothing to fit and test on"}
     train = image_split(len(objects.samples), seed)
-    result = {"labels": attributes.source, "train_images": int(train.sum()), "test_images": int((~train).sum()), "patch_tokens": {}, "image_cls": {}}
+    result = {"labels": attributes.source, "train_images": int(train.sum()), "test_images": int((~train).sum()), "image_cls": {}}
     located = [single_box_patches(sample, image_size, patch_size) for sample in objects.samples]  # (patches, box) per image
     grid = image_size // patch_size
 

@@ -23,8 +23,9 @@ stops it.
 Two departures from the paper's fine-tune, each off by default (issue 23): ``finetune.grounding.pta_weight``
 adds COPA's PTA loss (eq. 3) on the referred box's patches (labelled by the pretraining's rule,
 ``patch_labels.min_overlap``) to the box's loss, supervising the TPD's lookup of the expression's object;
-``finetune.grounding.keep_ratio`` (copa.train.finetune.start_from) has the selection keep fewer patches than
-the pretraining run's 50%, so that a detector that finds the object hands the decoder little else.
+``finetune.grounding.keep_ratio`` (copa.train.finetune.start_from) has the selection keep another share of
+the patches than the pretraining run's (the paper's 50%): a small one, so that a detector that finds the
+object hands the decoder little else.
 
 Images are resized to a square without crops or flips ("left" and "right" in the expressions
 must stay true), so relative coordinates carry over.
@@ -44,7 +45,7 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 from tqdm import tqdm
 
-from copa.config import GroundingEvalParams, Params
+from copa.config import GroundingEvalParams, Params, ParamsError
 from copa.data.downstream import GroundingExample, grounding_examples
 from copa.data.layout import DataLayout
 from copa.data.patch_labels import rasterise
@@ -53,7 +54,6 @@ from copa.data.scene_grid import SceneGridPairs, named_object_grids
 from copa.eval.grounding import (box_iou, centre_correlation, grounding_accuracy, grounding_hits, patch_centre_share, pointed_centres,
                                  points_inside)
 from copa.models.copa import CopaModel
-from copa.config.errors import ParamsError
 from copa.models.objectives.language import lm_loss
 from copa.models.objectives.pta import pta_loss
 from copa.tasks.base import FinetuneTask, extend_vocabulary, perceived_pairs, run_finetuning
@@ -123,15 +123,16 @@ def referred_patches(boxes: Tensor, grid: int, patch_size: int, min_overlap: flo
 
 
 class GroundingFinetuning(nn.Module):
-    def __init__(self, model: CopaModel, head: str = "tokens", pta_weight: float = 0.0, min_overlap: float = 0.0):
+    def __init__(self, model: CopaModel, head: str = "tokens", pta_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.box_head = BoxHead(model.spec.text_dim) if head == "regression" else None
-        self.pta_weight, self.min_overlap = pta_weight, min_overlap
+        self.pta_weight = pta_weight
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         """``batch``: images, input_ids / attention_mask (expressions), box (B, 4): relative x1 y1 x2 y2,
-        and box_ids (B, 6): the target ``[CLS] x1 y1 x2 y2 [SEP]`` (tokens)."""
+        box_ids (B, 6): the target ``[CLS] x1 y1 x2 y2 [SEP]`` (tokens), and with PTA patch_labels (B, n):
+        the referred box's patches."""
         m = self.model
         cond = condition(m, batch["images"], batch["input_ids"], batch["attention_mask"], guided=True)
         if self.box_head is not None:
@@ -142,8 +143,7 @@ class GroundingFinetuning(nn.Module):
             loss = lm_loss(m.decode(target, mask, cond.image, cond.text, cond.text_mask), target, mask)
         out = {"loss": loss}
         if self.pta_weight > 0:
-            labels = referred_patches(batch["box"], math.isqrt(cond.scores.shape[1]), m.spec.patch_size, self.min_overlap)
-            out["pta"] = pta_loss(cond.scores, labels.to(cond.scores.device))
+            out["pta"] = pta_loss(cond.scores, batch["patch_labels"])
             out["loss"] = loss + self.pta_weight * out["pta"]
         return out
 
@@ -163,9 +163,11 @@ class GroundingTask(FinetuneTask):
     def __init__(self, params: Params, start_run: Path, data_root: Path, out_dir: Path):
         model, self.params, self.tokenizer = start_from(start_run, params, out_dir, self.name)
         pta_weight = self.settings.pta_weight
-        if pta_weight > 0 and (self.params.model.selection.method != "tpd" or self.params.model.perception != "encoder"):
+        selection = self.params.model.selection
+        # a TPD that keeps every patch does not score them (copa.models.selectors)
+        if pta_weight > 0 and (selection.method != "tpd" or selection.keep_ratio == 1 or self.params.model.perception != "encoder"):
             raise ParamsError(f"finetune.grounding.pta_weight {pta_weight}: PTA trains the TPD's scores; the run {start_run} selects "
-                              f"with {self.params.model.selection.method} (perception {self.params.model.perception})")
+                              f"with {selection.method} keeping {selection.keep_ratio:.0%} (perception {self.params.model.perception})")
         self.bins, self.head = self.settings.coordinate_bins, self.settings.head
         if self.head == "tokens":
             model, self.tokenizer = extend_vocabulary(model, self.params, out_dir, coordinate_tokens(self.bins), self.params.seed)
@@ -175,7 +177,7 @@ class GroundingTask(FinetuneTask):
         self.data = _data(self.examples, self.tokenizer, self.params, layout)
         with torch.random.fork_rng():  # the head's initialisation, seeded
             torch.manual_seed(self.params.seed)
-            self.model = GroundingFinetuning(model, self.head, pta_weight, self.params.patch_labels.min_overlap)
+            self.model = GroundingFinetuning(model, self.head, pta_weight)
 
     @property
     def n_examples(self) -> int:
@@ -185,6 +187,10 @@ class GroundingTask(FinetuneTask):
         batch = self.data.collate_fn([self.data[i] for i in indices])
         boxes = torch.stack([relative_xyxy(self.examples[i]) for i in indices])
         out = {"images": batch["image"], "input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "box": boxes}
+        if self.model.pta_weight > 0:  # built here, on the CPU, like every label
+            side = batch["image"].shape[-1]
+            patch = self.params.patch_labels.patch_size
+            out["patch_labels"] = referred_patches(boxes, side // patch, patch, self.params.patch_labels.min_overlap)
         if self.head == "tokens":
             tk = self.tokenizer
             out["box_ids"] = torch.cat([torch.full((len(indices), 1), tk.cls_token_id), to_bins(boxes, self.bins) + self.first_coordinate,

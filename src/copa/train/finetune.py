@@ -11,7 +11,9 @@ set, replaces ``model.selection.method`` there, so everything that rebuilds the 
 from its parameters (``load_finetuned``, the vocabulary growth, ``copa efficiency``) builds it
 with that selector. A task's ``perception`` (issue 23's bracket: VQA, grounding) replaces ``model.perception`` the same
 way: the run's model has the scene's image tokens in place of the ViT, which ``load_finetuned`` and
-the vocabulary growth rebuild, and what needs the ViT (the cost protocol, Figure 4) refuses.
+the vocabulary growth rebuild, and what needs the ViT (the cost protocol, Figure 4) refuses. A
+task's ``keep_ratio`` (grounding, issue 23) replaces ``model.selection.keep_ratio`` the same way, for
+runs that select patches.
 """
 
 from __future__ import annotations
