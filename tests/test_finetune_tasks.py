@@ -207,15 +207,29 @@ def test_grounding_keep_ratio_and_pta_weight(fixture_world, fixture_pretraining_
     assert finetuned.model.spec.keep_ratio == finetuned.params.model.selection.keep_ratio == 0.25
     assert load_params("fixture", params_dir=PARAMS_DIR).model.selection.keep_ratio != 0.25  # not the pretraining run's
     assert 0.0 < metrics["train/pta"] < metrics["train/loss"]
+    assert (record["selection"], record["keep_ratio"], record["pta_weight"]) == ("tpd", 0.25, 1.0)  # the record says what ran
     assert all(0.0 <= r["acc@0.5"] <= 100.0 for r in record["splits"].values())
 
 
-def test_grounding_keep_ratio_needs_a_selection(fixture_pretraining_run, tmp_path, monkeypatch) -> None:
+def test_grounding_departures_do_not_apply_without_a_selection(fixture_pretraining_run, tmp_path, monkeypatch, capsys) -> None:
+    """A profile's keep ratio and PTA weight are for the runs whose TPD selects: a run that selects nothing
+    (mPLUG's row), perfect image tokens, or a TPD keeping every patch fine-tunes without them, with a line
+    saying so, and its parameters record what applied."""
     from copa.train import finetune
 
-    oracle = load_params("fixture", ["finetune.grounding.keep_ratio=0.25", "finetune.grounding.perception=oracle"], params_dir=PARAMS_DIR)
-    with pytest.raises(ValueError, match="keep_ratio 0.25: the run .* selects no patches"):  # perfect tokens: no selection
-        finetune.start_from(fixture_pretraining_run, oracle, tmp_path / "oracle", "grounding")
+    departures = ["finetune.grounding.keep_ratio=0.25", "finetune.grounding.pta_weight=1.0"]
+    oracle = load_params("fixture", [*departures, "finetune.grounding.perception=oracle"], params_dir=PARAMS_DIR)
+    _, params, _ = finetune.start_from(fixture_pretraining_run, oracle, tmp_path / "oracle", "grounding")
+    assert (params.finetune.grounding.keep_ratio, params.finetune.grounding.pta_weight) == (None, 0.0)
+    err = capsys.readouterr().err
+    assert "finetune.grounding.keep_ratio 0.25 does not apply to" in err and "perception oracle" in err
+    assert "finetune.grounding.pta_weight 1.0 does not apply to" in err
+
+    everything = load_params("fixture", ["finetune.grounding.keep_ratio=1.0", "finetune.grounding.pta_weight=1.0"], params_dir=PARAMS_DIR)
+    model, params, _ = finetune.start_from(fixture_pretraining_run, everything, tmp_path / "all", "grounding")
+    assert model.spec.keep_ratio == params.finetune.grounding.keep_ratio == 1.0 and params.finetune.grounding.pta_weight == 0.0
+    assert "pta_weight 1.0 does not apply" in capsys.readouterr().err  # a TPD keeping every patch scores none
+
     loaded = finetune.load_pretraining_checkpoint
 
     def selecting_nothing(path):  # a pretraining run that selects no patches (mPLUG's row)
@@ -224,18 +238,12 @@ def test_grounding_keep_ratio_needs_a_selection(fixture_pretraining_run, tmp_pat
         return model, dataclasses.replace(params, model=model_params), tokenizer, state
 
     monkeypatch.setattr(finetune, "load_pretraining_checkpoint", selecting_nothing)
-    params = load_params("fixture", ["finetune.grounding.keep_ratio=0.25"], params_dir=PARAMS_DIR)
-    with pytest.raises(ValueError, match=r"keep_ratio 0.25: the run .* \(selection none"):
-        finetune.start_from(fixture_pretraining_run, params, tmp_path / "none", "grounding")
-
-
-@pytest.mark.parametrize("without_scores", ["finetune.grounding.perception=oracle", "finetune.grounding.keep_ratio=1.0"])
-def test_grounding_pta_weight_needs_the_tpds_scores(fixture_world, fixture_pretraining_run, tmp_path, capsys, without_scores) -> None:
-    """Perfect image tokens have no detector; a TPD that keeps every patch scores none."""
-    assert main(BASE + ["--set", "finetune.grounding.pta_weight=1.0", "--set", without_scores, "finetune", "--task",
-                        "grounding", "--pretrained", str(fixture_pretraining_run), "--root", str(fixture_world),
-                        "--out", str(tmp_path / "g")]) == 2
-    assert "finetune.grounding.pta_weight 1.0: PTA trains the TPD's scores" in capsys.readouterr().err
+    run_keep = loaded(finetune.run_checkpoints(fixture_pretraining_run, "last")[0])[1].model.selection.keep_ratio
+    model, params, _ = finetune.start_from(fixture_pretraining_run, load_params("fixture", departures, params_dir=PARAMS_DIR),
+                                           tmp_path / "none", "grounding")
+    assert (params.finetune.grounding.keep_ratio, params.finetune.grounding.pta_weight) == (None, 0.0)
+    assert params.model.selection.keep_ratio == run_keep
+    assert "(selection none" in capsys.readouterr().err
 
 
 def test_referred_patches_follow_the_pretraining_rule() -> None:

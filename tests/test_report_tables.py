@@ -166,6 +166,19 @@ def test_rows_at_a_resolution_read_their_own_fine_tune_and_costs(params_dir, tmp
     assert "112, 192 px for 224, 384" in caption and "px x 224/224" in caption and "the paper's px, so a model" in caption
 
 
+def test_grounding_note_names_the_fine_tunes_departures_where_a_table_has_grounding():
+    from copa.report.tables import grounding_note
+
+    paper = load_params("paper")
+    assert paper.finetune.grounding.pta_weight == 0 and grounding_note(load_grid("table3"), paper) == ""
+    departing = load_params("paper", ["finetune.grounding.pta_weight=1", "finetune.grounding.keep_ratio=0.1"])
+    note = grounding_note(load_grid("table3"), departing)
+    assert "added with weight 1 where the TPD scores them" in note and "keeping 10% of the patches" in note
+    assert grounding_note(load_grid("table10"), departing) == ""  # no grounding column
+    only_keep = grounding_note(load_grid("table3"), load_params("paper", ["finetune.grounding.keep_ratio=0.1"]))
+    assert "PTA" not in only_keep and "keeping 10%" in only_keep
+
+
 @pytest.mark.parametrize("px, expected", [(224, 112), (256, 128), (304, 160), (384, 192), (464, 240), (512, 256)])
 def test_profile_resolution_scales_the_papers_px_to_the_patch_grid(px, expected):
     assert profile_resolution(px, load_params("demo")) == expected
@@ -454,6 +467,12 @@ def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, ca
     assert main(cli) == 0
     rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
     assert rows["grounding acc@0.5, each split (val / testA / testB)"]["measured"] == "val 71.0"
+    write(layout.finetune_result(run, "grounding"), {"selection": "tpd", "keep_ratio": 0.1, "pta_weight": 1.0,
+                                                     "splits": {"val": {"acc@0.5": 71.0}}})  # the fine-tune's departures
+    assert main(cli) == 0
+    rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
+    assert rows["grounding acc@0.5, each split (val / testA / testB)"]["measured"] == \
+        "val 71.0; fine-tuned with tpd keeping 10%, PTA on the referred box (weight 1)"
     write(layout.finetune_result(run, "retrieval"), {"tr_r1": 45.0})
     assert main(cli) == 2
     err = capsys.readouterr().err

@@ -365,10 +365,25 @@ def resolution_note(grid: Grid, params: Params) -> str:
     return "Resolutions are the paper's px. In this profile " + "; ".join(parts) + shared
 
 
-def caption(grid: Grid, note: str, resolutions: str = "") -> str:
-    """The table's caption: its title, what was measured here, how its resolutions map
-    (``resolution_note``), what the paired differences are."""
-    mapped = f" {resolutions}." if resolutions else ""
+def grounding_note(grid: Grid, params: Params) -> str:
+    """The departures of the profile's grounding fine-tune from the paper's (issue 23: PTA on the
+    referred box, another keep ratio; copa.tasks.grounding), for a grid with a grounding column; ""
+    without them. They apply to the rows whose TPD selects (copa.train.finetune.start_from)."""
+    settings = params.finetune.grounding
+    if all(COLUMNS[c].source != "grounding" for c in grid.columns) or (settings.pta_weight == 0 and settings.keep_ratio is None):
+        return ""
+    parts = ([f"PTA's loss on the referred box's patches added with weight {settings.pta_weight:g} where the TPD scores them"]
+             if settings.pta_weight > 0 else [])
+    parts += [f"the selection keeping {settings.keep_ratio:.0%} of the patches where the row selects"] if settings.keep_ratio is not None else []
+    return ("The grounding fine-tune departs from the paper's (the box's loss alone, at the pretraining run's keep ratio): "
+            f"{'; '.join(parts)}; elsewhere as the paper")
+
+
+def caption(grid: Grid, note: str, notes: str = "") -> str:
+    """The table's caption: its title, what was measured here, ``notes`` (how its resolutions map,
+    ``resolution_note``; how its fine-tune departs from the paper's, ``grounding_note``), what the paired
+    differences are."""
+    mapped = f" {notes}." if notes else ""
     paired = (f" \"Δ vs {grid.baseline}\": each row minus the {grid.baseline} row in points over the same test examples, "
               f"with the {100 * (1 - LEVEL):g}% interval of a paired bootstrap ({RESAMPLES} resamples of the examples, "
               "each drawing both rows' scores; per-example scores averaged over the seeds)." if paired_columns(grid) else "")
@@ -428,7 +443,7 @@ def write_table(grid: Grid, params: Params, results: Path, seeds: Sequence[int],
     the cells and the note on what was measured (for a figure of the same grid)."""
     cells, devices = measure(grid, params, results, seeds)
     note = measured_note(params, seeds, devices)
-    text = caption(grid, note, resolution_note(grid, params))
+    text = caption(grid, note, ". ".join(filter(None, (resolution_note(grid, params), grounding_note(grid, params)))))
     stem.parent.mkdir(parents=True, exist_ok=True)
     csv, md, tex, js = (stem.with_name(stem.name + s) for s in SUFFIXES)
     table_frame(grid, params, cells, seeds).to_csv(csv, index=False, float_format="%.6g")

@@ -185,9 +185,18 @@ def _retrieval(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
 
 
 def _grounding(run: RunFiles, bars: Sequence[Bar]) -> tuple[str, bool | None]:
-    splits = run.task("grounding")["splits"]
+    record = run.task("grounding")
+    splits = record["splits"]
     met = bool(splits) and all(bars[0].met(s["acc@0.5"]) for s in splits.values())
-    return " / ".join(f"{name} {s['acc@0.5']:.1f}" for name, s in splits.items()) + _centre_r(splits), met
+    return " / ".join(f"{name} {s['acc@0.5']:.1f}" for name, s in splits.items()) + _centre_r(splits) + _fine_tune(record), met
+
+
+def _fine_tune(record: dict) -> str:
+    """What the grounding fine-tune kept and added, where the record says (older records do not)."""
+    if "keep_ratio" not in record:
+        return ""
+    pta = f", PTA on the referred box (weight {record['pta_weight']:g})" if record["pta_weight"] > 0 else ""
+    return f"; fine-tuned with {record['selection']} keeping {record['keep_ratio']:.0%}{pta}"
 
 
 def _centre_r(splits: dict) -> str:

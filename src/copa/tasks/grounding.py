@@ -20,12 +20,13 @@ the box when every token says what lies under its patch and where that patch is.
 empty): the box's read-out without the lookup, so that a bracket that fails can say which of the two
 stops it.
 
-Two departures from the paper's fine-tune, each off by default (issue 23): ``finetune.grounding.pta_weight``
+Two departures from the paper's fine-tune, each off in base.yaml (issue 23): ``finetune.grounding.pta_weight``
 adds COPA's PTA loss (eq. 3) on the referred box's patches (labelled by the pretraining's rule,
 ``patch_labels.min_overlap``) to the box's loss, supervising the TPD's lookup of the expression's object;
 ``finetune.grounding.keep_ratio`` (copa.train.finetune.start_from) has the selection keep another share of
 the patches than the pretraining run's (the paper's 50%): a small one, so that a detector that finds the
-object hands the decoder little else.
+object hands the decoder little else. Both apply to the runs whose TPD selects patches; the others (mPLUG's
+row, perfect image tokens) fine-tune without them, their parameters recording so (start_from).
 
 Images are resized to a square without crops or flips ("left" and "right" in the expressions
 must stay true), so relative coordinates carry over.
@@ -45,7 +46,7 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 from tqdm import tqdm
 
-from copa.config import GroundingEvalParams, Params, ParamsError
+from copa.config import GroundingEvalParams, Params
 from copa.data.downstream import GroundingExample, grounding_examples
 from copa.data.layout import DataLayout
 from copa.data.patch_labels import rasterise
@@ -162,12 +163,7 @@ class GroundingTask(FinetuneTask):
 
     def __init__(self, params: Params, start_run: Path, data_root: Path, out_dir: Path):
         model, self.params, self.tokenizer = start_from(start_run, params, out_dir, self.name)
-        pta_weight = self.settings.pta_weight
-        selection = self.params.model.selection
-        # a TPD that keeps every patch does not score them (copa.models.selectors)
-        if pta_weight > 0 and (selection.method != "tpd" or selection.keep_ratio == 1 or self.params.model.perception != "encoder"):
-            raise ParamsError(f"finetune.grounding.pta_weight {pta_weight}: PTA trains the TPD's scores; the run {start_run} selects "
-                              f"with {selection.method} keeping {selection.keep_ratio:.0%} (perception {self.params.model.perception})")
+        pta_weight = self.settings.pta_weight  # 0 where the run's TPD scores no patches (start_from)
         self.bins, self.head = self.settings.coordinate_bins, self.settings.head
         if self.head == "tokens":
             model, self.tokenizer = extend_vocabulary(model, self.params, out_dir, coordinate_tokens(self.bins), self.params.seed)
@@ -318,7 +314,10 @@ def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_ro
     layout = DataLayout(Path(data_root))
     box_head = load_box_head(run)
     train = grounding_examples(layout, TRAIN_SPLIT)
-    record: dict = {"head": params.finetune.grounding.head, "perception": params.model.perception, "splits": {}}
+    # what the fine-tune kept and trained (the pretraining run's keep ratio, or finetune.grounding.keep_ratio; PTA's weight)
+    record: dict = {"head": params.finetune.grounding.head, "perception": params.model.perception,
+                    "selection": params.model.selection.method, "keep_ratio": params.model.selection.keep_ratio,
+                    "pta_weight": params.finetune.grounding.pta_weight, "splits": {}}
     predictions: list[dict] = []
     for name in [split] if split else settings.splits:
         test = grounding_examples(layout, name)

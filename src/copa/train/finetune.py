@@ -13,7 +13,9 @@ with that selector. A task's ``perception`` (issue 23's bracket: VQA, grounding)
 way: the run's model has the scene's image tokens in place of the ViT, which ``load_finetuned`` and
 the vocabulary growth rebuild, and what needs the ViT (the cost protocol, Figure 4) refuses. A
 task's ``keep_ratio`` (grounding, issue 23) replaces ``model.selection.keep_ratio`` the same way, for
-runs that select patches.
+runs that select patches; for the others (no selection, perfect image tokens) it does not apply: a line says so and the
+run's parameters record it as null. A task's ``pta_weight`` (grounding) likewise applies to runs whose TPD scores
+the patches (it selects some of them), and is recorded as 0 for the others.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -71,11 +74,21 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
                               f"got {selection}")
         merged["model"]["perception"] = perception
     keep_ratio = merged["finetune"][task].get("keep_ratio")  # None: the run's own
+    if keep_ratio is not None and (merged["model"]["selection"]["method"] == "none" or merged["model"]["perception"] != "encoder"):
+        # a profile's setting for the runs that select (a grid's rows without a selection: mPLUG's), recorded as not applied
+        print(f"finetune.{task}.keep_ratio {keep_ratio} does not apply to {run}: it selects no patches (selection "
+              f"{merged['model']['selection']['method']}, perception {merged['model']['perception']}); every patch is kept",
+              file=sys.stderr)
+        keep_ratio = merged["finetune"][task]["keep_ratio"] = None
     if keep_ratio is not None:
-        if merged["model"]["selection"]["method"] == "none" or merged["model"]["perception"] != "encoder":
-            raise ParamsError(f"finetune.{task}.keep_ratio {keep_ratio}: the run {run} selects no patches "
-                              f"(selection {merged['model']['selection']['method']}, perception {merged['model']['perception']})")
         merged["model"]["selection"]["keep_ratio"] = keep_ratio
+    pta_weight = merged["finetune"][task].get("pta_weight", 0.0)
+    scored = merged["model"]["selection"]  # a TPD that keeps every patch does not score them (copa.models.selectors)
+    if pta_weight > 0 and (scored["method"] != "tpd" or scored["keep_ratio"] == 1 or merged["model"]["perception"] != "encoder"):
+        print(f"finetune.{task}.pta_weight {pta_weight} does not apply to {run}: PTA trains the TPD's scores, and it selects "
+              f"with {scored['method']} keeping {scored['keep_ratio']:.0%} (perception {merged['model']['perception']}); "
+              "the task's loss alone", file=sys.stderr)
+        merged["finetune"][task]["pta_weight"] = 0.0
     params = params_from_dict(merged, f"{checkpoint} + the current finetune.{task} parameters")
     if model.spec.selection != params.model.selection.method:
         try:
