@@ -212,9 +212,9 @@ def test_grounding_keep_ratio_and_pta_weight(fixture_world, fixture_pretraining_
 
 
 def test_grounding_departures_do_not_apply_without_a_selection(fixture_pretraining_run, tmp_path, monkeypatch, capsys) -> None:
-    """A profile's keep ratio and PTA weight are for the runs whose TPD selects: a run that selects nothing
-    (mPLUG's row), perfect image tokens, or a TPD keeping every patch fine-tunes without them, with a line
-    saying so, and its parameters record what applied."""
+    """A profile's keep ratio is for the runs that select, its PTA weight for those whose TPD does: a run that
+    selects nothing (mPLUG's row), keeps every patch (w/o TPD's) or has perfect image tokens fine-tunes without
+    them, with a line saying so, and its parameters record what applied."""
     from copa.train import finetune
 
     departures = ["finetune.grounding.keep_ratio=0.25", "finetune.grounding.pta_weight=1.0"]
@@ -232,18 +232,19 @@ def test_grounding_departures_do_not_apply_without_a_selection(fixture_pretraini
 
     loaded = finetune.load_pretraining_checkpoint
 
-    def selecting_nothing(path):  # a pretraining run that selects no patches (mPLUG's row)
-        model, params, tokenizer, state = loaded(path)
-        model_params = dataclasses.replace(params.model, selection=dataclasses.replace(params.model.selection, method="none"))
-        return model, dataclasses.replace(params, model=model_params), tokenizer, state
+    for method, keep in (("none", None), ("tpd", 1.0)):  # mPLUG's row; w/o TPD's (PTA, every patch kept)
+        def selecting_nothing(path, method=method, keep=keep):
+            model, params, tokenizer, state = loaded(path)
+            selection = dataclasses.replace(params.model.selection, method=method, keep_ratio=keep or params.model.selection.keep_ratio)
+            return model, dataclasses.replace(params, model=dataclasses.replace(params.model, selection=selection)), tokenizer, state
 
-    monkeypatch.setattr(finetune, "load_pretraining_checkpoint", selecting_nothing)
-    run_keep = loaded(finetune.run_checkpoints(fixture_pretraining_run, "last")[0])[1].model.selection.keep_ratio
-    model, params, _ = finetune.start_from(fixture_pretraining_run, load_params("fixture", departures, params_dir=PARAMS_DIR),
-                                           tmp_path / "none", "grounding")
-    assert (params.finetune.grounding.keep_ratio, params.finetune.grounding.pta_weight) == (None, 0.0)
-    assert params.model.selection.keep_ratio == run_keep
-    assert "(selection none" in capsys.readouterr().err
+        monkeypatch.setattr(finetune, "load_pretraining_checkpoint", selecting_nothing)
+        run_keep = selecting_nothing(finetune.run_checkpoints(fixture_pretraining_run, "last")[0])[1].model.selection.keep_ratio
+        model, params, _ = finetune.start_from(fixture_pretraining_run, load_params("fixture", departures, params_dir=PARAMS_DIR),
+                                               tmp_path / method, "grounding")
+        assert (params.finetune.grounding.keep_ratio, params.finetune.grounding.pta_weight) == (None, 0.0)
+        assert params.model.selection.keep_ratio == run_keep
+        assert f"(selection {method} keeping {run_keep:.0%}" in capsys.readouterr().err
 
 
 def test_referred_patches_follow_the_pretraining_rule() -> None:

@@ -36,7 +36,7 @@ rule table:
     params:
         grid=grid_json,  # rerun trigger: the grid file
         report=section_json("report"),
-        copa=copa_cli("report", "model", "seed"),
+        copa=copa_cli("report", "model", "seed", "finetune.grounding"),  # the caption names the grounding fine-tune's departures
         stem=lambda w, output: os.path.splitext(output.csv)[0],
         results=lambda w, output: os.path.dirname(os.path.dirname(output.csv)),  # results/<profile>
     log:

@@ -368,7 +368,9 @@ def resolution_note(grid: Grid, params: Params) -> str:
 def grounding_note(grid: Grid, params: Params) -> str:
     """The departures of the profile's grounding fine-tune from the paper's (issue 23: PTA on the
     referred box, another keep ratio; copa.tasks.grounding), for a grid with a grounding column; ""
-    without them. They apply to the rows whose TPD selects (copa.train.finetune.start_from)."""
+    without them: the profile's, as the grounding fine-tunes ran (the table rule passes finetune.grounding's
+    overrides). The keep ratio applies to the rows that select, PTA to those whose TPD does
+    (copa.train.finetune.start_from)."""
     settings = params.finetune.grounding
     if all(COLUMNS[c].source != "grounding" for c in grid.columns) or (settings.pta_weight == 0 and settings.keep_ratio is None):
         return ""

@@ -25,8 +25,9 @@ adds COPA's PTA loss (eq. 3) on the referred box's patches (labelled by the pret
 ``patch_labels.min_overlap``) to the box's loss, supervising the TPD's lookup of the expression's object;
 ``finetune.grounding.keep_ratio`` (copa.train.finetune.start_from) has the selection keep another share of
 the patches than the pretraining run's (the paper's 50%): a small one, so that a detector that finds the
-object hands the decoder little else. Both apply to the runs whose TPD selects patches; the others (mPLUG's
-row, perfect image tokens) fine-tune without them, their parameters recording so (start_from).
+object hands the decoder little else. The keep ratio applies to the runs that select patches, PTA to those whose
+TPD does; the others (mPLUG's row, w/o TPD's, perfect image tokens) fine-tune without them, their parameters
+recording so (start_from).
 
 Images are resized to a square without crops or flips ("left" and "right" in the expressions
 must stay true), so relative coordinates carry over.
@@ -314,9 +315,12 @@ def evaluate_grounding(run: FinetunedRun, settings: GroundingEvalParams, data_ro
     layout = DataLayout(Path(data_root))
     box_head = load_box_head(run)
     train = grounding_examples(layout, TRAIN_SPLIT)
-    # what the fine-tune kept and trained (the pretraining run's keep ratio, or finetune.grounding.keep_ratio; PTA's weight)
+    # what the fine-tune kept and trained (the pretraining run's keep ratio, or finetune.grounding.keep_ratio; perfect
+    # image tokens: every one; PTA's weight)
+    viewed = params.model.perception == "encoder"
     record: dict = {"head": params.finetune.grounding.head, "perception": params.model.perception,
-                    "selection": params.model.selection.method, "keep_ratio": params.model.selection.keep_ratio,
+                    "selection": params.model.selection.method if viewed else "none",
+                    "keep_ratio": params.model.selection.keep_ratio if viewed else 1.0,
                     "pta_weight": params.finetune.grounding.pta_weight, "splits": {}}
     predictions: list[dict] = []
     for name in [split] if split else settings.splits:

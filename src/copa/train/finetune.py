@@ -13,7 +13,7 @@ with that selector. A task's ``perception`` (issue 23's bracket: VQA, grounding)
 way: the run's model has the scene's image tokens in place of the ViT, which ``load_finetuned`` and
 the vocabulary growth rebuild, and what needs the ViT (the cost protocol, Figure 4) refuses. A
 task's ``keep_ratio`` (grounding, issue 23) replaces ``model.selection.keep_ratio`` the same way, for
-runs that select patches; for the others (no selection, perfect image tokens) it does not apply: a line says so and the
+runs that select patches; for the others (no selection, a selector keeping every patch, perfect image tokens) it does not apply: a line says so and the
 run's parameters record it as null. A task's ``pta_weight`` (grounding) likewise applies to runs whose TPD scores
 the patches (it selects some of them), and is recorded as 0 for the others.
 """
@@ -74,10 +74,12 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
                               f"got {selection}")
         merged["model"]["perception"] = perception
     keep_ratio = merged["finetune"][task].get("keep_ratio")  # None: the run's own
-    if keep_ratio is not None and (merged["model"]["selection"]["method"] == "none" or merged["model"]["perception"] != "encoder"):
-        # a profile's setting for the runs that select (a grid's rows without a selection: mPLUG's), recorded as not applied
+    own = merged["model"]["selection"]
+    if keep_ratio is not None and (own["method"] == "none" or own["keep_ratio"] == 1 or merged["model"]["perception"] != "encoder"):
+        # a profile's setting for the runs that select (a grid's rows that keep every patch, mPLUG's and w/o TPD's, stay so),
+        # recorded as not applied
         print(f"finetune.{task}.keep_ratio {keep_ratio} does not apply to {run}: it selects no patches (selection "
-              f"{merged['model']['selection']['method']}, perception {merged['model']['perception']}); every patch is kept",
+              f"{own['method']} keeping {own['keep_ratio']:.0%}, perception {merged['model']['perception']}); every patch is kept",
               file=sys.stderr)
         keep_ratio = merged["finetune"][task]["keep_ratio"] = None
     if keep_ratio is not None:
