@@ -73,24 +73,23 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
             raise ParamsError(f"finetune.{task}.perception {perception} keeps every patch: finetune.{task}.selection must be null, "
                               f"got {selection}")
         merged["model"]["perception"] = perception
-    keep_ratio = merged["finetune"][task].get("keep_ratio")  # None: the run's own
-    own = merged["model"]["selection"]
-    if keep_ratio is not None and (own["method"] == "none" or own["keep_ratio"] == 1 or merged["model"]["perception"] != "encoder"):
-        # a profile's setting for the runs that select (a grid's rows that keep every patch, mPLUG's and w/o TPD's, stay so),
-        # recorded as not applied
-        print(f"finetune.{task}.keep_ratio {keep_ratio} does not apply to {run}: it selects no patches (selection "
-              f"{own['method']} keeping {own['keep_ratio']:.0%}, perception {merged['model']['perception']}); every patch is kept",
-              file=sys.stderr)
-        keep_ratio = merged["finetune"][task]["keep_ratio"] = None
-    if keep_ratio is not None:
-        merged["model"]["selection"]["keep_ratio"] = keep_ratio
-    pta_weight = merged["finetune"][task].get("pta_weight", 0.0)
-    scored = merged["model"]["selection"]  # a TPD that keeps every patch does not score them (copa.models.selectors)
-    if pta_weight > 0 and (scored["method"] != "tpd" or scored["keep_ratio"] == 1 or merged["model"]["perception"] != "encoder"):
-        print(f"finetune.{task}.pta_weight {pta_weight} does not apply to {run}: PTA trains the TPD's scores, and it selects "
-              f"with {scored['method']} keeping {scored['keep_ratio']:.0%} (perception {merged['model']['perception']}); "
-              "the task's loss alone", file=sys.stderr)
-        merged["finetune"][task]["pta_weight"] = 0.0
+    # a profile's keep ratio and PTA weight are for the runs that select (a grid's rows that keep every patch, mPLUG's and
+    # w/o TPD's, stay so): for the others they are recorded as not applied
+    section, model_params = merged["finetune"][task], merged["model"]
+
+    def not_applied(key: str, why: str, value) -> None:
+        print(f"finetune.{task}.{key} {section[key]} does not apply to {run}: {why} (selection {model_params['selection']['method']} "
+              f"keeping {model_params['selection']['keep_ratio']:.0%}, perception {model_params['perception']})", file=sys.stderr)
+        section[key] = value
+
+    if section.get("keep_ratio") is not None:
+        if _selects(model_params):
+            model_params["selection"]["keep_ratio"] = section["keep_ratio"]
+        else:
+            not_applied("keep_ratio", "it selects no patches; every patch is kept", None)
+    if section.get("pta_weight", 0.0) > 0 and not (_selects(model_params) and model_params["selection"]["method"] == "tpd"):
+        not_applied("pta_weight", "PTA trains the scores of a TPD that selects; the task's loss alone", 0.0)
+    keep_ratio = section.get("keep_ratio")
     params = params_from_dict(merged, f"{checkpoint} + the current finetune.{task} parameters")
     if model.spec.selection != params.model.selection.method:
         try:
@@ -108,6 +107,13 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
     shutil.copyfile(run / VOCAB_DIR / "vocab.txt", out_dir / VOCAB_DIR / "vocab.txt")
     (out_dir / PRETRAINED_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return model.train(), params, tokenizer
+
+
+def _selects(model_params: dict) -> bool:
+    """Whether a run with these ``model`` params keeps a share of its patches: a selector keeping every patch scores
+    none (copa.models.selectors), perfect image tokens have no selector."""
+    return (model_params["selection"]["method"] != "none" and model_params["selection"]["keep_ratio"] < 1
+            and model_params["perception"] == "encoder")
 
 
 def with_selection(model: nn.Module, method: str, seed: int) -> nn.Module:
