@@ -89,7 +89,6 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
             not_applied("keep_ratio", "it selects no patches; every patch is kept", None)
     if section.get("pta_weight", 0.0) > 0 and not (_selects(model_params) and model_params["selection"]["method"] == "tpd"):
         not_applied("pta_weight", "PTA trains the scores of a TPD that selects; the task's loss alone", 0.0)
-    keep_ratio = section.get("keep_ratio")
     params = params_from_dict(merged, f"{checkpoint} + the current finetune.{task} parameters")
     if model.spec.selection != params.model.selection.method:
         try:
@@ -101,8 +100,8 @@ def start_from(run: Path, current: Params, out_dir: Path, task: str) -> tuple[nn
             raise ParamsError(f"finetune.{task}.perception {perception}: the dual-stream model's bracket; the run {run} is "
                               f"{params.architecture}")
         model = respecified(model, params.seed, "vision.", **perception_spec(params.model.perception))
-    if keep_ratio is not None and model.spec.keep_ratio != keep_ratio:
-        model = respecified(model, params.seed, None, keep_ratio=keep_ratio)
+    if model.spec.keep_ratio != params.model.selection.keep_ratio:  # the task's keep ratio, where it applies
+        model = respecified(model, params.seed, None, keep_ratio=params.model.selection.keep_ratio)
     (out_dir / VOCAB_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run / VOCAB_DIR / "vocab.txt", out_dir / VOCAB_DIR / "vocab.txt")
     (out_dir / PRETRAINED_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
