@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -307,7 +308,7 @@ def test_figures_draw_from_cells(name, tmp_path):
 
 def test_stage_times_sum_the_benchmark_files_per_rule(tmp_path, capsys):
     from copa.cli import main
-    from copa.report.stage_times import stage_times
+    from copa.report.stage_times import busy_seconds, stage_times
 
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for name, seconds, rss in (("pretrain/a", 600.0, 900.0), ("pretrain/b", 300.0, 1200.0), ("synth", 60.0, "-")):
@@ -317,8 +318,13 @@ def test_stage_times_sum_the_benchmark_files_per_rule(tmp_path, capsys):
     times = stage_times(tmp_path)
     assert [(t.rule, t.jobs, t.seconds, t.longest_job, t.max_rss_mib) for t in times] == [
         ("pretrain", 2, 900.0, "a", 1200.0), ("synth", 1, 60.0, "synth", None)]
+    # a (10 min) and b (5 min) side by side, synth (1 min) an hour later: 11 minutes with a job running
+    for name, end in (("pretrain/a", 7200), ("pretrain/b", 7000), ("synth", 10800)):
+        os.utime(tmp_path / f"{name}.tsv", (end, end))
+    assert busy_seconds(tmp_path) == 660.0
     assert main(["--profile", "fixture", "stage-times", str(tmp_path)]) == 0
-    assert "| pretrain | 2 | 15.0 | 10.0 | a | 1200 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| pretrain | 2 | 15.0 | 10.0 | a | 1200 |" in out and "with a job running: 11.0 min" in out
     (tmp_path / "broken.tsv").write_text("not\ta benchmark\n")
     assert main(["--profile", "fixture", "stage-times", str(tmp_path)]) == 2
     assert "broken.tsv: not a Snakemake benchmark file" in capsys.readouterr().err
@@ -451,12 +457,16 @@ def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, ca
     assert main(cli) == 0
     rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
     assert "no benchmark of the pretrain, finetune, evaluate rules" in rows["workflow time, 2 cores"]["measured"]
-    for rule in ("pretrain", "finetune", "evaluate"):
-        (layout.benchmarks / rule).mkdir()
-        (layout.benchmarks / rule / "job.tsv").write_text(benchmark)
+    # 10-minute jobs ending at minutes 10, 20, 30 and 30: the last two side by side
+    for rule, end in (("synth", 600), ("pretrain", 1200), ("finetune", 1800), ("evaluate", 1800)):
+        path = layout.benchmarks / (f"{rule}.tsv" if rule == "synth" else f"{rule}/job.tsv")
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(benchmark)
+        os.utime(path, (end, end))
     assert main(cli) == 0
     rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
-    assert rows["workflow time, 2 cores"]["measured"] == "40 min summed over the jobs" and rows["workflow time, 2 cores"]["met"]
+    assert rows["workflow time, 2 cores"]["measured"] == "30 min with a job running (40 summed over the jobs)"
+    assert rows["workflow time, 2 cores"]["met"]
     write(layout.finetune_result(run, "grounding"), {"splits": {"val": {"acc@0.5": 71.0, "centre_r": {"x": 0.9, "y": None}},
                                                                  "testA": {"acc@0.5": 69.0, "centre_r": {"x": 0.8, "y": 0.7}}}})
     assert main(cli) == 0

@@ -54,6 +54,12 @@ if GPU_JOB != any("gpu" in r for r in workflow.resource_settings.overwrite_resou
     print(f"profile {PROFILE}: its jobs' resources come from {wanted}, which this run does not use", file=sys.stderr)
     sys.exit(2)
 GPU_SHELL = 'export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"; ' if GPU_JOB else ""  # rules pass it as params.gpu
+# Which ready job starts first where cores are short (Snakemake's `priority`; the rest keep its
+# default, 0): the chain every later job waits on (filtering, the encoder init, Algorithm 1), so that
+# no job that could run beside it later holds a core it needs; then the fine-tunes, the longest of
+# the jobs that run side by side after it (profiles/default gives them one thread each).
+PRIORITY_CHAIN = 2
+PRIORITY_FINETUNE = 1
 
 # Jobs run the `copa` installed beside the Python that runs Snakemake (and imported copa above),
 # whether or not its environment is activated.

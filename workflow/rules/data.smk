@@ -67,6 +67,7 @@ rule filter_annotations:
     params:
         filter=section_json("filter"),  # rerun trigger: a changed threshold reruns filtering (and what follows)
         copa=copa_cli("filter"),
+    priority: PRIORITY_CHAIN
     log:
         LAYOUT.log("filter_annotations"),
     benchmark:

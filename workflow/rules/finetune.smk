@@ -27,6 +27,7 @@ rule finetune:
         copa=lambda w: copa_cli(f"finetune.{w.task}", "seed") + size_override(w, f"finetune.{w.task}"),  # that task's overrides, and a Table 5 resolution
         pretrained=lambda w, input: os.path.dirname(input.pretrained),
         run_dir=lambda w, output: os.path.dirname(output[0]),
+    priority: PRIORITY_FINETUNE
     log:
         LAYOUT.log("finetune/{run}/{task}{size}"),
     benchmark:

@@ -34,6 +34,7 @@ rule encoder_init:
                       *(f"pretrain.{k}" for k in ("encoder_init", "batch_size", "pair_sources", "weight_decay",
                                                   *(("object_batch_size", "pta_labels") if reads_boxes(PARAMS) else ())))),
         run_dir=lambda w, output: os.path.dirname(output[0]),
+    priority: PRIORITY_CHAIN
     log:
         LAYOUT.log("encoder_init/seed{seed}"),
     benchmark:
@@ -62,6 +63,7 @@ rule pretrain:
         location=lambda w: f"model.selection.location=[{', '.join(w.location.split('-'))}]",
         run_dir=lambda w, output: os.path.dirname(output[0]),
         encoder_init=lambda w, input: ["--encoder-init", os.path.dirname(input.encoder_init[0])] if input.encoder_init else [],
+    priority: PRIORITY_CHAIN
     log:
         LAYOUT.log(f"pretrain/{RUN_PATTERN}"),
     benchmark:

@@ -111,11 +111,12 @@ def cmd_instruments(args: argparse.Namespace) -> int:
 
 
 def cmd_stage_times(args: argparse.Namespace) -> int:
-    from copa.report.stage_times import stage_times, stage_times_markdown
+    from copa.report.stage_times import busy_seconds, stage_times, stage_times_markdown
 
     folder = path_or(args.folder, RunLayout(profile_params(args).profile).benchmarks)
     try:
         print(stage_times_markdown(stage_times(folder)), end="")
+        print(f"\nwith a job running: {busy_seconds(folder) / 60:.1f} min (jobs side by side count once)")
     except ValueError as exc:  # a file that is not a benchmark table
         raise CommandError(exc) from exc
     return 0
