@@ -457,15 +457,16 @@ def test_outcome_targets_read_the_default_runs_records(tmp_path, monkeypatch, ca
     assert main(cli) == 0
     rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
     assert "no benchmark of the pretrain, finetune, evaluate rules" in rows["workflow time, 2 cores"]["measured"]
-    # 10-minute jobs ending at minutes 10, 20, 30 and 30: the last two side by side
-    for rule, end in (("synth", 600), ("pretrain", 1200), ("finetune", 1800), ("evaluate", 1800)):
+    # 30-minute jobs ending at minutes 30, 60, 90 and 90, the last two side by side: 90 min with a job
+    # running meets the bar, where the 120 summed would not
+    for rule, end in (("synth", 1800), ("pretrain", 3600), ("finetune", 5400), ("evaluate", 5400)):
         path = layout.benchmarks / (f"{rule}.tsv" if rule == "synth" else f"{rule}/job.tsv")
         path.parent.mkdir(exist_ok=True)
-        path.write_text(benchmark)
+        path.write_text("s\th:m:s\n1800\t0:30:00\n")
         os.utime(path, (end, end))
     assert main(cli) == 0
     rows = {r["what"]: r for r in json.loads(layout.targets.with_suffix(".json").read_text())}
-    assert rows["workflow time, 2 cores"]["measured"] == "30 min with a job running (40 summed over the jobs)"
+    assert rows["workflow time, 2 cores"]["measured"] == "90 min with a job running (120 summed over the jobs)"
     assert rows["workflow time, 2 cores"]["met"]
     write(layout.finetune_result(run, "grounding"), {"splits": {"val": {"acc@0.5": 71.0, "centre_r": {"x": 0.9, "y": None}},
                                                                  "testA": {"acc@0.5": 69.0, "centre_r": {"x": 0.8, "y": 0.7}}}})

@@ -58,7 +58,7 @@ GPU_SHELL = 'export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"; ' if GPU_
 # default, 0): the chain every later job waits on (filtering, the encoder init, Algorithm 1), so that
 # no job that could run beside it later holds a core it needs; then the fine-tunes, the longest of
 # the jobs that run side by side after it (profiles/default gives them one thread each).
-PRIORITY_CHAIN = 2
+PRIORITY_CHAIN = 3  # above two fine-tunes together (the ILP sums priorities): a chain job takes two cores
 PRIORITY_FINETUNE = 1
 
 # Jobs run the `copa` installed beside the Python that runs Snakemake (and imported copa above),
