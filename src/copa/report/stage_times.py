@@ -66,9 +66,9 @@ def busy_seconds(root: Path) -> float:
     its benchmark file was last written (Snakemake writes it as the job ends) and lasting its ``s``.
     For one workflow run, its wall time less Snakemake's own start and the moments between jobs;
     jobs side by side count once, and a job rerun later adds only its own time."""
-    intervals = sorted((path.stat().st_mtime - float(frame["s"].mean()), path.stat().st_mtime) for path, frame in _benchmarks(root))
+    ends_and_lengths = [(path.stat().st_mtime, float(frame["s"].mean())) for path, frame in _benchmarks(root)]
     busy, covered_to = 0.0, float("-inf")
-    for start, end in intervals:
+    for start, end in sorted((end - length, end) for end, length in ends_and_lengths):
         busy += max(0.0, end - max(start, covered_to))
         covered_to = max(covered_to, end)
     return busy
